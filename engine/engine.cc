@@ -1,0 +1,202 @@
+// engine/engine.cc — the worker thread and request queue around the Generator (DESIGN §1-2).
+//
+// The transport calls Submit() from any thread: it validates, then pushes onto a bounded
+// queue. The worker admits queued requests while the KV cache has room, and steps every
+// running request in turn (one verify step each), delivering events through each request's
+// sink. Cancelled requests are finished at their next step and their KV blocks freed.
+#include "engine/engine.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "engine/generator.h"
+#include "spdlog/spdlog.h"
+
+namespace specmoe::engine {
+namespace {
+
+struct Pending {
+  GenerationRequest request;
+  EventSink sink;
+  std::shared_ptr<RequestHandle> handle;
+};
+
+struct Running {
+  std::unique_ptr<Sequence> seq;
+  EventSink sink;
+  std::shared_ptr<RequestHandle> handle;
+};
+
+class EngineImpl final : public Engine {
+ public:
+  EngineImpl(const EngineOptions& options, std::unique_ptr<Generator> generator)
+      : options_(options), generator_(std::move(generator)) {
+    worker_ = std::thread([this] { Run(); });
+  }
+
+  ~EngineImpl() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    worker_.join();
+  }
+
+  absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request,
+                                                        EventSink sink) override {
+    absl::Status valid = generator_->Validate(request);
+    if (!valid.ok()) return valid;
+    auto handle = std::make_shared<RequestHandle>();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return absl::UnavailableError("the engine is shutting down");
+      if (static_cast<int>(queue_.size()) >= options_.max_queue) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("request queue full (", options_.max_queue, " waiting)"));
+      }
+      queue_.push_back({std::move(request), std::move(sink), handle});
+    }
+    cv_.notify_one();
+    return handle;
+  }
+
+  const Tokenizer& tokenizer() const override { return generator_->tokenizer(); }
+  int vocab_size() const override { return generator_->target_config().vocab_size; }
+  int max_context() const override { return generator_->max_context(); }
+  const std::vector<int>& default_expansion() const override {
+    return generator_->default_expansion();
+  }
+  std::string target_name() const override { return options_.target_dir; }
+  std::string draft_name() const override { return options_.draft_dir; }
+  std::string device() const override { return "cpu"; }
+  std::string dtype() const override {
+    return kernels::DTypeName(generator_->target().weights().dtype);
+  }
+
+ private:
+  // Delivers the final event of a finished sequence.
+  void FinishEvent(Running& r, GenerationEvent event) {
+    event.finished = true;
+    event.finish_reason = r.seq->finish;
+    event.prompt_tokens = r.seq->prompt_len;
+    event.completion_tokens = r.seq->completion_tokens();
+    event.speculation = generator_->Stats(*r.seq);
+    r.sink(std::move(event));
+  }
+
+  // Moves queued requests into the running set while the KV cache has room.
+  void Admit() {
+    while (static_cast<int>(running_.size()) < options_.max_batch) {
+      Pending p;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (queue_.empty()) return;
+        p = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      if (p.handle->cancelled()) {
+        GenerationEvent event;
+        event.finished = true;
+        event.finish_reason = FinishReason::kCancelled;
+        event.prompt_tokens = static_cast<int>(p.request.prompt_ids.size());
+        p.sink(std::move(event));
+        continue;
+      }
+      absl::StatusOr<std::unique_ptr<Sequence>> seq = generator_->Start(p.request);
+      if (absl::IsResourceExhausted(seq.status()) && !running_.empty()) {
+        // No KV room now: wait at the head of the queue for a running request to finish.
+        std::lock_guard<std::mutex> lock(mu_);
+        queue_.push_front(std::move(p));
+        return;
+      }
+      if (!seq.ok()) {
+        GenerationEvent event;
+        event.finished = true;
+        event.status = seq.status();
+        p.sink(std::move(event));
+        continue;
+      }
+      running_.push_back({*std::move(seq), std::move(p.sink), std::move(p.handle)});
+    }
+  }
+
+  void Run() {
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || !queue_.empty() || !running_.empty(); });
+        if (stopping_) break;
+      }
+      Admit();
+      for (size_t i = 0; i < running_.size();) {
+        Running& r = running_[i];
+        if (r.handle->cancelled()) {
+          generator_->Finish(*r.seq, FinishReason::kCancelled);
+          FinishEvent(r, {});
+        } else {
+          StepOutput out = generator_->Step(*r.seq);
+          GenerationEvent event;
+          event.token_ids = std::move(out.token_ids);
+          event.text = std::move(out.text);
+          if (out.finished) {
+            FinishEvent(r, std::move(event));
+          } else {
+            r.sink(std::move(event));
+            ++i;
+            continue;
+          }
+        }
+        running_.erase(running_.begin() + static_cast<long>(i));
+      }
+    }
+    // Shutting down: everything still queued or running ends as cancelled.
+    for (Running& r : running_) {
+      generator_->Finish(*r.seq, FinishReason::kCancelled);
+      FinishEvent(r, {});
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Pending& p : queue_) {
+      GenerationEvent event;
+      event.finished = true;
+      event.finish_reason = FinishReason::kCancelled;
+      p.sink(std::move(event));
+    }
+    queue_.clear();
+  }
+
+  EngineOptions options_;
+  std::unique_ptr<Generator> generator_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> queue_;    // guarded by mu_
+  bool stopping_ = false;        // guarded by mu_
+  std::vector<Running> running_;  // worker thread only
+  std::thread worker_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
+  if (options.device != "cpu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device ", options.device, ": only the cpu backend is built so far"));
+  }
+  GeneratorOptions g;
+  g.target_dir = options.target_dir;
+  g.draft_dir = options.draft_dir;
+  g.threads = options.threads;
+  g.expansion = options.expansion;
+  g.max_context = options.max_context;
+  g.prefill_chunk = options.prefill_chunk;
+  g.max_sequences = options.max_batch;
+  absl::StatusOr<std::unique_ptr<Generator>> generator = Generator::Create(g);
+  if (!generator.ok()) return generator.status();
+  return std::unique_ptr<Engine>(new EngineImpl(options, *std::move(generator)));
+}
+
+}  // namespace specmoe::engine

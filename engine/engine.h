@@ -1,0 +1,70 @@
+// engine/engine.h — the engine as the transport sees it: load models, take requests, deliver
+// results through per-request channels (DESIGN §1-2).
+//
+// One worker thread owns the backend, the models and the KV caches and runs the step loop;
+// Submit() and Cancel() only touch a bounded request queue and an atomic flag, so the
+// transport never waits on the step loop (llama.cpp's server_queue / server_response split).
+#ifndef SPECMOE_ENGINE_ENGINE_H_
+#define SPECMOE_ENGINE_ENGINE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/request.h"
+#include "engine/tokenizer.h"
+
+namespace specmoe::engine {
+
+struct EngineOptions {
+  std::string target_dir;             // Hugging Face model folder (required)
+  std::string draft_dir;              // optional: enables speculation
+  std::string device = "cpu";
+  int threads = 0;                    // 0: all cores
+  std::vector<int> expansion = {1, 1, 3, 1, 1, 1, 1, 1};  // default tree
+  int max_queue = 64;                 // waiting requests before RESOURCE_EXHAUSTED
+  int max_batch = 4;                  // requests generating at once (KV room is reserved)
+  int max_context = 0;                // 0: the target's max_position_embeddings
+  int prefill_chunk = 256;            // prompt tokens per prefill forward
+};
+
+// A submitted request: cancel it from any thread.
+class RequestHandle {
+ public:
+  void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+// Contract: Create() loads and checks both models (errors name file and tensor) and starts
+// the worker. Submit/Cancel/accessors are thread-safe. Destruction stops the worker after
+// finishing each queued request with CANCELLED.
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+  virtual ~Engine() = default;
+
+  // Queues a request; the sink receives its events on the worker thread. Errors:
+  // INVALID_ARGUMENT (bad token id, prompt longer than the context, bad expansion),
+  // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down).
+  virtual absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request,
+                                                                EventSink sink) = 0;
+
+  virtual const Tokenizer& tokenizer() const = 0;
+  virtual int vocab_size() const = 0;
+  virtual int max_context() const = 0;
+  virtual const std::vector<int>& default_expansion() const = 0;
+  virtual std::string target_name() const = 0;
+  virtual std::string draft_name() const = 0;   // empty without a draft
+  virtual std::string device() const = 0;
+  virtual std::string dtype() const = 0;        // of the target's weights
+};
+
+}  // namespace specmoe::engine
+
+#endif  // SPECMOE_ENGINE_ENGINE_H_

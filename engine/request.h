@@ -1,0 +1,71 @@
+// engine/request.h — what a generation request asks for and what it gets back, in engine
+// terms (no protobuf here: the server translates the wire messages, DESIGN §1).
+#ifndef SPECMOE_ENGINE_REQUEST_H_
+#define SPECMOE_ENGINE_REQUEST_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace specmoe::engine {
+
+// Sampling controls, already defaulted (DESIGN §6: unset wire fields mean the defaults).
+struct SamplingParams {
+  float temperature = 0.0f;         // 0: greedy
+  float top_p = 1.0f;               // (0, 1]
+  int top_k = 0;                    // 0: no top-k
+  uint64_t seed = 0;
+  float repetition_penalty = 1.0f;  // 1: off (CTRL-style: logit / p if > 0 else logit * p)
+  bool greedy() const { return temperature == 0.0f; }
+};
+
+struct SpeculationParams {
+  bool disable = false;
+  std::vector<int> expansion;       // empty: the engine's default tree
+};
+
+struct GenerationRequest {
+  std::string request_id;
+  std::vector<int32_t> prompt_ids;  // already tokenized (BOS included when wanted)
+  int max_tokens = 128;
+  SamplingParams sampling;
+  std::vector<std::string> stop;           // stop strings
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+  SpeculationParams speculation;
+};
+
+enum class FinishReason { kNone = 0, kLength = 1, kStop = 2, kEos = 3, kCancelled = 4 };
+
+struct SpeculationStats {
+  int verify_steps = 0;
+  int drafted_tokens = 0;
+  int accepted_tokens = 0;              // draft tokens accepted (bonus tokens excluded)
+  float mean_tokens_per_step = 0.0f;    // emitted tokens / verify steps (bonus counted)
+  std::vector<float> acceptance_by_depth;  // accepted_d / reached_d, d = 1..depth
+};
+
+// One delivery to the request's result channel. Several tokens may arrive at once (one
+// verify step). The last event has finished = true and carries the totals; an event with a
+// non-OK status is also the last one.
+struct GenerationEvent {
+  std::vector<int32_t> token_ids;   // new tokens
+  std::string text;                 // their text delta (never splits a UTF-8 character)
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kNone;
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+  SpeculationStats speculation;
+  absl::Status status;              // non-OK: the request failed (finished is true)
+};
+
+// The per-request result channel: called on the engine's worker thread, in order, and must
+// not block (push into a queue and wake the transport).
+using EventSink = std::function<void(GenerationEvent)>;
+
+}  // namespace specmoe::engine
+
+#endif  // SPECMOE_ENGINE_REQUEST_H_
