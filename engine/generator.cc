@@ -49,9 +49,11 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, const char* role) 
 }
 
 // The context tokens whose repetition penalty applies at tree node `node`: the sequence
-// so far plus the node's path (root excluded: the root is already the last token).
+// so far plus the node's path (root excluded: the root is already the last token). Empty
+// when no penalty applies, since nothing reads it then.
 std::vector<int32_t> PathContext(const std::vector<int32_t>& tokens, const TokenTree& tree,
-                                 int node) {
+                                 int node, const SamplingParams& params) {
+  if (params.repetition_penalty == 1.0f) return {};
   std::vector<int32_t> context = tokens;
   for (int i : tree.Path(node)) context.push_back(tree.token[i]);
   return context;
@@ -102,9 +104,6 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const GeneratorOpti
                                             draft->config.vocab_size, &target_pieces,
                                             draft_tok.ok() ? &draft_pieces : nullptr);
     if (!same.ok()) return same;
-    absl::Status fits = CheckFitsInMemory(
-        g->target_store_->total_bytes() + draft->store->total_bytes(), "target + draft");
-    if (!fits.ok()) return fits;
   }
 
   g->backend_ = kernels::CreateCpuBackend(options.threads);
@@ -118,6 +117,17 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const GeneratorOpti
   g->target_ = *std::move(target_model);
   const int blocks_per_seq = (g->max_context_ + kTreeSlots + kBlockSize - 1) / kBlockSize;
   const int num_blocks = blocks_per_seq * std::max(options.max_sequences, 1);
+  // Weights (mmapped, read in full) and both KV pools must fit in memory together.
+  auto kv_bytes = [&](const ModelConfig& c) {
+    return static_cast<size_t>(num_blocks) * kBlockSize * 2 * c.num_layers * c.num_kv_heads *
+           c.head_dim * sizeof(float);
+  };
+  size_t total = g->target_store_->total_bytes() + kv_bytes(g->target_config_);
+  if (draft.has_value()) total += draft->store->total_bytes() + kv_bytes(draft->config);
+  absl::Status fits = CheckFitsInMemory(
+      total, absl::StrCat("the models and a KV cache for ", options.max_sequences, " x ",
+                          g->max_context_, " tokens (lower --max-batch or --max-context)"));
+  if (!fits.ok()) return fits;
   absl::StatusOr<std::unique_ptr<KvCache>> target_cache =
       KvCache::Create(g->backend_.get(), g->target_config_.num_layers, g->target_->kv_row(),
                       kBlockSize, num_blocks);
@@ -277,7 +287,7 @@ void Generator::DraftTree(Sequence& seq, const std::vector<int>& expansion, Toke
     // logits; sampled trees draw from its processed distribution q (kept in the tree).
     std::vector<std::vector<float>> dist(frontier.size());
     for (size_t f = 0; f < frontier.size(); ++f) {
-      std::vector<int32_t> context = PathContext(seq.tokens, *tree, frontier[f]);
+      std::vector<int32_t> context = PathContext(seq.tokens, *tree, frontier[f], params);
       if (params.greedy()) {
         dist[f] = frontier_logits[f];
         ApplyRepetitionPenalty(dist[f].data(), vocab, params.repetition_penalty, context);
@@ -367,7 +377,7 @@ StepOutput Generator::Step(Sequence& seq) {
       float* row = logits.data() + static_cast<size_t>(i) * vocab;
       if (params.repetition_penalty != 1.0f) {
         ApplyRepetitionPenalty(row, vocab, params.repetition_penalty,
-                               PathContext(seq.tokens, tree, i));
+                               PathContext(seq.tokens, tree, i, params));
       }
       argmax[i] = Argmax(row, vocab);
     }
@@ -376,7 +386,7 @@ StepOutput Generator::Step(Sequence& seq) {
     // The target's processed distribution, computed only at the nodes the walk visits.
     auto target_probs = [&](int node, std::vector<float>* probs) {
       ProcessLogits(logits.data() + static_cast<size_t>(node) * vocab, vocab, params,
-                    PathContext(seq.tokens, tree, node), probs);
+                    PathContext(seq.tokens, tree, node, params), probs);
     };
     result = VerifyStochastic(tree, target_probs, seq.verify_rng);
   }

@@ -1,0 +1,401 @@
+// tests/verifier_stat_test.cc — exactness of stochastic tree verification (DESIGN §4, §8).
+//
+// The verifier runs as a pure function on a tiny language model: 8 tokens, target and
+// draft logits that depend on the last token of the context, processed by ProcessLogits
+// with temperature / top-k / top-p / repetition penalty (the penalty makes each node's
+// distribution depend on its whole path). Each case draws 10^6 trees with fixed seeds
+// (children sampled from the draft without replacement, level by level, as the engine
+// does), verifies them, and records the first two emitted tokens: the second comes from the
+// tree when the step emitted two or more, else it is drawn from the target given the first
+// (the next plain sampling step), so the joint target distribution is
+//   P(t1, t2) = p(t1 | ctx) * p(t2 | ctx + t1).
+// A chi-square test (cells with expected count < 5 pooled; any draw of a zero-probability
+// token is an outright failure) must NOT reject at p = 1e-9 for the engine's verifier, for
+// the first token and for the pair. The same test must reject each of the three wrong
+// variants DESIGN §4 warns about, kept below as deliberately wrong node rules.
+// The chi-square survival function is the regularized upper incomplete gamma function,
+// computed here (series / Legendre continued fraction) and checked on known values.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/request.h"
+#include "engine/rng.h"
+#include "engine/sampler.h"
+#include "engine/token_tree.h"
+#include "engine/verifier.h"
+#include "gtest/gtest.h"
+#include "tests/stats_util.h"
+
+namespace specmoe::engine {
+namespace {
+
+constexpr int kVocab = 8;
+constexpr int64_t kTrials = 1000000;
+constexpr double kAlpha = 1e-9;
+
+TEST(ChiSquareTest, SurvivalFunctionMatchesKnownValues) {
+  // Upper 5% and 0.1% points of the chi-square distribution (standard tables).
+  EXPECT_NEAR(ChiSquareSurvival(3.841458820694124, 1), 0.05, 1e-12);
+  EXPECT_NEAR(ChiSquareSurvival(18.307038053275146, 10), 0.05, 1e-12);
+  EXPECT_NEAR(ChiSquareSurvival(29.588298445074418, 10), 0.001, 1e-14);
+  EXPECT_NEAR(ChiSquareSurvival(82.52872654147721, 63), 0.05, 1e-10);
+  // dof 2: Q(1, x/2) = exp(-x/2) exactly, in both branches and far in the tail.
+  for (double x : {0.5, 1.9, 2.1, 10.0, 60.0, 200.0}) {
+    EXPECT_NEAR(ChiSquareSurvival(x, 2) / std::exp(-x / 2), 1.0, 1e-12) << x;
+  }
+  EXPECT_EQ(ChiSquareSurvival(0.0, 5), 1.0);
+}
+
+TEST(ChiSquareTest, PoolsSmallCellsAndFailsOnImpossibleDraws) {
+  // 100 draws over [0.5, 0.45, 0.04, 0.01]: the last two (4 and 1 expected) are pooled.
+  const ChiSquareResult fit = ChiSquareTest({50, 45, 4, 1}, {0.5, 0.45, 0.04, 0.01});
+  EXPECT_EQ(fit.dof, 2);
+  EXPECT_NEAR(fit.statistic, 0.0, 1e-12);
+  EXPECT_NEAR(fit.p_value, 1.0, 1e-12);
+  const ChiSquareResult impossible = ChiSquareTest({50, 49, 1}, {0.5, 0.5, 0.0});
+  EXPECT_EQ(impossible.impossible, 1);
+  EXPECT_EQ(impossible.p_value, 0.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// The tiny language model and the distributions at every path of a tree.
+
+// logits[last][v]: a model whose next-token logits depend on the last context token.
+struct TinyModel {
+  std::vector<std::vector<float>> logits;
+};
+
+TinyModel RandomModel(uint64_t seed, float scale) {
+  Rng rng(seed);
+  TinyModel m;
+  m.logits.assign(kVocab, std::vector<float>(kVocab));
+  for (auto& row : m.logits) {
+    for (float& v : row) v = static_cast<float>(scale * (2.0 * rng.Uniform() - 1.0));
+  }
+  return m;
+}
+
+// base + noise * U(-1, 1) per logit (noise 0: the same model).
+TinyModel Perturbed(const TinyModel& base, uint64_t seed, float noise) {
+  Rng rng(seed);
+  TinyModel m = base;
+  for (auto& row : m.logits) {
+    for (float& v : row) v += static_cast<float>(noise * (2.0 * rng.Uniform() - 1.0));
+  }
+  return m;
+}
+
+// The target's p and the draft's q for every path of length 0..depth below the root.
+// Entry 0 is the root (context = prompt); child[e][t] is the entry of path(e) + t.
+struct PathTable {
+  std::vector<std::vector<float>> p;
+  std::vector<std::vector<float>> q;
+  std::vector<std::vector<int>> child;
+};
+
+PathTable BuildPathTable(const TinyModel& target, const SamplingParams& target_params,
+                         const TinyModel& draft, const SamplingParams& draft_params,
+                         const std::vector<int32_t>& prompt, int depth) {
+  PathTable table;
+  std::vector<std::vector<int32_t>> contexts = {prompt};
+  for (size_t e = 0; e < contexts.size(); ++e) {
+    const std::vector<int32_t> ctx = contexts[e];
+    std::vector<float> p, q;
+    ProcessLogits(target.logits[ctx.back()].data(), kVocab, target_params, ctx, &p);
+    ProcessLogits(draft.logits[ctx.back()].data(), kVocab, draft_params, ctx, &q);
+    table.p.push_back(p);
+    table.q.push_back(q);
+    table.child.emplace_back(kVocab, -1);
+    if (ctx.size() - prompt.size() < static_cast<size_t>(depth)) {
+      for (int t = 0; t < kVocab; ++t) {
+        table.child[e][t] = static_cast<int>(contexts.size());
+        std::vector<int32_t> next = ctx;
+        next.push_back(t);
+        contexts.push_back(next);
+      }
+    }
+  }
+  return table;
+}
+
+std::vector<double> Normalized(const std::vector<float>& v) {
+  double total = 0.0;
+  for (float x : v) total += x;
+  std::vector<double> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = v[i] / total;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Deliberately WRONG verifiers (DESIGN §4). Each is one node rule: given the target p and
+// the stored draft q at a node (both normalized, modified in place) and the children's
+// tokens in draw order, return the index of the accepted child or -1, leaving in p the
+// distribution the bonus would be drawn from.
+
+using NodeRule = int (*)(std::vector<double>& p, std::vector<double>& q,
+                         const std::vector<int32_t>& children, Rng& rng);
+
+// p := normalize(max(0, p - q)); unchanged when that has no mass.
+void ResidualInPlace(std::vector<double>& p, const std::vector<double>& q) {
+  double mass = 0.0;
+  for (size_t v = 0; v < p.size(); ++v) mass += std::max(0.0, p[v] - q[v]);
+  if (mass <= 0.0) return;
+  for (size_t v = 0; v < p.size(); ++v) p[v] = std::max(0.0, p[v] - q[v]) / mass;
+}
+
+// q := q without x, renormalized.
+void RemoveInPlace(std::vector<double>& q, int32_t x) {
+  q[x] = 0.0;
+  double mass = 0.0;
+  for (double v : q) mass += v;
+  if (mass <= 0.0) return;
+  for (double& v : q) v /= mass;
+}
+
+// WRONG 1: keeps q unchanged after a rejection, although the next child was drawn without
+// replacement (from q without the rejected tokens).
+int WrongKeepsQ(std::vector<double>& p, std::vector<double>& q,
+                const std::vector<int32_t>& children, Rng& rng) {
+  for (size_t i = 0; i < children.size(); ++i) {
+    const int32_t x = children[i];
+    if (rng.Uniform() * q[x] < p[x]) return static_cast<int>(i);
+    ResidualInPlace(p, q);
+  }
+  return -1;
+}
+
+// WRONG 2: removes x from q BEFORE forming the residual.
+int WrongRemovesBeforeResidual(std::vector<double>& p, std::vector<double>& q,
+                               const std::vector<int32_t>& children, Rng& rng) {
+  for (size_t i = 0; i < children.size(); ++i) {
+    const int32_t x = children[i];
+    if (rng.Uniform() * q[x] < p[x]) return static_cast<int>(i);
+    RemoveInPlace(q, x);
+    ResidualInPlace(p, q);
+  }
+  return -1;
+}
+
+// WRONG 3: tests the children out of draw order (last drawn first), otherwise correct.
+int WrongTestsOutOfOrder(std::vector<double>& p, std::vector<double>& q,
+                         const std::vector<int32_t>& children, Rng& rng) {
+  for (size_t j = children.size(); j-- > 0;) {
+    const int32_t x = children[j];
+    if (rng.Uniform() * q[x] < p[x]) return static_cast<int>(j);
+    ResidualInPlace(p, q);
+    RemoveInPlace(q, x);
+  }
+  return -1;
+}
+
+// The tree walk around a node rule: descend on acceptance, bonus from the final p.
+VerifyResult WalkWithRule(const TokenTree& tree, std::span<const std::vector<float>> rows, Rng& rng,
+                          NodeRule rule) {
+  VerifyResult result;
+  int node = 0;
+  std::vector<double> p = Normalized(rows[0]);
+  for (;;) {
+    const std::vector<int> children = tree.Children(node);
+    if (children.empty()) break;
+    std::vector<double> q = Normalized(tree.q[node]);
+    std::vector<int32_t> tokens;
+    for (int c : children) tokens.push_back(tree.token[c]);
+    const int accepted = rule(p, q, tokens, rng);
+    if (accepted < 0) break;
+    node = children[accepted];
+    result.accepted_nodes.push_back(node);
+    p = Normalized(rows[node]);
+  }
+  result.bonus_token = SampleFrom(std::span<const double>(p), rng);
+  return result;
+}
+
+using Verifier = VerifyResult (*)(const TokenTree&, std::span<const std::vector<float>>, Rng&);
+
+VerifyResult EngineVerifier(const TokenTree& tree, std::span<const std::vector<float>> p,
+                            Rng& rng) {
+  return VerifyStochastic(tree, p, rng);
+}
+VerifyResult KeepsQ(const TokenTree& tree, std::span<const std::vector<float>> p, Rng& rng) {
+  return WalkWithRule(tree, p, rng, WrongKeepsQ);
+}
+VerifyResult RemovesBeforeResidual(const TokenTree& tree, std::span<const std::vector<float>> p,
+                                   Rng& rng) {
+  return WalkWithRule(tree, p, rng, WrongRemovesBeforeResidual);
+}
+VerifyResult TestsOutOfOrder(const TokenTree& tree, std::span<const std::vector<float>> p,
+                             Rng& rng) {
+  return WalkWithRule(tree, p, rng, WrongTestsOutOfOrder);
+}
+
+// ---------------------------------------------------------------------------------------
+// The experiment.
+
+struct Case {
+  std::string name;
+  std::vector<int> expansion;
+  SamplingParams target;  // the request's params: the target's p
+  SamplingParams draft;   // what the draft's q was processed with (the engine uses the
+                          // request's params; other choices show exactness for any q)
+  float draft_noise;      // draft logits = target logits + noise * U(-1, 1)
+  uint64_t seed;
+};
+
+SamplingParams Params(float temperature, int top_k = 0, float top_p = 1.0f,
+                      float repetition_penalty = 1.0f) {
+  SamplingParams s;
+  s.temperature = temperature;
+  s.top_k = top_k;
+  s.top_p = top_p;
+  s.repetition_penalty = repetition_penalty;
+  return s;
+}
+
+std::vector<Case> Cases() {
+  const SamplingParams t1 = Params(1.0f);
+  const SamplingParams t06k4 = Params(0.6f, 4);
+  const SamplingParams t14p8 = Params(1.4f, 0, 0.8f);
+  const SamplingParams mixed = Params(0.8f, 6, 0.9f, 1.3f);
+  return {
+      {"T=1 <3,2>", {3, 2}, t1, t1, 2.0f, 11},
+      {"T=0.6 top-k=4 <3,2>", {3, 2}, t06k4, t06k4, 2.0f, 12},
+      {"T=1.4 top-p=0.8 <3,2>", {3, 2}, t14p8, t14p8, 2.0f, 13},
+      {"T=0.8 top-k=6 top-p=0.9 penalty=1.3 <3,2>", {3, 2}, mixed, mixed, 2.0f, 14},
+      {"draft top-k=2: fewer children <3,2>", {3, 2}, t1, Params(1.0f, 2), 1.0f, 15},
+      {"draft T=2 vs target T=0.5 <4,2>", {4, 2}, Params(0.5f), Params(2.0f), 1.0f, 16},
+      {"draft = target <3,2>", {3, 2}, t14p8, t14p8, 0.0f, 17},
+      {"T=0.9 top-p=0.95 <2,2,2>",
+       {2, 2, 2},
+       Params(0.9f, 0, 0.95f),
+       Params(0.9f, 0, 0.95f),
+       2.0f,
+       18},
+  };
+}
+
+struct Outcome {
+  ChiSquareResult first;
+  ChiSquareResult joint;
+  double mean_emitted = 0.0;  // tokens per step, for the log
+};
+
+Outcome RunCase(const Case& c, Verifier verify) {
+  const std::vector<int32_t> prompt = {3, 5, 1};  // the root token is 1
+  const TinyModel target = RandomModel(1000 + c.seed, 3.0f);
+  const TinyModel draft = Perturbed(target, 2000 + c.seed, c.draft_noise);
+  const int depth = static_cast<int>(c.expansion.size());
+  const PathTable table = BuildPathTable(target, c.target, draft, c.draft, prompt, depth);
+
+  Rng master(c.seed);
+  Rng draft_rng = master.Split(kDraftStream);
+  Rng verify_rng = master.Split(kVerifyStream);
+  Rng next_step_rng = master.Split(3);  // the plain step after a bonus-only verify step
+
+  std::vector<int64_t> first_counts(kVocab, 0);
+  std::vector<int64_t> joint_counts(kVocab * kVocab, 0);
+  int64_t emitted = 0;
+  TokenTree tree;
+  std::vector<int> entry;  // tree node -> PathTable entry
+  std::vector<std::vector<float>> rows;
+  std::vector<std::vector<float>> p_rows;
+  for (int64_t trial = 0; trial < kTrials; ++trial) {
+    tree.Reset(prompt.back());
+    entry.assign(1, 0);
+    for (int level = 0; level < depth; ++level) {
+      const std::vector<int> frontier = tree.NodesAtDepth(level);
+      rows.resize(frontier.size());
+      for (size_t i = 0; i < frontier.size(); ++i) rows[i] = table.q[entry[frontier[i]]];
+      const int before = tree.size();
+      ExpandLevel(tree, frontier, rows, c.expansion[level], /*greedy=*/false, draft_rng);
+      for (int n = before; n < tree.size(); ++n) {
+        entry.push_back(table.child[entry[tree.parent[n]]][tree.token[n]]);
+      }
+    }
+    p_rows.resize(tree.size());
+    for (int n = 0; n < tree.size(); ++n) p_rows[n] = table.p[entry[n]];
+
+    const VerifyResult r = verify(tree, p_rows, verify_rng);
+    const size_t accepted = r.accepted_nodes.size();
+    emitted += static_cast<int64_t>(accepted) + 1;
+    const int32_t t1 = accepted >= 1 ? tree.token[r.accepted_nodes[0]] : r.bonus_token;
+    int32_t t2;
+    if (accepted >= 2) {
+      t2 = tree.token[r.accepted_nodes[1]];
+    } else if (accepted == 1) {
+      t2 = r.bonus_token;
+    } else {
+      t2 = SampleFrom(table.p[table.child[0][t1]], next_step_rng);
+    }
+    ++first_counts[t1];
+    ++joint_counts[t1 * kVocab + t2];
+  }
+
+  const std::vector<double> p_root = Normalized(table.p[0]);
+  std::vector<double> joint(kVocab * kVocab, 0.0);
+  for (int a = 0; a < kVocab; ++a) {
+    const std::vector<double> p_next = Normalized(table.p[table.child[0][a]]);
+    for (int b = 0; b < kVocab; ++b) joint[a * kVocab + b] = p_root[a] * p_next[b];
+  }
+  Outcome out;
+  out.first = ChiSquareTest(first_counts, p_root);
+  out.joint = ChiSquareTest(joint_counts, joint);
+  out.mean_emitted = static_cast<double>(emitted) / kTrials;
+  return out;
+}
+
+void Log(const char* verifier, const Case& c, const Outcome& o) {
+  std::printf(
+      "%-24s %-44s first: chi2 %12.2f dof %2d p %.3g | pair: chi2 %12.2f dof %2d p %.3g | "
+      "tokens/step %.3f\n",
+      verifier, c.name.c_str(), o.first.statistic, o.first.dof, o.first.p_value, o.joint.statistic,
+      o.joint.dof, o.joint.p_value, o.mean_emitted);
+  std::fflush(stdout);
+}
+
+class ExactSamplingTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ExactSamplingTest, FirstTwoTokensHaveTheTargetDistribution) {
+  const Case& c = GetParam();
+  const Outcome o = RunCase(c, EngineVerifier);
+  Log("engine verifier", c, o);
+  EXPECT_EQ(o.first.impossible, 0);
+  EXPECT_EQ(o.joint.impossible, 0);
+  EXPECT_GT(o.first.p_value, kAlpha) << "first token, chi2 " << o.first.statistic;
+  EXPECT_GT(o.joint.p_value, kAlpha) << "first two tokens, chi2 " << o.joint.statistic;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, ExactSamplingTest, ::testing::ValuesIn(Cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           return "Case" + std::to_string(info.index);
+                         });
+
+// Runs `verify` on the cases in order until the chi-square test rejects (first token or
+// pair); returns whether it did.
+bool RejectedOnSomeCase(const char* name, Verifier verify) {
+  for (const Case& c : Cases()) {
+    const Outcome o = RunCase(c, verify);
+    Log(name, c, o);
+    if (o.first.p_value < kAlpha || o.joint.p_value < kAlpha) return true;
+  }
+  return false;
+}
+
+TEST(WrongVerifierTest, KeepingQAfterARejectionIsDetected) {
+  EXPECT_TRUE(RejectedOnSomeCase("WRONG keeps q", KeepsQ));
+}
+
+TEST(WrongVerifierTest, RemovingXBeforeTheResidualIsDetected) {
+  EXPECT_TRUE(RejectedOnSomeCase("WRONG removes x first", RemovesBeforeResidual));
+}
+
+TEST(WrongVerifierTest, TestingChildrenOutOfDrawOrderIsDetected) {
+  EXPECT_TRUE(RejectedOnSomeCase("WRONG out of order", TestsOutOfOrder));
+}
+
+}  // namespace
+}  // namespace specmoe::engine
