@@ -1,0 +1,320 @@
+// kernels/cpu/cpu_backend.cc — the CPU implementation of the Backend op table (backend.h).
+//
+// Matmul: the batch-invariant streaming kernel (matmul.h) for 1..kSmallBatchRows rows and
+// OpenBLAS sgemm above; attention in attention.h; the small ops below follow Hugging Face
+// transformers' LLaMA code (RMSNorm, rotary embedding) in fp32, op by op. Everything runs
+// on one ThreadPool. This backend is the reference other backends are tested against.
+// Tested by tests/cpu_backend_test.cc (each op against a double-precision reference, batch
+// invariance bit-exactly).
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/thread_pool.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+namespace specmoe::kernels {
+namespace {
+
+// Broken-invariant abort (the engine validates everything a request can cause).
+#define SPECMOE_CPU_CHECK(cond, msg)                                                         \
+  do {                                                                                       \
+    if (!(cond)) {                                                                           \
+      std::fprintf(stderr, "%s:%d: CPU backend check failed: %s (%s)\n", __FILE__, __LINE__, \
+                   #cond, msg);                                                              \
+      std::abort();                                                                          \
+    }                                                                                        \
+  } while (0)
+
+// Element-wise loops shorter than this stay on the calling thread.
+constexpr int64_t kMinParallelElements = int64_t{1} << 15;
+
+inline int64_t MinRows(int64_t row_elements) {
+  return std::max<int64_t>(1, kMinParallelElements / std::max<int64_t>(1, row_elements));
+}
+
+// sum_i x[i]^2 with 8 lanes (fixed order), then the tail.
+inline float SumOfSquares(const float* x, int d) {
+  int i = 0;
+  float sum = 0.0f;
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= d; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    acc = _mm256_fmadd_ps(v, v, acc);
+  }
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 0x55)));
+#endif
+  for (; i < d; ++i) sum += x[i] * x[i];
+  return sum;
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int num_threads) : pool_(num_threads) {
+    openblas_set_num_threads(pool_.num_threads());
+  }
+
+  std::string name() const override { return "cpu"; }
+
+  void* Alloc(size_t bytes) override {
+    const size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+    return std::aligned_alloc(64, rounded);
+  }
+  void Free(void* ptr) override { std::free(ptr); }
+  void CopyFromHost(void* dst, const void* host_src, size_t bytes) override {
+    std::memcpy(dst, host_src, bytes);
+  }
+  void CopyToHost(void* host_dst, const void* src, size_t bytes) override {
+    std::memcpy(host_dst, src, bytes);
+  }
+  void Copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  Weight Upload(const Weight& host_weight) override { return host_weight; }
+
+  void MatMul(const float* x, int n, const Weight& w, float* y) override {
+    if (n <= kSmallBatchRows) {
+      StreamingMatMul(x, n, w, y, pool_);
+    } else {
+      BlasMatMul(x, n, w, y, pool_, &blas_scratch_);
+    }
+  }
+
+  void Embedding(const int32_t* ids, int n, const Weight& w, float* out) override {
+    for (int i = 0; i < n; ++i) {
+      SPECMOE_CPU_CHECK(ids[i] >= 0 && ids[i] < w.rows, "embedding id out of range");
+      ConvertRowsToF32(w, ids[i], ids[i] + 1, out + static_cast<int64_t>(i) * w.cols);
+    }
+  }
+
+  // HF LlamaRMSNorm in fp32: var = mean(x^2); h = x * rsqrt(var + eps); y = w * h.
+  void RmsNorm(const float* x, int n, int d, const Weight& w, float eps, float* y) override {
+    SPECMOE_CPU_CHECK(w.rows * w.cols == d, "norm weight size != d");
+    std::vector<float> weight(d);
+    ConvertRowsToF32(Weight{w.data, w.dtype, 1, d}, 0, 1, weight.data());
+    pool_.ParallelFor(
+        n,
+        [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) {
+            const float* xr = x + r * d;
+            float* yr = y + r * d;
+            const float variance = SumOfSquares(xr, d) / static_cast<float>(d);
+            const float inv_rms = 1.0f / std::sqrt(variance + eps);
+            for (int i = 0; i < d; ++i) yr[i] = weight[i] * (xr[i] * inv_rms);
+          }
+        },
+        MinRows(d));
+  }
+
+  // HF LlamaRotaryEmbedding + apply_rotary_pos_emb, in fp32 like transformers:
+  //   inv_freq_j = 1 / theta^(float(2j) / head_dim), angle = float(pos) * inv_freq_j,
+  //   x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin (each product rounded, then the sum).
+  void Rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos, float theta) override {
+    const int half = head_dim / 2;
+    std::vector<float> inv_freq(half);
+    for (int j = 0; j < half; ++j) {
+      const float exponent = static_cast<float>(2 * j) / static_cast<float>(head_dim);
+      inv_freq[j] = 1.0f / std::pow(theta, exponent);
+    }
+    const int64_t row = static_cast<int64_t>(n_heads) * head_dim;
+    pool_.ParallelFor(
+        n,
+        [&](int64_t begin, int64_t end) {
+          std::vector<float> cos_t(half), sin_t(half);
+          for (int64_t t = begin; t < end; ++t) {
+            const float p = static_cast<float>(pos[t]);
+            for (int j = 0; j < half; ++j) {
+              const float angle = p * inv_freq[j];
+              cos_t[j] = std::cos(angle);
+              sin_t[j] = std::sin(angle);
+            }
+            for (int h = 0; h < n_heads; ++h) {
+              float* head = x + t * row + static_cast<int64_t>(h) * head_dim;
+              for (int j = 0; j < half; ++j) {
+                const float x1 = head[j];
+                const float x2 = head[j + half];
+                head[j] = x1 * cos_t[j] - x2 * sin_t[j];
+                head[j + half] = x2 * cos_t[j] + x1 * sin_t[j];
+              }
+            }
+          }
+        },
+        MinRows(row * 4));
+  }
+
+  void SiluMul(const float* gate, const float* up, int n, int d, float* out) override {
+    const int64_t count = static_cast<int64_t>(n) * d;
+    pool_.ParallelFor(
+        count,
+        [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            const float a = gate[i];
+            out[i] = a / (1.0f + std::exp(-a)) * up[i];
+          }
+        },
+        kMinParallelElements);
+  }
+
+  void Add(const float* x, size_t count, float* y) override {
+    pool_.ParallelFor(
+        static_cast<int64_t>(count),
+        [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) y[i] += x[i];
+        },
+        kMinParallelElements);
+  }
+
+  void Tanh(float* x, size_t count) override {
+    pool_.ParallelFor(
+        static_cast<int64_t>(count),
+        [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) x[i] = std::tanh(x[i]);
+        },
+        kMinParallelElements / 8);
+  }
+
+  void KvWrite(const float* k, const float* v, int n, int row, const int32_t* slots, float* k_cache,
+               float* v_cache) override {
+    const size_t bytes = static_cast<size_t>(row) * sizeof(float);
+    for (int i = 0; i < n; ++i) {
+      const int64_t dst = static_cast<int64_t>(slots[i]) * row;
+      std::memcpy(k_cache + dst, k + static_cast<int64_t>(i) * row, bytes);
+      std::memcpy(v_cache + dst, v + static_cast<int64_t>(i) * row, bytes);
+    }
+  }
+
+  void KvMove(const int32_t* src, const int32_t* dst, int n, int row, float* k_cache,
+              float* v_cache) override {
+    const size_t bytes = static_cast<size_t>(row) * sizeof(float);
+    for (int i = 0; i < n; ++i) {
+      if (src[i] == dst[i]) continue;
+      const int64_t from = static_cast<int64_t>(src[i]) * row;
+      const int64_t to = static_cast<int64_t>(dst[i]) * row;
+      std::memcpy(k_cache + to, k_cache + from, bytes);
+      std::memcpy(v_cache + to, v_cache + from, bytes);
+    }
+  }
+
+  void Attention(const AttentionArgs& args) override {
+    SPECMOE_CPU_CHECK(args.n_kv_heads > 0 && args.n_heads % args.n_kv_heads == 0,
+                      "n_heads must be a multiple of n_kv_heads");
+    PagedAttention(args, pool_);
+  }
+
+  // Top k of each row (ties: lower index first), then softmax over the k logits:
+  // w_j = exp(l_j - l_0) / sum_i exp(l_i - l_0), summed in j order.
+  void TopKSoftmax(const float* logits, int n, int e, int k, int32_t* idx, float* weight) override {
+    SPECMOE_CPU_CHECK(k >= 1 && k <= e, "k must be in [1, e]");
+    std::vector<int32_t> order(e);
+    std::vector<float> p(k);
+    for (int t = 0; t < n; ++t) {
+      const float* l = logits + static_cast<int64_t>(t) * e;
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), [l](int32_t a, int32_t b) {
+        return l[a] > l[b] || (l[a] == l[b] && a < b);
+      });
+      float sum = 0.0f;
+      for (int j = 0; j < k; ++j) {
+        p[j] = std::exp(l[order[j]] - l[order[0]]);
+        sum += p[j];
+      }
+      for (int j = 0; j < k; ++j) {
+        idx[static_cast<int64_t>(t) * k + j] = order[j];
+        weight[static_cast<int64_t>(t) * k + j] = p[j] / sum;
+      }
+    }
+  }
+
+  // For each expert e, gathers the (token, j) pairs routed to it in increasing order,
+  // runs down(silu(gate x) * up x) with the streaming kernel (batch-invariant for any
+  // count), and parks each result at contrib[t * k + j]. Then
+  // y[t] = scale * (sum_{j<k} weight[t, j] * contrib[t, j]) with the sum in j order.
+  void MoeExperts(const float* x, int n, int hidden, const int32_t* idx, const float* weight, int k,
+                  const ExpertWeights* experts, int num_experts, float scale, float* y) override {
+    if (n <= 0) return;
+    const int64_t pairs = static_cast<int64_t>(n) * k;
+    for (int64_t pair = 0; pair < pairs; ++pair) {
+      SPECMOE_CPU_CHECK(idx[pair] >= 0 && idx[pair] < num_experts, "expert id out of range");
+    }
+    contrib_.resize(static_cast<size_t>(pairs * hidden));
+    std::vector<int64_t> routed;  // indices t * k + j routed to the current expert
+    for (int e = 0; e < num_experts; ++e) {
+      routed.clear();
+      for (int64_t pair = 0; pair < pairs; ++pair) {
+        if (idx[pair] == e) routed.push_back(pair);
+      }
+      if (routed.empty()) continue;
+      const ExpertWeights& ex = experts[e];
+      SPECMOE_CPU_CHECK(ex.gate.cols == hidden && ex.up.cols == hidden && ex.down.rows == hidden &&
+                            ex.up.rows == ex.gate.rows && ex.down.cols == ex.gate.rows,
+                        "expert weight shapes");
+      const int m = static_cast<int>(routed.size());
+      const int64_t size = ex.gate.rows;
+      gathered_.resize(static_cast<size_t>(m) * hidden);
+      gate_out_.resize(static_cast<size_t>(m * size));
+      up_out_.resize(static_cast<size_t>(m * size));
+      expert_out_.resize(static_cast<size_t>(m) * hidden);
+      for (int i = 0; i < m; ++i) {
+        std::memcpy(gathered_.data() + static_cast<int64_t>(i) * hidden, x + routed[i] / k * hidden,
+                    static_cast<size_t>(hidden) * sizeof(float));
+      }
+      StreamingMatMul(gathered_.data(), m, ex.gate, gate_out_.data(), pool_);
+      StreamingMatMul(gathered_.data(), m, ex.up, up_out_.data(), pool_);
+      SiluMul(gate_out_.data(), up_out_.data(), m, static_cast<int>(size), gate_out_.data());
+      StreamingMatMul(gate_out_.data(), m, ex.down, expert_out_.data(), pool_);
+      for (int i = 0; i < m; ++i) {
+        std::memcpy(contrib_.data() + routed[i] * hidden,
+                    expert_out_.data() + static_cast<int64_t>(i) * hidden,
+                    static_cast<size_t>(hidden) * sizeof(float));
+      }
+    }
+    pool_.ParallelFor(
+        n,
+        [&](int64_t begin, int64_t end) {
+          for (int64_t t = begin; t < end; ++t) {
+            float* yt = y + t * hidden;
+            for (int i = 0; i < hidden; ++i) {
+              float acc = 0.0f;
+              for (int j = 0; j < k; ++j) {
+                acc += weight[t * k + j] * contrib_[static_cast<size_t>((t * k + j) * hidden + i)];
+              }
+              yt[i] = scale * acc;
+            }
+          }
+        },
+        MinRows(static_cast<int64_t>(hidden) * k));
+  }
+
+ private:
+  ThreadPool pool_;
+  // Scratch reused across calls (the backend is used by one thread).
+  std::vector<float> blas_scratch_;
+  std::vector<float> contrib_;     // [n * k, hidden]
+  std::vector<float> gathered_;    // [m, hidden]
+  std::vector<float> gate_out_;    // [m, size]
+  std::vector<float> up_out_;      // [m, size]
+  std::vector<float> expert_out_;  // [m, hidden]
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> CreateCpuBackend(int num_threads) {
+  return std::make_unique<CpuBackend>(num_threads);
+}
+
+}  // namespace specmoe::kernels

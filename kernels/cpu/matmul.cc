@@ -1,0 +1,308 @@
+// kernels/cpu/matmul.cc — see matmul.h for the contract and the summation order.
+//
+// Streaming kernel layout: the output rows are split into blocks of kRowBlock rows; a
+// thread owns a contiguous range of blocks. For one block, the input dimension is walked
+// in tiles of kTileK elements: the block's weight tile (kRowBlock x kTileK) is loaded from
+// memory once and stays in L1 while every group of 3 activation rows is multiplied by it
+// (kRowBlock x 3 register accumulators, one 8-lane fp32 accumulator per (row, output); the
+// last group may have 1 or 2 rows).
+// Between tiles the accumulators are parked in a small per-thread buffer
+// [n, kRowBlock, 8]; parking does not change any value, so the per-output order is the
+// one documented in matmul.h whatever the blocking.
+#include "kernels/cpu/matmul.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cpu/f16.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define SPECMOE_CPU_AVX2 1
+#else
+#define SPECMOE_CPU_AVX2 0
+#endif
+
+namespace specmoe::kernels {
+namespace {
+
+constexpr int kLanes = 8;
+constexpr int kRowBlock = 4;     // output rows per register block
+constexpr int64_t kTileK = 512;  // input elements per tile (multiple of kLanes)
+
+// Scalar element loads (tails and the fallback).
+inline float LoadScalar(const void* base, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kF32: {
+      float f;
+      std::memcpy(&f, static_cast<const char*>(base) + i * 4, 4);
+      return f;
+    }
+    case DType::kF16: {
+      uint16_t h;
+      std::memcpy(&h, static_cast<const char*>(base) + i * 2, 2);
+      return F16ToF32(h);
+    }
+    case DType::kBF16: {
+      uint16_t h;
+      std::memcpy(&h, static_cast<const char*>(base) + i * 2, 2);
+      return Bf16ToF32(h);
+    }
+  }
+  return 0.0f;
+}
+
+#if SPECMOE_CPU_AVX2
+
+// Loads 8 consecutive weights starting at element i as 8 fp32 lanes (unaligned is fine).
+struct F32Loader {
+  static __m256 Load(const void* base, int64_t i) {
+    return _mm256_loadu_ps(static_cast<const float*>(base) + i);
+  }
+};
+struct F16Loader {
+  static __m256 Load(const void* base, int64_t i) {
+    return _mm256_cvtph_ps(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i)));
+  }
+};
+struct Bf16Loader {
+  // bf16 -> f32: zero-extend to 32 bits and shift into the high half.
+  static __m256 Load(const void* base, int64_t i) {
+    const __m128i h =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+};
+
+// ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
+inline float ReduceLanes(const float* lanes) {
+  const __m256 v = _mm256_loadu_ps(lanes);
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 0x55));
+  return _mm_cvtss_f32(s1);
+}
+
+// acc[j][i][:] += w[o0 + i, k0:k1] * x[j, k0:k1] lane-wise, for RO outputs and RN rows
+// (x, w: row strides `in`). acc points at row 0's parked accumulators ([RN][kRowBlock][8]).
+template <class Loader, int RO, int RN>
+inline void MicroKernel(const float* x, int64_t in, const void* w, int64_t o0, int64_t k0,
+                        int64_t k1, float* acc) {
+  // The fixed-size loops below must be fully unrolled so a[][] lives in registers.
+  __m256 a[RO][RN];
+#pragma GCC unroll 8
+  for (int i = 0; i < RO; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) a[i][j] = _mm256_loadu_ps(acc + (j * kRowBlock + i) * kLanes);
+  }
+  for (int64_t k = k0; k < k1; k += kLanes) {
+    __m256 xv[RN];
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) {
+      xv[j] = _mm256_loadu_ps(x + j * in + k);
+      // Keeps x in a register: otherwise GCC folds the load into each FMA and the loop
+      // becomes load-bound (RO loads of x per step instead of one).
+      asm("" : "+x"(xv[j]));
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < RO; ++i) {
+      __m256 wv = Loader::Load(w, (o0 + i) * in + k);
+      asm("" : "+x"(wv));  // likewise: one load of w per step, reused RN times
+#pragma GCC unroll 8
+      for (int j = 0; j < RN; ++j) a[i][j] = _mm256_fmadd_ps(wv, xv[j], a[i][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < RO; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) _mm256_storeu_ps(acc + (j * kRowBlock + i) * kLanes, a[i][j]);
+  }
+}
+
+// All n rows against the weight tile w[o0 : o0 + RO, k0:k1], 3 rows at a time.
+template <class Loader, int RO>
+inline void TileAllRows(const float* x, int n, int64_t in, const void* w, int64_t o0, int64_t k0,
+                        int64_t k1, float* acc) {
+  int r = 0;
+  for (; r + 3 <= n; r += 3) {
+    MicroKernel<Loader, RO, 3>(x + r * in, in, w, o0, k0, k1, acc + r * kRowBlock * kLanes);
+  }
+  if (n - r == 2) {
+    MicroKernel<Loader, RO, 2>(x + r * in, in, w, o0, k0, k1, acc + r * kRowBlock * kLanes);
+  } else if (n - r == 1) {
+    MicroKernel<Loader, RO, 1>(x + r * in, in, w, o0, k0, k1, acc + r * kRowBlock * kLanes);
+  }
+}
+
+// Runs the vector part of one block of RO output rows over all n rows, tile by tile.
+template <class Loader, int RO>
+void VectorBlock(const float* x, int n, int64_t in, const void* w, int64_t o0, float* acc) {
+  const int64_t in_vec = in / kLanes * kLanes;
+  for (int64_t k0 = 0; k0 < in_vec; k0 += kTileK) {
+    const int64_t k1 = std::min(k0 + kTileK, in_vec);
+    TileAllRows<Loader, RO>(x, n, in, w, o0, k0, k1, acc);
+  }
+}
+
+template <class Loader>
+void VectorBlockAnyRows(const float* x, int n, int64_t in, const void* w, int64_t o0, int ro,
+                        float* acc) {
+  switch (ro) {
+    case 4:
+      VectorBlock<Loader, 4>(x, n, in, w, o0, acc);
+      break;
+    case 3:
+      VectorBlock<Loader, 3>(x, n, in, w, o0, acc);
+      break;
+    case 2:
+      VectorBlock<Loader, 2>(x, n, in, w, o0, acc);
+      break;
+    default:
+      VectorBlock<Loader, 1>(x, n, in, w, o0, acc);
+      break;
+  }
+}
+
+#else  // !SPECMOE_CPU_AVX2: the same order with scalar lanes.
+
+inline float ReduceLanes(const float* l) {
+  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+void ScalarVectorBlock(const float* x, int n, int64_t in, const Weight& w, int64_t o0, int ro,
+                       float* acc) {
+  const int64_t in_vec = in / kLanes * kLanes;
+  for (int r = 0; r < n; ++r) {
+    for (int i = 0; i < ro; ++i) {
+      float* a = acc + (r * kRowBlock + i) * kLanes;
+      for (int64_t k = 0; k < in_vec; k += kLanes) {
+        for (int l = 0; l < kLanes; ++l) {
+          const float wk = LoadScalar(w.data, w.dtype, (o0 + i) * in + k + l);
+          a[l] = MulAdd(wk, x[r * in + k + l], a[l]);
+        }
+      }
+    }
+  }
+}
+
+#endif  // SPECMOE_CPU_AVX2
+
+// Computes y[:, o0 : o0 + ro] for all n rows. acc: scratch [n, kRowBlock, 8].
+void OutputBlock(const float* x, int n, const Weight& w, int64_t o0, int ro, float* acc, float* y) {
+  const int64_t in = w.cols;
+  const int64_t in_vec = in / kLanes * kLanes;
+  std::fill(acc, acc + static_cast<int64_t>(n) * kRowBlock * kLanes, 0.0f);
+#if SPECMOE_CPU_AVX2
+  switch (w.dtype) {
+    case DType::kF32:
+      VectorBlockAnyRows<F32Loader>(x, n, in, w.data, o0, ro, acc);
+      break;
+    case DType::kF16:
+      VectorBlockAnyRows<F16Loader>(x, n, in, w.data, o0, ro, acc);
+      break;
+    case DType::kBF16:
+      VectorBlockAnyRows<Bf16Loader>(x, n, in, w.data, o0, ro, acc);
+      break;
+  }
+#else
+  ScalarVectorBlock(x, n, in, w, o0, ro, acc);
+#endif
+  for (int r = 0; r < n; ++r) {
+    for (int i = 0; i < ro; ++i) {
+      float sum = ReduceLanes(acc + (r * kRowBlock + i) * kLanes);
+      for (int64_t k = in_vec; k < in; ++k) {
+        sum = MulAdd(LoadScalar(w.data, w.dtype, (o0 + i) * in + k), x[r * in + k], sum);
+      }
+      y[static_cast<int64_t>(r) * w.rows + o0 + i] = sum;
+    }
+  }
+}
+
+}  // namespace
+
+void StreamingMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool) {
+  if (n <= 0 || w.rows <= 0) return;
+  const int64_t num_blocks = (w.rows + kRowBlock - 1) / kRowBlock;
+  // Keep at least ~64K multiply-adds per thread so tiny products stay on one thread.
+  const int64_t block_work = std::max<int64_t>(1, kRowBlock * w.cols * n);
+  const int64_t min_blocks = std::max<int64_t>(1, (int64_t{1} << 16) / block_work);
+  pool.ParallelFor(
+      num_blocks,
+      [&](int64_t begin, int64_t end) {
+        thread_local std::vector<float> acc;
+        acc.resize(static_cast<size_t>(n) * kRowBlock * kLanes);
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t o0 = b * kRowBlock;
+          const int ro = static_cast<int>(std::min<int64_t>(kRowBlock, w.rows - o0));
+          OutputBlock(x, n, w, o0, ro, acc.data(), y);
+        }
+      },
+      min_blocks);
+}
+
+void ConvertRowsToF32(const Weight& w, int64_t row_begin, int64_t row_end, float* out) {
+  const int64_t count = (row_end - row_begin) * w.cols;
+  const int64_t first = row_begin * w.cols;
+  int64_t i = 0;
+  switch (w.dtype) {
+    case DType::kF32:
+      std::memcpy(out, static_cast<const float*>(w.data) + first, count * sizeof(float));
+      return;
+    case DType::kF16:
+#if SPECMOE_CPU_AVX2
+      for (; i + kLanes <= count; i += kLanes) {
+        _mm256_storeu_ps(out + i, F16Loader::Load(w.data, first + i));
+      }
+#endif
+      break;
+    case DType::kBF16:
+#if SPECMOE_CPU_AVX2
+      for (; i + kLanes <= count; i += kLanes) {
+        _mm256_storeu_ps(out + i, Bf16Loader::Load(w.data, first + i));
+      }
+#endif
+      break;
+  }
+  for (; i < count; ++i) out[i] = LoadScalar(w.data, w.dtype, first + i);
+}
+
+void BlasMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool,
+                std::vector<float>* scratch) {
+  if (n <= 0 || w.rows <= 0) return;
+  const int64_t out = w.rows;
+  const int64_t in = w.cols;
+  const bool direct =
+      w.dtype == DType::kF32 && reinterpret_cast<uintptr_t>(w.data) % alignof(float) == 0;
+  if (direct) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, static_cast<int>(out),
+                static_cast<int>(in), 1.0f, x, static_cast<int>(in),
+                static_cast<const float*>(w.data), static_cast<int>(in), 0.0f, y,
+                static_cast<int>(out));
+    return;
+  }
+  // Panels of about 16 MiB of f32 weights: converted in parallel, then one sgemm each,
+  // writing columns [p0, p1) of y.
+  const int64_t panel_rows =
+      std::clamp<int64_t>((int64_t{4} << 20) / std::max<int64_t>(1, in), 64, out);
+  scratch->resize(static_cast<size_t>(panel_rows * in));
+  float* panel = scratch->data();
+  for (int64_t p0 = 0; p0 < out; p0 += panel_rows) {
+    const int64_t p1 = std::min(out, p0 + panel_rows);
+    pool.ParallelFor(
+        p1 - p0,
+        [&](int64_t begin, int64_t end) {
+          ConvertRowsToF32(w, p0 + begin, p0 + end, panel + begin * in);
+        },
+        16);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, static_cast<int>(p1 - p0),
+                static_cast<int>(in), 1.0f, x, static_cast<int>(in), panel, static_cast<int>(in),
+                0.0f, y + p0, static_cast<int>(out));
+  }
+}
+
+}  // namespace specmoe::kernels

@@ -1,0 +1,41 @@
+// kernels/cpu/matmul.h — y[n, out] = x[n, in] . W^T on the CPU, W as stored (f32/f16/bf16).
+//
+// StreamingMatMul is the small-batch kernel (decode, tree verification, draft levels,
+// experts): each weight row is read from memory once for all n activation rows, and the
+// summation order of every output is fixed, so each row's result is bit-identical whatever
+// n is (batch invariance, DESIGN §5). BlasMatMul is the prefill path through OpenBLAS sgemm
+// (not batch-invariant). Tested by tests/cpu_backend_test.cc against a double-precision
+// reference and bit-exactly across n = 1..64; timed by tests/cpu_kernels_bench.cc.
+#ifndef SPECMOE_KERNELS_CPU_MATMUL_H_
+#define SPECMOE_KERNELS_CPU_MATMUL_H_
+
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace specmoe::kernels {
+
+// y[n, w.rows] = x[n, w.cols] . w^T for any n >= 0 and any w.cols (no alignment or size
+// constraint; w.data may be unaligned). Summation order for output (r, o):
+//   lane l (0..7) of an fp32 accumulator sums w[o, k] * x[r, k] over k = 8i + l, i
+//   increasing, k < w.cols rounded down to a multiple of 8, by fused multiply-add;
+//   the 8 lanes are reduced as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7));
+//   then the remaining k (w.cols % 8) are multiply-added in increasing order.
+// This depends on neither n nor the thread count, so every row is bit-identical alone or
+// among any others. Work is split over output rows only. (A build without FMA uses a
+// scalar fallback with the same order but separate multiply and add roundings.)
+// Cost: reads the weights once; about 2 * n * rows * cols flops.
+void StreamingMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool);
+
+// The same product through OpenBLAS cblas_sgemm. f16/bf16 weights (and f32 weights whose
+// pointer is not 4-byte aligned) are converted to f32 panel by panel into *scratch.
+void BlasMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool,
+                std::vector<float>* scratch);
+
+// Converts rows [row_begin, row_end) of w to f32: out[(row_end - row_begin), w.cols].
+void ConvertRowsToF32(const Weight& w, int64_t row_begin, int64_t row_end, float* out);
+
+}  // namespace specmoe::kernels
+
+#endif  // SPECMOE_KERNELS_CPU_MATMUL_H_

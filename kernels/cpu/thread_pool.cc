@@ -1,0 +1,110 @@
+// kernels/cpu/thread_pool.cc — see thread_pool.h.
+#include "kernels/cpu/thread_pool.h"
+
+#include <algorithm>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace specmoe::kernels {
+namespace {
+
+// About 100-200 microseconds of polling before a worker goes to sleep.
+constexpr int kSpinIterations = 1 << 13;
+
+// True on a thread that is currently running a loop body (nested loops run serially).
+thread_local bool tls_in_parallel_for = false;
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int num_threads) {
+  if (num_threads <= 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
+  num_threads_ = std::max(1, num_threads);
+  workers_.reserve(num_threads_ - 1);
+  for (int part = 1; part < num_threads_; ++part) {
+    workers_.emplace_back([this, part] { WorkerLoop(part); });
+  }
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_.store(true, std::memory_order_release);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  cv_.notify_all();
+  for (std::thread& t : workers_) t.join();
+}
+
+void ThreadPool::RunPart(int part) {
+  if (part >= parts_) return;
+  const int64_t begin = n_ * part / parts_;
+  const int64_t end = n_ * (part + 1) / parts_;
+  if (begin < end) (*fn_)(begin, end);
+}
+
+void ThreadPool::WorkerLoop(int part) {
+  uint64_t seen = 0;
+  for (;;) {
+    uint64_t generation = generation_.load(std::memory_order_acquire);
+    for (int i = 0; i < kSpinIterations && generation == seen; ++i) {
+      CpuRelax();
+      generation = generation_.load(std::memory_order_acquire);
+    }
+    if (generation == seen) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      generation = generation_.load(std::memory_order_acquire);
+    }
+    if (stop_.load(std::memory_order_acquire)) return;
+    seen = generation;
+    tls_in_parallel_for = true;
+    RunPart(part);
+    tls_in_parallel_for = false;
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
+                             int64_t min_chunk) {
+  if (n <= 0) return;
+  min_chunk = std::max<int64_t>(1, min_chunk);
+  const int64_t max_parts = std::max<int64_t>(1, n / min_chunk);
+  const int parts = static_cast<int>(std::min<int64_t>(num_threads_, max_parts));
+  if (parts <= 1 || tls_in_parallel_for) {
+    fn(0, n);
+    return;
+  }
+  fn_ = &fn;
+  n_ = n;
+  parts_ = parts;
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  cv_.notify_all();
+  tls_in_parallel_for = true;
+  RunPart(0);
+  tls_in_parallel_for = false;
+  // Spin, then yield: on an oversubscribed machine a worker may be waiting for a core.
+  for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
+    if (i < kSpinIterations) {
+      CpuRelax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  fn_ = nullptr;
+}
+
+}  // namespace specmoe::kernels

@@ -1,0 +1,238 @@
+// server/main.cc — specmoe-server: parse flags, start the gRPC server (health NOT_SERVING),
+// load the engine, serve (health SERVING), drain on SIGTERM/SIGINT and exit 0 (DESIGN §7).
+// Exit codes: 0 after a drain, 1 when the models or the listening port fail, 2 for bad flags.
+// Tested by tests/server_e2e_test.cc, which runs this binary.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+#include <unistd.h>
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "engine/engine.h"
+#include "server/completion_service.h"
+#include "server/logging.h"
+#include "server/options.h"
+
+namespace {
+
+using specmoe::server::ServerOptions;
+
+constexpr char kServiceName[] = "specmoe.v1.Completion";
+
+absl::StatusOr<std::string> ReadFile(const std::string& flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": cannot read ", path));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  return contents.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
+    const ServerOptions& options) {
+  if (options.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  absl::StatusOr<std::string> cert = ReadFile("tls-cert", options.tls_cert);
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadFile("tls-key", options.tls_key);
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  return grpc::SslServerCredentials(ssl);
+}
+
+absl::StatusOr<std::string> ReadApiKey(const ServerOptions& options) {
+  if (options.api_key_file.empty()) return std::string();
+  absl::StatusOr<std::string> key = ReadFile("api-key-file", options.api_key_file);
+  if (!key.ok()) return key.status();
+  std::string trimmed(absl::StripAsciiWhitespace(*key));
+  if (trimmed.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--api-key-file: ", options.api_key_file, " is empty"));
+  }
+  return trimmed;
+}
+
+// Writes the port through a temporary file and a rename, so readers never see a partial file.
+absl::Status WritePortFile(const std::string& path, int port) {
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::trunc);
+    out << port << "\n";
+    if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", temporary));
+  }
+  std::error_code ec;
+  std::filesystem::rename(temporary, path, ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+// Why the main thread wakes up: a signal, or the engine failing to load.
+struct StopState {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  int exit_code = 0;
+  void Stop(int code) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (stop) return;
+    stop = true;
+    exit_code = code;
+    cv.notify_all();
+  }
+};
+
+int g_signal_pipe[2] = {-1, -1};
+
+void OnSignal(int signal_number) {
+  const unsigned char byte = static_cast<unsigned char>(signal_number);
+  [[maybe_unused]] const ssize_t written = write(g_signal_pipe[1], &byte, 1);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::StatusOr<ServerOptions> parsed = specmoe::server::ParseServerOptions(argc, argv);
+  if (!parsed.ok()) {
+    std::cerr << "specmoe-server: " << parsed.status().message()
+              << "\n(run specmoe-server --help for the flags)\n";
+    return 2;
+  }
+  const ServerOptions& options = *parsed;
+  if (options.help) {
+    std::cout << specmoe::server::ServerUsage();
+    return 0;
+  }
+  absl::StatusOr<std::string> api_key = ReadApiKey(options);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeCredentials(options);
+  for (const absl::Status& status : {api_key.status(), credentials.status()}) {
+    if (!status.ok()) {
+      std::cerr << "specmoe-server: " << status.message() << "\n";
+      return 2;
+    }
+  }
+  specmoe::server::ConfigureLogging(options.log_format, options.log_level);
+
+  // SIGTERM / SIGINT: the handler only writes the signal number to a pipe (async-signal-safe;
+  // gRPC starts threads before main, so any thread may take the signal); a watcher thread
+  // reads it and wakes main, which drains.
+  static StopState stop_state;
+  if (pipe(g_signal_pipe) != 0) {
+    std::cerr << "specmoe-server: cannot create the signal pipe\n";
+    return 1;
+  }
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+  std::thread([] {
+    unsigned char signal_number = 0;
+    while (read(g_signal_pipe[0], &signal_number, 1) < 0 && errno == EINTR) {
+    }
+    spdlog::info("received signal {}: draining", static_cast<int>(signal_number));
+    stop_state.Stop(0);
+  }).detach();
+
+  specmoe::server::ServiceLimits limits;
+  limits.default_max_tokens = options.default_max_tokens;
+  limits.max_tokens_limit = options.max_tokens_limit;
+  limits.max_prompt_tokens = options.max_prompt_tokens;
+  specmoe::server::CompletionService service(limits, *api_key);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, *credentials, &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    spdlog::error("cannot listen on {}", options.listen);
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus("", false);
+  health->SetServingStatus(kServiceName, false);
+  spdlog::info("listening on {} (port {}){}; loading models", options.listen, port,
+               options.tls_cert.empty() ? "" : " with TLS");
+  if (!options.port_file.empty()) {
+    if (absl::Status status = WritePortFile(options.port_file, port); !status.ok()) {
+      spdlog::error("{}", status.ToString());
+      server->Shutdown();
+      return 1;
+    }
+  }
+
+  // Load on another thread so a signal during loading is still answered by a drain.
+  std::shared_ptr<specmoe::engine::Engine> engine;
+  std::atomic<bool> loader_done{false};
+  std::thread loader([&] {
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<std::unique_ptr<specmoe::engine::Engine>> created =
+        specmoe::engine::Engine::Create(specmoe::server::ToEngineOptions(options));
+    if (!created.ok()) {
+      spdlog::error("cannot load the models: {}", created.status().ToString());
+      loader_done.store(true);
+      stop_state.Stop(1);
+      return;
+    }
+    engine = *std::move(created);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    service.SetEngine(engine);
+    loader_done.store(true);
+    {
+      std::lock_guard<std::mutex> lock(stop_state.mu);
+      if (stop_state.stop) return;  // draining already: stay NOT_SERVING
+      health->SetServingStatus("", true);
+      health->SetServingStatus(kServiceName, true);
+    }
+    spdlog::info("serving: target {}{}{} on {}, vocab {}, context {} (loaded in {:.1f} s)",
+                 engine->target_name(), engine->draft_name().empty() ? "" : ", draft ",
+                 engine->draft_name(), engine->device(), engine->vocab_size(),
+                 engine->max_context(), seconds);
+  });
+
+  int exit_code = 0;
+  {
+    std::unique_lock<std::mutex> lock(stop_state.mu);
+    stop_state.cv.wait(lock, [] { return stop_state.stop; });
+    exit_code = stop_state.exit_code;
+    health->Shutdown();  // NOT_SERVING from now on, for every service name
+  }
+  service.StartDraining();
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::seconds(options.drain_seconds));
+  if (!loader_done.load()) {
+    // Stopped while Engine::Create is still reading the models: nothing is in flight, and
+    // waiting for a large model to finish loading would only delay the exit.
+    spdlog::info("stopped while loading the models");
+    spdlog::shutdown();
+    std::_Exit(exit_code);
+  }
+  loader.join();
+  server.reset();
+  engine.reset();
+  spdlog::info("stopped");
+  return exit_code;
+}

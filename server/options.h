@@ -1,0 +1,54 @@
+// server/options.h — specmoe-server command-line flags (DESIGN §7) and their parser.
+// Tested by tests/server_options_test.cc.
+#ifndef SPECMOE_SERVER_OPTIONS_H_
+#define SPECMOE_SERVER_OPTIONS_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/engine.h"
+
+namespace specmoe::server {
+
+// Every flag of specmoe-server with its default. Plain value type.
+struct ServerOptions {
+  std::string target_dir;                          // --target (required)
+  std::string draft_dir;                           // --draft
+  std::string listen = "127.0.0.1:50051";          // --listen (port 0: a free port)
+  std::string port_file;                           // --port-file
+  std::string device = "cpu";                      // --device
+  std::vector<int> tree = {1, 1, 3, 1, 1, 1, 1, 1};  // --tree
+  int threads = 0;                                 // --threads (0: all cores)
+  int max_queue = 64;                              // --max-queue
+  int max_batch = 4;                               // --max-batch
+  int max_context = 0;                             // --max-context (0: the model's)
+  int default_max_tokens = 128;                    // --default-max-tokens
+  int max_tokens_limit = 4096;                     // --max-tokens-limit
+  int max_prompt_tokens = 0;                       // --max-prompt-tokens (0: the context)
+  int max_message_bytes = 4 << 20;                 // --max-message-bytes
+  std::string api_key_file;                        // --api-key-file
+  std::string tls_cert;                            // --tls-cert
+  std::string tls_key;                             // --tls-key
+  std::string log_format = "text";                 // --log-format text|json
+  std::string log_level = "info";                  // --log-level
+  int drain_seconds = 30;                          // --drain-seconds
+  bool help = false;                               // --help
+};
+
+// Parses argv (argv[0] is the program). INVALID_ARGUMENT names the flag and what is wrong.
+// With --help, returns options with help = true and skips the required-flag checks.
+absl::StatusOr<ServerOptions> ParseServerOptions(int argc, const char* const* argv);
+
+// The --help text: usage line and one line per flag with its default.
+std::string ServerUsage();
+
+// The engine's share of the options.
+engine::EngineOptions ToEngineOptions(const ServerOptions& options);
+
+// Parses "1,1,3" into {1, 1, 3}; every entry must be a positive integer.
+absl::StatusOr<std::vector<int>> ParseIntList(const std::string& text);
+
+}  // namespace specmoe::server
+
+#endif  // SPECMOE_SERVER_OPTIONS_H_

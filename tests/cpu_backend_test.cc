@@ -1,0 +1,589 @@
+// tests/cpu_backend_test.cc — the CPU backend (kernels/cpu) against naive double-precision
+// references written here, and bit-exact batch invariance of MatMul, Attention and
+// MoeExperts (DESIGN §5, §8). Label: cpu.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/bandwidth.h"
+#include "kernels/cpu/f16.h"
+#include "kernels/cpu/thread_pool.h"
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace specmoe::kernels {
+namespace {
+
+// A weight stored at a deliberately odd address, with its exact values as doubles.
+struct TestWeight {
+  std::vector<uint8_t> storage;
+  std::vector<double> values;  // [rows, cols], the stored values exactly
+  Weight w;
+};
+
+// The data starts `offset` bytes into a vector (2: not even 4-byte aligned).
+TestWeight MakeWeight(DType dtype, int64_t rows, int64_t cols, uint32_t seed, float stddev = 0.05f,
+                      size_t offset = 2) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  TestWeight t;
+  const size_t elem = DTypeBytes(dtype);
+  t.storage.resize(offset + rows * cols * elem);
+  t.values.resize(rows * cols);
+  uint8_t* base = t.storage.data() + offset;
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const float f = dist(rng);
+    if (dtype == DType::kF32) {
+      std::memcpy(base + i * 4, &f, 4);
+      t.values[i] = f;
+    } else {
+      const uint16_t h = dtype == DType::kF16 ? F32ToF16(f) : F32ToBf16(f);
+      std::memcpy(base + i * 2, &h, 2);
+      t.values[i] = dtype == DType::kF16 ? F16ToF32(h) : Bf16ToF32(h);
+    }
+  }
+  t.w = Weight{base, dtype, rows, cols};
+  return t;
+}
+
+std::vector<float> RandomVector(size_t count, uint32_t seed, float stddev = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(count);
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+// y = x . W^T in double; also returns sum |w x| per output (the error scale).
+void RefMatMul(const std::vector<float>& x, int n, const TestWeight& t, std::vector<double>* y,
+               std::vector<double>* magnitude) {
+  const int64_t out = t.w.rows, in = t.w.cols;
+  y->assign(n * out, 0.0);
+  magnitude->assign(n * out, 0.0);
+  for (int r = 0; r < n; ++r) {
+    for (int64_t o = 0; o < out; ++o) {
+      double s = 0.0, m = 0.0;
+      for (int64_t k = 0; k < in; ++k) {
+        const double p = t.values[o * in + k] * static_cast<double>(x[r * in + k]);
+        s += p;
+        m += std::fabs(p);
+      }
+      (*y)[r * out + o] = s;
+      (*magnitude)[r * out + o] = m;
+    }
+  }
+}
+
+class CpuBackendTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<Backend> backend_ = CreateCpuBackend(2);
+};
+
+// ---------------------------------------------------------------------------------------
+// MatMul
+
+struct MatMulCase {
+  DType dtype;
+  int64_t out;
+  int64_t in;
+  size_t offset = 2;  // byte offset of the weight data (4: f32 straight to sgemm)
+};
+
+TEST_F(CpuBackendTest, MatMulMatchesReference) {
+  const MatMulCase cases[] = {
+      {DType::kF32, 67, 4096 + 8},    {DType::kF16, 67, 4096 + 8}, {DType::kBF16, 67, 4096 + 8},
+      {DType::kF32, 13, 301},         {DType::kF16, 5, 37},        {DType::kBF16, 9, 7},
+      {DType::kF32, 67, 4096 + 8, 4}, {DType::kF32, 13, 301, 4},
+  };
+  for (const MatMulCase& c : cases) {
+    const TestWeight t = MakeWeight(c.dtype, c.out, c.in, 7, 0.05f, c.offset);
+    for (int n : {1, 2, 3, 8, 63, 64, 65, 130}) {
+      SCOPED_TRACE(std::string(DTypeName(c.dtype)) + " out=" + std::to_string(c.out) +
+                   " in=" + std::to_string(c.in) + " n=" + std::to_string(n));
+      const std::vector<float> x = RandomVector(n * c.in, 100 + n);
+      std::vector<float> y(n * c.out, NAN);
+      backend_->MatMul(x.data(), n, t.w, y.data());
+      std::vector<double> ref, mag;
+      RefMatMul(x, n, t, &ref, &mag);
+      for (size_t i = 0; i < y.size(); ++i) {
+        ASSERT_NEAR(y[i], ref[i], 1e-5 * mag[i] + 1e-30) << "output " << i;
+      }
+    }
+  }
+}
+
+TEST_F(CpuBackendTest, MatMulIsBatchInvariantForEveryRowCount) {
+  const MatMulCase cases[] = {
+      {DType::kF32, 67, 4096 + 8}, {DType::kF16, 67, 4096 + 8}, {DType::kBF16, 67, 4096 + 8},
+      {DType::kF32, 13, 301},      {DType::kF16, 6, 37},        {DType::kBF16, 3, 1000},
+  };
+  std::unique_ptr<Backend> one_thread = CreateCpuBackend(1);
+  std::unique_ptr<Backend> three_threads = CreateCpuBackend(3);
+  constexpr int kMax = Backend::kSmallBatchRows;
+  for (const MatMulCase& c : cases) {
+    SCOPED_TRACE(std::string(DTypeName(c.dtype)) + " out=" + std::to_string(c.out) +
+                 " in=" + std::to_string(c.in));
+    const TestWeight t = MakeWeight(c.dtype, c.out, c.in, 11);
+    const std::vector<float> x = RandomVector(kMax * c.in, 12);
+    std::vector<float> full(kMax * c.out);
+    backend_->MatMul(x.data(), kMax, t.w, full.data());
+    const size_t row_bytes = c.out * sizeof(float);
+    // Rows [0, n) together equal the same rows among 64.
+    for (int n = 1; n <= kMax; ++n) {
+      std::vector<float> y(n * c.out);
+      backend_->MatMul(x.data(), n, t.w, y.data());
+      ASSERT_EQ(std::memcmp(y.data(), full.data(), n * row_bytes), 0) << "n=" << n;
+    }
+    // Every row alone, and a window of rows starting elsewhere, on other thread counts.
+    for (int r = 0; r < kMax; ++r) {
+      std::vector<float> y(c.out);
+      one_thread->MatMul(x.data() + r * c.in, 1, t.w, y.data());
+      ASSERT_EQ(std::memcmp(y.data(), full.data() + r * c.out, row_bytes), 0) << "row " << r;
+    }
+    for (int start : {1, 17, 40}) {
+      const int n = kMax - start;
+      std::vector<float> y(n * c.out);
+      three_threads->MatMul(x.data() + start * c.in, n, t.w, y.data());
+      ASSERT_EQ(std::memcmp(y.data(), full.data() + start * c.out, n * row_bytes), 0)
+          << "start " << start;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Small ops
+
+TEST_F(CpuBackendTest, EmbeddingConvertsRows) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const TestWeight t = MakeWeight(dtype, 50, 19, 3);
+    const int32_t ids[] = {49, 0, 7, 7};
+    std::vector<float> out(4 * 19);
+    backend_->Embedding(ids, 4, t.w, out.data());
+    for (int i = 0; i < 4; ++i) {
+      for (int j = 0; j < 19; ++j) {
+        ASSERT_EQ(out[i * 19 + j], static_cast<float>(t.values[ids[i] * 19 + j]));
+      }
+    }
+  }
+}
+
+TEST_F(CpuBackendTest, RmsNormMatchesReference) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (int d : {64, 4096, 13}) {
+      const int n = 5;
+      const TestWeight t = MakeWeight(dtype, 1, d, 4, 1.0f);
+      const std::vector<float> x = RandomVector(n * d, 5, 3.0f);
+      std::vector<float> y(n * d);
+      backend_->RmsNorm(x.data(), n, d, t.w, 1e-6f, y.data());
+      std::vector<float> in_place = x;
+      backend_->RmsNorm(in_place.data(), n, d, t.w, 1e-6f, in_place.data());
+      EXPECT_EQ(std::memcmp(in_place.data(), y.data(), y.size() * 4), 0);
+      for (int r = 0; r < n; ++r) {
+        double ss = 0;
+        for (int i = 0; i < d; ++i) ss += static_cast<double>(x[r * d + i]) * x[r * d + i];
+        const double inv = 1.0 / std::sqrt(ss / d + 1e-6);
+        for (int i = 0; i < d; ++i) {
+          const double ref = t.values[i] * x[r * d + i] * inv;
+          ASSERT_NEAR(y[r * d + i], ref, 1e-5 * std::fabs(ref) + 1e-7) << d << " " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CpuBackendTest, RopeMatchesHuggingFaceFormula) {
+  const int n = 4, n_heads = 3;
+  const int32_t pos[] = {0, 1, 17, 2047};
+  for (int head_dim : {64, 10}) {
+    for (float theta : {10000.0f, 500000.0f}) {
+      std::vector<float> x = RandomVector(n * n_heads * head_dim, 6);
+      const std::vector<float> original = x;
+      backend_->Rope(x.data(), n, n_heads, head_dim, pos, theta);
+      const int half = head_dim / 2;
+      for (int t = 0; t < n; ++t) {
+        for (int h = 0; h < n_heads; ++h) {
+          const float* in = original.data() + (t * n_heads + h) * head_dim;
+          const float* got = x.data() + (t * n_heads + h) * head_dim;
+          for (int j = 0; j < half; ++j) {
+            // transformers: inv_freq and the angle are fp32; cos/sin from that angle.
+            const float inv_freq =
+                1.0f / std::pow(theta, static_cast<float>(2 * j) / static_cast<float>(head_dim));
+            const double angle = static_cast<float>(pos[t]) * inv_freq;
+            const double c = std::cos(angle), s = std::sin(angle);
+            const double r1 = in[j] * c - in[j + half] * s;
+            const double r2 = in[j + half] * c + in[j] * s;
+            ASSERT_NEAR(got[j], r1, 1e-5 * (std::fabs(in[j]) + std::fabs(in[j + half])));
+            ASSERT_NEAR(got[j + half], r2, 1e-5 * (std::fabs(in[j]) + std::fabs(in[j + half])));
+            if (pos[t] == 0) {
+              ASSERT_EQ(got[j], in[j]);
+              ASSERT_EQ(got[j + half], in[j + half]);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CpuBackendTest, SiluMulAddTanhMatchReference) {
+  const int n = 3, d = 40000;  // large enough to run on both threads
+  const std::vector<float> gate = RandomVector(n * d, 7, 4.0f);
+  const std::vector<float> up = RandomVector(n * d, 8);
+  std::vector<float> out(n * d);
+  backend_->SiluMul(gate.data(), up.data(), n, d, out.data());
+  for (int i = 0; i < n * d; ++i) {
+    const double a = gate[i];
+    const double ref = a / (1.0 + std::exp(-a)) * up[i];
+    ASSERT_NEAR(out[i], ref, 1e-5 * std::fabs(ref) + 1e-30) << i;
+  }
+  std::vector<float> aliased = gate;
+  backend_->SiluMul(aliased.data(), up.data(), n, d, aliased.data());
+  EXPECT_EQ(std::memcmp(aliased.data(), out.data(), out.size() * 4), 0);
+
+  std::vector<float> y = up;
+  backend_->Add(gate.data(), y.size(), y.data());
+  for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(y[i], up[i] + gate[i]);
+
+  std::vector<float> t = gate;
+  backend_->Tanh(t.data(), t.size());
+  for (size_t i = 0; i < t.size(); ++i) {
+    ASSERT_NEAR(t[i], std::tanh(static_cast<double>(gate[i])), 1e-6) << i;
+  }
+}
+
+TEST_F(CpuBackendTest, KvWriteAndMove) {
+  const int row = 6, slots_total = 10;
+  std::vector<float> k_cache(slots_total * row, -1.0f), v_cache(slots_total * row, -2.0f);
+  const std::vector<float> k = RandomVector(3 * row, 9), v = RandomVector(3 * row, 10);
+  const int32_t slots[] = {7, 2, 9};
+  backend_->KvWrite(k.data(), v.data(), 3, row, slots, k_cache.data(), v_cache.data());
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < row; ++j) {
+      ASSERT_EQ(k_cache[slots[i] * row + j], k[i * row + j]);
+      ASSERT_EQ(v_cache[slots[i] * row + j], v[i * row + j]);
+    }
+  }
+  ASSERT_EQ(k_cache[0], -1.0f);
+  // In order: slot 2 -> 3, then 7 -> 2 (after the first move), then 9 -> 4.
+  const int32_t src[] = {2, 7, 9};
+  const int32_t dst[] = {3, 2, 4};
+  backend_->KvMove(src, dst, 3, row, k_cache.data(), v_cache.data());
+  for (int j = 0; j < row; ++j) {
+    EXPECT_EQ(k_cache[3 * row + j], k[1 * row + j]);
+    EXPECT_EQ(k_cache[2 * row + j], k[0 * row + j]);
+    EXPECT_EQ(v_cache[4 * row + j], v[2 * row + j]);
+  }
+}
+
+TEST_F(CpuBackendTest, TopKSoftmaxOrdersAndBreaksTiesByIndex) {
+  const float logits[] = {0.5f,  2.0f,  -1.0f, 2.0f,  1.0f,  0.5f,  // row 0
+                          -3.0f, -3.0f, -3.0f, -3.0f, -3.0f, -3.0f};
+  int32_t idx[6];
+  float weight[6];
+  backend_->TopKSoftmax(logits, 2, 6, 3, idx, weight);
+  EXPECT_EQ(idx[0], 1);
+  EXPECT_EQ(idx[1], 3);
+  EXPECT_EQ(idx[2], 4);
+  const double e1 = std::exp(-1.0);
+  EXPECT_NEAR(weight[0], 1.0 / (2 + e1), 1e-7);
+  EXPECT_NEAR(weight[1], 1.0 / (2 + e1), 1e-7);
+  EXPECT_NEAR(weight[2], e1 / (2 + e1), 1e-7);
+  EXPECT_EQ(idx[3], 0);
+  EXPECT_EQ(idx[4], 1);
+  EXPECT_EQ(idx[5], 2);
+  EXPECT_FLOAT_EQ(weight[3], 1.0f / 3);
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention
+
+// A paged cache with a scrambled block table, a prefill sequence and a tree sequence.
+struct AttentionSetup {
+  static constexpr int kHeads = 4, kKvHeads = 2, kBlock = 4, kMaxBlocks = 6, kBlocks = 12;
+  int head_dim;
+  std::vector<float> k_cache, v_cache;
+  std::vector<int32_t> block_tables;  // [2, kMaxBlocks]
+  std::vector<float> q;               // [tokens, heads, head_dim]
+  std::vector<int32_t> token_seq, visible_prefix, tree_start;
+  std::vector<uint64_t> tree_mask;
+
+  explicit AttentionSetup(int d) : head_dim(d) {
+    const int slots = kBlocks * kBlock;
+    k_cache = RandomVector(slots * kKvHeads * d, 20);
+    v_cache = RandomVector(slots * kKvHeads * d, 21);
+    block_tables = {5, 2,  9, 0, 7, 11,  // seq 0
+                    3, 10, 1, 8, 4, 6};  // seq 1
+    // Seq 0: causal prefill of 11 tokens (token t sees [0, t]).
+    for (int t = 0; t < 11; ++t) {
+      token_seq.push_back(0);
+      visible_prefix.push_back(t + 1);
+      tree_mask.push_back(0);
+    }
+    // Seq 1: 9 committed tokens, then a tree at logical slots 9..13:
+    // node 0 (root) <- 1 <- 3, node 0 <- 2 <- 4. Each node sees itself and its ancestors.
+    const uint64_t masks[] = {0b00001, 0b00011, 0b00101, 0b01011, 0b10101};
+    for (uint64_t m : masks) {
+      token_seq.push_back(1);
+      visible_prefix.push_back(9);
+      tree_mask.push_back(m);
+    }
+    tree_start = {1000, 9};  // seq 0 has no tree bits set
+    q = RandomVector(token_seq.size() * kHeads * d, 22);
+  }
+
+  int tokens() const { return static_cast<int>(token_seq.size()); }
+
+  AttentionArgs Args(float* out) const {
+    AttentionArgs a;
+    a.q = q.data();
+    a.out = out;
+    a.k_cache = k_cache.data();
+    a.v_cache = v_cache.data();
+    a.n_tokens = tokens();
+    a.n_heads = kHeads;
+    a.n_kv_heads = kKvHeads;
+    a.head_dim = head_dim;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    a.block_size = kBlock;
+    a.block_tables = block_tables.data();
+    a.max_blocks_per_seq = kMaxBlocks;
+    a.token_seq = token_seq.data();
+    a.visible_prefix = visible_prefix.data();
+    a.tree_mask = tree_mask.data();
+    a.tree_start = tree_start.data();
+    return a;
+  }
+
+  // out[t, h, :] in double, keys enumerated by brute force over all logical slots.
+  std::vector<double> Reference() const {
+    const int d = head_dim;
+    std::vector<double> out(tokens() * kHeads * d, 0.0);
+    for (int t = 0; t < tokens(); ++t) {
+      const int s = token_seq[t];
+      for (int h = 0; h < kHeads; ++h) {
+        const int g = h / (kHeads / kKvHeads);
+        std::vector<double> scores;
+        std::vector<int64_t> phys;
+        for (int logical = 0; logical < kMaxBlocks * kBlock; ++logical) {
+          const int j = logical - tree_start[s];
+          const bool visible =
+              logical < visible_prefix[t] || (j >= 0 && j < 64 && ((tree_mask[t] >> j) & 1));
+          if (!visible) continue;
+          const int64_t p =
+              block_tables[s * kMaxBlocks + logical / kBlock] * kBlock + logical % kBlock;
+          double dot = 0;
+          for (int i = 0; i < d; ++i) {
+            dot += static_cast<double>(q[(t * kHeads + h) * d + i]) *
+                   k_cache[(p * kKvHeads + g) * d + i];
+          }
+          scores.push_back(dot / std::sqrt(static_cast<double>(d)));
+          phys.push_back(p);
+        }
+        const double m = *std::max_element(scores.begin(), scores.end());
+        double sum = 0;
+        for (double& sc : scores) sum += (sc = std::exp(sc - m));
+        for (size_t i = 0; i < phys.size(); ++i) {
+          for (int e = 0; e < d; ++e) {
+            out[(t * kHeads + h) * d + e] +=
+                scores[i] / sum * v_cache[(phys[i] * kKvHeads + g) * d + e];
+          }
+        }
+      }
+    }
+    return out;
+  }
+};
+
+TEST_F(CpuBackendTest, AttentionMatchesReferenceForPrefillAndTree) {
+  for (int d : {64, 12}) {
+    AttentionSetup setup(d);
+    std::vector<float> out(setup.q.size(), NAN);
+    backend_->Attention(setup.Args(out.data()));
+    const std::vector<double> ref = setup.Reference();
+    for (size_t i = 0; i < out.size(); ++i)
+      ASSERT_NEAR(out[i], ref[i], 1e-5) << "d=" << d << " " << i;
+  }
+}
+
+TEST_F(CpuBackendTest, AttentionIsBatchInvariant) {
+  AttentionSetup setup(64);
+  std::vector<float> batch(setup.q.size());
+  backend_->Attention(setup.Args(batch.data()));
+  const int row = AttentionSetup::kHeads * 64;
+  std::unique_ptr<Backend> one_thread = CreateCpuBackend(1);
+  for (int t = 0; t < setup.tokens(); ++t) {
+    // The same query alone: one-token arrays, same cache and block tables.
+    std::vector<float> out(row);
+    AttentionArgs a = setup.Args(out.data());
+    a.q = setup.q.data() + t * row;
+    a.n_tokens = 1;
+    a.token_seq = setup.token_seq.data() + t;
+    a.visible_prefix = setup.visible_prefix.data() + t;
+    a.tree_mask = setup.tree_mask.data() + t;
+    one_thread->Attention(a);
+    ASSERT_EQ(std::memcmp(out.data(), batch.data() + t * row, row * sizeof(float)), 0) << t;
+  }
+  // Without a tree mask, prefix-only tokens give the same bits as with an empty mask.
+  std::vector<float> no_tree(11 * row);
+  AttentionArgs a = setup.Args(no_tree.data());
+  a.n_tokens = 11;
+  a.tree_mask = nullptr;
+  a.tree_start = nullptr;
+  backend_->Attention(a);
+  EXPECT_EQ(std::memcmp(no_tree.data(), batch.data(), no_tree.size() * sizeof(float)), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// MoE
+
+TEST_F(CpuBackendTest, MoeExpertsMatchReferenceAndAreBatchInvariant) {
+  const int hidden = 40, size = 24, num_experts = 4, k = 2, n = 70;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    std::vector<TestWeight> store;
+    for (int e = 0; e < num_experts; ++e) {
+      store.push_back(MakeWeight(dtype, size, hidden, 30 + e, 0.2f));
+      store.push_back(MakeWeight(dtype, size, hidden, 40 + e, 0.2f));
+      store.push_back(MakeWeight(dtype, hidden, size, 50 + e, 0.2f));
+    }
+    std::vector<ExpertWeights> experts(num_experts);
+    for (int e = 0; e < num_experts; ++e) {
+      experts[e] = {store[3 * e].w, store[3 * e + 1].w, store[3 * e + 2].w};
+    }
+    const std::vector<float> x = RandomVector(n * hidden, 31);
+    const std::vector<float> logits = RandomVector(n * num_experts, 32);
+    std::vector<int32_t> idx(n * k);
+    std::vector<float> weight(n * k);
+    backend_->TopKSoftmax(logits.data(), n, num_experts, k, idx.data(), weight.data());
+    const float scale = 1.5f;
+    std::vector<float> y(n * hidden, NAN);
+    backend_->MoeExperts(x.data(), n, hidden, idx.data(), weight.data(), k, experts.data(),
+                         num_experts, scale, y.data());
+    for (int t = 0; t < n; ++t) {
+      std::vector<double> ref(hidden, 0.0);
+      for (int j = 0; j < k; ++j) {
+        const int e = idx[t * k + j];
+        std::vector<double> h(size);
+        for (int i = 0; i < size; ++i) {
+          double g = 0, u = 0;
+          for (int c = 0; c < hidden; ++c) {
+            g += store[3 * e].values[i * hidden + c] * x[t * hidden + c];
+            u += store[3 * e + 1].values[i * hidden + c] * x[t * hidden + c];
+          }
+          h[i] = g / (1 + std::exp(-g)) * u;
+        }
+        for (int o = 0; o < hidden; ++o) {
+          double s = 0;
+          for (int i = 0; i < size; ++i) s += store[3 * e + 2].values[o * size + i] * h[i];
+          ref[o] += weight[t * k + j] * s;
+        }
+      }
+      for (int o = 0; o < hidden; ++o) {
+        ASSERT_NEAR(y[t * hidden + o], scale * ref[o], 1e-5) << t << " " << o;
+      }
+    }
+    // Each token alone, and a middle slice, give the same bits as in the batch of 70.
+    for (int t = 0; t < n; ++t) {
+      std::vector<float> alone(hidden);
+      backend_->MoeExperts(x.data() + t * hidden, 1, hidden, idx.data() + t * k,
+                           weight.data() + t * k, k, experts.data(), num_experts, scale,
+                           alone.data());
+      ASSERT_EQ(std::memcmp(alone.data(), y.data() + t * hidden, hidden * sizeof(float)), 0) << t;
+    }
+    std::vector<float> slice(20 * hidden);
+    backend_->MoeExperts(x.data() + 30 * hidden, 20, hidden, idx.data() + 30 * k,
+                         weight.data() + 30 * k, k, experts.data(), num_experts, scale,
+                         slice.data());
+    EXPECT_EQ(std::memcmp(slice.data(), y.data() + 30 * hidden, slice.size() * sizeof(float)), 0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers: conversions, thread pool, bandwidth, memory
+
+TEST(F16Test, HalfRoundTripsAndMatchesHardware) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = F16ToF32(static_cast<uint16_t>(h));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(F32ToF16(f), h) << h;
+#if defined(__F16C__)
+    ASSERT_EQ(F32ToBits(f), F32ToBits(_cvtsh_ss(static_cast<uint16_t>(h)))) << h;
+#endif
+  }
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-70000.0f, 70000.0f);
+  for (int i = 0; i < 100000; ++i) {
+    const float f = dist(rng) * (i % 2 ? 1e-6f : 1.0f);
+#if defined(__F16C__)
+    ASSERT_EQ(F32ToF16(f), _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)) << f;
+#endif
+    ASSERT_TRUE(std::isfinite(f));
+  }
+  EXPECT_EQ(F32ToF16(65520.0f), 0x7c00);
+  EXPECT_EQ(F32ToF16(65519.0f), 0x7bff);
+}
+
+TEST(F16Test, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(F32ToBf16(1.0f), 0x3f80);
+  EXPECT_EQ(F32ToBf16(BitsToF32(0x3f808000u)), 0x3f80);  // tie, even stays
+  EXPECT_EQ(F32ToBf16(BitsToF32(0x3f818000u)), 0x3f82);  // tie, odd rounds up
+  EXPECT_EQ(F32ToBf16(BitsToF32(0x3f808001u)), 0x3f81);
+  EXPECT_EQ(Bf16ToF32(0xc000), -2.0f);
+}
+
+TEST(ThreadPoolTest, ParallelForCoversEachIndexOnce) {
+  ThreadPool pool(3);
+  EXPECT_EQ(pool.num_threads(), 3);
+  for (int64_t n : {1, 2, 3, 7, 100, 1001}) {
+    std::vector<std::atomic<int>> hits(n);
+    pool.ParallelFor(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) hits[i].fetch_add(1);
+      // Inside a loop split over several threads, a nested loop runs serially.
+      if (n >= 2) pool.ParallelFor(4, [&](int64_t b, int64_t e) { EXPECT_EQ(e - b, 4); });
+    });
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << n << " " << i;
+  }
+  std::atomic<int> calls{0};
+  pool.ParallelFor(
+      10,
+      [&](int64_t begin, int64_t end) {
+        EXPECT_EQ(end - begin, 10);
+        calls.fetch_add(1);
+      },
+      64);
+  EXPECT_EQ(calls.load(), 1);
+}
+
+TEST(BandwidthTest, MeasuresAPositiveFiniteRate) {
+  const double gbs = MeasureReadBandwidthGBs(size_t{32} << 20, 2);
+  EXPECT_GT(gbs, 0.1);
+  EXPECT_LT(gbs, 1e5);
+}
+
+TEST_F(CpuBackendTest, AllocIsAlignedAndCopiesWork) {
+  void* p = backend_->Alloc(100);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
+  const char src[100] = "hello";
+  backend_->CopyFromHost(p, src, 100);
+  void* q = backend_->Alloc(100);
+  backend_->Copy(q, p, 100);
+  char dst[100];
+  backend_->CopyToHost(dst, q, 100);
+  EXPECT_STREQ(dst, "hello");
+  backend_->Free(p);
+  backend_->Free(q);
+  EXPECT_EQ(backend_->name(), "cpu");
+}
+
+}  // namespace
+}  // namespace specmoe::kernels

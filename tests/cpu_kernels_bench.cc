@@ -1,0 +1,132 @@
+// tests/cpu_kernels_bench.cc — CPU small-batch matmul against OpenBLAS and the bandwidth
+// floor (issue 2 item 9, DESIGN §5). Not a test: a Google Benchmark program.
+//
+//   ninja -C build cpu_kernels_bench && build/tests/cpu_kernels_bench
+//
+// Measures the read bandwidth once (1 GiB streaming reduction, all threads), then for a
+// 24576 x 4096 weight matrix times the backend's MatMul (the streaming kernel for n <= 64)
+// with f32, f16 and bf16 weights at n = 1, 2, 4, 8, 16, 32, 64 rows, and OpenBLAS (sgemv
+// at 1 row, sgemm at n rows; f32). Counters: weight_GBps (weight bytes / time) and
+// floor_ms (weight bytes / measured read bandwidth, the time of reading the weights once).
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/bandwidth.h"
+#include "kernels/cpu/f16.h"
+
+namespace specmoe::kernels {
+namespace {
+
+constexpr int64_t kRows = 24576;
+constexpr int64_t kCols = 4096;
+constexpr int kMaxBatch = 64;
+
+struct Fixture {
+  std::unique_ptr<Backend> backend = CreateCpuBackend(0);
+  double read_gbs = 0.0;
+  std::vector<float> w_f32;
+  std::vector<uint16_t> w_f16, w_bf16;
+  std::vector<float> x, y;
+
+  Fixture() {
+    read_gbs = MeasureReadBandwidthGBs(size_t{1} << 30, 0);
+    std::printf("read bandwidth: %.1f GB/s (1 GiB streaming reduction, all threads)\n", read_gbs);
+    std::mt19937 rng(1);
+    std::normal_distribution<float> dist(0.0f, 0.02f);
+    w_f32.resize(kRows * kCols);
+    w_f16.resize(kRows * kCols);
+    w_bf16.resize(kRows * kCols);
+    for (int64_t i = 0; i < kRows * kCols; ++i) {
+      w_f32[i] = dist(rng);
+      w_f16[i] = F32ToF16(w_f32[i]);
+      w_bf16[i] = F32ToBf16(w_f32[i]);
+    }
+    x.resize(kMaxBatch * kCols);
+    for (float& v : x) v = dist(rng);
+    y.resize(kMaxBatch * kRows);
+  }
+
+  Weight Get(DType dtype) const {
+    const void* data = dtype == DType::kF32   ? static_cast<const void*>(w_f32.data())
+                       : dtype == DType::kF16 ? static_cast<const void*>(w_f16.data())
+                                              : static_cast<const void*>(w_bf16.data());
+    return Weight{data, dtype, kRows, kCols};
+  }
+};
+
+Fixture& GetFixture() {
+  static Fixture* fixture = new Fixture();
+  return *fixture;
+}
+
+void SetCounters(benchmark::State& state, size_t weight_bytes) {
+  const Fixture& f = GetFixture();
+  state.counters["weight_GBps"] = benchmark::Counter(static_cast<double>(weight_bytes) / 1e9,
+                                                     benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["floor_ms"] = static_cast<double>(weight_bytes) / (f.read_gbs * 1e9) * 1e3;
+  state.counters["read_GBps"] = f.read_gbs;
+}
+
+// The backend's MatMul: args {dtype, rows}.
+void BM_Streaming(benchmark::State& state) {
+  Fixture& f = GetFixture();
+  const DType dtype = static_cast<DType>(state.range(0));
+  const int n = static_cast<int>(state.range(1));
+  const Weight w = f.Get(dtype);
+  for (auto _ : state) {
+    f.backend->MatMul(f.x.data(), n, w, f.y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(DTypeName(dtype));
+  SetCounters(state, w.bytes());
+}
+
+// OpenBLAS on f32 weights: sgemv for 1 row, sgemm (x . W^T) for n rows.
+void BM_OpenBlas(benchmark::State& state) {
+  Fixture& f = GetFixture();
+  const int n = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    if (n == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, kRows, kCols, 1.0f, f.w_f32.data(), kCols,
+                  f.x.data(), 1, 0.0f, f.y.data(), 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, kRows, kCols, 1.0f, f.x.data(), kCols,
+                  f.w_f32.data(), kCols, 0.0f, f.y.data(), kRows);
+    }
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(n == 1 ? "F32 sgemv" : "F32 sgemm");
+  SetCounters(state, kRows * kCols * sizeof(float));
+}
+
+void StreamingArgs(benchmark::internal::Benchmark* b) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (int n : {1, 2, 4, 8, 16, 32, 64}) b->Args({static_cast<int64_t>(dtype), n});
+  }
+}
+
+// Time is wall-clock; the CPU column is the whole process's CPU time (all threads), which
+// tells a busy machine apart from a slow kernel.
+BENCHMARK(BM_Streaming)
+    ->Apply(StreamingArgs)
+    ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime();
+BENCHMARK(BM_OpenBlas)
+    ->ArgsProduct({{1, 2, 4, 8, 16, 32, 64}})
+    ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime();
+
+}  // namespace
+}  // namespace specmoe::kernels
+
+BENCHMARK_MAIN();

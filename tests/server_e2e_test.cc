@@ -1,0 +1,787 @@
+// tests/server_e2e_test.cc — end-to-end tests of the real specmoe-server binary (DESIGN §6-7;
+// issue 2 item 8, issue 3 item 5): each suite starts the binary on 127.0.0.1 port 0 with
+// tiny committed models, waits for grpc.health.v1 SERVING, then talks gRPC to it (and runs
+// specmoe-cli against it). The server is stopped with SIGTERM and must exit 0.
+#include <fcntl.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <future>
+#include <limits>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "specmoe/v1/completion.grpc.pb.h"
+
+namespace specmoe {
+namespace {
+
+namespace v1 = ::specmoe::v1;
+using ::testing::HasSubstr;
+
+const std::string kServerBinary = SPECMOE_BINARY_DIR "/server/specmoe-server";
+const std::string kCliBinary = SPECMOE_BINARY_DIR "/client/specmoe-cli";
+const std::string kTarget = SPECMOE_FIXTURES "/models/e2e_target";  // context 256, vocab 4096, f16
+const std::string kDraft = SPECMOE_FIXTURES "/models/e2e_draft";
+constexpr int kVocab = 4096;
+constexpr int kContext = 256;
+constexpr int kDefaultMaxTokens = 12;
+constexpr int kMaxTokensLimit = 250;  // prompt + 250 still fits the context
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream contents;
+  contents << in.rdbuf();
+  return contents.str();
+}
+
+// A specmoe-server child process; killed on destruction if still running.
+class ServerProcess {
+ public:
+  explicit ServerProcess(std::vector<std::string> extra_args) {
+    static int instance = 0;
+    const std::string dir = ::testing::TempDir() + "/specmoe_e2e_" + std::to_string(getpid()) +
+                            "_" + std::to_string(++instance);
+    std::filesystem::create_directories(dir);
+    dir_ = dir;
+    port_file_ = dir + "/port";
+    log_file_ = dir + "/server.log";
+    std::vector<std::string> args = {kServerBinary, "--listen", "127.0.0.1:0", "--port-file",
+                                     port_file_, "--target", kTarget, "--draft", kDraft,
+                                     "--default-max-tokens", std::to_string(kDefaultMaxTokens),
+                                     "--max-tokens-limit", std::to_string(kMaxTokensLimit),
+                                     "--tree", "1,2,1", "--threads", "1",
+                                     "--drain-seconds", "5"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      const int fd = open(log_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, STDOUT_FILENO);
+      dup2(fd, STDERR_FILENO);
+      std::vector<char*> argv;
+      for (std::string& arg : args) argv.push_back(arg.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+  }
+
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+
+  // Waits for the port file; false if the server exited first or took over a minute.
+  bool WaitForPort() {
+    for (int i = 0; i < 6000; ++i) {
+      if (std::filesystem::exists(port_file_)) {
+        port_ = std::stoi(ReadAll(port_file_));
+        return true;
+      }
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+
+  // SIGTERM, then the exit code (-1 if it did not exit normally within 60 s).
+  int Terminate() {
+    kill(pid_, SIGTERM);
+    for (int i = 0; i < 6000; ++i) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return -1;
+  }
+
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string log() const { return ReadAll(log_file_); }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  std::string dir_;
+  std::string port_file_;
+  std::string log_file_;
+};
+
+// grpc.health.v1.Health/Check through the generic stub, with the two one-field messages
+// encoded by hand (HealthCheckRequest.service = 1; HealthCheckResponse.status = 1, where
+// SERVING = 1, NOT_SERVING = 2). Returns -1 on an RPC error, storing it in *error.
+int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+                 grpc::Status* error = nullptr) {
+  grpc::GenericStub stub(channel);
+  std::string request_bytes;
+  if (!service.empty()) {
+    request_bytes.push_back(0x0A);
+    request_bytes.push_back(static_cast<char>(service.size()));
+    request_bytes += service;
+  }
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                 &response, [&done](grpc::Status status) { done.set_value(status); });
+  const grpc::Status status = done.get_future().get();
+  if (error != nullptr) *error = status;
+  if (!status.ok()) return -1;
+  std::vector<grpc::Slice> slices;
+  (void)response.Dump(&slices);
+  std::string bytes;
+  for (const grpc::Slice& part : slices) {
+    bytes.append(reinterpret_cast<const char*>(part.begin()), part.size());
+  }
+  if (bytes.empty()) return 0;  // UNKNOWN (the default) is encoded as nothing
+  if (bytes.size() != 2 || bytes[0] != 0x08) return -2;
+  return bytes[1];
+}
+
+constexpr int kServing = 1;
+constexpr int kNotServing = 2;
+
+// Polls health until SERVING (models loaded); false after a minute.
+bool WaitForServing(const std::shared_ptr<grpc::Channel>& channel) {
+  for (int i = 0; i < 600; ++i) {
+    if (HealthStatus(channel, "") == kServing) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+// Runs a command, returning its stdout and exit code.
+std::pair<std::string, int> RunCommand(const std::string& command) {
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string out;
+  char buffer[4096];
+  size_t n = 0;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) out.append(buffer, n);
+  const int status = pclose(pipe);
+  return {out, WIFEXITED(status) ? WEXITSTATUS(status) : -1};
+}
+
+class ServerE2eTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server_ = new ServerProcess({});
+    ASSERT_TRUE(server_->WaitForPort()) << server_->log();
+    channel_ = new std::shared_ptr<grpc::Channel>(
+        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+    ASSERT_TRUE(WaitForServing(*channel_)) << server_->log();
+    stub_ = v1::Completion::NewStub(*channel_).release();
+  }
+
+  static void TearDownTestSuite() {
+    delete stub_;
+    delete channel_;
+    delete server_;
+  }
+
+  static grpc::Status Complete(const v1::CompleteRequest& request, v1::CompleteResponse* response,
+                               int timeout_ms = 60000) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(timeout_ms));
+    return stub_->Complete(&context, request, response);
+  }
+
+  static grpc::Status Stream(const v1::CompleteRequest& request,
+                             std::vector<v1::CompleteChunk>* chunks) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    auto reader = stub_->CompleteStream(&context, request);
+    v1::CompleteChunk chunk;
+    while (reader->Read(&chunk)) chunks->push_back(chunk);
+    return reader->Finish();
+  }
+
+  static std::vector<int32_t> Tokenize(const std::string& text, bool add_bos) {
+    grpc::ClientContext context;
+    v1::TokenizeRequest request;
+    request.set_text(text);
+    request.set_add_bos(add_bos);
+    v1::TokenizeResponse response;
+    EXPECT_TRUE(stub_->Tokenize(&context, request, &response).ok());
+    return {response.token_ids().begin(), response.token_ids().end()};
+  }
+
+  // Waits until the server's log has a line containing every one of `parts`.
+  static bool LogHasLine(const std::vector<std::string>& parts) {
+    for (int i = 0; i < 300; ++i) {
+      std::istringstream log(server_->log());
+      for (std::string line; std::getline(log, line);) {
+        bool all = true;
+        for (const std::string& part : parts) all = all && line.find(part) != std::string::npos;
+        if (all) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+
+  static v1::CompleteRequest Greedy(const std::string& prompt, int max_tokens) {
+    v1::CompleteRequest request;
+    request.set_prompt(prompt);
+    request.set_max_tokens(max_tokens);
+    request.set_ignore_eos(true);
+    return request;
+  }
+
+  static ServerProcess* server_;
+  static std::shared_ptr<grpc::Channel>* channel_;
+  static v1::Completion::Stub* stub_;
+};
+
+ServerProcess* ServerE2eTest::server_ = nullptr;
+std::shared_ptr<grpc::Channel>* ServerE2eTest::channel_ = nullptr;
+v1::Completion::Stub* ServerE2eTest::stub_ = nullptr;
+
+TEST_F(ServerE2eTest, HealthIsServingForTheServerAndTheService) {
+  EXPECT_EQ(HealthStatus(*channel_, ""), kServing);
+  EXPECT_EQ(HealthStatus(*channel_, "specmoe.v1.Completion"), kServing);
+  grpc::Status error;
+  EXPECT_EQ(HealthStatus(*channel_, "no.such.Service", &error), -1);
+  EXPECT_EQ(error.error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(ServerE2eTest, RequestWithOnlyAPromptTakesTheDefaults) {
+  v1::CompleteRequest request;
+  request.set_prompt("Once upon a time");
+  v1::CompleteResponse first;
+  const grpc::Status status = Complete(request, &first);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  // max_tokens 0 -> --default-max-tokens; temperature 0 -> greedy, so it repeats exactly.
+  EXPECT_EQ(first.usage().prompt_tokens(), Tokenize("Once upon a time", true).size());
+  EXPECT_EQ(first.usage().completion_tokens(), static_cast<uint32_t>(first.token_ids_size()));
+  if (first.finish_reason() == v1::FINISH_REASON_LENGTH) {
+    EXPECT_EQ(first.token_ids_size(), kDefaultMaxTokens);
+  } else {
+    EXPECT_EQ(first.finish_reason(), v1::FINISH_REASON_EOS);
+    EXPECT_LT(first.token_ids_size(), kDefaultMaxTokens);
+  }
+  EXPECT_THAT(first.request_id(), HasSubstr("cmpl-"));
+  v1::CompleteResponse second;
+  ASSERT_TRUE(Complete(request, &second).ok());
+  EXPECT_EQ(std::vector<int32_t>(second.token_ids().begin(), second.token_ids().end()),
+            std::vector<int32_t>(first.token_ids().begin(), first.token_ids().end()));
+  EXPECT_EQ(second.text(), first.text());
+  EXPECT_TRUE(LogHasLine({"request " + first.request_id(), "rpc=Complete",
+                          "prompt_tokens=" + std::to_string(first.usage().prompt_tokens()),
+                          "tokens_per_s=", "mean_tokens_per_step="}))
+      << server_->log();
+}
+
+TEST_F(ServerE2eTest, StreamChunksConcatenateToTheCompleteResponse) {
+  v1::CompleteRequest request = Greedy("The king said", 24);
+  request.set_request_id("stream-vs-complete");
+  v1::CompleteResponse whole;
+  ASSERT_TRUE(Complete(request, &whole).ok());
+  ASSERT_EQ(whole.token_ids_size(), 24);
+  EXPECT_EQ(whole.request_id(), "stream-vs-complete");
+  EXPECT_EQ(whole.finish_reason(), v1::FINISH_REASON_LENGTH);
+
+  std::vector<v1::CompleteChunk> chunks;
+  const grpc::Status status = Stream(request, &chunks);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_FALSE(chunks.empty());
+  std::string text;
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const v1::CompleteChunk& chunk = chunks[i];
+    EXPECT_EQ(chunk.request_id(), "stream-vs-complete");
+    text += chunk.text();
+    ids.insert(ids.end(), chunk.token_ids().begin(), chunk.token_ids().end());
+    const bool last = i + 1 == chunks.size();
+    EXPECT_EQ(chunk.has_usage(), last) << i;
+    EXPECT_EQ(chunk.has_speculation(), last) << i;
+    EXPECT_EQ(chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED, last) << i;
+  }
+  EXPECT_EQ(text, whole.text());
+  EXPECT_EQ(ids, std::vector<int32_t>(whole.token_ids().begin(), whole.token_ids().end()));
+  const v1::CompleteChunk& last = chunks.back();
+  EXPECT_EQ(last.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(last.usage().prompt_tokens(), whole.usage().prompt_tokens());
+  EXPECT_EQ(last.usage().completion_tokens(), 24u);
+  // With a draft loaded, statistics describe the speculation (tree 1,2,1: depth 3).
+  const v1::SpeculationStats& stats = last.speculation();
+  EXPECT_GT(stats.verify_steps(), 0u);
+  EXPECT_GT(stats.drafted_tokens(), 0u);
+  EXPECT_EQ(stats.acceptance_by_depth_size(), 3);
+  EXPECT_GE(stats.mean_tokens_per_step(), 1.0f);
+  EXPECT_EQ(whole.speculation().verify_steps(), stats.verify_steps());
+}
+
+TEST_F(ServerE2eTest, PromptTokenIdsAreUsedAsGiven) {
+  const std::vector<int32_t> ids = Tokenize("The king said", /*add_bos=*/true);
+  ASSERT_EQ(ids.front(), 1);
+  v1::CompleteRequest by_text = Greedy("The king said", 8);
+  v1::CompleteRequest by_ids = by_text;
+  by_ids.clear_prompt();
+  for (int32_t id : ids) by_ids.add_prompt_token_ids(id);
+  v1::CompleteResponse a, b;
+  ASSERT_TRUE(Complete(by_text, &a).ok());
+  ASSERT_TRUE(Complete(by_ids, &b).ok());
+  EXPECT_EQ(b.usage().prompt_tokens(), ids.size());
+  EXPECT_EQ(std::vector<int32_t>(a.token_ids().begin(), a.token_ids().end()),
+            std::vector<int32_t>(b.token_ids().begin(), b.token_ids().end()));
+}
+
+TEST_F(ServerE2eTest, TokenizeReturnsIdsAndPieces) {
+  grpc::ClientContext context;
+  v1::TokenizeRequest request;
+  request.set_text("Hello world");
+  request.set_add_bos(true);
+  v1::TokenizeResponse response;
+  ASSERT_TRUE(stub_->Tokenize(&context, request, &response).ok());
+  EXPECT_THAT(response.pieces(), ::testing::ElementsAre("<s>", "▁H", "ell", "o", "▁world"));
+  ASSERT_EQ(response.token_ids_size(), 5);
+  EXPECT_EQ(response.token_ids(0), 1);
+}
+
+TEST_F(ServerE2eTest, GetModelInfoDescribesTheModels) {
+  grpc::ClientContext context;
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_THAT(info.target(), HasSubstr("e2e_target"));
+  EXPECT_THAT(info.draft(), HasSubstr("e2e_draft"));
+  EXPECT_EQ(info.vocab_size(), static_cast<uint32_t>(kVocab));
+  EXPECT_EQ(info.max_context(), static_cast<uint32_t>(kContext));
+  EXPECT_THAT(info.default_expansion(), ::testing::ElementsAre(1u, 2u, 1u));
+  EXPECT_EQ(info.device(), "cpu");
+  EXPECT_EQ(info.dtype(), "F16");
+}
+
+TEST_F(ServerE2eTest, BadRequestsAreInvalidArgumentNamingTheField) {
+  struct Case {
+    const char* name;
+    std::function<void(v1::CompleteRequest&)> mutate;
+    const char* field;
+  };
+  const std::vector<Case> cases = {
+      {"both prompts", [](auto& r) { r.add_prompt_token_ids(1); }, "prompt_token_ids"},
+      {"neither prompt", [](auto& r) { r.clear_prompt(); }, "prompt"},
+      {"id above vocab",
+       [](auto& r) {
+         r.clear_prompt();
+         r.add_prompt_token_ids(1);
+         r.add_prompt_token_ids(kVocab);
+       },
+       "prompt_token_ids[1]"},
+      {"negative id",
+       [](auto& r) {
+         r.clear_prompt();
+         r.add_prompt_token_ids(-1);
+       },
+       "prompt_token_ids[0]"},
+      {"max_tokens above limit", [](auto& r) { r.set_max_tokens(kMaxTokensLimit + 1); },
+       "max_tokens"},
+      {"negative temperature", [](auto& r) { r.mutable_sampling()->set_temperature(-0.5f); },
+       "sampling.temperature"},
+      {"NaN temperature",
+       [](auto& r) {
+         r.mutable_sampling()->set_temperature(std::numeric_limits<float>::quiet_NaN());
+       },
+       "sampling.temperature"},
+      {"top_p above 1", [](auto& r) { r.mutable_sampling()->set_top_p(1.5f); },
+       "sampling.top_p"},
+      {"negative top_p", [](auto& r) { r.mutable_sampling()->set_top_p(-0.1f); },
+       "sampling.top_p"},
+      {"negative penalty",
+       [](auto& r) { r.mutable_sampling()->set_repetition_penalty(-1.0f); },
+       "sampling.repetition_penalty"},
+      {"prompt ids fill the context",
+       [](auto& r) {
+         r.clear_prompt();
+         for (int i = 0; i < kContext; ++i) r.add_prompt_token_ids(100);
+       },
+       "prompt_token_ids"},
+      {"text prompt longer than the context",
+       [](auto& r) {
+         std::string long_text;
+         for (int i = 0; i < kContext; ++i) long_text += " world";
+         r.set_prompt(long_text);
+       },
+       "prompt"},
+      {"zero expansion",
+       [](auto& r) {
+         r.mutable_speculation()->add_expansion(2);
+         r.mutable_speculation()->add_expansion(0);
+       },
+       "speculation.expansion[1]"},
+      {"empty stop string", [](auto& r) { r.add_stop(""); }, "stop[0]"},
+  };
+  for (const Case& c : cases) {
+    v1::CompleteRequest request = Greedy("Hello", 4);
+    c.mutate(request);
+    v1::CompleteResponse response;
+    const grpc::Status status = Complete(request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name;
+    EXPECT_THAT(status.error_message(), HasSubstr(c.field)) << c.name;
+    // Streaming validates the same way.
+    std::vector<v1::CompleteChunk> chunks;
+    const grpc::Status stream_status = Stream(request, &chunks);
+    EXPECT_EQ(stream_status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name;
+    EXPECT_TRUE(chunks.empty()) << c.name;
+  }
+  // The exactly-fitting prompt (context - 1 tokens) is accepted, and the server still serves.
+  v1::CompleteRequest fits;
+  for (int i = 0; i < kContext - 1; ++i) fits.add_prompt_token_ids(100);
+  fits.set_max_tokens(1);
+  v1::CompleteResponse response;
+  const grpc::Status status = Complete(fits, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.token_ids_size(), 1);
+  ASSERT_TRUE(Complete(Greedy("Hello", 4), &response).ok());
+  EXPECT_EQ(response.token_ids_size(), 4);
+}
+
+TEST_F(ServerE2eTest, DeadlineCancelsTheRequestAndTheServerKeepsServing) {
+  // A wide tree makes each step slow (56 tree tokens verified per step, over a second for the
+  // 250 tokens here on a 2-core machine), so the 100 ms deadline ends the request early.
+  v1::CompleteRequest request = Greedy("A long story", kMaxTokensLimit);
+  request.set_request_id("deadline-request");
+  request.mutable_speculation()->add_expansion(7);
+  request.mutable_speculation()->add_expansion(7);
+  v1::CompleteResponse response;
+  const grpc::Status status = Complete(request, &response, /*timeout_ms=*/100);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The engine was told: the request ends as cancelled, before its 250 tokens.
+  EXPECT_TRUE(LogHasLine({"request deadline-request", "finish=cancelled"})) << server_->log();
+  ASSERT_TRUE(Complete(Greedy("Hello", 4), &response).ok());
+  EXPECT_EQ(response.token_ids_size(), 4);
+}
+
+TEST_F(ServerE2eTest, ClientCancellingAStreamCancelsTheRequest) {
+  v1::CompleteRequest request = Greedy("A long story", kMaxTokensLimit);
+  request.set_request_id("cancelled-stream");
+  request.mutable_speculation()->add_expansion(7);  // slow steps, as in the deadline test
+  request.mutable_speculation()->add_expansion(7);
+  grpc::ClientContext context;
+  auto reader = stub_->CompleteStream(&context, request);
+  v1::CompleteChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  context.TryCancel();
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(LogHasLine({"request cancelled-stream", "finish=cancelled"})) << server_->log();
+  v1::CompleteResponse response;
+  ASSERT_TRUE(Complete(Greedy("Hello", 4), &response).ok());
+}
+
+TEST_F(ServerE2eTest, CliCompleteStreamAndHealth) {
+  v1::CompleteResponse expected;
+  ASSERT_TRUE(Complete(Greedy("The king said", 10), &expected).ok());
+  const std::vector<int64_t> expected_ids(expected.token_ids().begin(),
+                                          expected.token_ids().end());
+  const std::string common = " --server " + server_->address() +
+                             " --max-tokens 10 --ignore-eos --json 'The king said'";
+
+  const auto [complete_out, complete_code] = RunCommand(kCliBinary + " complete" + common);
+  ASSERT_EQ(complete_code, 0) << complete_out;
+  const nlohmann::json complete = nlohmann::json::parse(complete_out);
+  EXPECT_EQ(complete["token_ids"].get<std::vector<int64_t>>(), expected_ids);
+  EXPECT_EQ(complete["text"], expected.text());
+  EXPECT_EQ(complete["finish_reason"], "FINISH_REASON_LENGTH");
+  EXPECT_EQ(complete["usage"]["completion_tokens"], 10);
+  EXPECT_TRUE(complete["speculation"].contains("mean_tokens_per_step"));
+
+  const auto [stream_out, stream_code] = RunCommand(kCliBinary + " stream" + common);
+  ASSERT_EQ(stream_code, 0) << stream_out;
+  std::istringstream lines(stream_out);
+  std::vector<int64_t> ids;
+  std::string text;
+  nlohmann::json last;
+  for (std::string line; std::getline(lines, line);) {
+    last = nlohmann::json::parse(line);
+    for (int64_t id : last["token_ids"]) ids.push_back(id);
+    text += last["text"].get<std::string>();
+  }
+  EXPECT_EQ(ids, expected_ids);
+  EXPECT_EQ(text, expected.text());
+  EXPECT_EQ(last["finish_reason"], "FINISH_REASON_LENGTH");
+  EXPECT_EQ(last["usage"]["prompt_tokens"], expected.usage().prompt_tokens());
+
+  const auto [health_out, health_code] =
+      RunCommand(kCliBinary + " health --server " + server_->address());
+  EXPECT_EQ(health_code, 0);
+  EXPECT_EQ(health_out, "SERVING\n");
+
+  // Errors: the status code on stderr and exit code 1.
+  const auto [bad_out, bad_code] = RunCommand(kCliBinary + " complete --server " +
+                                              server_->address() + " --top-p 2 hi 2>&1");
+  EXPECT_EQ(bad_code, 1);
+  EXPECT_THAT(bad_out, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_THAT(bad_out, HasSubstr("sampling.top_p"));
+}
+
+TEST(ServerProcessTest, ApiKeyIsRequiredOnEveryRpcButHealth) {
+  const std::string key_file = ::testing::TempDir() + "/specmoe_e2e_api_key";
+  std::ofstream(key_file) << "s3cret-key\n";
+  ServerProcess server({"--api-key-file", key_file});
+  ASSERT_TRUE(server.WaitForPort()) << server.log();
+  auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+  ASSERT_TRUE(WaitForServing(channel)) << server.log();  // health needs no key
+  auto stub = v1::Completion::NewStub(channel);
+
+  auto model_info = [&](const char* authorization) {
+    grpc::ClientContext context;
+    if (authorization != nullptr) context.AddMetadata("authorization", authorization);
+    v1::ModelInfo info;
+    return stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).error_code();
+  };
+  EXPECT_EQ(model_info(nullptr), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(model_info("Bearer wrong-key"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(model_info("s3cret-key"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(model_info("Bearer s3cret-key"), grpc::StatusCode::OK);
+
+  v1::CompleteRequest request;
+  request.set_prompt("Hello");
+  request.set_max_tokens(2);
+  {
+    grpc::ClientContext context;
+    v1::CompleteResponse response;
+    EXPECT_EQ(stub->Complete(&context, request, &response).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext context;
+    auto reader = stub->CompleteStream(&context, request);
+    v1::CompleteChunk chunk;
+    EXPECT_FALSE(reader->Read(&chunk));
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer s3cret-key");
+    v1::CompleteResponse response;
+    EXPECT_TRUE(stub->Complete(&context, request, &response).ok());
+    EXPECT_EQ(response.token_ids_size(), 2);
+  }
+  // The CLI sends the key from a file.
+  const auto [out, code] = RunCommand(kCliBinary + " complete --json --max-tokens 2 --server " +
+                                      server.address() + " --api-key-file " + key_file + " hi");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(server.Terminate(), 0) << server.log();
+  std::filesystem::remove(key_file);
+}
+
+TEST(ServerProcessTest, SigtermLetsInFlightRequestsFinishAndExitsZero) {
+  ServerProcess server({"--log-format", "json", "--max-prompt-tokens", "8"});
+  ASSERT_TRUE(server.WaitForPort()) << server.log();
+  auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+  ASSERT_TRUE(WaitForServing(channel)) << server.log();
+  auto stub = v1::Completion::NewStub(channel);
+
+  // --max-prompt-tokens bounds prompts below the context.
+  {
+    grpc::ClientContext context;
+    v1::CompleteRequest request;
+    for (int i = 0; i < 9; ++i) request.add_prompt_token_ids(100);
+    v1::CompleteResponse response;
+    const grpc::Status status = stub->Complete(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("--max-prompt-tokens"));
+  }
+
+  // A stream in flight when SIGTERM arrives still completes within the drain period (5 s;
+  // the wide tree makes these 30 tokens take about 1.5 s).
+  grpc::ClientContext context;
+  v1::CompleteRequest request;
+  request.set_prompt("Drain me");
+  request.set_request_id("drained-request");
+  request.set_max_tokens(30);
+  request.set_ignore_eos(true);
+  request.mutable_speculation()->add_expansion(7);
+  request.mutable_speculation()->add_expansion(7);
+  auto reader = stub->CompleteStream(&context, request);
+  v1::CompleteChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  int tokens = chunk.token_ids_size();
+  std::future<int> exit_code = std::async(std::launch::async, [&] { return server.Terminate(); });
+  while (reader->Read(&chunk)) tokens += chunk.token_ids_size();
+  const grpc::Status status = reader->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(tokens, 30);
+  EXPECT_EQ(chunk.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(exit_code.get(), 0) << server.log();
+  const std::string text = server.log();
+  ASSERT_NE(text.find("draining"), std::string::npos) << text;
+  ASSERT_NE(text.find("request drained-request"), std::string::npos) << text;
+  EXPECT_LT(text.find("draining"), text.find("request drained-request")) << text;
+
+  // JSON logs: every line is one JSON object.
+  std::istringstream log(server.log());
+  int lines = 0;
+  for (std::string line; std::getline(log, line); ++lines) {
+    EXPECT_TRUE(nlohmann::json::accept(line)) << line;
+  }
+  EXPECT_GE(lines, 4);  // listening, serving, the request, draining
+  EXPECT_THAT(server.log(), HasSubstr("draining"));
+}
+
+TEST(ServerProcessTest, ServesTlsWithTheGivenCertificate) {
+  if (RunCommand("command -v openssl >/dev/null 2>&1").second != 0) {
+    GTEST_SKIP() << "openssl is needed to make a test certificate";
+  }
+  const std::string dir = ::testing::TempDir() + "/specmoe_e2e_tls_" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  const std::string cert = dir + "/cert.pem";
+  const std::string key = dir + "/key.pem";
+  ASSERT_EQ(RunCommand("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost"
+                       " -addext subjectAltName=IP:127.0.0.1 -keyout " + key + " -out " + cert +
+                       " 2>&1").second, 0);
+  ServerProcess server({"--tls-cert", cert, "--tls-key", key});
+  ASSERT_TRUE(server.WaitForPort()) << server.log();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ReadAll(cert);
+  auto channel = grpc::CreateChannel(server.address(), grpc::SslCredentials(ssl));
+  ASSERT_TRUE(WaitForServing(channel)) << server.log();
+  {
+    grpc::ClientContext context;
+    v1::ModelInfo info;
+    EXPECT_TRUE(v1::Completion::NewStub(channel)
+                    ->GetModelInfo(&context, v1::GetModelInfoRequest(), &info)
+                    .ok());
+    EXPECT_EQ(info.vocab_size(), static_cast<uint32_t>(kVocab));
+  }
+  {
+    // A plaintext client cannot talk to it.
+    auto plain = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ModelInfo info;
+    EXPECT_FALSE(v1::Completion::NewStub(plain)
+                     ->GetModelInfo(&context, v1::GetModelInfoRequest(), &info)
+                     .ok());
+  }
+  const auto [out, code] = RunCommand(kCliBinary + " complete --json --max-tokens 2 --server " +
+                                      server.address() + " --tls-ca " + cert + " hi");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(nlohmann::json::parse(out)["usage"]["completion_tokens"], 2);
+  EXPECT_EQ(server.Terminate(), 0) << server.log();
+  std::filesystem::remove_all(dir);
+}
+
+// A model folder whose config.json is a FIFO: the engine's load blocks on it until the test
+// writes the real config, which holds the server in its loading phase for as long as needed.
+class SlowModelFolder {
+ public:
+  SlowModelFolder() {
+    dir_ = ::testing::TempDir() + "/specmoe_e2e_fifo_" + std::to_string(getpid()) + "_" +
+           std::to_string(++instances_);
+    std::filesystem::create_directories(dir_);
+    for (const char* file : {"model.safetensors", "tokenizer.model"}) {
+      std::filesystem::create_symlink(kTarget + "/" + file, dir_ + "/" + file);
+    }
+    EXPECT_EQ(mkfifo((dir_ + "/config.json").c_str(), 0600), 0);
+  }
+  ~SlowModelFolder() { std::filesystem::remove_all(dir_); }
+  // Lets the load continue: waits (up to a minute, never forever) for the server to open the
+  // FIFO, then writes the real config. False if the server never opened it.
+  bool Release() {
+    const std::string path = dir_ + "/config.json";
+    for (int i = 0; i < 6000; ++i) {
+      const int fd = open(path.c_str(), O_WRONLY | O_NONBLOCK);  // ENXIO until a reader
+      if (fd >= 0) {
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+        const std::string config = ReadAll(kTarget + "/config.json");
+        const bool written = write(fd, config.data(), config.size()) ==
+                             static_cast<ssize_t>(config.size());
+        close(fd);
+        return written;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+  const std::string& dir() const { return dir_; }
+
+ private:
+  static inline int instances_ = 0;
+  std::string dir_;
+};
+
+TEST(ServerProcessTest, NotServingAndUnavailableWhileTheModelsLoad) {
+  SlowModelFolder folder;
+  ServerProcess server({"--target", folder.dir()});
+  ASSERT_TRUE(server.WaitForPort()) << server.log();
+  auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+  EXPECT_EQ(HealthStatus(channel, ""), kNotServing);
+  EXPECT_EQ(HealthStatus(channel, "specmoe.v1.Completion"), kNotServing);
+  auto stub = v1::Completion::NewStub(channel);
+  {
+    grpc::ClientContext context;
+    v1::CompleteRequest request;
+    request.set_prompt("Hello");
+    v1::CompleteResponse response;
+    const grpc::Status status = stub->Complete(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_THAT(status.error_message(), HasSubstr("loading"));
+  }
+  ASSERT_TRUE(folder.Release()) << server.log();
+  ASSERT_TRUE(WaitForServing(channel)) << server.log();
+  EXPECT_EQ(HealthStatus(channel, "specmoe.v1.Completion"), kServing);
+  grpc::ClientContext context;
+  v1::ModelInfo info;
+  EXPECT_TRUE(stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(server.Terminate(), 0) << server.log();
+}
+
+TEST(ServerProcessTest, SigtermWhileLoadingExitsZero) {
+  SlowModelFolder folder;
+  ServerProcess server({"--target", folder.dir()});
+  ASSERT_TRUE(server.WaitForPort()) << server.log();
+  auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+  EXPECT_EQ(HealthStatus(channel, ""), kNotServing);
+  EXPECT_EQ(server.Terminate(), 0) << server.log();
+  EXPECT_THAT(server.log(), HasSubstr("stopped while loading the models"));
+}
+
+TEST(ServerProcessTest, BadFlagsExitTwoAndBadModelsExitOne) {
+  const auto [flag_out, flag_code] = RunCommand(kServerBinary + " --target 2>&1");
+  EXPECT_EQ(flag_code, 2);
+  EXPECT_THAT(flag_out, HasSubstr("--target needs a value"));
+  const auto [cuda_out, cuda_code] =
+      RunCommand(kServerBinary + " --target " + kTarget + " --device cuda 2>&1");
+  EXPECT_EQ(cuda_code, 2);
+  EXPECT_THAT(cuda_out, HasSubstr("--device cuda"));
+  const auto [missing_out, missing_code] = RunCommand(
+      kServerBinary + " --listen 127.0.0.1:0 --target /nonexistent/model_dir 2>&1");
+  EXPECT_EQ(missing_code, 1);
+  EXPECT_THAT(missing_out, HasSubstr("/nonexistent/model_dir"));
+}
+
+}  // namespace
+}  // namespace specmoe

@@ -1,0 +1,107 @@
+// tests/server_options_test.cc — specmoe-server flag parsing (server/options.h): defaults,
+// both value syntaxes, and errors that name the flag.
+#include "server/options.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace specmoe::server {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+absl::StatusOr<ServerOptions> Parse(std::vector<const char*> args) {
+  args.insert(args.begin(), "specmoe-server");
+  return ParseServerOptions(static_cast<int>(args.size()), args.data());
+}
+
+TEST(ServerOptionsTest, DefaultsMatchTheDesign) {
+  absl::StatusOr<ServerOptions> options = Parse({"--target", "/models/t"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->target_dir, "/models/t");
+  EXPECT_EQ(options->draft_dir, "");
+  EXPECT_EQ(options->listen, "127.0.0.1:50051");
+  EXPECT_EQ(options->device, "cpu");
+  EXPECT_THAT(options->tree, ElementsAre(1, 1, 3, 1, 1, 1, 1, 1));
+  EXPECT_EQ(options->default_max_tokens, 128);
+  EXPECT_EQ(options->max_tokens_limit, 4096);
+  EXPECT_EQ(options->log_format, "text");
+  EXPECT_FALSE(options->help);
+  const engine::EngineOptions engine = ToEngineOptions(*options);
+  EXPECT_EQ(engine.target_dir, "/models/t");
+  EXPECT_THAT(engine.expansion, ElementsAre(1, 1, 3, 1, 1, 1, 1, 1));
+}
+
+TEST(ServerOptionsTest, AcceptsBothValueSyntaxes) {
+  absl::StatusOr<ServerOptions> options =
+      Parse({"--target=/t", "--draft", "/d", "--tree=2,2,1", "--threads", "3",
+             "--listen=0.0.0.0:0", "--log-format", "json", "--max-tokens-limit=64",
+             "--default-max-tokens", "16", "--drain-seconds=0"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->draft_dir, "/d");
+  EXPECT_THAT(options->tree, ElementsAre(2, 2, 1));
+  EXPECT_EQ(options->threads, 3);
+  EXPECT_EQ(options->listen, "0.0.0.0:0");
+  EXPECT_EQ(options->log_format, "json");
+  EXPECT_EQ(options->max_tokens_limit, 64);
+  EXPECT_EQ(options->default_max_tokens, 16);
+  EXPECT_EQ(options->drain_seconds, 0);
+}
+
+TEST(ServerOptionsTest, ErrorsNameTheFlag) {
+  const std::vector<std::pair<std::vector<const char*>, std::string>> cases = {
+      {{}, "--target is required"},
+      {{"--target"}, "--target needs a value"},
+      {{"--target", "/t", "--bogus"}, "unknown flag --bogus"},
+      {{"--target", "/t", "--threads", "many"}, "--threads: expected an integer"},
+      {{"--target", "/t", "--threads", "-1"}, "--threads: must be at least 0"},
+      {{"--target", "/t", "--tree", "1,0,2"}, "--tree"},
+      {{"--target", "/t", "--tree", "1,,2"}, "--tree"},
+      {{"--target", "/t", "--log-format", "xml"}, "--log-format: expected one of text|json"},
+      {{"--target", "/t", "--device", "cuda"}, "--device cuda"},
+      {{"--target", "/t", "--device", "tpu"}, "--device: expected one of cpu|cuda"},
+      {{"--target", "/t", "--tls-cert", "c.pem"}, "--tls-cert and --tls-key"},
+      {{"--target", "/t", "--default-max-tokens", "500", "--max-tokens-limit", "100"},
+       "--default-max-tokens"},
+      {{"--target", "/t", "--help=yes"}, "--help takes no value"},
+      {{"--target", "/t", "stray"}, "unexpected argument 'stray'"},
+  };
+  for (const auto& [args, message] : cases) {
+    absl::StatusOr<ServerOptions> options = Parse(args);
+    ASSERT_FALSE(options.ok()) << message;
+    EXPECT_EQ(options.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(options.status().message(), HasSubstr(message));
+  }
+}
+
+TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
+  absl::StatusOr<ServerOptions> options = Parse({"--help"});
+  ASSERT_TRUE(options.ok());
+  EXPECT_TRUE(options->help);
+  const std::string usage = ServerUsage();
+  for (const char* flag :
+       {"--target DIR", "--draft DIR", "--listen HOST:PORT", "--port-file PATH", "--device",
+        "--tree", "--threads", "--max-queue", "--max-context", "--default-max-tokens",
+        "--max-tokens-limit", "--max-prompt-tokens", "--max-message-bytes", "--api-key-file",
+        "--tls-cert", "--tls-key", "--log-format", "--log-level", "--drain-seconds"}) {
+    EXPECT_THAT(usage, HasSubstr(flag));
+  }
+  EXPECT_THAT(usage, HasSubstr("(default 127.0.0.1:50051)"));
+  EXPECT_THAT(usage, HasSubstr("(default 1,1,3,1,1,1,1,1)"));
+}
+
+TEST(ServerOptionsTest, ParseIntListRejectsNonPositiveEntries) {
+  EXPECT_THAT(*ParseIntList("4"), ElementsAre(4));
+  EXPECT_THAT(*ParseIntList("1,2,3"), ElementsAre(1, 2, 3));
+  EXPECT_FALSE(ParseIntList("").ok());
+  EXPECT_FALSE(ParseIntList("0").ok());
+  EXPECT_FALSE(ParseIntList("1,x").ok());
+  EXPECT_FALSE(ParseIntList("1, 2").ok());
+}
+
+}  // namespace
+}  // namespace specmoe::server
