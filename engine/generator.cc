@@ -432,7 +432,9 @@ StepOutput Generator::Step(Sequence& seq) {
       break;
     }
   }
-  if (!expansion.empty()) {
+  // Every target pass of a speculating request is a verify step, even one whose tree was
+  // cut to the root near max_tokens or the end of the context.
+  if (!seq.expansion.empty()) {
     seq.counter.Record(ComputeStepStats(tree, result), static_cast<int>(out.token_ids.size()));
   }
   // Text held back as a possible stop-string prefix is released when the request ends

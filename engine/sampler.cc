@@ -7,17 +7,10 @@
 #include <cstdlib>
 #include <numeric>
 
+#include "kernels/check.h"
+
 namespace specmoe::engine {
 namespace {
-
-// Aborts on a broken caller invariant (never on anything a request can cause: requests
-// are validated before they reach the sampler).
-void Require(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "specmoe sampler: invariant violated: %s\n", what);
-    std::abort();
-  }
-}
 
 // Inverse CDF over non-negative weights: the first id whose cumulative weight exceeds
 // u * total. Zero-weight ids can never be returned (cum does not grow past them, and
@@ -26,7 +19,7 @@ template <typename T>
 int32_t InverseCdf(std::span<const T> weights, double u) {
   double total = 0.0;
   for (T w : weights) total += w > 0 ? static_cast<double>(w) : 0.0;
-  Require(total > 0.0, "SampleFrom: the distribution has no positive mass");
+  SPECMOE_CHECK(total > 0.0, "SampleFrom: the distribution has no positive mass");
   const double target = u * total;
   double cum = 0.0;
   int32_t last_positive = -1;
@@ -43,7 +36,7 @@ int32_t InverseCdf(std::span<const T> weights, double u) {
 }  // namespace
 
 int32_t Argmax(const float* logits, int vocab) {
-  Require(vocab > 0, "Argmax: empty vocabulary");
+  SPECMOE_CHECK(vocab > 0, "Argmax: empty vocabulary");
   int32_t best = 0;
   for (int i = 1; i < vocab; ++i) {
     if (logits[i] > logits[best]) best = i;
@@ -75,7 +68,7 @@ void ApplyRepetitionPenalty(float* logits, int vocab, float penalty,
 
 void ProcessLogits(const float* logits, int vocab, const SamplingParams& params,
                    std::span<const int32_t> context, std::vector<float>* probs) {
-  Require(vocab > 0, "ProcessLogits: empty vocabulary");
+  SPECMOE_CHECK(vocab > 0, "ProcessLogits: empty vocabulary");
   // 1. Repetition penalty, on a copy of the row only when it changes something.
   std::vector<float> penalised;
   const float* l = logits;

@@ -9,19 +9,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/sampler.h"
+#include "kernels/check.h"
 
 namespace specmoe::engine {
-namespace {
-
-void Require(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "specmoe token tree: invariant violated: %s\n", what);
-    std::abort();
-  }
-}
-
-}  // namespace
-
 absl::Status ValidateExpansion(std::span<const int> expansion) {
   const std::string shape = absl::StrCat("<", absl::StrJoin(expansion, ","), ">");
   if (expansion.size() > static_cast<size_t>(kMaxTreeDepth)) {
@@ -71,10 +61,10 @@ void TokenTree::Reset(int32_t root_token) {
 
 int TokenTree::AddNode(int parent_node, int32_t token_id) {
   const int node = size();
-  Require(node > 0, "AddNode: the tree has no root (construct it or call Reset first)");
-  Require(node < kMaxTreeNodes, "AddNode: the tree already has 64 nodes");
-  Require(parent_node >= 0 && parent_node < node, "AddNode: the parent is not a node");
-  Require(parent_node >= parent.back(),
+  SPECMOE_CHECK(node > 0, "AddNode: the tree has no root (construct it or call Reset first)");
+  SPECMOE_CHECK(node < kMaxTreeNodes, "AddNode: the tree already has 64 nodes");
+  SPECMOE_CHECK(parent_node >= 0 && parent_node < node, "AddNode: the parent is not a node");
+  SPECMOE_CHECK(parent_node >= parent.back(),
           "AddNode: nodes must be added in breadth-first order (non-decreasing parents)");
   token.push_back(token_id);
   parent.push_back(parent_node);
@@ -116,12 +106,12 @@ void TokenTree::Positions(int root_pos, int32_t* out) const {
 void ExpandLevel(TokenTree& tree, std::span<const int> frontier,
                  std::span<const std::vector<float>> draft_probs_or_logits, int k, bool greedy,
                  Rng& rng) {
-  Require(frontier.size() == draft_probs_or_logits.size(),
+  SPECMOE_CHECK(frontier.size() == draft_probs_or_logits.size(),
           "ExpandLevel: one draft row per frontier node");
   for (size_t i = 0; i < frontier.size(); ++i) {
     const int f = frontier[i];
     const std::vector<float>& row = draft_probs_or_logits[i];
-    Require(f >= 0 && f < tree.size(), "ExpandLevel: frontier node out of range");
+    SPECMOE_CHECK(f >= 0 && f < tree.size(), "ExpandLevel: frontier node out of range");
     const std::vector<int32_t> children = greedy
                                               ? TopKIds(row.data(), static_cast<int>(row.size()), k)
                                               : SampleWithoutReplacement(row, k, rng);

@@ -6,16 +6,10 @@
 #include <cstdlib>
 
 #include "engine/sampler.h"
+#include "kernels/check.h"
 
 namespace specmoe::engine {
 namespace {
-
-void Require(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "specmoe verifier: invariant violated: %s\n", what);
-    std::abort();
-  }
-}
 
 // dst := src / sum(src) in double. Returns false (dst unset) when src has no mass.
 bool NormalizedCopy(std::span<const float> src, std::vector<double>* dst) {
@@ -30,7 +24,7 @@ bool NormalizedCopy(std::span<const float> src, std::vector<double>* dst) {
 }  // namespace
 
 VerifyResult VerifyGreedy(const TokenTree& tree, std::span<const int32_t> target_argmax) {
-  Require(target_argmax.size() == static_cast<size_t>(tree.size()),
+  SPECMOE_CHECK(target_argmax.size() == static_cast<size_t>(tree.size()),
           "VerifyGreedy: one target argmax per tree node");
   VerifyResult result;
   int node = 0;
@@ -52,7 +46,7 @@ VerifyResult VerifyGreedy(const TokenTree& tree, std::span<const int32_t> target
 
 VerifyResult VerifyStochastic(const TokenTree& tree, std::span<const std::vector<float>> p,
                               Rng& rng) {
-  Require(p.size() == static_cast<size_t>(tree.size()),
+  SPECMOE_CHECK(p.size() == static_cast<size_t>(tree.size()),
           "VerifyStochastic: one target row per tree node");
   return VerifyStochastic(
       tree, [p](int node, std::vector<float>* row) { *row = p[node]; }, rng);
@@ -65,17 +59,17 @@ VerifyResult VerifyStochastic(const TokenTree& tree, const TargetProbsFn& target
   std::vector<double> q;  // [vocab] the current draft distribution (drawn children removed)
   int node = 0;
   target_probs(node, &row);
-  Require(NormalizedCopy(row, &p), "VerifyStochastic: a target row has no mass");
+  SPECMOE_CHECK(NormalizedCopy(row, &p), "VerifyStochastic: a target row has no mass");
   for (;;) {
     const std::vector<int> children = tree.Children(node);
     if (children.empty()) break;  // a leaf: the bonus comes from p at the leaf
-    Require(NormalizedCopy(tree.q[node], &q),
+    SPECMOE_CHECK(NormalizedCopy(tree.q[node], &q),
             "VerifyStochastic: a node with children has no stored draft distribution");
-    Require(q.size() == p.size(), "VerifyStochastic: draft and target vocabularies differ");
+    SPECMOE_CHECK(q.size() == p.size(), "VerifyStochastic: draft and target vocabularies differ");
     int accepted = -1;
     for (int child : children) {
       const int32_t x = tree.token[child];
-      Require(x >= 0 && static_cast<size_t>(x) < q.size() && q[x] > 0.0,
+      SPECMOE_CHECK(x >= 0 && static_cast<size_t>(x) < q.size() && q[x] > 0.0,
               "VerifyStochastic: a child the stored q could not have drawn");
       // Accept with probability min(1, p(x) / q(x)): u ~ U[0,1), accept iff u q(x) < p(x).
       if (rng.Uniform() * q[x] < p[x]) {
@@ -104,7 +98,7 @@ VerifyResult VerifyStochastic(const TokenTree& tree, const TargetProbsFn& target
     result.accepted_nodes.push_back(accepted);
     node = accepted;
     target_probs(node, &row);
-    Require(NormalizedCopy(row, &p), "VerifyStochastic: a target row has no mass");
+    SPECMOE_CHECK(NormalizedCopy(row, &p), "VerifyStochastic: a target row has no mass");
   }
   result.bonus_token = SampleFrom(std::span<const double>(p), rng);
   return result;

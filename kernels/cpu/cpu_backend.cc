@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/check.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/thread_pool.h"
@@ -29,16 +30,6 @@
 
 namespace specmoe::kernels {
 namespace {
-
-// Broken-invariant abort (the engine validates everything a request can cause).
-#define SPECMOE_CPU_CHECK(cond, msg)                                                         \
-  do {                                                                                       \
-    if (!(cond)) {                                                                           \
-      std::fprintf(stderr, "%s:%d: CPU backend check failed: %s (%s)\n", __FILE__, __LINE__, \
-                   #cond, msg);                                                              \
-      std::abort();                                                                          \
-    }                                                                                        \
-  } while (0)
 
 // Element-wise loops shorter than this stay on the calling thread.
 constexpr int64_t kMinParallelElements = int64_t{1} << 15;
@@ -97,14 +88,14 @@ class CpuBackend final : public Backend {
 
   void Embedding(const int32_t* ids, int n, const Weight& w, float* out) override {
     for (int i = 0; i < n; ++i) {
-      SPECMOE_CPU_CHECK(ids[i] >= 0 && ids[i] < w.rows, "embedding id out of range");
+      SPECMOE_CHECK(ids[i] >= 0 && ids[i] < w.rows, "embedding id out of range");
       ConvertRowsToF32(w, ids[i], ids[i] + 1, out + static_cast<int64_t>(i) * w.cols);
     }
   }
 
   // HF LlamaRMSNorm in fp32: var = mean(x^2); h = x * rsqrt(var + eps); y = w * h.
   void RmsNorm(const float* x, int n, int d, const Weight& w, float eps, float* y) override {
-    SPECMOE_CPU_CHECK(w.rows * w.cols == d, "norm weight size != d");
+    SPECMOE_CHECK(w.rows * w.cols == d, "norm weight size != d");
     std::vector<float> weight(d);
     ConvertRowsToF32(Weight{w.data, w.dtype, 1, d}, 0, 1, weight.data());
     pool_.ParallelFor(
@@ -211,7 +202,7 @@ class CpuBackend final : public Backend {
   }
 
   void Attention(const AttentionArgs& args) override {
-    SPECMOE_CPU_CHECK(args.n_kv_heads > 0 && args.n_heads % args.n_kv_heads == 0,
+    SPECMOE_CHECK(args.n_kv_heads > 0 && args.n_heads % args.n_kv_heads == 0,
                       "n_heads must be a multiple of n_kv_heads");
     PagedAttention(args, pool_);
   }
@@ -219,7 +210,7 @@ class CpuBackend final : public Backend {
   // Top k of each row (ties: lower index first), then softmax over the k logits:
   // w_j = exp(l_j - l_0) / sum_i exp(l_i - l_0), summed in j order.
   void TopKSoftmax(const float* logits, int n, int e, int k, int32_t* idx, float* weight) override {
-    SPECMOE_CPU_CHECK(k >= 1 && k <= e, "k must be in [1, e]");
+    SPECMOE_CHECK(k >= 1 && k <= e, "k must be in [1, e]");
     std::vector<int32_t> order(e);
     std::vector<float> p(k);
     for (int t = 0; t < n; ++t) {
@@ -249,7 +240,7 @@ class CpuBackend final : public Backend {
     if (n <= 0) return;
     const int64_t pairs = static_cast<int64_t>(n) * k;
     for (int64_t pair = 0; pair < pairs; ++pair) {
-      SPECMOE_CPU_CHECK(idx[pair] >= 0 && idx[pair] < num_experts, "expert id out of range");
+      SPECMOE_CHECK(idx[pair] >= 0 && idx[pair] < num_experts, "expert id out of range");
     }
     contrib_.resize(static_cast<size_t>(pairs * hidden));
     std::vector<int64_t> routed;  // indices t * k + j routed to the current expert
@@ -260,7 +251,7 @@ class CpuBackend final : public Backend {
       }
       if (routed.empty()) continue;
       const ExpertWeights& ex = experts[e];
-      SPECMOE_CPU_CHECK(ex.gate.cols == hidden && ex.up.cols == hidden && ex.down.rows == hidden &&
+      SPECMOE_CHECK(ex.gate.cols == hidden && ex.up.cols == hidden && ex.down.rows == hidden &&
                             ex.up.rows == ex.gate.rows && ex.down.cols == ex.gate.rows,
                         "expert weight shapes");
       const int m = static_cast<int>(routed.size());
