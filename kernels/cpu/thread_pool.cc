@@ -13,6 +13,10 @@ namespace {
 // About 100-200 microseconds of polling before a worker goes to sleep.
 constexpr int kSpinIterations = 1 << 13;
 
+// Chunks per thread: threads take chunks from a shared counter, so a thread that is slowed
+// (a busy or descheduled core) does not hold the others at the end of every loop.
+constexpr int64_t kChunksPerThread = 4;
+
 // True on a thread that is currently running a loop body (nested loops run serially).
 thread_local bool tls_in_parallel_for = false;
 
@@ -31,7 +35,7 @@ ThreadPool::ThreadPool(int num_threads) {
   num_threads_ = std::max(1, num_threads);
   workers_.reserve(num_threads_ - 1);
   for (int part = 1; part < num_threads_; ++part) {
-    workers_.emplace_back([this, part] { WorkerLoop(part); });
+    workers_.emplace_back([this] { WorkerLoop(); });
   }
 }
 
@@ -45,14 +49,17 @@ ThreadPool::~ThreadPool() {
   for (std::thread& t : workers_) t.join();
 }
 
-void ThreadPool::RunPart(int part) {
-  if (part >= parts_) return;
-  const int64_t begin = n_ * part / parts_;
-  const int64_t end = n_ * (part + 1) / parts_;
-  if (begin < end) (*fn_)(begin, end);
+void ThreadPool::RunChunks() {
+  for (;;) {
+    const int64_t chunk = next_chunk_.fetch_add(1, std::memory_order_relaxed);
+    if (chunk >= chunks_) return;
+    const int64_t begin = n_ * chunk / chunks_;
+    const int64_t end = n_ * (chunk + 1) / chunks_;
+    if (begin < end) (*fn_)(begin, end);
+  }
 }
 
-void ThreadPool::WorkerLoop(int part) {
+void ThreadPool::WorkerLoop() {
   uint64_t seen = 0;
   for (;;) {
     uint64_t generation = generation_.load(std::memory_order_acquire);
@@ -68,7 +75,7 @@ void ThreadPool::WorkerLoop(int part) {
     if (stop_.load(std::memory_order_acquire)) return;
     seen = generation;
     tls_in_parallel_for = true;
-    RunPart(part);
+    RunChunks();
     tls_in_parallel_for = false;
     pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
@@ -78,15 +85,16 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_
                              int64_t min_chunk) {
   if (n <= 0) return;
   min_chunk = std::max<int64_t>(1, min_chunk);
-  const int64_t max_parts = std::max<int64_t>(1, n / min_chunk);
-  const int parts = static_cast<int>(std::min<int64_t>(num_threads_, max_parts));
-  if (parts <= 1 || tls_in_parallel_for) {
+  const int64_t max_chunks = std::max<int64_t>(1, n / min_chunk);
+  const int64_t chunks = std::min<int64_t>(num_threads_ * kChunksPerThread, max_chunks);
+  if (chunks <= 1 || num_threads_ == 1 || tls_in_parallel_for) {
     fn(0, n);
     return;
   }
   fn_ = &fn;
   n_ = n;
-  parts_ = parts;
+  chunks_ = chunks;
+  next_chunk_.store(0, std::memory_order_relaxed);
   pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -94,7 +102,7 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_
   }
   cv_.notify_all();
   tls_in_parallel_for = true;
-  RunPart(0);
+  RunChunks();
   tls_in_parallel_for = false;
   // Spin, then yield: on an oversubscribed machine a worker may be waiting for a core.
   for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {

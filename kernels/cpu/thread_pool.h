@@ -1,7 +1,8 @@
 // kernels/cpu/thread_pool.h — a fixed set of worker threads for data-parallel loops.
 //
-// ParallelFor splits [0, n) into at most num_threads() contiguous ranges, runs range 0 on
-// the calling thread and the others on the workers, and returns when all are done. Workers
+// ParallelFor splits [0, n) into up to 4 contiguous chunks per thread, which the calling
+// thread and the workers take from a shared counter (a slowed core does not hold up the
+// loop), and returns when all are done. Workers
 // spin briefly after each loop (decode issues many small ops back to back) and then sleep
 // on a condition variable, so an idle pool costs no CPU. Used by the CPU backend for matmul
 // (over output rows), attention (over (token, head) pairs) and large element-wise ops.
@@ -33,15 +34,16 @@ class ThreadPool {
 
   int num_threads() const { return num_threads_; }
 
-  // Calls fn(begin, end) over disjoint contiguous ranges covering [0, n). Each range has at
-  // least min_chunk items (except when n < min_chunk), so small loops stay on one thread.
-  // The split depends only on n, min_chunk and num_threads().
+  // Calls fn(begin, end) over disjoint contiguous ranges covering [0, n), possibly on
+  // different threads. Each range has at least min_chunk items (except when n < min_chunk),
+  // so small loops stay on one thread. The split depends only on n, min_chunk and
+  // num_threads(); which thread runs a range does not.
   void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
                    int64_t min_chunk = 1);
 
  private:
-  void WorkerLoop(int part);
-  void RunPart(int part);
+  void WorkerLoop();
+  void RunChunks();
 
   int num_threads_ = 1;
   std::vector<std::thread> workers_;
@@ -53,7 +55,8 @@ class ThreadPool {
   // The current loop; written by the caller before generation_ is bumped.
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
-  int parts_ = 0;
+  int64_t chunks_ = 0;
+  std::atomic<int64_t> next_chunk_{0};
 };
 
 }  // namespace specmoe::kernels
