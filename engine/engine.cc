@@ -186,15 +186,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
     return absl::InvalidArgumentError(
         absl::StrCat("--device ", options.device, ": only the cpu backend is built so far"));
   }
-  GeneratorOptions g;
-  g.target_dir = options.target_dir;
-  g.draft_dir = options.draft_dir;
-  g.threads = options.threads;
-  g.expansion = options.expansion;
-  g.max_context = options.max_context;
-  g.prefill_chunk = options.prefill_chunk;
-  g.max_sequences = options.max_batch;
-  absl::StatusOr<std::unique_ptr<Generator>> generator = Generator::Create(g);
+  absl::StatusOr<std::unique_ptr<Generator>> generator = Generator::Create(options);
   if (!generator.ok()) return generator.status();
   return std::unique_ptr<Engine>(new EngineImpl(options, *std::move(generator)));
 }

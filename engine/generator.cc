@@ -69,7 +69,7 @@ Generator::~Generator() {
   draft_.reset();
 }
 
-absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const GeneratorOptions& options) {
+absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const EngineOptions& options) {
   std::unique_ptr<Generator> g(new Generator(options));
   absl::Status expansion_ok = ValidateExpansion(options.expansion);
   if (!expansion_ok.ok()) {
@@ -116,7 +116,7 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const GeneratorOpti
   if (!target_model.ok()) return target_model.status();
   g->target_ = *std::move(target_model);
   const int blocks_per_seq = (g->max_context_ + kTreeSlots + kBlockSize - 1) / kBlockSize;
-  const int num_blocks = blocks_per_seq * std::max(options.max_sequences, 1);
+  const int num_blocks = blocks_per_seq * std::max(options.max_batch, 1);
   // Weights (mmapped, read in full) and both KV pools must fit in memory together.
   auto kv_bytes = [&](const ModelConfig& c) {
     return static_cast<size_t>(num_blocks) * kBlockSize * 2 * c.num_layers * c.num_kv_heads *
@@ -125,7 +125,7 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const GeneratorOpti
   size_t total = g->target_store_->total_bytes() + kv_bytes(g->target_config_);
   if (draft.has_value()) total += draft->store->total_bytes() + kv_bytes(draft->config);
   absl::Status fits = CheckFitsInMemory(
-      total, absl::StrCat("the models and a KV cache for ", options.max_sequences, " x ",
+      total, absl::StrCat("the models and a KV cache for ", options.max_batch, " x ",
                           g->max_context_, " tokens (lower --max-batch or --max-context)"));
   if (!fits.ok()) return fits;
   absl::StatusOr<std::unique_ptr<KvCache>> target_cache =

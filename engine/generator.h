@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/engine.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/request.h"
@@ -29,16 +30,6 @@
 #include "kernels/backend.h"
 
 namespace specmoe::engine {
-
-struct GeneratorOptions {
-  std::string target_dir;
-  std::string draft_dir;              // empty: no speculation
-  int threads = 0;                    // backend threads, 0: all cores
-  std::vector<int> expansion = {1, 1, 3, 1, 1, 1, 1, 1};
-  int max_context = 0;                // 0: the target's max_position_embeddings
-  int max_sequences = 4;              // KV room is reserved for this many full contexts
-  int prefill_chunk = 256;            // tokens per prefill forward
-};
 
 // The state of one request being generated. Owned by the caller; pass it back to Step().
 struct Sequence {
@@ -69,7 +60,7 @@ struct StepOutput {
 // for its lifetime. Cost of Step(): (tree depth) draft forwards + one target forward.
 class Generator {
  public:
-  static absl::StatusOr<std::unique_ptr<Generator>> Create(const GeneratorOptions& options);
+  static absl::StatusOr<std::unique_ptr<Generator>> Create(const EngineOptions& options);
   ~Generator();
 
   // Validates the request against the models (token ids, context, expansion), reserves KV
@@ -97,7 +88,7 @@ class Generator {
   KvCache* draft_cache() { return draft_cache_.get(); }
 
  private:
-  explicit Generator(const GeneratorOptions& options) : options_(options) {}
+  explicit Generator(const EngineOptions& options) : options_(options) {}
   // Runs tokens[from, to) of seq through `model` causally at their own positions, writing
   // their K/V; returns the logits of the last one when want_logits.
   void RunCausal(Model& model, KvCache& cache, const SequenceBlocks& blocks,
@@ -114,7 +105,7 @@ class Generator {
   // the tokens still wanted.
   std::vector<int> StepExpansion(const Sequence& seq) const;
 
-  GeneratorOptions options_;
+  EngineOptions options_;
   std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<Tokenizer> tokenizer_;
   ModelConfig target_config_;

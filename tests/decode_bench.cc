@@ -30,10 +30,10 @@ double ReadBandwidthGBs() {
 }
 
 void BM_Decode(benchmark::State& state, const std::string& dir) {
-  engine::GeneratorOptions options;
+  engine::EngineOptions options;
   options.target_dir = dir;
   options.max_context = 256;
-  options.max_sequences = 1;
+  options.max_batch = 1;
   absl::StatusOr<std::unique_ptr<engine::Generator>> g = engine::Generator::Create(options);
   if (!g.ok()) {
     state.SkipWithError(std::string(g.status().message()).c_str());

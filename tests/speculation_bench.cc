@@ -102,11 +102,11 @@ std::string Shape(const std::vector<int>& e) {
 
 int Main(int argc, char** argv) {
   const std::string demo = std::string(SPECMOE_BINARY_DIR) + "/demo";
-  engine::GeneratorOptions options;
+  engine::EngineOptions options;
   options.target_dir = argc > 2 ? argv[1] : demo + "/target";
   options.draft_dir = argc > 2 ? argv[2] : demo + "/draft";
   options.max_context = 512;
-  options.max_sequences = 1;
+  options.max_batch = 1;
   absl::StatusOr<std::unique_ptr<engine::Generator>> made = engine::Generator::Create(options);
   if (!made.ok()) {
     std::fprintf(stderr, "%s\n", std::string(made.status().message()).c_str());

@@ -29,13 +29,13 @@ const std::string kRandomDraft = kFixtures + "/models/moe_tiny";
 // One backend thread: the models are tiny, and the results do not depend on the thread count.
 std::unique_ptr<Generator> MakeGenerator(const std::string& draft,
                                          std::vector<int> expansion = {1, 1, 3, 1, 1, 1, 1, 1}) {
-  GeneratorOptions options;
+  EngineOptions options;
   options.target_dir = kTarget;
   options.draft_dir = draft;
   options.threads = 1;
   options.expansion = std::move(expansion);
   options.max_context = 256;
-  options.max_sequences = 3;
+  options.max_batch = 3;
   absl::StatusOr<std::unique_ptr<Generator>> g = Generator::Create(options);
   EXPECT_TRUE(g.ok()) << g.status();
   return g.ok() ? *std::move(g) : nullptr;
