@@ -99,6 +99,7 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const EngineOptions
     std::vector<std::string> target_pieces = g->tokenizer_->pieces();
     std::vector<std::string> draft_pieces;
     absl::StatusOr<std::unique_ptr<Tokenizer>> draft_tok = Tokenizer::Load(options.draft_dir);
+    if (!draft_tok.ok() && !absl::IsNotFound(draft_tok.status())) return draft_tok.status();
     if (draft_tok.ok()) draft_pieces = (*draft_tok)->pieces();
     absl::Status same = CheckSameVocabulary(g->target_config_.vocab_size,
                                             draft->config.vocab_size, &target_pieces,
