@@ -35,10 +35,13 @@ BUILD_PACKAGES=(
 TEST_PACKAGES=(
   sentencepiece
   clang "libclang-rt-${clang_version}-dev"
-  python3 python3-numpy python3-sentencepiece python3-yaml python3-jsonschema
-  # deploy/test-image.sh: builds and runs the CPU image (rootless tools from the archive)
+  python3 python3-numpy python3-sentencepiece python3-venv
+  # deploy/test-image.sh: builds and runs the CPU image, checks compose and Kubernetes files
   buildah podman runc debootstrap podman-compose
 )
+# kubectl (for kubectl kustomize): Debian 12's kubernetes-client, unless a kubectl from
+# elsewhere is installed (the two packages would collide on /usr/bin/kubectl).
+if ! command -v kubectl >/dev/null 2>&1; then TEST_PACKAGES+=(kubernetes-client); fi
 
 PACKAGES=("${BUILD_PACKAGES[@]}")
 if [ "$mode" = all ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
@@ -58,4 +61,16 @@ else
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Offline validators for deploy/test-image.sh, from PyPI into their own virtual environment.
+if [ "$mode" = all ]; then
+  venv=${SPECMOE_TOOLS_VENV:-$HOME/.cache/specmoe/tools-venv}
+  tools=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 dockerfile-parse==2.0.1 PyYAML)
+  if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/check-jsonschema" ] ||
+     ! "$venv/bin/python" -c 'import dockerfile_parse, yaml' 2>/dev/null; then
+    echo "setup: installing ${tools[*]} into $venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "${tools[@]}"
+  fi
 fi

@@ -39,6 +39,10 @@ phase "build"
 (cd "$BUILD_DIR" && ctest --output-on-failure -j 1 --timeout 1200)
 phase "tests"
 
+# Deployment: static checks of deploy/k8s and deploy/compose.yaml; the CPU image built and run.
+BUILD_DIR=$BUILD_DIR ./deploy/test-image.sh
+phase "deployment tests"
+
 if [ "$FUZZ_SECONDS" -gt 0 ] && command -v clang++ >/dev/null 2>&1; then
   FUZZ_SECONDS=$FUZZ_SECONDS ./deploy/fuzz.sh
   phase "fuzzing (${FUZZ_SECONDS} s per target)"
