@@ -4,12 +4,13 @@
 Usage: check_deploy.py --server-help FILE --cli-help FILE [--bench-help FILE]
                        --k8s NAME=RENDERED.yaml ... --compose deploy/compose.yaml
                        --dockerfile deploy/docker/Dockerfile.cpu ... --adapter-rules FILE
+                       [--guide deploy/README.md]
 
 Every SPECMOE_* variable in the rendered Kubernetes objects, the compose file and the
 Dockerfiles must name a flag that `specmoe-server --help` lists (the entrypoint turns
 SPECMOE_MAX_BATCH into --max-batch); every specmoe-cli call a command and flags that
 `specmoe-cli --help` lists; ports, probes, drain and grace periods must agree with each
-other and with the server's defaults. Prints one line per finding and exits 1 on any.
+other and with the server's defaults; the operator's guide must name every server flag. Prints one line per finding and exits 1 on any.
 """
 import argparse
 import io
@@ -268,6 +269,7 @@ def main():
     p.add_argument("--compose", required=True)
     p.add_argument("--dockerfile", action="append", default=[])
     p.add_argument("--adapter-rules", required=True)
+    p.add_argument("--guide", help="the operator's guide, which must name every server flag")
     args = p.parse_args()
     server = parse_help(args.server_help)
     cli = parse_help(args.cli_help)
@@ -290,6 +292,15 @@ def main():
         name, path = item.split("=", 1)
         check_k8s(name, path, flags, image_env, server, adapter_metric)
     check_compose(args.compose, flags, image_env, server)
+    if args.guide:
+        with open(args.guide) as f:
+            guide = f.read()
+        for flag in sorted(server):
+            if flag != "help" and f"`--{flag}" not in guide:
+                fail(args.guide, f"--{flag} is not described")
+            variable = "SPECMOE_" + flag.upper().replace("-", "_")
+            if flag != "help" and variable not in guide:
+                fail(args.guide, f"{variable} (--{flag}) is not in the variables table")
     for note in notes:
         print(f"check: note: {note}")
     for error in errors:

@@ -39,9 +39,12 @@ TEST_PACKAGES=(
   # deploy/test-image.sh: builds and runs the CPU image, checks compose and Kubernetes files
   buildah podman runc debootstrap podman-compose
 )
-# kubectl (for kubectl kustomize): Debian 12's kubernetes-client, unless a kubectl from
-# elsewhere is installed (the two packages would collide on /usr/bin/kubectl).
-if ! command -v kubectl >/dev/null 2>&1; then TEST_PACKAGES+=(kubernetes-client); fi
+# kubectl (for kubectl kustomize): Debian 12's kubernetes-client (1.20; deploy/k8s is
+# written for its kustomize), unless a kubectl from elsewhere is installed (the two would
+# collide on /usr/bin/kubectl). Ubuntu 24.04 has no such package: bring your own kubectl.
+if [ "$ID" = debian ] && ! command -v kubectl >/dev/null 2>&1; then
+  TEST_PACKAGES+=(kubernetes-client)
+fi
 
 PACKAGES=("${BUILD_PACKAGES[@]}")
 if [ "$mode" = all ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
