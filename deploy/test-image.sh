@@ -86,7 +86,7 @@ done
 "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/compose.yaml
 podman-compose -f deploy/compose.yaml --dry-run up -d server >"$WORK/compose.out" 2>&1 ||
   { cat "$WORK/compose.out"; die "podman-compose cannot read deploy/compose.yaml"; }
-grep -q -- "--name=specmoe_server_1\|--name=specmoe-server-1\|name=.*server" "$WORK/compose.out" ||
+grep "podman run --name=[a-z]*_server_1 " "$WORK/compose.out" | grep -q -- "-v [a-z]*_models:/models:ro" ||
   { cat "$WORK/compose.out"; die "podman-compose did not plan the server container"; }
 echo "test-image: podman-compose $(podman-compose version 2>/dev/null | sed -n 's/^podman-composer version *//p') plans the server from deploy/compose.yaml"
 "$VENV/bin/python" deploy/check_deploy.py --server-help "$WORK/server-help.txt" \
@@ -182,8 +182,9 @@ podman_run healthcheck run "$CONTAINER" >/dev/null 2>&1 || die "podman healthche
 echo "test-image: HEALTHCHECK ${health_cmd[*]} reports SERVING; podman healthcheck run: healthy"
 phase "container start"
 
-uid=$(awk '/^Uid:/ { print $2 }' "/proc/$(podman_run inspect --format '{{.State.Pid}}' "$CONTAINER")/status")
-comm=$(cat "/proc/$(podman_run inspect --format '{{.State.Pid}}' "$CONTAINER")/comm")
+server_pid=$(podman_run inspect --format '{{.State.Pid}}' "$CONTAINER")
+uid=$(awk '/^Uid:/ { print $2 }' "/proc/$server_pid/status")
+comm=$(cat "/proc/$server_pid/comm")
 [ "$comm" = specmoe-server ] || die "the container's first process is $comm, not specmoe-server"
 [ "$uid" != 0 ] || die "specmoe-server runs as root in the container"
 echo "test-image: the container's process 1 is specmoe-server, uid $uid"
@@ -211,11 +212,23 @@ host_ids=$(ids "$WORK/host.json")
 echo "test-image: 48 token ids from the container equal the host server's: ${container_ids:0:60}..."
 kill -TERM "$HOST_PID"; wait "$HOST_PID" || true; HOST_PID=""
 
-podman_run kill --signal TERM "$CONTAINER" >/dev/null
+# SIGTERM (sent straight to the container's process 1, so it lands at once) while a
+# streamed completion is in flight: the request must still finish whole, then exit 0.
+"$CLI" stream --json --no-speculation --max-tokens 252 --ignore-eos --server "127.0.0.1:$PORT" \
+    "And God said" >"$WORK/inflight.jsonl" 2>"$WORK/inflight.err" &
+client_pid=$!
+for _ in $(seq 1 400); do [ -s "$WORK/inflight.jsonl" ] && break; sleep 0.01; done
+kill -TERM "$server_pid"
+wait "$client_pid" || die "the in-flight completion failed during the drain: $(cat "$WORK/inflight.err")"
+streamed=$(python3 -c 'import json,sys; print(sum(len(json.loads(l).get("token_ids", [])) for l in open(sys.argv[1]) if l.strip()))' "$WORK/inflight.jsonl")
+[ "$streamed" = 252 ] || die "the in-flight completion streamed $streamed tokens, not 252"
 code=$(timeout 60 podman --runtime runc --cgroup-manager cgroupfs wait "$CONTAINER") || die "the container did not stop within 60 s of SIGTERM"
 podman_run logs "$CONTAINER" >"$WORK/container.log" 2>&1
 [ "$code" = 0 ] || { cat "$WORK/container.log"; die "the container exited $code after SIGTERM"; }
-grep -q "draining" "$WORK/container.log" || { cat "$WORK/container.log"; die "no drain in the log"; }
-echo "test-image: SIGTERM drained, exit 0"
+signal_line=$(grep -n "received signal 15" "$WORK/container.log" | head -1 | cut -d: -f1)
+finished_line=$(grep -n "completion_tokens=252 finish=length" "$WORK/container.log" | head -1 | cut -d: -f1)
+[ -n "$signal_line" ] && [ -n "$finished_line" ] && [ "$signal_line" -lt "$finished_line" ] ||
+  { cat "$WORK/container.log"; die "the log does not show the request finishing after the SIGTERM"; }
+echo "test-image: SIGTERM during a streamed completion: all 252 tokens delivered, then exit 0"
 phase "container run"
 echo "test-image: passed"
