@@ -151,11 +151,14 @@ phase "image build"
 inventory=$(podman_run run --rm --health-interval=disable --entrypoint sh "$IMAGE" -c \
     'for t in cc gcc g++ c++ cmake clang ld; do command -v $t; done
      echo "headers $(find /usr/include -name "*.h" 2>/dev/null | wc -l)"
-     echo "dev $(dpkg-query -W -f "\${Package}\n" | grep -c -- "-dev$")"' 2>"$WORK/podman.err") ||
+     echo "dev $(dpkg-query -W -f "\${Package}\n" | grep -c -- "-dev$")"
+     echo "bundled system libraries $(ls /opt/specmoe/lib | grep -c -E "^(libc|libm|libgcc_s|libstdc\+\+)\.so")"' \
+    2>"$WORK/podman.err") ||
   die "cannot run a shell in $IMAGE"
-[ "$inventory" = "$(printf 'headers 0\ndev 0')" ] ||
+[ "$inventory" = "$(printf 'headers 0\ndev 0\nbundled system libraries 0')" ] ||
   die "the runtime image holds build tools: $inventory"
-echo "test-image: the runtime image has no compiler, no header, no -dev package"
+echo "test-image: the runtime image has no compiler, no header, no -dev package, and the" \
+     "base system's own C/C++ runtime (no bundled copy)"
 
 MODELS=$ROOT/tests/fixtures/models
 PORT=$(free_port)

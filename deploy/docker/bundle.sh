@@ -19,13 +19,12 @@ for binary in "$@"; do
   fi
   ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' |
     while read -r soname path; do
-      real=$(readlink -f "$path")
-      owner=$(dpkg -S "$real" 2>/dev/null | cut -d: -f1 || true)
-      case "$owner" in
-        libc6 | libstdc++6 | libgcc-s1) continue ;;
+      case "$soname" in
+        ld-linux* | libc.so.* | libm.so.* | libmvec.so.* | libpthread.so.* | libdl.so.* | \
+        librt.so.* | libresolv.so.* | libutil.so.* | libgcc_s.so.* | libstdc++.so.*) continue ;;
       esac
-      case "$real" in
-        /usr/local/cuda*) continue ;;
+      case "$(readlink -f "$path")" in
+        /usr/local/cuda* | */cuda/*) continue ;;
       esac
       cp -L "$path" "$out/lib/$soname"
     done
