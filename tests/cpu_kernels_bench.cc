@@ -27,7 +27,7 @@ namespace {
 
 constexpr int64_t kRows = 24576;
 constexpr int64_t kCols = 4096;
-constexpr int kMaxBatch = 64;
+constexpr int kMaxBatch = 512;
 
 struct Fixture {
   std::unique_ptr<Backend> backend = CreateCpuBackend(0);
@@ -67,8 +67,10 @@ Fixture& GetFixture() {
   return *fixture;
 }
 
-void SetCounters(benchmark::State& state, size_t weight_bytes) {
+void SetCounters(benchmark::State& state, size_t weight_bytes, int n) {
   const Fixture& f = GetFixture();
+  state.counters["GFLOPS"] = benchmark::Counter(2.0 * n * kRows * kCols / 1e9,
+                                                benchmark::Counter::kIsIterationInvariantRate);
   state.counters["weight_GBps"] = benchmark::Counter(static_cast<double>(weight_bytes) / 1e9,
                                                      benchmark::Counter::kIsIterationInvariantRate);
   state.counters["floor_ms"] = static_cast<double>(weight_bytes) / (f.read_gbs * 1e9) * 1e3;
@@ -86,7 +88,7 @@ void BM_Streaming(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetLabel(DTypeName(dtype));
-  SetCounters(state, w.bytes());
+  SetCounters(state, w.bytes(), n);
 }
 
 // OpenBLAS on f32 weights: sgemv for 1 row, sgemm (x . W^T) for n rows.
@@ -104,12 +106,14 @@ void BM_OpenBlas(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetLabel(n == 1 ? "F32 sgemv" : "F32 sgemm");
-  SetCounters(state, kRows * kCols * sizeof(float));
+  SetCounters(state, kRows * kCols * sizeof(float), n);
 }
 
 void StreamingArgs(benchmark::internal::Benchmark* b) {
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
-    for (int n : {1, 2, 4, 8, 16, 32, 64}) b->Args({static_cast<int64_t>(dtype), n});
+    for (int n : {1, 2, 4, 8, 16, 32, 64, 128, 256, 512}) {
+      b->Args({static_cast<int64_t>(dtype), n});
+    }
   }
 }
 
@@ -121,7 +125,7 @@ BENCHMARK(BM_Streaming)
     ->MeasureProcessCPUTime()
     ->UseRealTime();
 BENCHMARK(BM_OpenBlas)
-    ->ArgsProduct({{1, 2, 4, 8, 16, 32, 64}})
+    ->ArgsProduct({{1, 2, 4, 8, 16, 32, 64, 128, 256, 512}})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()
     ->UseRealTime();

@@ -79,11 +79,7 @@ class CpuBackend final : public Backend {
   Weight Upload(const Weight& host_weight) override { return host_weight; }
 
   void MatMul(const float* x, int n, const Weight& w, float* y) override {
-    if (n <= kSmallBatchRows) {
-      StreamingMatMul(x, n, w, y, pool_);
-    } else {
-      BlasMatMul(x, n, w, y, pool_, &blas_scratch_);
-    }
+    CpuMatMul(x, n, w, y, pool_);
   }
 
   void Embedding(const int32_t* ids, int n, const Weight& w, float* out) override {

@@ -35,6 +35,19 @@ constexpr int kLanes = 8;
 constexpr int kRowBlock = 4;     // output rows per register block
 constexpr int64_t kTileK = 512;  // input elements per tile (multiple of kLanes)
 
+// The many-row (panel) path: a thread owns panels of kPanelRows output rows; for a block of
+// up to kPanelRowBlock activation rows it walks the input dimension in K-blocks of
+// kPanelK elements, converts (or copies) the panel's weights of that K-block to f32 once
+// into a contiguous buffer, and runs a kPanelWRows x kPanelXRows register-blocked
+// micro-kernel over every (output group, row group) of the panel.
+constexpr int kPanelRows = 24;
+constexpr int kPanelWRows = 3;
+constexpr int kPanelXRows = 4;
+constexpr int64_t kPanelK = 256;
+constexpr int kPanelRowBlock = 128;
+// Row counts from which the panel path is used (below: the streaming kernel).
+constexpr int kPanelMinRows = 4;
+
 // Scalar element loads (tails and the fallback).
 inline float LoadScalar(const void* base, DType dtype, int64_t i) {
   switch (dtype) {
@@ -167,6 +180,82 @@ void VectorBlockAnyRows(const float* x, int n, int64_t in, const void* w, int64_
   }
 }
 
+
+// The many-row micro-kernel: acc[j][i][:] += pw[i, k0:k1] * x[j, k0:k1] lane-wise for RO
+// packed f32 weight rows (pw: row stride kc, k counted from the panel start) and RN
+// activation rows (x: row stride in). Weights first (RO registers), then one x register at
+// a time: 3 x 4 accumulators + 3 + 1 = 16 ymm registers. acc: [RN][kPanelRows][8].
+template <int RO, int RN>
+inline void PanelKernel(const float* x, int64_t in, const float* pw, int64_t kc, int64_t steps,
+                        float* acc) {
+  __m256 a[RO][RN];
+#pragma GCC unroll 8
+  for (int i = 0; i < RO; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) a[i][j] = _mm256_loadu_ps(acc + (j * kPanelRows + i) * kLanes);
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t k = s * kLanes;
+    __m256 wv[RO];
+#pragma GCC unroll 8
+    for (int i = 0; i < RO; ++i) {
+      wv[i] = _mm256_loadu_ps(pw + i * kc + k);
+      asm("" : "+x"(wv[i]));
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) {
+      __m256 xv = _mm256_loadu_ps(x + j * in + k);
+      asm("" : "+x"(xv));
+#pragma GCC unroll 8
+      for (int i = 0; i < RO; ++i) a[i][j] = _mm256_fmadd_ps(wv[i], xv, a[i][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < RO; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) _mm256_storeu_ps(acc + (j * kPanelRows + i) * kLanes, a[i][j]);
+  }
+}
+
+template <int RO>
+inline void PanelKernelAnyRows(const float* x, int rn, int64_t in, const float* pw, int64_t kc,
+                               int64_t steps, float* acc) {
+  switch (rn) {
+    case 4:
+      PanelKernel<RO, 4>(x, in, pw, kc, steps, acc);
+      break;
+    case 3:
+      PanelKernel<RO, 3>(x, in, pw, kc, steps, acc);
+      break;
+    case 2:
+      PanelKernel<RO, 2>(x, in, pw, kc, steps, acc);
+      break;
+    default:
+      PanelKernel<RO, 1>(x, in, pw, kc, steps, acc);
+      break;
+  }
+}
+
+// One K-block of a panel: every row group of the row block against every output group.
+// pw: the packed f32 panel [ro, kc] (rows padded to kc); acc: [rows][kPanelRows][8].
+void PanelBlock(const float* x, int rows, int64_t in, const float* pw, int ro, int64_t kc,
+                int64_t steps, float* acc) {
+  for (int r = 0; r < rows; r += kPanelXRows) {
+    const int rn = std::min(kPanelXRows, rows - r);
+    const float* xr = x + static_cast<int64_t>(r) * in;
+    float* ar = acc + static_cast<int64_t>(r) * kPanelRows * kLanes;
+    int i = 0;
+    for (; i + kPanelWRows <= ro; i += kPanelWRows) {
+      PanelKernelAnyRows<kPanelWRows>(xr, rn, in, pw + i * kc, kc, steps, ar + i * kLanes);
+    }
+    if (ro - i == 2) {
+      PanelKernelAnyRows<2>(xr, rn, in, pw + i * kc, kc, steps, ar + i * kLanes);
+    } else if (ro - i == 1) {
+      PanelKernelAnyRows<1>(xr, rn, in, pw + i * kc, kc, steps, ar + i * kLanes);
+    }
+  }
+}
+
 #else  // !SPECMOE_CPU_AVX2: the same order with scalar lanes.
 
 inline float ReduceLanes(const float* l) {
@@ -222,7 +311,83 @@ void OutputBlock(const float* x, int n, const Weight& w, int64_t o0, int ro, flo
   }
 }
 
+
+#if SPECMOE_CPU_AVX2
+// Converts w[o, k0 : k0 + count) to f32 into out (count a multiple of kLanes).
+void ConvertSegment(const Weight& w, int64_t o, int64_t k0, int64_t count, float* out) {
+  const int64_t first = o * w.cols + k0;
+  switch (w.dtype) {
+    case DType::kF32:
+      std::memcpy(out, static_cast<const float*>(w.data) + first, count * sizeof(float));
+      return;
+    case DType::kF16:
+      for (int64_t i = 0; i < count; i += kLanes) {
+        _mm256_storeu_ps(out + i, F16Loader::Load(w.data, first + i));
+      }
+      return;
+    case DType::kBF16:
+      for (int64_t i = 0; i < count; i += kLanes) {
+        _mm256_storeu_ps(out + i, Bf16Loader::Load(w.data, first + i));
+      }
+      return;
+  }
+}
+
+// y[r0 : r0 + rows, o0 : o0 + ro] through the panel path. acc: [rows, kPanelRows, 8];
+// pw: [kPanelRows, kPanelK].
+void PanelOutput(const float* x, int r0, int rows, const Weight& w, int64_t o0, int ro,
+                 float* acc, float* pw, float* y) {
+  const int64_t in = w.cols;
+  const int64_t in_vec = in / kLanes * kLanes;
+  const float* xr = x + static_cast<int64_t>(r0) * in;
+  std::fill(acc, acc + static_cast<int64_t>(rows) * kPanelRows * kLanes, 0.0f);
+  for (int64_t k0 = 0; k0 < in_vec; k0 += kPanelK) {
+    const int64_t kc = std::min(kPanelK, in_vec - k0);
+    for (int i = 0; i < ro; ++i) ConvertSegment(w, o0 + i, k0, kc, pw + i * kc);
+    PanelBlock(xr + k0, rows, in, pw, ro, kc, kc / kLanes, acc);
+  }
+  for (int r = 0; r < rows; ++r) {
+    const float* xrow = xr + static_cast<int64_t>(r) * in;
+    for (int i = 0; i < ro; ++i) {
+      float sum = ReduceLanes(acc + (static_cast<int64_t>(r) * kPanelRows + i) * kLanes);
+      for (int64_t k = in_vec; k < in; ++k) {
+        sum = MulAdd(LoadScalar(w.data, w.dtype, (o0 + i) * in + k), xrow[k], sum);
+      }
+      y[static_cast<int64_t>(r0 + r) * w.rows + o0 + i] = sum;
+    }
+  }
+}
+
+void PanelMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool) {
+  const int64_t num_panels = (w.rows + kPanelRows - 1) / kPanelRows;
+  pool.ParallelFor(num_panels, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> acc, pw;
+    const int block = std::min(n, kPanelRowBlock);
+    acc.resize(static_cast<size_t>(block) * kPanelRows * kLanes);
+    pw.resize(static_cast<size_t>(kPanelRows) * kPanelK);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t o0 = p * kPanelRows;
+      const int ro = static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - o0));
+      for (int r0 = 0; r0 < n; r0 += kPanelRowBlock) {
+        PanelOutput(x, r0, std::min(kPanelRowBlock, n - r0), w, o0, ro, acc.data(), pw.data(),
+                    y);
+      }
+    }
+  });
+}
+#endif  // SPECMOE_CPU_AVX2
+
 }  // namespace
+
+void CpuMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool) {
+#if SPECMOE_CPU_AVX2
+  if (n >= kPanelMinRows && w.rows > 0) {
+    PanelMatMul(x, n, w, y, pool);
+    return;
+  }
+#endif
+  StreamingMatMul(x, n, w, y, pool);
+}
 
 void StreamingMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool) {
   if (n <= 0 || w.rows <= 0) return;

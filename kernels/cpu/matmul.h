@@ -28,6 +28,11 @@ namespace specmoe::kernels {
 // Cost: reads the weights once; about 2 * n * rows * cols flops.
 void StreamingMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool);
 
+// The CPU backend's MatMul for any n: the same product, the same per-output summation
+// order as StreamingMatMul (so the same bits for every row whatever n), through the
+// streaming kernel for a few rows and a packed-panel register-blocked kernel for more.
+void CpuMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool);
+
 // The same product through OpenBLAS cblas_sgemm. f16/bf16 weights (and f32 weights whose
 // pointer is not 4-byte aligned) are converted to f32 panel by panel into *scratch.
 void BlasMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool,
