@@ -238,7 +238,7 @@ inline void PanelKernelAnyRows(const float* x, int rn, int64_t in, const float* 
 
 // One K-block of a panel: every row group of the row block against every output group.
 // pw: the packed f32 panel [ro, kc] (rows padded to kc); acc: [rows][kPanelRows][8].
-void PanelBlock(const float* x, int rows, int64_t in, const float* pw, int ro, int64_t kc,
+[[maybe_unused]] void PanelBlock(const float* x, int rows, int64_t in, const float* pw, int ro, int64_t kc,
                 int64_t steps, float* acc) {
   for (int r = 0; r < rows; r += kPanelXRows) {
     const int rn = std::min(kPanelXRows, rows - r);
@@ -333,18 +333,130 @@ void ConvertSegment(const Weight& w, int64_t o, int64_t k0, int64_t count, float
   }
 }
 
+
+#if defined(__AVX512F__)
+#define SPECMOE_CPU_AVX512 1
+// AVX-512 variant of the panel kernel with the SAME per-output order: one zmm register holds
+// the 8-lane accumulators of two outputs (a pair of weight rows), so every lane still sums
+// w[o, 8s + l] * x[r, 8s + l] over s in increasing order. The panel is packed pair-
+// interleaved: pw[(p * steps + s) * 16 + h * 8 + l] = w[o0 + 2p + h, k0 + 8s + l]; an x row's
+// 8 floats are broadcast to both halves. 3 pairs x 8 rows: 24 accumulators + 3 + 1 of the
+// 32 zmm registers. acc: [rows][kPanelRows][8], so a pair's two outputs are 16 adjacent floats.
+// GCC 12's _mm512_broadcast_f32x8 trips -Wmaybe-uninitialized inside its own header.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int RP, int RN>
+inline void PairKernel(const float* x, int64_t in, const float* pw, int64_t steps, float* acc) {
+  __m512 a[RP][RN];
+#pragma GCC unroll 8
+  for (int q = 0; q < RP; ++q) {
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) a[q][j] = _mm512_loadu_ps(acc + (j * kPanelRows + 2 * q) * kLanes);
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t k = s * kLanes;
+    __m512 wv[RP];
+#pragma GCC unroll 8
+    for (int q = 0; q < RP; ++q) {
+      wv[q] = _mm512_loadu_ps(pw + (q * steps + s) * 16);
+      asm("" : "+v"(wv[q]));
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) {
+      __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + j * in + k));
+      asm("" : "+v"(xv));
+#pragma GCC unroll 8
+      for (int q = 0; q < RP; ++q) a[q][j] = _mm512_fmadd_ps(wv[q], xv, a[q][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < RP; ++q) {
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) _mm512_storeu_ps(acc + (j * kPanelRows + 2 * q) * kLanes, a[q][j]);
+  }
+}
+
+#pragma GCC diagnostic pop
+
+template <int RP>
+inline void PairKernelAnyRows(const float* x, int rn, int64_t in, const float* pw, int64_t steps,
+                              float* acc) {
+  switch (rn) {
+    case 8: PairKernel<RP, 8>(x, in, pw, steps, acc); break;
+    case 7: PairKernel<RP, 7>(x, in, pw, steps, acc); break;
+    case 6: PairKernel<RP, 6>(x, in, pw, steps, acc); break;
+    case 5: PairKernel<RP, 5>(x, in, pw, steps, acc); break;
+    case 4: PairKernel<RP, 4>(x, in, pw, steps, acc); break;
+    case 3: PairKernel<RP, 3>(x, in, pw, steps, acc); break;
+    case 2: PairKernel<RP, 2>(x, in, pw, steps, acc); break;
+    default: PairKernel<RP, 1>(x, in, pw, steps, acc); break;
+  }
+}
+
+constexpr int kPairXRows = 8;
+constexpr int kPairGroup = 3;  // pairs per micro-kernel
+
+// One K-block of a panel of `pairs` packed pairs: every row group against every pair group.
+void PairBlock(const float* x, int rows, int64_t in, const float* pw, int pairs, int64_t steps,
+               float* acc) {
+  for (int r = 0; r < rows; r += kPairXRows) {
+    const int rn = std::min(kPairXRows, rows - r);
+    const float* xr = x + static_cast<int64_t>(r) * in;
+    float* ar = acc + static_cast<int64_t>(r) * kPanelRows * kLanes;
+    int p = 0;
+    for (; p + kPairGroup <= pairs; p += kPairGroup) {
+      PairKernelAnyRows<kPairGroup>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes);
+    }
+    if (pairs - p == 2) {
+      PairKernelAnyRows<2>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes);
+    } else if (pairs - p == 1) {
+      PairKernelAnyRows<1>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes);
+    }
+  }
+}
+
+// Packs w[o0 : o0 + ro, k0 : k0 + kc) pair-interleaved into pw (an odd last row is paired
+// with zeros).
+void PackPairs(const Weight& w, int64_t o0, int ro, int64_t k0, int64_t kc, float* row_buf,
+               float* pw) {
+  const int64_t steps = kc / kLanes;
+  for (int i = 0; i < ro + (ro & 1); ++i) {
+    if (i < ro) {
+      ConvertSegment(w, o0 + i, k0, kc, row_buf);
+    } else {
+      std::fill(row_buf, row_buf + kc, 0.0f);
+    }
+    float* dst = pw + (i / 2) * steps * 16 + (i & 1) * kLanes;
+    for (int64_t s = 0; s < steps; ++s) {
+      _mm256_storeu_ps(dst + s * 16, _mm256_loadu_ps(row_buf + s * kLanes));
+    }
+  }
+}
+#else
+#define SPECMOE_CPU_AVX512 0
+#endif  // __AVX512F__
+
 // y[r0 : r0 + rows, o0 : o0 + ro] through the panel path. acc: [rows, kPanelRows, 8];
 // pw: [kPanelRows, kPanelK].
-void PanelOutput(const float* x, int r0, int rows, const Weight& w, int64_t o0, int ro,
-                 float* acc, float* pw, float* y) {
+// xp: x packed by K-block, xp[(kb * n + r) * kPanelK + k] = x[r, kb * kPanelK + k], so the
+// rows of a micro-kernel are kPanelK floats apart (rows `in` apart would share L1 sets when
+// `in` is a multiple of 1024 and evict each other).
+void PanelOutput(const float* x, const float* xp, int n, int r0, int rows, const Weight& w,
+                 int64_t o0, int ro, float* acc, float* pw, float* y) {
   const int64_t in = w.cols;
   const int64_t in_vec = in / kLanes * kLanes;
   const float* xr = x + static_cast<int64_t>(r0) * in;
   std::fill(acc, acc + static_cast<int64_t>(rows) * kPanelRows * kLanes, 0.0f);
   for (int64_t k0 = 0; k0 < in_vec; k0 += kPanelK) {
     const int64_t kc = std::min(kPanelK, in_vec - k0);
+    const float* xb = xp + ((k0 / kPanelK) * n + r0) * kPanelK;
+#if SPECMOE_CPU_AVX512
+    PackPairs(w, o0, ro, k0, kc, pw + kPanelRows * kPanelK, pw);
+    PairBlock(xb, rows, kPanelK, pw, (ro + 1) / 2, kc / kLanes, acc);
+#else
     for (int i = 0; i < ro; ++i) ConvertSegment(w, o0 + i, k0, kc, pw + i * kc);
-    PanelBlock(xr + k0, rows, in, pw, ro, kc, kc / kLanes, acc);
+    PanelBlock(xb, rows, kPanelK, pw, ro, kc, kc / kLanes, acc);
+#endif
   }
   for (int r = 0; r < rows; ++r) {
     const float* xrow = xr + static_cast<int64_t>(r) * in;
@@ -360,17 +472,35 @@ void PanelOutput(const float* x, int r0, int rows, const Weight& w, int64_t o0, 
 
 void PanelMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool) {
   const int64_t num_panels = (w.rows + kPanelRows - 1) / kPanelRows;
+  const int64_t in = w.cols;
+  const int64_t in_vec = in / kLanes * kLanes;
+  const int64_t kblocks = (in_vec + kPanelK - 1) / kPanelK;
+  thread_local std::vector<float> xpack;
+  xpack.resize(static_cast<size_t>(std::max<int64_t>(1, kblocks * n * kPanelK)));
+  float* xp = xpack.data();
+  pool.ParallelFor(
+      n,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          for (int64_t kb = 0; kb < kblocks; ++kb) {
+            const int64_t kc = std::min(kPanelK, in_vec - kb * kPanelK);
+            std::memcpy(xp + (kb * n + r) * kPanelK, x + r * in + kb * kPanelK,
+                        static_cast<size_t>(kc) * sizeof(float));
+          }
+        }
+      },
+      64);
   pool.ParallelFor(num_panels, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> acc, pw;
     const int block = std::min(n, kPanelRowBlock);
     acc.resize(static_cast<size_t>(block) * kPanelRows * kLanes);
-    pw.resize(static_cast<size_t>(kPanelRows) * kPanelK);
+    pw.resize(static_cast<size_t>(kPanelRows + 1) * kPanelK);  // the panel and a row buffer
     for (int64_t p = begin; p < end; ++p) {
       const int64_t o0 = p * kPanelRows;
       const int ro = static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - o0));
       for (int r0 = 0; r0 < n; r0 += kPanelRowBlock) {
-        PanelOutput(x, r0, std::min(kPanelRowBlock, n - r0), w, o0, ro, acc.data(), pw.data(),
-                    y);
+        PanelOutput(x, xp, n, r0, std::min(kPanelRowBlock, n - r0), w, o0, ro, acc.data(),
+                    pw.data(), y);
       }
     }
   });
