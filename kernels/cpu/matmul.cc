@@ -12,13 +12,12 @@
 // one documented in matmul.h whatever the blocking.
 #include "kernels/cpu/matmul.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/check.h"
 #include "kernels/cpu/f16.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -34,6 +33,7 @@ namespace {
 constexpr int kLanes = 8;
 constexpr int kRowBlock = 4;     // output rows per register block
 constexpr int64_t kTileK = 512;  // input elements per tile (multiple of kLanes)
+constexpr bool kPrefetch = true;  // software prefetch of the next row block (streaming kernel)
 
 // The many-row (panel) path: a thread owns panels of kPanelRows output rows; for a block of
 // up to kPanelRowBlock activation rows it walks the input dimension in K-blocks of
@@ -47,6 +47,25 @@ constexpr int64_t kPanelK = 256;
 constexpr int kPanelRowBlock = 128;
 // Row counts from which the panel path is used (below: the streaming kernel).
 constexpr int kPanelMinRows = 4;
+
+// Maps a global unit index (units of `unit_rows` output rows, matrix after matrix) to the
+// matrix and its first output row.
+struct UnitMap {
+  int count = 0;
+  int64_t first_unit[kMaxFused + 1] = {};
+
+  UnitMap(const Weight* w, int count_in, int unit_rows) : count(count_in) {
+    for (int i = 0; i < count; ++i) {
+      first_unit[i + 1] = first_unit[i] + (w[i].rows + unit_rows - 1) / unit_rows;
+    }
+  }
+  int64_t total() const { return first_unit[count]; }
+  int Matrix(int64_t unit) const {
+    int i = 0;
+    while (unit >= first_unit[i + 1]) ++i;
+    return i;
+  }
+};
 
 // Scalar element loads (tails and the fallback).
 inline float LoadScalar(const void* base, DType dtype, int64_t i) {
@@ -74,17 +93,20 @@ inline float LoadScalar(const void* base, DType dtype, int64_t i) {
 
 // Loads 8 consecutive weights starting at element i as 8 fp32 lanes (unaligned is fine).
 struct F32Loader {
+  static constexpr int kBytes = 4;
   static __m256 Load(const void* base, int64_t i) {
     return _mm256_loadu_ps(static_cast<const float*>(base) + i);
   }
 };
 struct F16Loader {
+  static constexpr int kBytes = 2;
   static __m256 Load(const void* base, int64_t i) {
     return _mm256_cvtph_ps(
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i)));
   }
 };
 struct Bf16Loader {
+  static constexpr int kBytes = 2;
   // bf16 -> f32: zero-extend to 32 bits and shift into the high half.
   static __m256 Load(const void* base, int64_t i) {
     const __m128i h =
@@ -125,6 +147,13 @@ inline void MicroKernel(const float* x, int64_t in, const void* w, int64_t o0, i
     }
 #pragma GCC unroll 8
     for (int i = 0; i < RO; ++i) {
+      // The same columns of the next block's rows (kRowBlock rows further): a weight row
+      // of the demo models is one 4 KiB page or less, and hardware prefetchers stop at
+      // page boundaries, so without this each block starts with cold misses.
+      if (kPrefetch) {
+        _mm_prefetch(static_cast<const char*>(w) + ((o0 + i + kRowBlock) * in + k) * Loader::kBytes,
+                     _MM_HINT_T0);
+      }
       __m256 wv = Loader::Load(w, (o0 + i) * in + k);
       asm("" : "+x"(wv));  // likewise: one load of w per step, reused RN times
 #pragma GCC unroll 8
@@ -470,9 +499,10 @@ void PanelOutput(const float* x, const float* xp, int n, int r0, int rows, const
   }
 }
 
-void PanelMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool) {
-  const int64_t num_panels = (w.rows + kPanelRows - 1) / kPanelRows;
-  const int64_t in = w.cols;
+void PanelMatMulMany(const float* x, int n, const Weight* ws, float* const* ys, int count,
+                    ThreadPool& pool) {
+  const UnitMap map(ws, count, kPanelRows);
+  const int64_t in = ws[0].cols;
   const int64_t in_vec = in / kLanes * kLanes;
   const int64_t kblocks = (in_vec + kPanelK - 1) / kPanelK;
   thread_local std::vector<float> xpack;
@@ -490,13 +520,16 @@ void PanelMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& p
         }
       },
       64);
-  pool.ParallelFor(num_panels, [&](int64_t begin, int64_t end) {
+  pool.ParallelFor(map.total(), [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> acc, pw;
     const int block = std::min(n, kPanelRowBlock);
     acc.resize(static_cast<size_t>(block) * kPanelRows * kLanes);
     pw.resize(static_cast<size_t>(kPanelRows + 1) * kPanelK);  // the panel and a row buffer
     for (int64_t p = begin; p < end; ++p) {
-      const int64_t o0 = p * kPanelRows;
+      const int m = map.Matrix(p);
+      const Weight& w = ws[m];
+      float* y = ys[m];
+      const int64_t o0 = (p - map.first_unit[m]) * kPanelRows;
       const int ro = static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - o0));
       for (int r0 = 0; r0 < n; r0 += kPanelRowBlock) {
         PanelOutput(x, xp, n, r0, std::min(kPanelRowBlock, n - r0), w, o0, ro, acc.data(),
@@ -510,30 +543,47 @@ void PanelMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& p
 }  // namespace
 
 void CpuMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool) {
+  CpuMatMulMany(x, n, &w, &y, 1, pool);
+}
+
+void CpuMatMulMany(const float* x, int n, const Weight* w, float* const* y, int count,
+                   ThreadPool& pool) {
+  if (n <= 0 || count <= 0) return;
+  SPECMOE_CHECK(count <= kMaxFused, "too many fused matrices");
+  for (int i = 1; i < count; ++i) {
+    SPECMOE_CHECK(w[i].cols == w[0].cols, "fused matrices must have the same input size");
+  }
 #if SPECMOE_CPU_AVX2
-  if (n >= kPanelMinRows && w.rows > 0) {
-    PanelMatMul(x, n, w, y, pool);
+  if (n >= kPanelMinRows) {
+    PanelMatMulMany(x, n, w, y, count, pool);
     return;
   }
 #endif
-  StreamingMatMul(x, n, w, y, pool);
+  StreamingMatMulMany(x, n, w, y, count, pool);
 }
 
 void StreamingMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool) {
-  if (n <= 0 || w.rows <= 0) return;
-  const int64_t num_blocks = (w.rows + kRowBlock - 1) / kRowBlock;
+  StreamingMatMulMany(x, n, &w, &y, 1, pool);
+}
+
+void StreamingMatMulMany(const float* x, int n, const Weight* w, float* const* y, int count,
+                         ThreadPool& pool) {
+  if (n <= 0 || count <= 0) return;
+  SPECMOE_CHECK(count <= kMaxFused, "too many fused matrices");
+  const UnitMap map(w, count, kRowBlock);
   // Keep at least ~64K multiply-adds per thread so tiny products stay on one thread.
-  const int64_t block_work = std::max<int64_t>(1, kRowBlock * w.cols * n);
+  const int64_t block_work = std::max<int64_t>(1, kRowBlock * w[0].cols * n);
   const int64_t min_blocks = std::max<int64_t>(1, (int64_t{1} << 16) / block_work);
   pool.ParallelFor(
-      num_blocks,
+      map.total(),
       [&](int64_t begin, int64_t end) {
         thread_local std::vector<float> acc;
         acc.resize(static_cast<size_t>(n) * kRowBlock * kLanes);
-        for (int64_t b = begin; b < end; ++b) {
-          const int64_t o0 = b * kRowBlock;
-          const int ro = static_cast<int>(std::min<int64_t>(kRowBlock, w.rows - o0));
-          OutputBlock(x, n, w, o0, ro, acc.data(), y);
+        for (int64_t u = begin; u < end; ++u) {
+          const int i = map.Matrix(u);
+          const int64_t o0 = (u - map.first_unit[i]) * kRowBlock;
+          const int ro = static_cast<int>(std::min<int64_t>(kRowBlock, w[i].rows - o0));
+          OutputBlock(x, n, w[i], o0, ro, acc.data(), y[i]);
         }
       },
       min_blocks);
@@ -565,38 +615,5 @@ void ConvertRowsToF32(const Weight& w, int64_t row_begin, int64_t row_end, float
   for (; i < count; ++i) out[i] = LoadScalar(w.data, w.dtype, first + i);
 }
 
-void BlasMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool,
-                std::vector<float>* scratch) {
-  if (n <= 0 || w.rows <= 0) return;
-  const int64_t out = w.rows;
-  const int64_t in = w.cols;
-  const bool direct =
-      w.dtype == DType::kF32 && reinterpret_cast<uintptr_t>(w.data) % alignof(float) == 0;
-  if (direct) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, static_cast<int>(out),
-                static_cast<int>(in), 1.0f, x, static_cast<int>(in),
-                static_cast<const float*>(w.data), static_cast<int>(in), 0.0f, y,
-                static_cast<int>(out));
-    return;
-  }
-  // Panels of about 16 MiB of f32 weights: converted in parallel, then one sgemm each,
-  // writing columns [p0, p1) of y.
-  const int64_t panel_rows =
-      std::clamp<int64_t>((int64_t{4} << 20) / std::max<int64_t>(1, in), 64, out);
-  scratch->resize(static_cast<size_t>(panel_rows * in));
-  float* panel = scratch->data();
-  for (int64_t p0 = 0; p0 < out; p0 += panel_rows) {
-    const int64_t p1 = std::min(out, p0 + panel_rows);
-    pool.ParallelFor(
-        p1 - p0,
-        [&](int64_t begin, int64_t end) {
-          ConvertRowsToF32(w, p0 + begin, p0 + end, panel + begin * in);
-        },
-        16);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, static_cast<int>(p1 - p0),
-                static_cast<int>(in), 1.0f, x, static_cast<int>(in), panel, static_cast<int>(in),
-                0.0f, y + p0, static_cast<int>(out));
-  }
-}
 
 }  // namespace specmoe::kernels
