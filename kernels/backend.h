@@ -102,7 +102,6 @@ class Backend {
 
   // y[n, w.rows] = x[n, w.cols] . w^T, fp32 accumulation. On the CPU the result of each
   // row is bit-identical whatever n is, for every n (batch invariance, DESIGN §5).
-  static constexpr int kSmallBatchRows = 64;
   virtual void MatMul(const float* x, int n, const Weight& w, float* y) = 0;
 
   // y[i][n, w[i].rows] = x[n, cols] . w[i]^T for i < count (count <= 4; every w[i] has the

@@ -25,6 +25,8 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/bandwidth.h"
 #include "kernels/cpu/f16.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace specmoe::kernels {
 namespace {
@@ -89,6 +91,22 @@ void BM_Streaming(benchmark::State& state) {
   const Weight w = f.Get(dtype);
   for (auto _ : state) {
     f.backend->MatMul(f.x.data(), n, w, f.y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(DTypeName(dtype));
+  SetCounters(state, w.bytes(), n);
+}
+
+// The few-rows streaming kernel alone (what the backend uses below kPanelMinRows rows), to
+// place the switch to the panel kernel: args {dtype, rows}.
+void BM_StreamingKernelOnly(benchmark::State& state) {
+  Fixture& f = GetFixture();
+  static ThreadPool* pool = new ThreadPool(0);
+  const DType dtype = static_cast<DType>(state.range(0));
+  const int n = static_cast<int>(state.range(1));
+  const Weight w = f.Get(dtype);
+  for (auto _ : state) {
+    StreamingMatMul(f.x.data(), n, w, f.y.data(), *pool);
     benchmark::ClobberMemory();
   }
   state.SetLabel(DTypeName(dtype));
@@ -164,6 +182,12 @@ void StreamingArgs(benchmark::internal::Benchmark* b) {
 // tells a busy machine apart from a slow kernel.
 BENCHMARK(BM_Streaming)
     ->Apply(StreamingArgs)
+    ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime();
+BENCHMARK(BM_StreamingKernelOnly)
+    ->ArgsProduct({{static_cast<int64_t>(DType::kF32), static_cast<int64_t>(DType::kF16)},
+                   {4, 8, 16, 32}})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()
     ->UseRealTime();

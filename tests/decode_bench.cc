@@ -8,8 +8,9 @@
 //     decoding with each model, so each tok/s has the floor of the same moment (the machine
 //     is shared); medians over the rounds. Floor = read bandwidth / (weights once + the K/V
 //     of the average context).
-//  2. per model: each kind of weight matrix at 1 row (median over repetitions, all layers),
-//     the fused q/k/v and gate/up passes, and their effective GB/s beside the floor's;
+//  2. per model: each kind of weight matrix at 1 row, timed inside walks over the whole
+//     model in forward order (median of walks), unfused and fused (q/k/v, gate/up), with
+//     their effective GB/s beside the read bandwidth;
 //  3. n-row passes (one forward of n chain-tree tokens at context 128) beside the time of
 //     reading the weights once;
 //  4. a decode step at context 128, 1024 and 2000 and attention's share of it (the
@@ -149,59 +150,89 @@ void Report(Loaded& m) {
   std::printf("\n### %s (%s weights), read bandwidth now %.1f GB/s\n\n", m.dir.c_str(),
               kernels::DTypeName(w.dtype), read_gbs);
 
-  // 2. Matrices at one row.
+  // 2. Matrices at one row, timed one by one inside a walk over the whole model in forward
+  // order (timing one kind alone would keep its 8 layers in the last-level cache).
   std::unique_ptr<kernels::Backend> be = kernels::CreateCpuBackend(0);
   std::vector<float> x(static_cast<size_t>(64) * 8192, 0.01f), y(static_cast<size_t>(64) * 65536);
   std::vector<float> y2(y.size()), y3(y.size());
-  std::printf("| matrix (1 row, all %d layers) | shape | ms | GB/s | floor GB/s |\n",
-              model.config().num_layers);
-  std::printf("|---|---|---:|---:|---:|\n");
-  double total_ms = 0;
-  auto row = [&](const char* name, std::vector<kernels::Weight> ws, bool fused) {
-    size_t bytes = 0;
-    for (const kernels::Weight& wt : ws) bytes += wt.bytes();
-    const double s = TimeIt(
-        [&] {
-          if (fused) {
-            const size_t per = ws.size() / model.config().num_layers;
-            for (size_t i = 0; i < ws.size(); i += per) {
-              float* outs[3] = {y.data(), y2.data(), y3.data()};
-              be->MatMulMany(x.data(), 1, ws.data() + i, outs, static_cast<int>(per));
-            }
-          } else {
-            for (const kernels::Weight& wt : ws) be->MatMul(x.data(), 1, wt, y.data());
-          }
-        },
-        15);
-    if (!fused) total_ms += s * 1e3;
-    std::printf("| %s | %lldx%lld | %.3f | %.1f | %.1f |\n", name,
-                static_cast<long long>(ws[0].rows), static_cast<long long>(ws[0].cols), s * 1e3,
-                bytes / s / 1e9, read_gbs);
-  };
-  auto gather = [&](auto member) {
-    std::vector<kernels::Weight> ws;
-    for (const engine::LayerWeights& l : w.layers) ws.push_back(member(l));
-    return ws;
-  };
   const bool llama = model.config().architecture == engine::Architecture::kLlama;
-  row("q_proj", gather([](const engine::LayerWeights& l) { return l.q_proj; }), false);
-  row("k_proj", gather([](const engine::LayerWeights& l) { return l.k_proj; }), false);
-  row("v_proj", gather([](const engine::LayerWeights& l) { return l.v_proj; }), false);
-  row("o_proj", gather([](const engine::LayerWeights& l) { return l.o_proj; }), false);
+  struct Kind {
+    std::string name;
+    std::vector<std::vector<kernels::Weight>> per_layer;  // one call per entry
+    size_t bytes = 0;
+    std::vector<double> seconds;  // per walk
+  };
+  auto kind = [&](const std::string& name, auto pick) {
+    Kind k;
+    k.name = name;
+    for (const engine::LayerWeights& l : w.layers) {
+      k.per_layer.push_back(pick(l));
+      for (const kernels::Weight& wt : k.per_layer.back()) k.bytes += wt.bytes();
+    }
+    return k;
+  };
+  using L = const engine::LayerWeights&;
+  std::vector<Kind> plain = {kind("q_proj", [](L l) { return std::vector{l.q_proj}; }),
+                             kind("k_proj", [](L l) { return std::vector{l.k_proj}; }),
+                             kind("v_proj", [](L l) { return std::vector{l.v_proj}; }),
+                             kind("o_proj", [](L l) { return std::vector{l.o_proj}; })};
+  std::vector<Kind> fused = {kind("q/k/v fused", [](L l) {
+                               return std::vector{l.q_proj, l.k_proj, l.v_proj};
+                             }),
+                             kind("o_proj", [](L l) { return std::vector{l.o_proj}; })};
   if (llama) {
-    row("gate_proj", gather([](const engine::LayerWeights& l) { return l.mlp.gate; }), false);
-    row("up_proj", gather([](const engine::LayerWeights& l) { return l.mlp.up; }), false);
-    row("down_proj", gather([](const engine::LayerWeights& l) { return l.mlp.down; }), false);
+    plain.push_back(kind("gate_proj", [](L l) { return std::vector{l.mlp.gate}; }));
+    plain.push_back(kind("up_proj", [](L l) { return std::vector{l.mlp.up}; }));
+    plain.push_back(kind("down_proj", [](L l) { return std::vector{l.mlp.down}; }));
+    fused.push_back(
+        kind("gate/up fused", [](L l) { return std::vector{l.mlp.gate, l.mlp.up}; }));
+    fused.push_back(kind("down_proj", [](L l) { return std::vector{l.mlp.down}; }));
   }
-  row("lm_head", {w.lm_head}, false);
-  std::vector<kernels::Weight> qkv, gate_up;
-  for (const engine::LayerWeights& l : w.layers) {
-    qkv.insert(qkv.end(), {l.q_proj, l.k_proj, l.v_proj});
-    gate_up.insert(gate_up.end(), {l.mlp.gate, l.mlp.up});
+  auto walk = [&](std::vector<Kind>& kinds, bool record) {
+    std::vector<double> sums(kinds.size(), 0.0);
+    for (size_t layer = 0; layer < w.layers.size(); ++layer) {
+      for (size_t i = 0; i < kinds.size(); ++i) {
+        const std::vector<kernels::Weight>& ws = kinds[i].per_layer[layer];
+        float* outs[3] = {y.data(), y2.data(), y3.data()};
+        const auto start = Clock::now();
+        be->MatMulMany(x.data(), 1, ws.data(), outs, static_cast<int>(ws.size()));
+        sums[i] += Seconds(start);
+      }
+    }
+    const auto start = Clock::now();
+    be->MatMul(x.data(), 1, w.lm_head, y.data());
+    const double head = Seconds(start);
+    if (!record) return head;
+    for (size_t i = 0; i < kinds.size(); ++i) kinds[i].seconds.push_back(sums[i]);
+    return head;
+  };
+  std::vector<double> head_s;
+  walk(plain, false);
+  for (int rep = 0; rep < 9; ++rep) {
+    head_s.push_back(walk(plain, true));
+    walk(fused, true);
   }
-  row("q/k/v fused (MatMulMany)", qkv, true);
-  if (llama) row("gate/up fused (MatMulMany)", gate_up, true);
-  std::printf("\nsum of the unfused matrices: %.2f ms per token\n\n", total_ms);
+  std::printf("| matrices at 1 row, in a walk over the model (all %d layers) | ms | GB/s | "
+              "read GB/s |\n",
+              model.config().num_layers);
+  std::printf("|---|---:|---:|---:|\n");
+  double plain_ms = 0, fused_ms = 0;
+  for (std::vector<Kind>* kinds : {&plain, &fused}) {
+    for (const Kind& k : *kinds) {
+      const double s = Median(k.seconds);
+      (kinds == &plain ? plain_ms : fused_ms) += s * 1e3;
+      if (kinds == &fused && k.name.find("fused") == std::string::npos) continue;
+      std::printf("| %s | %.3f | %.1f | %.1f |\n", k.name.c_str(), s * 1e3, k.bytes / s / 1e9,
+                  read_gbs);
+    }
+  }
+  const double head = Median(head_s);
+  std::printf("| lm_head | %.3f | %.1f | %.1f |\n", head * 1e3, w.lm_head.bytes() / head / 1e9,
+              read_gbs);
+  std::printf("\nall matrices of a token: %.2f ms one by one, %.2f ms with the fused passes; "
+              "reading them once at %.1f GB/s takes %.2f ms\n\n",
+              plain_ms + head * 1e3, fused_ms + head * 1e3, read_gbs,
+              model.bytes_per_token() / (read_gbs * 1e9) * 1e3);
 
   // 3. n-row passes and 4. attention at long contexts, on one sequence of 2001 tokens.
   const int max_context = std::min(g.max_context(), model.config().max_position_embeddings);
