@@ -167,6 +167,35 @@ TEST_F(CpuBackendTest, MatMulIsBatchInvariantForEveryRowCount) {
   }
 }
 
+// The fused form (q/k/v, gate/up) gives the bits of separate calls, for every dtype and on
+// both kernels; matrices of different output sizes share the split.
+TEST_F(CpuBackendTest, MatMulManyEqualsSeparateCalls) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const TestWeight a = MakeWeight(dtype, 67, 520, 21);
+    const TestWeight b = MakeWeight(dtype, 13, 520, 22);
+    const TestWeight c = MakeWeight(dtype, 25, 520, 23);
+    const Weight ws[3] = {a.w, b.w, c.w};
+    for (int n : {1, 2, 3, 4, 7, 64, 130}) {
+      SCOPED_TRACE(std::string(DTypeName(dtype)) + " n=" + std::to_string(n));
+      const std::vector<float> x = RandomVector(n * 520, 24);
+      std::vector<float> fused[3], alone[3];
+      float* outs[3];
+      for (int i = 0; i < 3; ++i) {
+        fused[i].assign(n * ws[i].rows, NAN);
+        alone[i].assign(n * ws[i].rows, NAN);
+        outs[i] = fused[i].data();
+        backend_->MatMul(x.data(), n, ws[i], alone[i].data());
+      }
+      backend_->MatMulMany(x.data(), n, ws, outs, 3);
+      for (int i = 0; i < 3; ++i) {
+        ASSERT_EQ(std::memcmp(fused[i].data(), alone[i].data(), fused[i].size() * sizeof(float)),
+                  0)
+            << "matrix " << i;
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Small ops
 
