@@ -9,7 +9,18 @@
 // operands need all 16 ymm registers and GCC spills; pairs run 1.5-1.7x faster at 8-64 rows.
 // Between tiles the accumulators are parked in a small per-thread buffer
 // [n, kRowBlock, 8]; parking does not change any value, so the per-output order is the
-// one documented in matmul.h whatever the blocking.
+// one documented in matmul.h whatever the blocking. Software prefetch fetches the next
+// block's rows (hardware prefetchers stop at 4 KiB pages, the size of a demo weight row).
+//
+// Panel kernel (4 rows and more): threads own panels of kPanelRows output rows; x is first
+// packed by K-block (rows kPanelK floats apart, so they do not share L1 sets); for each
+// block of up to kPanelRowBlock rows and each K-block of kPanelK inputs, the panel's weights
+// are converted (f16/bf16) or copied (f32) once into a contiguous buffer and a register-
+// blocked micro-kernel runs over every (weight group, row group): with AVX-512, 3 pairs of
+// weight rows x 8 rows in 24 zmm registers (a zmm holds two outputs' 8 lanes); with AVX2,
+// 3 weight rows x 4 rows in 12 ymm. Lane l of output (r, o) still sums w[o, 8i + l] *
+// x[r, 8i + l] over i in increasing order, parked between K-blocks, then reduced and the
+// tail added exactly as in the streaming kernel: the same bits for every row count.
 #include "kernels/cpu/matmul.h"
 
 #include <algorithm>
