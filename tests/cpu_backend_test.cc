@@ -123,8 +123,8 @@ TEST_F(CpuBackendTest, MatMulMatchesReference) {
 }
 
 // Every row count 1..300 (primes, and sizes on both sides of the kernels' blockings: the
-// streaming/panel switch at 4, row groups of 4, row blocks of 128) gives each row the bits it
-// has alone on one thread; output counts cover partial panels and partial output groups.
+// streaming/panel switch at 16, row groups of 4 and 8, row blocks of 128) gives each row the
+// bits it has alone on one thread; output counts cover partial panels and partial output groups.
 TEST_F(CpuBackendTest, MatMulIsBatchInvariantForEveryRowCount) {
   const MatMulCase cases[] = {
       {DType::kF32, 67, 4096 + 8}, {DType::kF16, 67, 4096 + 8}, {DType::kBF16, 67, 4096 + 8},
@@ -149,7 +149,7 @@ TEST_F(CpuBackendTest, MatMulIsBatchInvariantForEveryRowCount) {
     // blockings and primes, to keep the test short).
     const bool every_n = c.in * c.out < 100000;
     for (int n = 1; n <= kMax; ++n) {
-      const bool sampled = n < 12 || n % 4 == 3 || n % 4 == 1 || n == 127 || n == 128 ||
+      const bool sampled = n < 12 || n % 4 == 3 || n % 4 == 1 || n == 16 || n == 128 ||
                            n == 129 || n == 256 || n == 257 || n == 300;
       if (!every_n && !sampled) continue;
       std::vector<float> y(n * c.out);

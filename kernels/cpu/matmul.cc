@@ -12,7 +12,7 @@
 // one documented in matmul.h whatever the blocking. Software prefetch fetches the next
 // block's rows (hardware prefetchers stop at 4 KiB pages, the size of a demo weight row).
 //
-// Panel kernel (4 rows and more): threads own panels of kPanelRows output rows; x is first
+// Panel kernel (kPanelMinRows = 16 rows and more): threads own panels of kPanelRows output rows; x is first
 // packed by K-block (rows kPanelK floats apart, so they do not share L1 sets); for each
 // block of up to kPanelRowBlock rows and each K-block of kPanelK inputs, the panel's weights
 // are converted (f16/bf16) or copied (f32) once into a contiguous buffer and a register-
@@ -57,7 +57,7 @@ constexpr int kPanelXRows = 4;
 constexpr int64_t kPanelK = 256;
 constexpr int kPanelRowBlock = 128;
 // Row counts from which the panel path is used (below: the streaming kernel).
-constexpr int kPanelMinRows = 4;
+constexpr int kPanelMinRows = 16;
 
 // Maps a global unit index (units of `unit_rows` output rows, matrix after matrix) to the
 // matrix and its first output row.

@@ -2,7 +2,7 @@
 //
 // StreamingMatMul is the few-rows kernel (decode, tree verification, draft levels, experts):
 // each weight row is read from memory once for all n activation rows. The panel kernel (for
-// 4 and more rows) converts each K-block of a panel of weight rows to f32 once and runs a
+// 16 and more rows) converts each K-block of a panel of weight rows to f32 once and runs a
 // register-blocked micro-kernel over it. Both follow the same per-output summation order,
 // which depends only on the input length, so each row's result is bit-identical whatever n
 // is (batch invariance, DESIGN §5); CpuMatMul picks between them. Tested by
