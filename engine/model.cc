@@ -148,8 +148,9 @@ void Model::Ffn(const LayerWeights& layer, int n) {
   kernels::Backend& be = *backend_;
   if (config_.architecture == Architecture::kLlama) {
     const int inter = static_cast<int>(layer.mlp.gate.rows);
-    be.MatMul(xb_, n, layer.mlp.gate, hg_);  // [n, inter]
-    be.MatMul(xb_, n, layer.mlp.up, hu_);    // [n, inter]
+    const kernels::Weight gate_up[2] = {layer.mlp.gate, layer.mlp.up};
+    float* const gate_up_out[2] = {hg_, hu_};
+    be.MatMulMany(xb_, n, gate_up, gate_up_out, 2);  // [n, inter] each
     be.SiluMul(hg_, hu_, n, inter, hg_);
     be.MatMul(hg_, n, layer.mlp.down, ffn_);  // [n, hidden]
     return;
@@ -197,9 +198,10 @@ void Model::Forward(const ForwardBatch& batch, KvCache& cache, float* logits) {
     const LayerWeights& layer = weights_.layers[l];
     // Attention block.
     be.RmsNorm(x_, n, hidden, layer.input_norm, eps, xb_);
-    be.MatMul(xb_, n, layer.q_proj, q_);  // [n, n_heads * head_dim]
-    be.MatMul(xb_, n, layer.k_proj, k_);  // [n, n_kv_heads * head_dim]
-    be.MatMul(xb_, n, layer.v_proj, v_);  // [n, n_kv_heads * head_dim]
+    // q [n, n_heads * head_dim], k and v [n, n_kv_heads * head_dim], in one pass.
+    const kernels::Weight qkv[3] = {layer.q_proj, layer.k_proj, layer.v_proj};
+    float* const qkv_out[3] = {q_, k_, v_};
+    be.MatMulMany(xb_, n, qkv, qkv_out, 3);
     be.Rope(q_, n, c.num_heads, c.head_dim, batch.positions.data(), c.rope_theta);
     be.Rope(k_, n, c.num_kv_heads, c.head_dim, batch.positions.data(), c.rope_theta);
     be.KvWrite(k_, v_, n, kv_dim, batch.slots.data(), cache.k(l), cache.v(l));

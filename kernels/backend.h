@@ -100,10 +100,17 @@ class Backend {
   // returns it unchanged; a device backend uploads it.
   virtual Weight Upload(const Weight& host_weight) = 0;
 
-  // y[n, w.rows] = x[n, w.cols] . w^T, fp32 accumulation. For n <= kSmallBatchRows the
-  // result of each row is bit-identical whatever n is (batch invariance).
-  static constexpr int kSmallBatchRows = 64;
+  // y[n, w.rows] = x[n, w.cols] . w^T, fp32 accumulation. On the CPU the result of each
+  // row is bit-identical whatever n is, for every n (batch invariance, DESIGN §5).
   virtual void MatMul(const float* x, int n, const Weight& w, float* y) = 0;
+
+  // y[i][n, w[i].rows] = x[n, cols] . w[i]^T for i < count (count <= 4; every w[i] has the
+  // same cols): the same bits as count MatMul calls, which is what this default does; a
+  // backend may run them as one pass (the CPU backend splits all their output rows over its
+  // threads at once, for q/k/v and gate/up). w, y: host arrays of count.
+  virtual void MatMulMany(const float* x, int n, const Weight* w, float* const* y, int count) {
+    for (int i = 0; i < count; ++i) MatMul(x, n, w[i], y[i]);
+  }
 
   // out[n, w.cols] = w[ids[i], :] converted to f32. ids: host, [n].
   virtual void Embedding(const int32_t* ids, int n, const Weight& w, float* out) = 0;
@@ -155,8 +162,8 @@ class Backend {
                           int num_experts, float scale, float* y) = 0;
 };
 
-// The CPU backend (kernels/cpu): OpenBLAS for large prefill chunks, its own weight-streaming
-// kernel for 1..64 rows, and a thread pool of `num_threads` (0: all cores).
+// The CPU backend (kernels/cpu): its own batch-invariant kernels for every row count (no
+// BLAS), and a thread pool of `num_threads` (0: all cores).
 std::unique_ptr<Backend> CreateCpuBackend(int num_threads);
 
 }  // namespace specmoe::kernels

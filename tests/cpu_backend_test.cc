@@ -107,7 +107,7 @@ TEST_F(CpuBackendTest, MatMulMatchesReference) {
   };
   for (const MatMulCase& c : cases) {
     const TestWeight t = MakeWeight(c.dtype, c.out, c.in, 7, 0.05f, c.offset);
-    for (int n : {1, 2, 3, 8, 63, 64, 65, 130}) {
+    for (int n : {1, 2, 3, 4, 5, 8, 63, 64, 65, 130, 257}) {
       SCOPED_TRACE(std::string(DTypeName(c.dtype)) + " out=" + std::to_string(c.out) +
                    " in=" + std::to_string(c.in) + " n=" + std::to_string(n));
       const std::vector<float> x = RandomVector(n * c.in, 100 + n);
@@ -122,40 +122,76 @@ TEST_F(CpuBackendTest, MatMulMatchesReference) {
   }
 }
 
+// Every row count 1..300 (primes, and sizes on both sides of the kernels' blockings: the
+// streaming/panel switch at 16, row groups of 4 and 8, row blocks of 128) gives each row the
+// bits it has alone on one thread; output counts cover partial panels and partial output groups.
 TEST_F(CpuBackendTest, MatMulIsBatchInvariantForEveryRowCount) {
   const MatMulCase cases[] = {
       {DType::kF32, 67, 4096 + 8}, {DType::kF16, 67, 4096 + 8}, {DType::kBF16, 67, 4096 + 8},
       {DType::kF32, 13, 301},      {DType::kF16, 6, 37},        {DType::kBF16, 3, 1000},
+      {DType::kF32, 25, 264, 4},   {DType::kBF16, 49, 520},
   };
   std::unique_ptr<Backend> one_thread = CreateCpuBackend(1);
   std::unique_ptr<Backend> three_threads = CreateCpuBackend(3);
-  constexpr int kMax = Backend::kSmallBatchRows;
+  constexpr int kMax = 300;
   for (const MatMulCase& c : cases) {
     SCOPED_TRACE(std::string(DTypeName(c.dtype)) + " out=" + std::to_string(c.out) +
                  " in=" + std::to_string(c.in));
-    const TestWeight t = MakeWeight(c.dtype, c.out, c.in, 11);
+    const TestWeight t = MakeWeight(c.dtype, c.out, c.in, 11, 0.05f, c.offset);
     const std::vector<float> x = RandomVector(kMax * c.in, 12);
-    std::vector<float> full(kMax * c.out);
-    backend_->MatMul(x.data(), kMax, t.w, full.data());
     const size_t row_bytes = c.out * sizeof(float);
-    // Rows [0, n) together equal the same rows among 64.
+    // Reference bits: every row alone on one thread.
+    std::vector<float> alone(kMax * c.out);
+    for (int r = 0; r < kMax; ++r) {
+      one_thread->MatMul(x.data() + r * c.in, 1, t.w, alone.data() + r * c.out);
+    }
+    // Rows [0, n) together, for every n (the larger shapes at a sample of n around the
+    // blockings and primes, to keep the test short).
+    const bool every_n = c.in * c.out < 100000;
     for (int n = 1; n <= kMax; ++n) {
+      const bool sampled = n < 12 || n % 4 == 3 || n % 4 == 1 || n == 16 || n == 128 ||
+                           n == 129 || n == 256 || n == 257 || n == 300;
+      if (!every_n && !sampled) continue;
       std::vector<float> y(n * c.out);
       backend_->MatMul(x.data(), n, t.w, y.data());
-      ASSERT_EQ(std::memcmp(y.data(), full.data(), n * row_bytes), 0) << "n=" << n;
+      ASSERT_EQ(std::memcmp(y.data(), alone.data(), n * row_bytes), 0) << "n=" << n;
     }
-    // Every row alone, and a window of rows starting elsewhere, on other thread counts.
-    for (int r = 0; r < kMax; ++r) {
-      std::vector<float> y(c.out);
-      one_thread->MatMul(x.data() + r * c.in, 1, t.w, y.data());
-      ASSERT_EQ(std::memcmp(y.data(), full.data() + r * c.out, row_bytes), 0) << "row " << r;
-    }
-    for (int start : {1, 17, 40}) {
+    // A window of rows starting elsewhere, on another thread count.
+    for (int start : {1, 17, 40, 131}) {
       const int n = kMax - start;
       std::vector<float> y(n * c.out);
       three_threads->MatMul(x.data() + start * c.in, n, t.w, y.data());
-      ASSERT_EQ(std::memcmp(y.data(), full.data() + start * c.out, n * row_bytes), 0)
+      ASSERT_EQ(std::memcmp(y.data(), alone.data() + start * c.out, n * row_bytes), 0)
           << "start " << start;
+    }
+  }
+}
+
+// The fused form (q/k/v, gate/up) gives the bits of separate calls, for every dtype and on
+// both kernels; matrices of different output sizes share the split.
+TEST_F(CpuBackendTest, MatMulManyEqualsSeparateCalls) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const TestWeight a = MakeWeight(dtype, 67, 520, 21);
+    const TestWeight b = MakeWeight(dtype, 13, 520, 22);
+    const TestWeight c = MakeWeight(dtype, 25, 520, 23);
+    const Weight ws[3] = {a.w, b.w, c.w};
+    for (int n : {1, 2, 3, 4, 7, 64, 130}) {
+      SCOPED_TRACE(std::string(DTypeName(dtype)) + " n=" + std::to_string(n));
+      const std::vector<float> x = RandomVector(n * 520, 24);
+      std::vector<float> fused[3], alone[3];
+      float* outs[3];
+      for (int i = 0; i < 3; ++i) {
+        fused[i].assign(n * ws[i].rows, NAN);
+        alone[i].assign(n * ws[i].rows, NAN);
+        outs[i] = fused[i].data();
+        backend_->MatMul(x.data(), n, ws[i], alone[i].data());
+      }
+      backend_->MatMulMany(x.data(), n, ws, outs, 3);
+      for (int i = 0; i < 3; ++i) {
+        ASSERT_EQ(std::memcmp(fused[i].data(), alone[i].data(), fused[i].size() * sizeof(float)),
+                  0)
+            << "matrix " << i;
+      }
     }
   }
 }

@@ -1,33 +1,39 @@
-// tests/cpu_kernels_bench.cc — CPU small-batch matmul against OpenBLAS and the bandwidth
-// floor (issue 2 item 9, DESIGN §5). Not a test: a Google Benchmark program.
-//
+// tests/cpu_kernels_bench.cc — the CPU backend's MatMul against OpenBLAS and the bandwidth
+// floor, and the MoE expert op (issues 2 and 7, DESIGN §5). Not a test: a Google Benchmark
+// program,
 //   ninja -C build cpu_kernels_bench && build/tests/cpu_kernels_bench
 //
 // Measures the read bandwidth once (1 GiB streaming reduction, all threads), then for a
-// 24576 x 4096 weight matrix times the backend's MatMul (the streaming kernel for n <= 64)
-// with f32, f16 and bf16 weights at n = 1, 2, 4, 8, 16, 32, 64 rows, and OpenBLAS (sgemv
-// at 1 row, sgemm at n rows; f32). Counters: weight_GBps (weight bytes / time) and
-// floor_ms (weight bytes / measured read bandwidth, the time of reading the weights once).
+// 24576 x 4096 weight matrix times the backend's MatMul (one batch-invariant path for every
+// row count) with f32, f16 and bf16 weights at n = 1 .. 512 rows, and OpenBLAS (sgemv at 1
+// row, sgemm at n rows; f32), the reference. Counters: weight_GBps (weight bytes / time),
+// GFLOPS, and floor_ms (weight bytes / measured read bandwidth, the time of reading the
+// weights once). Then the MoE expert op at 1, 8, 32 and 128 tokens beside the bytes of the
+// experts the routing selected. The CPU column is the whole process's CPU time.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/backend.h"
 #include "kernels/cpu/bandwidth.h"
 #include "kernels/cpu/f16.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace specmoe::kernels {
 namespace {
 
 constexpr int64_t kRows = 24576;
 constexpr int64_t kCols = 4096;
-constexpr int kMaxBatch = 64;
+constexpr int kMaxBatch = 512;
 
 struct Fixture {
   std::unique_ptr<Backend> backend = CreateCpuBackend(0);
@@ -67,8 +73,10 @@ Fixture& GetFixture() {
   return *fixture;
 }
 
-void SetCounters(benchmark::State& state, size_t weight_bytes) {
+void SetCounters(benchmark::State& state, size_t weight_bytes, int n) {
   const Fixture& f = GetFixture();
+  state.counters["GFLOPS"] = benchmark::Counter(2.0 * n * kRows * kCols / 1e9,
+                                                benchmark::Counter::kIsIterationInvariantRate);
   state.counters["weight_GBps"] = benchmark::Counter(static_cast<double>(weight_bytes) / 1e9,
                                                      benchmark::Counter::kIsIterationInvariantRate);
   state.counters["floor_ms"] = static_cast<double>(weight_bytes) / (f.read_gbs * 1e9) * 1e3;
@@ -86,7 +94,23 @@ void BM_Streaming(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetLabel(DTypeName(dtype));
-  SetCounters(state, w.bytes());
+  SetCounters(state, w.bytes(), n);
+}
+
+// The few-rows streaming kernel alone (what the backend uses below kPanelMinRows rows), to
+// place the switch to the panel kernel: args {dtype, rows}.
+void BM_StreamingKernelOnly(benchmark::State& state) {
+  Fixture& f = GetFixture();
+  static ThreadPool* pool = new ThreadPool(0);
+  const DType dtype = static_cast<DType>(state.range(0));
+  const int n = static_cast<int>(state.range(1));
+  const Weight w = f.Get(dtype);
+  for (auto _ : state) {
+    StreamingMatMul(f.x.data(), n, w, f.y.data(), *pool);
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(DTypeName(dtype));
+  SetCounters(state, w.bytes(), n);
 }
 
 // OpenBLAS on f32 weights: sgemv for 1 row, sgemm (x . W^T) for n rows.
@@ -104,12 +128,53 @@ void BM_OpenBlas(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetLabel(n == 1 ? "F32 sgemv" : "F32 sgemm");
-  SetCounters(state, kRows * kCols * sizeof(float));
+  SetCounters(state, kRows * kCols * sizeof(float), n);
+}
+
+// The draft's expert op (demo draft shape: hidden 1024, 8 experts of 512, top 2) over n
+// tokens with random routing: tokens are grouped by expert, so each selected expert's
+// weights are read once per call. floor_ms: the bytes of the experts actually selected over
+// the read bandwidth. Args {dtype, tokens}.
+void BM_MoeExperts(benchmark::State& state) {
+  Fixture& f = GetFixture();
+  const DType dtype = static_cast<DType>(state.range(0));
+  const int n = static_cast<int>(state.range(1));
+  constexpr int kHidden = 1024, kSize = 512, kExperts = 8, kTop = 2;
+  const char* base = static_cast<const char*>(f.Get(dtype).data);
+  const size_t matrix_bytes = static_cast<size_t>(kHidden) * kSize * DTypeBytes(dtype);
+  std::vector<ExpertWeights> experts(kExperts);
+  for (int e = 0; e < kExperts; ++e) {
+    const char* at = base + 3 * e * matrix_bytes;
+    experts[e] = {Weight{at, dtype, kSize, kHidden}, Weight{at + matrix_bytes, dtype, kSize, kHidden},
+                  Weight{at + 2 * matrix_bytes, dtype, kHidden, kSize}};
+  }
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist;
+  std::vector<float> logits(static_cast<size_t>(n) * kExperts);
+  for (float& l : logits) l = dist(rng);
+  std::vector<int32_t> idx(n * kTop);
+  std::vector<float> weight(n * kTop);
+  f.backend->TopKSoftmax(logits.data(), n, kExperts, kTop, idx.data(), weight.data());
+  std::vector<bool> used(kExperts, false);
+  for (int32_t e : idx) used[e] = true;
+  const size_t selected = static_cast<size_t>(std::count(used.begin(), used.end(), true));
+  for (auto _ : state) {
+    f.backend->MoeExperts(f.x.data(), n, kHidden, idx.data(), weight.data(), kTop, experts.data(),
+                          kExperts, 1.0f, f.y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(std::string(DTypeName(dtype)) + ", " + std::to_string(selected) +
+                 " experts selected");
+  SetCounters(state, selected * 3 * matrix_bytes, n);
+  state.counters["GFLOPS"] = benchmark::Counter(
+      2.0 * n * kTop * 3 * kHidden * kSize / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void StreamingArgs(benchmark::internal::Benchmark* b) {
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
-    for (int n : {1, 2, 4, 8, 16, 32, 64}) b->Args({static_cast<int64_t>(dtype), n});
+    for (int n : {1, 2, 4, 8, 16, 32, 64, 128, 256, 512}) {
+      b->Args({static_cast<int64_t>(dtype), n});
+    }
   }
 }
 
@@ -120,8 +185,20 @@ BENCHMARK(BM_Streaming)
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()
     ->UseRealTime();
+BENCHMARK(BM_StreamingKernelOnly)
+    ->ArgsProduct({{static_cast<int64_t>(DType::kF32), static_cast<int64_t>(DType::kF16)},
+                   {4, 8, 16, 32}})
+    ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime();
+BENCHMARK(BM_MoeExperts)
+    ->ArgsProduct({{static_cast<int64_t>(DType::kF32), static_cast<int64_t>(DType::kBF16)},
+                   {1, 8, 32, 128}})
+    ->Unit(benchmark::kMillisecond)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime();
 BENCHMARK(BM_OpenBlas)
-    ->ArgsProduct({{1, 2, 4, 8, 16, 32, 64}})
+    ->ArgsProduct({{1, 2, 4, 8, 16, 32, 64, 128, 256, 512}})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()
     ->UseRealTime();

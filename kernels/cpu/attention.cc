@@ -74,57 +74,83 @@ void VisibleSlots(const AttentionArgs& a, int t, std::vector<int64_t>* slots) {
   }
 }
 
-// out[t, h, :] for pair = t * n_heads + h over the given visible slots. scores: scratch.
-void AttendOne(const AttentionArgs& a, int64_t pair, const std::vector<int64_t>& slots,
-               std::vector<float>* scores) {
+// out[t, h, :] for the heads h in [h0, h1) of token t over the given visible slots.
+// The cache is walked slot by slot and, within a slot, head by head, so each slot's row of
+// K (then V) is read contiguously (one head's d floats sit kv_row floats apart; walking
+// head by head would touch a new page per key). Every (t, h) keeps its own order: dots in
+// increasing slot order, then the exps and their sum, then sum_i p_i v_i in slot order.
+// scores: scratch [h1 - h0, slots].
+void AttendHeads(const AttentionArgs& a, int t, int h0, int h1, const std::vector<int64_t>& slots,
+                 std::vector<float>* scores) {
   const int d = a.head_dim;
+  const int group = a.n_heads / a.n_kv_heads;
   const int64_t kv_row = static_cast<int64_t>(a.n_kv_heads) * d;
-  const int64_t kv_offset = static_cast<int64_t>(pair % a.n_heads / (a.n_heads / a.n_kv_heads)) * d;
-  const float* q = a.q + pair * d;
-  float* out = a.out + pair * d;
-  std::fill(out, out + d, 0.0f);
-  if (slots.empty()) return;
-  scores->resize(slots.size());
+  const int64_t count = static_cast<int64_t>(slots.size());
+  const int64_t first = static_cast<int64_t>(t) * a.n_heads;
+  for (int h = h0; h < h1; ++h) std::fill(a.out + (first + h) * d, a.out + (first + h + 1) * d, 0.0f);
+  if (count == 0) return;
+  scores->resize(static_cast<size_t>((h1 - h0) * count));
   float* s = scores->data();
-  // s_i = scale * q . k_i;  m = max_i s_i
-  float max_score = -INFINITY;
-  for (size_t i = 0; i < slots.size(); ++i) {
-    s[i] = a.scale * Dot(q, a.k_cache + slots[i] * kv_row + kv_offset, d);
-    max_score = std::max(max_score, s[i]);
+  // s[h, i] = scale * q_h . k_i
+  for (int64_t i = 0; i < count; ++i) {
+    const float* k_row = a.k_cache + slots[i] * kv_row;
+    for (int h = h0; h < h1; ++h) {
+      s[(h - h0) * count + i] = a.scale * Dot(a.q + (first + h) * d, k_row + (h / group) * d, d);
+    }
   }
-  // p_i = exp(s_i - m);  l = sum_i p_i
-  float denom = 0.0f;
-  for (size_t i = 0; i < slots.size(); ++i) {
-    s[i] = std::exp(s[i] - max_score);
-    denom += s[i];
+  // p[h, i] = exp(s[h, i] - m_h);  l_h = sum_i p[h, i]
+  std::vector<float> denom(h1 - h0);
+  for (int h = h0; h < h1; ++h) {
+    float* sh = s + (h - h0) * count;
+    float max_score = -INFINITY;
+    for (int64_t i = 0; i < count; ++i) max_score = std::max(max_score, sh[i]);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < count; ++i) {
+      sh[i] = std::exp(sh[i] - max_score);
+      sum += sh[i];
+    }
+    denom[h - h0] = sum;
   }
-  // out = (sum_i p_i v_i) / l
-  for (size_t i = 0; i < slots.size(); ++i) {
-    Axpy(s[i], a.v_cache + slots[i] * kv_row + kv_offset, d, out);
+  // out_h = (sum_i p[h, i] v_i) / l_h
+  for (int64_t i = 0; i < count; ++i) {
+    const float* v_row = a.v_cache + slots[i] * kv_row;
+    for (int h = h0; h < h1; ++h) {
+      Axpy(s[(h - h0) * count + i], v_row + (h / group) * d, d, a.out + (first + h) * d);
+    }
   }
-  for (int i = 0; i < d; ++i) out[i] /= denom;
+  for (int h = h0; h < h1; ++h) {
+    float* out = a.out + (first + h) * d;
+    for (int i = 0; i < d; ++i) out[i] /= denom[h - h0];
+  }
 }
 
 }  // namespace
 
 void PagedAttention(const AttentionArgs& a, ThreadPool& pool) {
   if (a.n_tokens <= 0 || a.n_heads <= 0) return;
-  const int64_t pairs = static_cast<int64_t>(a.n_tokens) * a.n_heads;
-  // Pairs are dealt round-robin to one interleaved lane per thread, so causal prefill
-  // (later tokens see more keys) is balanced across threads.
-  const int64_t lanes = std::min<int64_t>(pool.num_threads(), pairs);
+  // Units of work: (token, range of heads). A few tokens (decode) split their heads over the
+  // threads; many tokens take all heads each. Units are dealt round-robin to one interleaved
+  // lane per thread, so causal prefill (later tokens see more keys) is balanced.
+  const int threads = pool.num_threads();
+  const int head_ranges =
+      std::clamp(threads / std::max(1, a.n_tokens) + (threads % std::max(1, a.n_tokens) != 0),
+                 1, a.n_heads);
+  const int64_t units = static_cast<int64_t>(a.n_tokens) * head_ranges;
+  const int64_t lanes = std::min<int64_t>(threads, units);
   pool.ParallelFor(lanes, [&](int64_t lane_begin, int64_t lane_end) {
     std::vector<int64_t> slots;
     std::vector<float> scores;
     for (int64_t lane = lane_begin; lane < lane_end; ++lane) {
       int slots_token = -1;
-      for (int64_t pair = lane; pair < pairs; pair += lanes) {
-        const int t = static_cast<int>(pair / a.n_heads);
+      for (int64_t unit = lane; unit < units; unit += lanes) {
+        const int t = static_cast<int>(unit / head_ranges);
+        const int range = static_cast<int>(unit % head_ranges);
         if (t != slots_token) {
           VisibleSlots(a, t, &slots);
           slots_token = t;
         }
-        AttendOne(a, pair, slots, &scores);
+        AttendHeads(a, t, a.n_heads * range / head_ranges, a.n_heads * (range + 1) / head_ranges,
+                    slots, &scores);
       }
     }
   });

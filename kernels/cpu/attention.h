@@ -7,7 +7,8 @@
 //   2. m = max_i s_i,  p_i = exp(s_i - m),  l = sum_i p_i (sequential, fp32),
 //   3. out = (sum_i p_i v_i) / l, the sum running over i in increasing order.
 // Invisible slots are skipped, so a token's output is bit-identical whatever other tokens
-// or sequences share the batch. Work is split over (token, head) pairs.
+// or sequences share the batch. Work is split over (token, range of heads) units; within a
+// unit the cache is read slot by slot (each slot's K/V row contiguously).
 // Tested by tests/cpu_backend_test.cc against a double-precision reference (causal
 // prefill and a tree mask over a paged cache) and bit-exactly for batch invariance.
 #ifndef SPECMOE_KERNELS_CPU_ATTENTION_H_

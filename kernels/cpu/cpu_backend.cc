@@ -1,13 +1,11 @@
 // kernels/cpu/cpu_backend.cc — the CPU implementation of the Backend op table (backend.h).
 //
-// Matmul: the batch-invariant streaming kernel (matmul.h) for 1..kSmallBatchRows rows and
-// OpenBLAS sgemm above; attention in attention.h; the small ops below follow Hugging Face
+// Matmul: the batch-invariant kernels of matmul.h for every row count (OpenBLAS is only the
+// benchmarks' reference); attention in attention.h; the small ops below follow Hugging Face
 // transformers' LLaMA code (RMSNorm, rotary embedding) in fp32, op by op. Everything runs
 // on one ThreadPool. This backend is the reference other backends are tested against.
 // Tested by tests/cpu_backend_test.cc (each op against a double-precision reference, batch
 // invariance bit-exactly).
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -58,9 +56,7 @@ inline float SumOfSquares(const float* x, int d) {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int num_threads) : pool_(num_threads) {
-    openblas_set_num_threads(pool_.num_threads());
-  }
+  explicit CpuBackend(int num_threads) : pool_(num_threads) {}
 
   std::string name() const override { return "cpu"; }
 
@@ -79,11 +75,11 @@ class CpuBackend final : public Backend {
   Weight Upload(const Weight& host_weight) override { return host_weight; }
 
   void MatMul(const float* x, int n, const Weight& w, float* y) override {
-    if (n <= kSmallBatchRows) {
-      StreamingMatMul(x, n, w, y, pool_);
-    } else {
-      BlasMatMul(x, n, w, y, pool_, &blas_scratch_);
-    }
+    CpuMatMul(x, n, w, y, pool_);
+  }
+
+  void MatMulMany(const float* x, int n, const Weight* w, float* const* y, int count) override {
+    CpuMatMulMany(x, n, w, y, count, pool_);
   }
 
   void Embedding(const int32_t* ids, int n, const Weight& w, float* out) override {
@@ -264,10 +260,11 @@ class CpuBackend final : public Backend {
         std::memcpy(gathered_.data() + static_cast<int64_t>(i) * hidden, x + routed[i] / k * hidden,
                     static_cast<size_t>(hidden) * sizeof(float));
       }
-      StreamingMatMul(gathered_.data(), m, ex.gate, gate_out_.data(), pool_);
-      StreamingMatMul(gathered_.data(), m, ex.up, up_out_.data(), pool_);
+      const Weight gate_up[2] = {ex.gate, ex.up};
+      float* const gate_up_out[2] = {gate_out_.data(), up_out_.data()};
+      CpuMatMulMany(gathered_.data(), m, gate_up, gate_up_out, 2, pool_);
       SiluMul(gate_out_.data(), up_out_.data(), m, static_cast<int>(size), gate_out_.data());
-      StreamingMatMul(gate_out_.data(), m, ex.down, expert_out_.data(), pool_);
+      CpuMatMul(gate_out_.data(), m, ex.down, expert_out_.data(), pool_);
       for (int i = 0; i < m; ++i) {
         std::memcpy(contrib_.data() + routed[i] * hidden,
                     expert_out_.data() + static_cast<int64_t>(i) * hidden,
@@ -294,7 +291,6 @@ class CpuBackend final : public Backend {
  private:
   ThreadPool pool_;
   // Scratch reused across calls (the backend is used by one thread).
-  std::vector<float> blas_scratch_;
   std::vector<float> contrib_;     // [n * k, hidden]
   std::vector<float> gathered_;    // [m, hidden]
   std::vector<float> gate_out_;    // [m, size]

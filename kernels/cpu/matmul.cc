@@ -9,16 +9,26 @@
 // operands need all 16 ymm registers and GCC spills; pairs run 1.5-1.7x faster at 8-64 rows.
 // Between tiles the accumulators are parked in a small per-thread buffer
 // [n, kRowBlock, 8]; parking does not change any value, so the per-output order is the
-// one documented in matmul.h whatever the blocking.
+// one documented in matmul.h whatever the blocking. Software prefetch fetches the next
+// block's rows (hardware prefetchers stop at 4 KiB pages, the size of a demo weight row).
+//
+// Panel kernel (kPanelMinRows = 16 rows and more): threads own panels of kPanelRows output rows; x is first
+// packed by K-block (rows kPanelK floats apart, so they do not share L1 sets); for each
+// block of up to kPanelRowBlock rows and each K-block of kPanelK inputs, the panel's weights
+// are converted (f16/bf16) or copied (f32) once into a contiguous buffer and a register-
+// blocked micro-kernel runs over every (weight group, row group): with AVX-512, 3 pairs of
+// weight rows x 8 rows in 24 zmm registers (a zmm holds two outputs' 8 lanes); with AVX2,
+// 3 weight rows x 4 rows in 12 ymm. Lane l of output (r, o) still sums w[o, 8i + l] *
+// x[r, 8i + l] over i in increasing order, parked between K-blocks, then reduced and the
+// tail added exactly as in the streaming kernel: the same bits for every row count.
 #include "kernels/cpu/matmul.h"
-
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/check.h"
 #include "kernels/cpu/f16.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -34,6 +44,39 @@ namespace {
 constexpr int kLanes = 8;
 constexpr int kRowBlock = 4;     // output rows per register block
 constexpr int64_t kTileK = 512;  // input elements per tile (multiple of kLanes)
+constexpr bool kPrefetch = true;  // software prefetch of the next row block (streaming kernel)
+
+// The many-row (panel) path: a thread owns panels of kPanelRows output rows; for a block of
+// up to kPanelRowBlock activation rows it walks the input dimension in K-blocks of
+// kPanelK elements, converts (or copies) the panel's weights of that K-block to f32 once
+// into a contiguous buffer, and runs a kPanelWRows x kPanelXRows register-blocked
+// micro-kernel over every (output group, row group) of the panel.
+constexpr int kPanelRows = 24;
+constexpr int kPanelWRows = 3;
+constexpr int kPanelXRows = 4;
+constexpr int64_t kPanelK = 256;
+constexpr int kPanelRowBlock = 128;
+// Row counts from which the panel path is used (below: the streaming kernel).
+constexpr int kPanelMinRows = 16;
+
+// Maps a global unit index (units of `unit_rows` output rows, matrix after matrix) to the
+// matrix and its first output row.
+struct UnitMap {
+  int count = 0;
+  int64_t first_unit[kMaxFused + 1] = {};
+
+  UnitMap(const Weight* w, int count_in, int unit_rows) : count(count_in) {
+    for (int i = 0; i < count; ++i) {
+      first_unit[i + 1] = first_unit[i] + (w[i].rows + unit_rows - 1) / unit_rows;
+    }
+  }
+  int64_t total() const { return first_unit[count]; }
+  int Matrix(int64_t unit) const {
+    int i = 0;
+    while (unit >= first_unit[i + 1]) ++i;
+    return i;
+  }
+};
 
 // Scalar element loads (tails and the fallback).
 inline float LoadScalar(const void* base, DType dtype, int64_t i) {
@@ -61,17 +104,20 @@ inline float LoadScalar(const void* base, DType dtype, int64_t i) {
 
 // Loads 8 consecutive weights starting at element i as 8 fp32 lanes (unaligned is fine).
 struct F32Loader {
+  static constexpr int kBytes = 4;
   static __m256 Load(const void* base, int64_t i) {
     return _mm256_loadu_ps(static_cast<const float*>(base) + i);
   }
 };
 struct F16Loader {
+  static constexpr int kBytes = 2;
   static __m256 Load(const void* base, int64_t i) {
     return _mm256_cvtph_ps(
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i)));
   }
 };
 struct Bf16Loader {
+  static constexpr int kBytes = 2;
   // bf16 -> f32: zero-extend to 32 bits and shift into the high half.
   static __m256 Load(const void* base, int64_t i) {
     const __m128i h =
@@ -112,6 +158,13 @@ inline void MicroKernel(const float* x, int64_t in, const void* w, int64_t o0, i
     }
 #pragma GCC unroll 8
     for (int i = 0; i < RO; ++i) {
+      // The same columns of the next block's rows (kRowBlock rows further): a weight row
+      // of the demo models is one 4 KiB page or less, and hardware prefetchers stop at
+      // page boundaries, so without this each block starts with cold misses.
+      if (kPrefetch) {
+        _mm_prefetch(static_cast<const char*>(w) + ((o0 + i + kRowBlock) * in + k) * Loader::kBytes,
+                     _MM_HINT_T0);
+      }
       __m256 wv = Loader::Load(w, (o0 + i) * in + k);
       asm("" : "+x"(wv));  // likewise: one load of w per step, reused RN times
 #pragma GCC unroll 8
@@ -164,6 +217,82 @@ void VectorBlockAnyRows(const float* x, int n, int64_t in, const void* w, int64_
     default:
       VectorBlock<Loader, 1>(x, n, in, w, o0, acc);
       break;
+  }
+}
+
+
+// The many-row micro-kernel: acc[j][i][:] += pw[i, k0:k1] * x[j, k0:k1] lane-wise for RO
+// packed f32 weight rows (pw: row stride kc, k counted from the panel start) and RN
+// activation rows (x: row stride in). Weights first (RO registers), then one x register at
+// a time: 3 x 4 accumulators + 3 + 1 = 16 ymm registers. acc: [RN][kPanelRows][8].
+template <int RO, int RN>
+inline void PanelKernel(const float* x, int64_t in, const float* pw, int64_t kc, int64_t steps,
+                        float* acc) {
+  __m256 a[RO][RN];
+#pragma GCC unroll 8
+  for (int i = 0; i < RO; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) a[i][j] = _mm256_loadu_ps(acc + (j * kPanelRows + i) * kLanes);
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t k = s * kLanes;
+    __m256 wv[RO];
+#pragma GCC unroll 8
+    for (int i = 0; i < RO; ++i) {
+      wv[i] = _mm256_loadu_ps(pw + i * kc + k);
+      asm("" : "+x"(wv[i]));
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) {
+      __m256 xv = _mm256_loadu_ps(x + j * in + k);
+      asm("" : "+x"(xv));
+#pragma GCC unroll 8
+      for (int i = 0; i < RO; ++i) a[i][j] = _mm256_fmadd_ps(wv[i], xv, a[i][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < RO; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) _mm256_storeu_ps(acc + (j * kPanelRows + i) * kLanes, a[i][j]);
+  }
+}
+
+template <int RO>
+inline void PanelKernelAnyRows(const float* x, int rn, int64_t in, const float* pw, int64_t kc,
+                               int64_t steps, float* acc) {
+  switch (rn) {
+    case 4:
+      PanelKernel<RO, 4>(x, in, pw, kc, steps, acc);
+      break;
+    case 3:
+      PanelKernel<RO, 3>(x, in, pw, kc, steps, acc);
+      break;
+    case 2:
+      PanelKernel<RO, 2>(x, in, pw, kc, steps, acc);
+      break;
+    default:
+      PanelKernel<RO, 1>(x, in, pw, kc, steps, acc);
+      break;
+  }
+}
+
+// One K-block of a panel: every row group of the row block against every output group.
+// pw: the packed f32 panel [ro, kc] (rows padded to kc); acc: [rows][kPanelRows][8].
+[[maybe_unused]] void PanelBlock(const float* x, int rows, int64_t in, const float* pw, int ro, int64_t kc,
+                int64_t steps, float* acc) {
+  for (int r = 0; r < rows; r += kPanelXRows) {
+    const int rn = std::min(kPanelXRows, rows - r);
+    const float* xr = x + static_cast<int64_t>(r) * in;
+    float* ar = acc + static_cast<int64_t>(r) * kPanelRows * kLanes;
+    int i = 0;
+    for (; i + kPanelWRows <= ro; i += kPanelWRows) {
+      PanelKernelAnyRows<kPanelWRows>(xr, rn, in, pw + i * kc, kc, steps, ar + i * kLanes);
+    }
+    if (ro - i == 2) {
+      PanelKernelAnyRows<2>(xr, rn, in, pw + i * kc, kc, steps, ar + i * kLanes);
+    } else if (ro - i == 1) {
+      PanelKernelAnyRows<1>(xr, rn, in, pw + i * kc, kc, steps, ar + i * kLanes);
+    }
   }
 }
 
@@ -222,23 +351,250 @@ void OutputBlock(const float* x, int n, const Weight& w, int64_t o0, int ro, flo
   }
 }
 
+
+#if SPECMOE_CPU_AVX2
+// Converts w[o, k0 : k0 + count) to f32 into out (count a multiple of kLanes).
+void ConvertSegment(const Weight& w, int64_t o, int64_t k0, int64_t count, float* out) {
+  const int64_t first = o * w.cols + k0;
+  switch (w.dtype) {
+    case DType::kF32:
+      std::memcpy(out, static_cast<const float*>(w.data) + first, count * sizeof(float));
+      return;
+    case DType::kF16:
+      for (int64_t i = 0; i < count; i += kLanes) {
+        _mm256_storeu_ps(out + i, F16Loader::Load(w.data, first + i));
+      }
+      return;
+    case DType::kBF16:
+      for (int64_t i = 0; i < count; i += kLanes) {
+        _mm256_storeu_ps(out + i, Bf16Loader::Load(w.data, first + i));
+      }
+      return;
+  }
+}
+
+
+#if defined(__AVX512F__)
+#define SPECMOE_CPU_AVX512 1
+// AVX-512 variant of the panel kernel with the SAME per-output order: one zmm register holds
+// the 8-lane accumulators of two outputs (a pair of weight rows), so every lane still sums
+// w[o, 8s + l] * x[r, 8s + l] over s in increasing order. The panel is packed pair-
+// interleaved: pw[(p * steps + s) * 16 + h * 8 + l] = w[o0 + 2p + h, k0 + 8s + l]; an x row's
+// 8 floats are broadcast to both halves. 3 pairs x 8 rows: 24 accumulators + 3 + 1 of the
+// 32 zmm registers. acc: [rows][kPanelRows][8], so a pair's two outputs are 16 adjacent floats.
+// GCC 12's _mm512_broadcast_f32x8 trips -Wmaybe-uninitialized inside its own header.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int RP, int RN>
+inline void PairKernel(const float* x, int64_t in, const float* pw, int64_t steps, float* acc) {
+  __m512 a[RP][RN];
+#pragma GCC unroll 8
+  for (int q = 0; q < RP; ++q) {
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) a[q][j] = _mm512_loadu_ps(acc + (j * kPanelRows + 2 * q) * kLanes);
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t k = s * kLanes;
+    __m512 wv[RP];
+#pragma GCC unroll 8
+    for (int q = 0; q < RP; ++q) {
+      wv[q] = _mm512_loadu_ps(pw + (q * steps + s) * 16);
+      asm("" : "+v"(wv[q]));
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) {
+      __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + j * in + k));
+      asm("" : "+v"(xv));
+#pragma GCC unroll 8
+      for (int q = 0; q < RP; ++q) a[q][j] = _mm512_fmadd_ps(wv[q], xv, a[q][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < RP; ++q) {
+#pragma GCC unroll 8
+    for (int j = 0; j < RN; ++j) _mm512_storeu_ps(acc + (j * kPanelRows + 2 * q) * kLanes, a[q][j]);
+  }
+}
+
+#pragma GCC diagnostic pop
+
+template <int RP>
+inline void PairKernelAnyRows(const float* x, int rn, int64_t in, const float* pw, int64_t steps,
+                              float* acc) {
+  switch (rn) {
+    case 8: PairKernel<RP, 8>(x, in, pw, steps, acc); break;
+    case 7: PairKernel<RP, 7>(x, in, pw, steps, acc); break;
+    case 6: PairKernel<RP, 6>(x, in, pw, steps, acc); break;
+    case 5: PairKernel<RP, 5>(x, in, pw, steps, acc); break;
+    case 4: PairKernel<RP, 4>(x, in, pw, steps, acc); break;
+    case 3: PairKernel<RP, 3>(x, in, pw, steps, acc); break;
+    case 2: PairKernel<RP, 2>(x, in, pw, steps, acc); break;
+    default: PairKernel<RP, 1>(x, in, pw, steps, acc); break;
+  }
+}
+
+constexpr int kPairXRows = 8;
+constexpr int kPairGroup = 3;  // pairs per micro-kernel
+
+// One K-block of a panel of `pairs` packed pairs: every row group against every pair group.
+void PairBlock(const float* x, int rows, int64_t in, const float* pw, int pairs, int64_t steps,
+               float* acc) {
+  for (int r = 0; r < rows; r += kPairXRows) {
+    const int rn = std::min(kPairXRows, rows - r);
+    const float* xr = x + static_cast<int64_t>(r) * in;
+    float* ar = acc + static_cast<int64_t>(r) * kPanelRows * kLanes;
+    int p = 0;
+    for (; p + kPairGroup <= pairs; p += kPairGroup) {
+      PairKernelAnyRows<kPairGroup>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes);
+    }
+    if (pairs - p == 2) {
+      PairKernelAnyRows<2>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes);
+    } else if (pairs - p == 1) {
+      PairKernelAnyRows<1>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes);
+    }
+  }
+}
+
+// Packs w[o0 : o0 + ro, k0 : k0 + kc) pair-interleaved into pw (an odd last row is paired
+// with zeros).
+void PackPairs(const Weight& w, int64_t o0, int ro, int64_t k0, int64_t kc, float* row_buf,
+               float* pw) {
+  const int64_t steps = kc / kLanes;
+  for (int i = 0; i < ro + (ro & 1); ++i) {
+    if (i < ro) {
+      ConvertSegment(w, o0 + i, k0, kc, row_buf);
+    } else {
+      std::fill(row_buf, row_buf + kc, 0.0f);
+    }
+    float* dst = pw + (i / 2) * steps * 16 + (i & 1) * kLanes;
+    for (int64_t s = 0; s < steps; ++s) {
+      _mm256_storeu_ps(dst + s * 16, _mm256_loadu_ps(row_buf + s * kLanes));
+    }
+  }
+}
+#else
+#define SPECMOE_CPU_AVX512 0
+#endif  // __AVX512F__
+
+// y[r0 : r0 + rows, o0 : o0 + ro] through the panel path. acc: [rows, kPanelRows, 8];
+// pw: [kPanelRows, kPanelK].
+// xp: x packed by K-block, xp[(kb * n + r) * kPanelK + k] = x[r, kb * kPanelK + k], so the
+// rows of a micro-kernel are kPanelK floats apart (rows `in` apart would share L1 sets when
+// `in` is a multiple of 1024 and evict each other).
+void PanelOutput(const float* x, const float* xp, int n, int r0, int rows, const Weight& w,
+                 int64_t o0, int ro, float* acc, float* pw, float* y) {
+  const int64_t in = w.cols;
+  const int64_t in_vec = in / kLanes * kLanes;
+  const float* xr = x + static_cast<int64_t>(r0) * in;
+  std::fill(acc, acc + static_cast<int64_t>(rows) * kPanelRows * kLanes, 0.0f);
+  for (int64_t k0 = 0; k0 < in_vec; k0 += kPanelK) {
+    const int64_t kc = std::min(kPanelK, in_vec - k0);
+    const float* xb = xp + ((k0 / kPanelK) * n + r0) * kPanelK;
+#if SPECMOE_CPU_AVX512
+    PackPairs(w, o0, ro, k0, kc, pw + kPanelRows * kPanelK, pw);
+    PairBlock(xb, rows, kPanelK, pw, (ro + 1) / 2, kc / kLanes, acc);
+#else
+    for (int i = 0; i < ro; ++i) ConvertSegment(w, o0 + i, k0, kc, pw + i * kc);
+    PanelBlock(xb, rows, kPanelK, pw, ro, kc, kc / kLanes, acc);
+#endif
+  }
+  for (int r = 0; r < rows; ++r) {
+    const float* xrow = xr + static_cast<int64_t>(r) * in;
+    for (int i = 0; i < ro; ++i) {
+      float sum = ReduceLanes(acc + (static_cast<int64_t>(r) * kPanelRows + i) * kLanes);
+      for (int64_t k = in_vec; k < in; ++k) {
+        sum = MulAdd(LoadScalar(w.data, w.dtype, (o0 + i) * in + k), xrow[k], sum);
+      }
+      y[static_cast<int64_t>(r0 + r) * w.rows + o0 + i] = sum;
+    }
+  }
+}
+
+void PanelMatMulMany(const float* x, int n, const Weight* ws, float* const* ys, int count,
+                    ThreadPool& pool) {
+  const UnitMap map(ws, count, kPanelRows);
+  const int64_t in = ws[0].cols;
+  const int64_t in_vec = in / kLanes * kLanes;
+  const int64_t kblocks = (in_vec + kPanelK - 1) / kPanelK;
+  thread_local std::vector<float> xpack;
+  xpack.resize(static_cast<size_t>(std::max<int64_t>(1, kblocks * n * kPanelK)));
+  float* xp = xpack.data();
+  pool.ParallelFor(
+      n,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          for (int64_t kb = 0; kb < kblocks; ++kb) {
+            const int64_t kc = std::min(kPanelK, in_vec - kb * kPanelK);
+            std::memcpy(xp + (kb * n + r) * kPanelK, x + r * in + kb * kPanelK,
+                        static_cast<size_t>(kc) * sizeof(float));
+          }
+        }
+      },
+      64);
+  pool.ParallelFor(map.total(), [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> acc, pw;
+    const int block = std::min(n, kPanelRowBlock);
+    acc.resize(static_cast<size_t>(block) * kPanelRows * kLanes);
+    pw.resize(static_cast<size_t>(kPanelRows + 1) * kPanelK);  // the panel and a row buffer
+    for (int64_t p = begin; p < end; ++p) {
+      const int m = map.Matrix(p);
+      const Weight& w = ws[m];
+      float* y = ys[m];
+      const int64_t o0 = (p - map.first_unit[m]) * kPanelRows;
+      const int ro = static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - o0));
+      for (int r0 = 0; r0 < n; r0 += kPanelRowBlock) {
+        PanelOutput(x, xp, n, r0, std::min(kPanelRowBlock, n - r0), w, o0, ro, acc.data(),
+                    pw.data(), y);
+      }
+    }
+  });
+}
+#endif  // SPECMOE_CPU_AVX2
+
 }  // namespace
 
+void CpuMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool) {
+  CpuMatMulMany(x, n, &w, &y, 1, pool);
+}
+
+void CpuMatMulMany(const float* x, int n, const Weight* w, float* const* y, int count,
+                   ThreadPool& pool) {
+  if (n <= 0 || count <= 0) return;
+  SPECMOE_CHECK(count <= kMaxFused, "too many fused matrices");
+  for (int i = 1; i < count; ++i) {
+    SPECMOE_CHECK(w[i].cols == w[0].cols, "fused matrices must have the same input size");
+  }
+#if SPECMOE_CPU_AVX2
+  if (n >= kPanelMinRows) {
+    PanelMatMulMany(x, n, w, y, count, pool);
+    return;
+  }
+#endif
+  StreamingMatMulMany(x, n, w, y, count, pool);
+}
+
 void StreamingMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool) {
-  if (n <= 0 || w.rows <= 0) return;
-  const int64_t num_blocks = (w.rows + kRowBlock - 1) / kRowBlock;
+  StreamingMatMulMany(x, n, &w, &y, 1, pool);
+}
+
+void StreamingMatMulMany(const float* x, int n, const Weight* w, float* const* y, int count,
+                         ThreadPool& pool) {
+  if (n <= 0 || count <= 0) return;
+  SPECMOE_CHECK(count <= kMaxFused, "too many fused matrices");
+  const UnitMap map(w, count, kRowBlock);
   // Keep at least ~64K multiply-adds per thread so tiny products stay on one thread.
-  const int64_t block_work = std::max<int64_t>(1, kRowBlock * w.cols * n);
+  const int64_t block_work = std::max<int64_t>(1, kRowBlock * w[0].cols * n);
   const int64_t min_blocks = std::max<int64_t>(1, (int64_t{1} << 16) / block_work);
   pool.ParallelFor(
-      num_blocks,
+      map.total(),
       [&](int64_t begin, int64_t end) {
         thread_local std::vector<float> acc;
         acc.resize(static_cast<size_t>(n) * kRowBlock * kLanes);
-        for (int64_t b = begin; b < end; ++b) {
-          const int64_t o0 = b * kRowBlock;
-          const int ro = static_cast<int>(std::min<int64_t>(kRowBlock, w.rows - o0));
-          OutputBlock(x, n, w, o0, ro, acc.data(), y);
+        for (int64_t u = begin; u < end; ++u) {
+          const int i = map.Matrix(u);
+          const int64_t o0 = (u - map.first_unit[i]) * kRowBlock;
+          const int ro = static_cast<int>(std::min<int64_t>(kRowBlock, w[i].rows - o0));
+          OutputBlock(x, n, w[i], o0, ro, acc.data(), y[i]);
         }
       },
       min_blocks);
@@ -270,38 +626,5 @@ void ConvertRowsToF32(const Weight& w, int64_t row_begin, int64_t row_end, float
   for (; i < count; ++i) out[i] = LoadScalar(w.data, w.dtype, first + i);
 }
 
-void BlasMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool,
-                std::vector<float>* scratch) {
-  if (n <= 0 || w.rows <= 0) return;
-  const int64_t out = w.rows;
-  const int64_t in = w.cols;
-  const bool direct =
-      w.dtype == DType::kF32 && reinterpret_cast<uintptr_t>(w.data) % alignof(float) == 0;
-  if (direct) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, static_cast<int>(out),
-                static_cast<int>(in), 1.0f, x, static_cast<int>(in),
-                static_cast<const float*>(w.data), static_cast<int>(in), 0.0f, y,
-                static_cast<int>(out));
-    return;
-  }
-  // Panels of about 16 MiB of f32 weights: converted in parallel, then one sgemm each,
-  // writing columns [p0, p1) of y.
-  const int64_t panel_rows =
-      std::clamp<int64_t>((int64_t{4} << 20) / std::max<int64_t>(1, in), 64, out);
-  scratch->resize(static_cast<size_t>(panel_rows * in));
-  float* panel = scratch->data();
-  for (int64_t p0 = 0; p0 < out; p0 += panel_rows) {
-    const int64_t p1 = std::min(out, p0 + panel_rows);
-    pool.ParallelFor(
-        p1 - p0,
-        [&](int64_t begin, int64_t end) {
-          ConvertRowsToF32(w, p0 + begin, p0 + end, panel + begin * in);
-        },
-        16);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, static_cast<int>(p1 - p0),
-                static_cast<int>(in), 1.0f, x, static_cast<int>(in), panel, static_cast<int>(in),
-                0.0f, y + p0, static_cast<int>(out));
-  }
-}
 
 }  // namespace specmoe::kernels

@@ -1,11 +1,13 @@
 // kernels/cpu/matmul.h — y[n, out] = x[n, in] . W^T on the CPU, W as stored (f32/f16/bf16).
 //
-// StreamingMatMul is the small-batch kernel (decode, tree verification, draft levels,
-// experts): each weight row is read from memory once for all n activation rows, and the
-// summation order of every output is fixed, so each row's result is bit-identical whatever
-// n is (batch invariance, DESIGN §5). BlasMatMul is the prefill path through OpenBLAS sgemm
-// (not batch-invariant). Tested by tests/cpu_backend_test.cc against a double-precision
-// reference and bit-exactly across n = 1..64; timed by tests/cpu_kernels_bench.cc.
+// StreamingMatMul is the few-rows kernel (decode, tree verification, draft levels, experts):
+// each weight row is read from memory once for all n activation rows. The panel kernel (for
+// 16 and more rows) converts each K-block of a panel of weight rows to f32 once and runs a
+// register-blocked micro-kernel over it. Both follow the same per-output summation order,
+// which depends only on the input length, so each row's result is bit-identical whatever n
+// is (batch invariance, DESIGN §5); CpuMatMul picks between them. Tested by
+// tests/cpu_backend_test.cc against a double-precision reference and bit-exactly across
+// n = 1..300; timed by tests/cpu_kernels_bench.cc against OpenBLAS.
 #ifndef SPECMOE_KERNELS_CPU_MATMUL_H_
 #define SPECMOE_KERNELS_CPU_MATMUL_H_
 
@@ -28,10 +30,21 @@ namespace specmoe::kernels {
 // Cost: reads the weights once; about 2 * n * rows * cols flops.
 void StreamingMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool);
 
-// The same product through OpenBLAS cblas_sgemm. f16/bf16 weights (and f32 weights whose
-// pointer is not 4-byte aligned) are converted to f32 panel by panel into *scratch.
-void BlasMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool,
-                std::vector<float>* scratch);
+// The CPU backend's MatMul for any n: the same product, the same per-output summation
+// order as StreamingMatMul (so the same bits for every row whatever n), through the
+// streaming kernel for a few rows and a packed-panel register-blocked kernel for more.
+void CpuMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& pool);
+
+// At most this many matrices in one fused call.
+inline constexpr int kMaxFused = 4;
+
+// y[i] = x . w[i]^T for i < count (count <= kMaxFused, all w[i].cols equal): the same bits
+// as count CpuMatMul calls, as one split of all their output rows over the threads (one
+// thread-team hand-off and one load balance for q/k/v or gate/up).
+void CpuMatMulMany(const float* x, int n, const Weight* w, float* const* y, int count,
+                   ThreadPool& pool);
+void StreamingMatMulMany(const float* x, int n, const Weight* w, float* const* y, int count,
+                         ThreadPool& pool);
 
 // Converts rows [row_begin, row_end) of w to f32: out[(row_end - row_begin), w.cols].
 void ConvertRowsToF32(const Weight& w, int64_t row_begin, int64_t row_end, float* out);
