@@ -374,8 +374,9 @@ void ConvertSegment(const Weight& w, int64_t o, int64_t k0, int64_t count, float
 }
 
 
-#if defined(__AVX512F__)
-#define SPECMOE_CPU_AVX512 1
+// The AVX-512 functions are compiled for that target whatever the baseline flags (the
+// shipped build is x86-64-v3) and chosen at run time when the CPU has AVX-512F/DQ.
+#define SPECMOE_AVX512_TARGET __attribute__((target("avx512f,avx512dq")))
 // AVX-512 variant of the panel kernel with the SAME per-output order: one zmm register holds
 // the 8-lane accumulators of two outputs (a pair of weight rows), so every lane still sums
 // w[o, 8s + l] * x[r, 8s + l] over s in increasing order. The panel is packed pair-
@@ -386,7 +387,7 @@ void ConvertSegment(const Weight& w, int64_t o, int64_t k0, int64_t count, float
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <int RP, int RN>
-inline void PairKernel(const float* x, int64_t in, const float* pw, int64_t steps, float* acc) {
+SPECMOE_AVX512_TARGET inline void PairKernel(const float* x, int64_t in, const float* pw, int64_t steps, float* acc) {
   __m512 a[RP][RN];
 #pragma GCC unroll 8
   for (int q = 0; q < RP; ++q) {
@@ -419,7 +420,7 @@ inline void PairKernel(const float* x, int64_t in, const float* pw, int64_t step
 #pragma GCC diagnostic pop
 
 template <int RP>
-inline void PairKernelAnyRows(const float* x, int rn, int64_t in, const float* pw, int64_t steps,
+SPECMOE_AVX512_TARGET inline void PairKernelAnyRows(const float* x, int rn, int64_t in, const float* pw, int64_t steps,
                               float* acc) {
   switch (rn) {
     case 8: PairKernel<RP, 8>(x, in, pw, steps, acc); break;
@@ -437,7 +438,7 @@ constexpr int kPairXRows = 8;
 constexpr int kPairGroup = 3;  // pairs per micro-kernel
 
 // One K-block of a panel of `pairs` packed pairs: every row group against every pair group.
-void PairBlock(const float* x, int rows, int64_t in, const float* pw, int pairs, int64_t steps,
+SPECMOE_AVX512_TARGET void PairBlock(const float* x, int rows, int64_t in, const float* pw, int pairs, int64_t steps,
                float* acc) {
   for (int r = 0; r < rows; r += kPairXRows) {
     const int rn = std::min(kPairXRows, rows - r);
@@ -457,7 +458,7 @@ void PairBlock(const float* x, int rows, int64_t in, const float* pw, int pairs,
 
 // Packs w[o0 : o0 + ro, k0 : k0 + kc) pair-interleaved into pw (an odd last row is paired
 // with zeros).
-void PackPairs(const Weight& w, int64_t o0, int ro, int64_t k0, int64_t kc, float* row_buf,
+SPECMOE_AVX512_TARGET void PackPairs(const Weight& w, int64_t o0, int ro, int64_t k0, int64_t kc, float* row_buf,
                float* pw) {
   const int64_t steps = kc / kLanes;
   for (int i = 0; i < ro + (ro & 1); ++i) {
@@ -472,9 +473,11 @@ void PackPairs(const Weight& w, int64_t o0, int ro, int64_t k0, int64_t kc, floa
     }
   }
 }
-#else
-#define SPECMOE_CPU_AVX512 0
-#endif  // __AVX512F__
+
+bool CpuHasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  return has;
+}
 
 // y[r0 : r0 + rows, o0 : o0 + ro] through the panel path. acc: [rows, kPanelRows, 8];
 // pw: [kPanelRows, kPanelK].
@@ -490,13 +493,13 @@ void PanelOutput(const float* x, const float* xp, int n, int r0, int rows, const
   for (int64_t k0 = 0; k0 < in_vec; k0 += kPanelK) {
     const int64_t kc = std::min(kPanelK, in_vec - k0);
     const float* xb = xp + ((k0 / kPanelK) * n + r0) * kPanelK;
-#if SPECMOE_CPU_AVX512
-    PackPairs(w, o0, ro, k0, kc, pw + kPanelRows * kPanelK, pw);
-    PairBlock(xb, rows, kPanelK, pw, (ro + 1) / 2, kc / kLanes, acc);
-#else
-    for (int i = 0; i < ro; ++i) ConvertSegment(w, o0 + i, k0, kc, pw + i * kc);
-    PanelBlock(xb, rows, kPanelK, pw, ro, kc, kc / kLanes, acc);
-#endif
+    if (CpuHasAvx512()) {
+      PackPairs(w, o0, ro, k0, kc, pw + kPanelRows * kPanelK, pw);
+      PairBlock(xb, rows, kPanelK, pw, (ro + 1) / 2, kc / kLanes, acc);
+    } else {
+      for (int i = 0; i < ro; ++i) ConvertSegment(w, o0 + i, k0, kc, pw + i * kc);
+      PanelBlock(xb, rows, kPanelK, pw, ro, kc, kc / kLanes, acc);
+    }
   }
   for (int r = 0; r < rows; ++r) {
     const float* xrow = xr + static_cast<int64_t>(r) * in;
