@@ -19,6 +19,28 @@
 
 namespace specmoe::engine {
 
+// Called on the worker thread after events it times; must not block (the server's metrics
+// implement it with atomic histogram updates).
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  // A request left the queue for the running set after `seconds` of waiting.
+  virtual void OnQueueWait(double seconds) = 0;
+  // One verify step of one request: time by phase and the number of nodes scored.
+  virtual void OnStep(double draft_seconds, double target_seconds, double verify_seconds,
+                      int tree_tokens) = 0;
+};
+
+// Live gauges: the worker thread stores them after every change, any thread loads them
+// (relaxed atomics, so reading never waits on the step loop).
+struct EngineStats {
+  std::atomic<int> queue_depth{0};      // requests waiting to be admitted
+  std::atomic<int> running{0};          // requests generating
+  std::atomic<int> preempted{0};        // always 0: this engine does not preempt yet
+  std::atomic<int> kv_blocks_used{0};   // target KV cache blocks
+  std::atomic<int> kv_blocks_free{0};
+};
+
 struct EngineOptions {
   std::string target_dir;             // Hugging Face model folder (required)
   std::string draft_dir;              // optional: enables speculation
@@ -29,6 +51,7 @@ struct EngineOptions {
   int max_batch = 4;                  // requests generating at once (KV room is reserved)
   int max_context = 0;                // 0: the target's max_position_embeddings
   int prefill_chunk = 256;            // prompt tokens per prefill forward
+  std::shared_ptr<EngineObserver> observer;  // optional
 };
 
 // A submitted request: cancel it from any thread.
@@ -63,6 +86,8 @@ class Engine {
   virtual std::string draft_name() const = 0;   // empty without a draft
   virtual std::string device() const = 0;
   virtual std::string dtype() const = 0;        // of the target's weights
+  // Live gauges; valid for the engine's lifetime.
+  virtual const EngineStats& stats() const = 0;
 };
 
 }  // namespace specmoe::engine

@@ -9,6 +9,7 @@
 #include "engine/generator.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <utility>
 
@@ -361,14 +362,19 @@ StepOutput Generator::Step(Sequence& seq) {
   const int vocab = target_config_.vocab_size;
   const int root_pos = static_cast<int>(seq.tokens.size()) - 1;
 
+  using StepClock = std::chrono::steady_clock;
+  const StepClock::time_point step_start = StepClock::now();
   // 1. Draft a tree (or just the root for plain decoding).
   const std::vector<int> expansion = StepExpansion(seq);
   TokenTree tree(seq.tokens.back());
   if (!expansion.empty()) DraftTree(seq, expansion, &tree);
 
   // 2. One target pass over root + tree.
+  const StepClock::time_point drafted_at = StepClock::now();
   std::vector<float> logits;
   ScoreTree(seq, tree, &logits);
+  const StepClock::time_point scored_at = StepClock::now();
+  out.tree_tokens = tree.size();
 
   // 3. Verify.
   VerifyResult result;
@@ -446,6 +452,9 @@ StepOutput Generator::Step(Sequence& seq) {
   out.text = std::move(text);
   if (seq.finish != FinishReason::kNone) Finish(seq, seq.finish);
   out.finished = seq.finish != FinishReason::kNone;
+  out.draft_seconds = std::chrono::duration<double>(drafted_at - step_start).count();
+  out.target_seconds = std::chrono::duration<double>(scored_at - drafted_at).count();
+  out.verify_seconds = std::chrono::duration<double>(StepClock::now() - scored_at).count();
   return out;
 }
 

@@ -54,6 +54,11 @@ struct StepOutput {
   std::vector<int32_t> token_ids;     // emitted tokens (EOS and stop tokens excluded)
   std::string text;                   // their text delta
   bool finished = false;
+  // Where the step's time went (for the server's step-time metrics) and the tree's size.
+  double draft_seconds = 0;   // drafting the tree (0 without speculation)
+  double target_seconds = 0;  // the target's pass over root + tree
+  double verify_seconds = 0;  // verification, K/V compaction and emission
+  int tree_tokens = 0;        // nodes the target scored (root included)
 };
 
 // Contract: single-threaded (the engine's worker thread owns it); holds the mmapped weights

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "server/logging.h"
 #include "server/status_map.h"
 
 namespace specmoe::server {
@@ -82,26 +83,49 @@ void FillStats(const engine::GenerationEvent& event, v1::Usage* usage,
   for (float rate : s.acceptance_by_depth) stats->add_acceptance_by_depth(rate);
 }
 
-// One line per finished request (DESIGN §7).
-void LogFinished(const std::string& rpc, const std::string& request_id,
-                 const engine::GenerationEvent& event, Clock::time_point start) {
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  const double tokens_per_second = seconds > 0 ? event.completion_tokens / seconds : 0.0;
-  const engine::SpeculationStats& s = event.speculation;
+// The log line of a generation request that reached the engine (DESIGN §7).
+RequestLogLine FinishedLine(const char* rpc, const std::string& request_id,
+                            const std::string& peer, const engine::GenerationEvent& event,
+                            double seconds, double ttft_seconds) {
+  RequestLogLine line;
+  line.request_id = request_id;
+  line.rpc = rpc;
+  line.peer = peer;
   if (!event.status.ok()) {
-    spdlog::warn("request {} rpc={} failed: {} duration_ms={:.1f}", request_id, rpc,
-                 event.status.ToString(), seconds * 1e3);
-    return;
+    const grpc::Status status = ToGrpcStatus(event.status);
+    line.status = GrpcCodeName(status.error_code());
+    line.error = status.error_message();
+  } else {
+    line.status = event.finish_reason == engine::FinishReason::kCancelled ? "CANCELLED" : "OK";
+    if (line.status != "OK") line.error = "cancelled";
   }
-  spdlog::info(
-      "request {} rpc={} prompt_tokens={} completion_tokens={} finish={} duration_ms={:.1f} "
-      "tokens_per_s={:.1f} verify_steps={} drafted={} accepted={} mean_tokens_per_step={:.2f} "
-      "acceptance_by_depth=[{}]",
-      request_id, rpc, event.prompt_tokens, event.completion_tokens,
-      FinishName(event.finish_reason), seconds * 1e3, tokens_per_second, s.verify_steps,
-      s.drafted_tokens, s.accepted_tokens, s.mean_tokens_per_step,
-      absl::StrJoin(s.acceptance_by_depth, ",",
-                    [](std::string* out, float r) { absl::StrAppendFormat(out, "%.3f", r); }));
+  line.prompt_tokens = event.prompt_tokens;
+  line.completion_tokens = event.completion_tokens;
+  line.finish = event.status.ok() ? FinishName(event.finish_reason) : "error";
+  line.duration_ms = seconds * 1e3;
+  line.ttft_ms = ttft_seconds >= 0 ? ttft_seconds * 1e3 : -1;
+  line.tokens_per_s = seconds > 0 ? event.completion_tokens / seconds : 0.0;
+  const engine::SpeculationStats& s = event.speculation;
+  line.verify_steps = s.verify_steps;
+  line.drafted_tokens = s.drafted_tokens;
+  line.accepted_tokens = s.accepted_tokens;
+  line.mean_tokens_per_step = s.mean_tokens_per_step;
+  line.acceptance_by_depth = s.acceptance_by_depth;
+  return line;
+}
+
+void LogRefused(Rpc rpc, const std::string& request_id, const std::string& peer,
+                const grpc::Status& status) {
+  static constexpr const char* kNames[] = {"Complete", "CompleteStream", "Tokenize",
+                                           "GetModelInfo"};
+  RequestLogLine line;
+  line.request_id = request_id;
+  line.rpc = kNames[static_cast<int>(rpc)];
+  line.peer = peer;
+  line.status = GrpcCodeName(status.error_code());
+  line.error = status.error_message();
+  line.refused = true;
+  LogRequest(line);
 }
 
 // The status a call that gRPC cancelled answers: DEADLINE_EXCEEDED once its deadline has
@@ -124,12 +148,30 @@ struct Link {
   Reactor* reactor = nullptr;  // guarded by mu
 };
 
+// The sink also times the request for the metrics: time to the first token, the gap between
+// consecutive token deliveries, and end to end (all from the call's arrival).
 template <typename Reactor>
 engine::EventSink MakeSink(std::shared_ptr<Link<Reactor>> link, const char* rpc,
-                           std::string request_id) {
+                           std::string request_id, std::string peer, Metrics* metrics,
+                           Clock::time_point start) {
   return [link = std::move(link), rpc, request_id = std::move(request_id),
-          start = Clock::now()](engine::GenerationEvent event) {
-    if (event.finished || !event.status.ok()) LogFinished(rpc, request_id, event, start);
+          peer = std::move(peer), metrics, start, ttft_seconds = -1.0,
+          last_tokens = Clock::time_point()](engine::GenerationEvent event) mutable {
+    const Clock::time_point now = Clock::now();
+    if (!event.token_ids.empty()) {
+      if (ttft_seconds < 0) {
+        ttft_seconds = std::chrono::duration<double>(now - start).count();
+        metrics->ObserveTimeToFirstToken(ttft_seconds);
+      } else {
+        metrics->ObserveInterToken(std::chrono::duration<double>(now - last_tokens).count());
+      }
+      last_tokens = now;
+    }
+    if (event.finished || !event.status.ok()) {
+      const double seconds = std::chrono::duration<double>(now - start).count();
+      if (event.status.ok()) metrics->ObserveFinished(seconds, event);
+      LogRequest(FinishedLine(rpc, request_id, peer, event, seconds, ttft_seconds));
+    }
     std::lock_guard<std::mutex> lock(link->mu);
     if (link->reactor != nullptr) link->reactor->OnEventLocked(std::move(event));
   };
@@ -138,18 +180,25 @@ engine::EventSink MakeSink(std::shared_ptr<Link<Reactor>> link, const char* rpc,
 // Complete: accumulates the events into the response and finishes on the last one.
 class CompleteReactor final : public grpc::ServerUnaryReactor {
  public:
-  CompleteReactor(grpc::CallbackServerContext* context, v1::CompleteResponse* response)
-      : context_(context), response_(response), link_(std::make_shared<Link<CompleteReactor>>()) {
+  CompleteReactor(grpc::CallbackServerContext* context, v1::CompleteResponse* response,
+                  Metrics* metrics)
+      : context_(context),
+        response_(response),
+        metrics_(metrics),
+        link_(std::make_shared<Link<CompleteReactor>>()) {
     link_->reactor = this;
   }
 
   // Validates and submits; finishes at once on an error.
   void Start(const v1::CompleteRequest& request, engine::Engine& engine,
              const ServiceLimits& limits) {
+    const Clock::time_point start = Clock::now();
     absl::StatusOr<engine::GenerationRequest> generation =
         ToGenerationRequest(request, engine, limits);
     if (!generation.ok()) {
-      FinishOnce(ToGrpcStatus(generation.status()));
+      const grpc::Status status = ToGrpcStatus(generation.status());
+      LogRefused(Rpc::kComplete, request.request_id(), context_->peer(), status);
+      FinishOnce(status);
       return;
     }
     request_id_ = generation->request_id;
@@ -161,14 +210,17 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     // afterwards touch members only while the link still points here.
     const std::shared_ptr<Link<CompleteReactor>> link = link_;
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> handle =
-        engine.Submit(*std::move(generation), MakeSink(link, "Complete", request_id_));
+        engine.Submit(*std::move(generation), MakeSink(link, "Complete", request_id_,
+                                                       context_->peer(), metrics_, start));
     std::lock_guard<std::mutex> lock(link->mu);
     if (link->reactor == nullptr) {
       if (handle.ok()) (*handle)->Cancel();  // the call is over; a no-op if finished
       return;
     }
     if (!handle.ok()) {
-      FinishLocked(ToGrpcStatus(handle.status()));
+      const grpc::Status status = ToGrpcStatus(handle.status());
+      LogRefused(Rpc::kComplete, request_id_, context_->peer(), status);
+      FinishLocked(status);
       return;
     }
     handle_ = *std::move(handle);
@@ -213,11 +265,13 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
   void FinishLocked(const grpc::Status& status) {
     if (finished_) return;
     finished_ = true;
+    metrics_->CountRequest(Rpc::kComplete, status.error_code());
     Finish(status);
   }
 
   grpc::CallbackServerContext* const context_;
   v1::CompleteResponse* const response_;  // written under link_->mu until Finish
+  Metrics* const metrics_;
   const std::shared_ptr<Link<CompleteReactor>> link_;
   std::string request_id_;
   std::shared_ptr<engine::RequestHandle> handle_;  // guarded by link_->mu
@@ -229,18 +283,20 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
 // and statistics.
 class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
  public:
-  explicit StreamReactor(grpc::CallbackServerContext* context)
-      : context_(context), link_(std::make_shared<Link<StreamReactor>>()) {
+  StreamReactor(grpc::CallbackServerContext* context, Metrics* metrics)
+      : context_(context), metrics_(metrics), link_(std::make_shared<Link<StreamReactor>>()) {
     link_->reactor = this;
   }
 
   void Start(const v1::CompleteRequest& request, engine::Engine& engine,
              const ServiceLimits& limits) {
+    const Clock::time_point start = Clock::now();
     absl::StatusOr<engine::GenerationRequest> generation =
         ToGenerationRequest(request, engine, limits);
     if (!generation.ok()) {
       std::lock_guard<std::mutex> lock(link_->mu);
       final_status_ = ToGrpcStatus(generation.status());
+      LogRefused(Rpc::kCompleteStream, request.request_id(), context_->peer(), *final_status_);
       PumpLocked();
       return;
     }
@@ -248,7 +304,9 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
     // As in CompleteReactor::Start: this may be deleted once Submit returns.
     const std::shared_ptr<Link<StreamReactor>> link = link_;
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> handle =
-        engine.Submit(*std::move(generation), MakeSink(link, "CompleteStream", request_id_));
+        engine.Submit(*std::move(generation),
+                      MakeSink(link, "CompleteStream", request_id_, context_->peer(), metrics_,
+                               start));
     std::lock_guard<std::mutex> lock(link->mu);
     if (link->reactor == nullptr) {
       if (handle.ok()) (*handle)->Cancel();
@@ -256,6 +314,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
     }
     if (!handle.ok()) {
       final_status_ = ToGrpcStatus(handle.status());
+      LogRefused(Rpc::kCompleteStream, request_id_, context_->peer(), *final_status_);
       PumpLocked();
       return;
     }
@@ -334,11 +393,13 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
     }
     if (final_status_.has_value()) {
       finished_ = true;
+      metrics_->CountRequest(Rpc::kCompleteStream, final_status_->error_code());
       Finish(*final_status_);
     }
   }
 
   grpc::CallbackServerContext* const context_;
+  Metrics* const metrics_;
   const std::shared_ptr<Link<StreamReactor>> link_;
   std::string request_id_;
   // Guarded by link_->mu:
@@ -459,8 +520,16 @@ absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(const v1::Complete
   return out;
 }
 
-CompletionService::CompletionService(ServiceLimits limits, std::string api_key)
-    : limits_(limits), api_key_(std::move(api_key)) {}
+CompletionService::CompletionService(ServiceLimits limits, std::string api_key,
+                                     Metrics* metrics)
+    : limits_(limits), api_key_(std::move(api_key)), metrics_(metrics) {}
+
+grpc::ServerUnaryReactor* CompletionService::Refuse(grpc::CallbackServerContext* context,
+                                                    Rpc rpc, const grpc::Status& status) const {
+  LogRefused(rpc, "", context->peer(), status);
+  metrics_->CountRequest(rpc, status.error_code());
+  return FinishedUnary(context, status);
+}
 
 void CompletionService::SetEngine(std::shared_ptr<engine::Engine> engine) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -501,9 +570,9 @@ grpc::ServerUnaryReactor* CompletionService::Complete(grpc::CallbackServerContex
                                                       v1::CompleteResponse* response) {
   std::shared_ptr<engine::Engine> engine;
   if (grpc::Status status = Admit(context, &engine); !status.ok()) {
-    return FinishedUnary(context, status);
+    return Refuse(context, Rpc::kComplete, status);
   }
-  auto* reactor = new CompleteReactor(context, response);
+  auto* reactor = new CompleteReactor(context, response, metrics_);
   reactor->Start(*request, *engine, limits_);
   return reactor;
 }
@@ -512,10 +581,11 @@ grpc::ServerWriteReactor<v1::CompleteChunk>* CompletionService::CompleteStream(
     grpc::CallbackServerContext* context, const v1::CompleteRequest* request) {
   std::shared_ptr<engine::Engine> engine;
   grpc::Status status = Admit(context, &engine);
-  auto* reactor = new StreamReactor(context);
+  auto* reactor = new StreamReactor(context, metrics_);
   if (status.ok()) {
     reactor->Start(*request, *engine, limits_);
   } else {
+    LogRefused(Rpc::kCompleteStream, request->request_id(), context->peer(), status);
     reactor->FinishWith(status);  // a write reactor has no DefaultReactor
   }
   return reactor;
@@ -526,13 +596,14 @@ grpc::ServerUnaryReactor* CompletionService::Tokenize(grpc::CallbackServerContex
                                                       v1::TokenizeResponse* response) {
   std::shared_ptr<engine::Engine> engine;
   if (grpc::Status status = Admit(context, &engine); !status.ok()) {
-    return FinishedUnary(context, status);
+    return Refuse(context, Rpc::kTokenize, status);
   }
   const engine::Tokenizer& tokenizer = engine->tokenizer();
   for (int32_t id : tokenizer.Encode(request->text(), request->add_bos())) {
     response->add_token_ids(id);
     response->add_pieces(tokenizer.piece(id));
   }
+  metrics_->CountRequest(Rpc::kTokenize, grpc::StatusCode::OK);
   return FinishedUnary(context, grpc::Status::OK);
 }
 
@@ -541,7 +612,7 @@ grpc::ServerUnaryReactor* CompletionService::GetModelInfo(
     v1::ModelInfo* response) {
   std::shared_ptr<engine::Engine> engine;
   if (grpc::Status status = Admit(context, &engine); !status.ok()) {
-    return FinishedUnary(context, status);
+    return Refuse(context, Rpc::kGetModelInfo, status);
   }
   response->set_target(engine->target_name());
   response->set_draft(engine->draft_name());
@@ -550,6 +621,7 @@ grpc::ServerUnaryReactor* CompletionService::GetModelInfo(
   for (int k : engine->default_expansion()) response->add_default_expansion(k);
   response->set_device(engine->device());
   response->set_dtype(engine->dtype());
+  metrics_->CountRequest(Rpc::kGetModelInfo, grpc::StatusCode::OK);
   return FinishedUnary(context, grpc::Status::OK);
 }
 

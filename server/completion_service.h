@@ -1,8 +1,9 @@
 // server/completion_service.h — the specmoe.v1.Completion service on gRPC's callback API
 // (grpc::CallbackService reactors, as in gRPC's route_guide_callback_server.cc): request
 // validation and defaults (DESIGN §6), engine events -> CompleteChunk / CompleteResponse,
-// cancellation and deadlines -> RequestHandle::Cancel(), API-key check, one log line per
-// finished request. Tested by tests/server_e2e_test.cc against the real binary.
+// cancellation and deadlines -> RequestHandle::Cancel(), API-key check, one log line and one
+// metrics count per finished or refused request. Tested by tests/server_e2e_test.cc and
+// tests/metrics_e2e_test.py against the real binary.
 #ifndef SPECMOE_SERVER_COMPLETION_SERVICE_H_
 #define SPECMOE_SERVER_COMPLETION_SERVICE_H_
 
@@ -15,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
+#include "server/metrics.h"
 #include "specmoe/v1/completion.grpc.pb.h"
 
 namespace specmoe::server {
@@ -39,8 +41,9 @@ absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(
 // and are queued into the call's reactor.
 class CompletionService final : public specmoe::v1::Completion::CallbackService {
  public:
-  // `api_key` empty: no authentication.
-  CompletionService(ServiceLimits limits, std::string api_key);
+  // `api_key` empty: no authentication. `metrics` (not owned) must outlive the service and
+  // the engine (the engine's sinks report to it).
+  CompletionService(ServiceLimits limits, std::string api_key, Metrics* metrics);
 
   // Makes the service ready once the engine is loaded.
   void SetEngine(std::shared_ptr<engine::Engine> engine);
@@ -64,9 +67,13 @@ class CompletionService final : public specmoe::v1::Completion::CallbackService 
   // Checks the API key and readiness; on success stores the engine in *engine.
   grpc::Status Admit(grpc::CallbackServerContext* context,
                      std::shared_ptr<engine::Engine>* engine) const;
+  // Counts and logs a call refused before it reached the engine, and finishes it.
+  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context, Rpc rpc,
+                                   const grpc::Status& status) const;
 
   const ServiceLimits limits_;
   const std::string api_key_;
+  Metrics* const metrics_;
   mutable std::mutex mu_;
   std::shared_ptr<engine::Engine> engine_;  // guarded by mu_; null while loading
   std::atomic<bool> draining_{false};

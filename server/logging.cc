@@ -7,6 +7,10 @@
 #include <spdlog/spdlog.h>
 
 #include <memory>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 
 namespace specmoe::server {
 namespace {
@@ -49,6 +53,13 @@ class JsonEscapedMessage final : public spdlog::custom_flag_formatter {
   }
 };
 
+// The JSON request lines go through their own logger whose pattern ends in the raw fields
+// (%v is a JSON object's members, written by nlohmann::json, so they are escaped).
+std::shared_ptr<spdlog::logger>& JsonRequestLogger() {
+  static std::shared_ptr<spdlog::logger> logger;
+  return logger;
+}
+
 }  // namespace
 
 void ConfigureLogging(const std::string& format, const std::string& level) {
@@ -64,7 +75,66 @@ void ConfigureLogging(const std::string& format, const std::string& level) {
   logger->set_formatter(std::move(formatter));
   logger->set_level(spdlog::level::from_str(level));
   logger->flush_on(spdlog::level::info);
+  if (format == "json") {
+    // A sink of its own: in spdlog the formatter belongs to the sink. Both write whole lines
+    // to stderr through stdio, so lines never interleave.
+    auto requests = std::make_shared<spdlog::logger>(
+        "specmoe.request", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+    requests->set_formatter(std::make_unique<spdlog::pattern_formatter>(
+        R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","thread":%t,%v})",
+        spdlog::pattern_time_type::utc));
+    requests->set_level(spdlog::level::from_str(level));
+    requests->flush_on(spdlog::level::info);
+    JsonRequestLogger() = std::move(requests);
+  }
   spdlog::set_default_logger(std::move(logger));
+}
+
+void LogRequest(const RequestLogLine& line) {
+  const bool ok = line.status == "OK";
+  const spdlog::level::level_enum level = ok ? spdlog::level::info : spdlog::level::warn;
+  const char* what = line.refused ? "request refused" : "request finished";
+  const bool generation = !line.refused && !line.finish.empty();
+  if (const std::shared_ptr<spdlog::logger>& json = JsonRequestLogger(); json != nullptr) {
+    nlohmann::json fields = {{"msg", what},          {"request_id", line.request_id},
+                             {"rpc", line.rpc},      {"peer", line.peer},
+                             {"status", line.status}};
+    if (!ok) fields["error"] = line.error;
+    if (generation) {
+      fields["prompt_tokens"] = line.prompt_tokens;
+      fields["completion_tokens"] = line.completion_tokens;
+      fields["finish"] = line.finish;
+      fields["duration_ms"] = line.duration_ms;
+      if (line.ttft_ms >= 0) fields["ttft_ms"] = line.ttft_ms;
+      fields["tokens_per_s"] = line.tokens_per_s;
+      fields["verify_steps"] = line.verify_steps;
+      fields["drafted_tokens"] = line.drafted_tokens;
+      fields["accepted_tokens"] = line.accepted_tokens;
+      fields["mean_tokens_per_step"] = line.mean_tokens_per_step;
+      fields["acceptance_by_depth"] = line.acceptance_by_depth;
+    }
+    const std::string object = fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    json->log(level, "{}", std::string_view(object).substr(1, object.size() - 2));
+    return;
+  }
+  std::string text = absl::StrFormat("request %s rpc=%s peer=%s status=%s%s",
+                                     line.request_id.empty() ? "-" : line.request_id, line.rpc,
+                                     line.peer, line.status, line.refused ? " refused" : "");
+  if (!ok) absl::StrAppendFormat(&text, " error=\"%s\"", line.error);
+  if (generation) {
+    absl::StrAppendFormat(
+        &text,
+        " prompt_tokens=%d completion_tokens=%d finish=%s duration_ms=%.1f ttft_ms=%.1f "
+        "tokens_per_s=%.1f verify_steps=%d drafted=%d accepted=%d mean_tokens_per_step=%.2f "
+        "acceptance_by_depth=[%s]",
+        line.prompt_tokens, line.completion_tokens, line.finish, line.duration_ms,
+        line.ttft_ms, line.tokens_per_s, line.verify_steps, line.drafted_tokens,
+        line.accepted_tokens, line.mean_tokens_per_step,
+        absl::StrJoin(line.acceptance_by_depth, ",", [](std::string* out, float r) {
+          absl::StrAppendFormat(out, "%.3f", r);
+        }));
+  }
+  spdlog::log(level, "{}", text);
 }
 
 }  // namespace specmoe::server

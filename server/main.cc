@@ -30,6 +30,7 @@
 #include "engine/engine.h"
 #include "server/completion_service.h"
 #include "server/logging.h"
+#include "server/metrics.h"
 #include "server/options.h"
 
 namespace {
@@ -58,14 +59,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
   return grpc::SslServerCredentials(ssl);
 }
 
-absl::StatusOr<std::string> ReadApiKey(const ServerOptions& options) {
-  if (options.api_key_file.empty()) return std::string();
-  absl::StatusOr<std::string> key = ReadFile("api-key-file", options.api_key_file);
+absl::StatusOr<std::string> ReadApiKey(const std::string& flag, const std::string& path) {
+  if (path.empty()) return std::string();
+  absl::StatusOr<std::string> key = ReadFile(flag, path);
   if (!key.ok()) return key.status();
   std::string trimmed(absl::StripAsciiWhitespace(*key));
   if (trimmed.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--api-key-file: ", options.api_key_file, " is empty"));
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", path, " is empty"));
   }
   return trimmed;
 }
@@ -120,10 +120,13 @@ int main(int argc, char** argv) {
     std::cout << specmoe::server::ServerUsage();
     return 0;
   }
-  absl::StatusOr<std::string> api_key = ReadApiKey(options);
+  absl::StatusOr<std::string> api_key = ReadApiKey("api-key-file", options.api_key_file);
+  absl::StatusOr<std::string> metrics_key =
+      ReadApiKey("metrics-api-key-file", options.metrics_api_key_file);
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       MakeCredentials(options);
-  for (const absl::Status& status : {api_key.status(), credentials.status()}) {
+  for (const absl::Status& status :
+       {api_key.status(), metrics_key.status(), credentials.status()}) {
     if (!status.ok()) {
       std::cerr << "specmoe-server: " << status.message() << "\n";
       return 2;
@@ -156,7 +159,19 @@ int main(int argc, char** argv) {
   limits.default_max_tokens = options.default_max_tokens;
   limits.max_tokens_limit = options.max_tokens_limit;
   limits.max_prompt_tokens = options.max_prompt_tokens;
-  specmoe::server::CompletionService service(limits, *api_key);
+  // The metrics outlive the service and the engine (the engine holds them as its observer).
+  auto metrics = std::make_shared<specmoe::server::Metrics>();
+  specmoe::server::MetricsHttpServer metrics_http(metrics.get());
+  if (!options.metrics_listen.empty()) {
+    if (absl::Status status = metrics_http.Start(options.metrics_listen, *metrics_key);
+        !status.ok()) {
+      spdlog::error("{}", std::string(status.message()));
+      return 1;
+    }
+    spdlog::info("metrics listening on {} (port {}) at /metrics{}", options.metrics_listen,
+                 metrics_http.port(), metrics_key->empty() ? "" : " with an API key");
+  }
+  specmoe::server::CompletionService service(limits, *api_key, metrics.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -188,8 +203,10 @@ int main(int argc, char** argv) {
   std::atomic<bool> loader_done{false};
   std::thread loader([&] {
     const auto start = std::chrono::steady_clock::now();
+    specmoe::engine::EngineOptions engine_options = specmoe::server::ToEngineOptions(options);
+    engine_options.observer = metrics;
     absl::StatusOr<std::unique_ptr<specmoe::engine::Engine>> created =
-        specmoe::engine::Engine::Create(specmoe::server::ToEngineOptions(options));
+        specmoe::engine::Engine::Create(engine_options);
     if (!created.ok()) {
       spdlog::error("cannot load the models: {}", created.status().ToString());
       loader_done.store(true);
@@ -200,6 +217,7 @@ int main(int argc, char** argv) {
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     service.SetEngine(engine);
+    metrics->SetEngine(engine);
     loader_done.store(true);
     {
       std::lock_guard<std::mutex> lock(stop_state.mu);
@@ -232,6 +250,8 @@ int main(int argc, char** argv) {
   }
   loader.join();
   server.reset();
+  metrics_http.Stop();
+  metrics->SetEngine(nullptr);
   engine.reset();
   spdlog::info("stopped");
   return exit_code;

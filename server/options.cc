@@ -124,6 +124,12 @@ const std::vector<Flag>& Flags() {
       {"api-key-file", "PATH", "require 'authorization: Bearer <key>' (key read from PATH) "
        "on every RPC but health", Show(&ServerOptions::api_key_file),
        StringSetter(&ServerOptions::api_key_file)},
+      {"metrics-listen", "HOST:PORT", "serve Prometheus metrics at http://HOST:PORT/metrics "
+       "(off when not given; use a loopback HOST unless scraped from elsewhere)",
+       Show(&ServerOptions::metrics_listen), StringSetter(&ServerOptions::metrics_listen)},
+      {"metrics-api-key-file", "PATH", "require 'Authorization: Bearer <key>' on /metrics",
+       Show(&ServerOptions::metrics_api_key_file),
+       StringSetter(&ServerOptions::metrics_api_key_file)},
       {"tls-cert", "PATH", "PEM certificate chain; serve TLS (needs --tls-key)",
        Show(&ServerOptions::tls_cert), StringSetter(&ServerOptions::tls_cert)},
       {"tls-key", "PATH", "PEM private key for --tls-cert", Show(&ServerOptions::tls_key),
