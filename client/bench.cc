@@ -536,6 +536,7 @@ void PrintTable(const std::vector<std::string>& headers, const std::vector<json>
     row("Mean " + upper + " (ms):", std::string("mean_") + key + "_ms");
     row("Median " + upper + " (ms):", std::string("median_") + key + "_ms");
     for (double p : options.percentiles) {
+      if (p == 50) continue;  // the median
       row("P" + PercentileKey(p) + " " + upper + " (ms):",
           "p" + PercentileKey(p) + "_" + key + "_ms");
     }
@@ -612,13 +613,15 @@ std::string NowIso() {
   return buffer;
 }
 
-// Runs client/plot_bench.py (or $SPECMOE_PLOT_SCRIPT) on the JSON report.
+// Runs client/plot_bench.py (or $SPECMOE_PLOT_SCRIPT) on the JSON report, with Debian's
+// /usr/bin/python3 (where python3-matplotlib is installed) when present.
 int Plot(const std::string& json_path, const std::string& png_path) {
   const char* env = std::getenv("SPECMOE_PLOT_SCRIPT");
   const std::string script = env != nullptr ? env : SPECMOE_SOURCE_DIR "/client/plot_bench.py";
+  const char* python = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
   const pid_t pid = fork();
   if (pid == 0) {
-    execlp("python3", "python3", script.c_str(), json_path.c_str(), png_path.c_str(),
+    execlp(python, python, script.c_str(), json_path.c_str(), png_path.c_str(),
            static_cast<char*>(nullptr));
     _exit(127);
   }

@@ -1,19 +1,21 @@
 // client/main.cc — specmoe-cli: command-line client for specmoe.v1.Completion (DESIGN §7).
 //   specmoe-cli complete|stream [flags] "prompt"      (or --prompt-ids 1,2,3)
 //   specmoe-cli info | tokenize "text" | health
+//   specmoe-cli bench [bench flags]             (the load tester: client/bench.h)
 // Plain output prints the text (stream: deltas as they arrive) and a timing summary on
 // stderr; --json prints the proto3 JSON mapping of the response (stream: one line per
-// chunk). Exit codes: 0 OK, 1 RPC error, 2 bad flags. Tested by tests/server_e2e_test.cc.
+// chunk). Flags through CLI11; --help lists each with its default. Exit codes: 0 OK, 1 RPC
+// error, 2 bad flags. Tested by tests/server_e2e_test.cc.
 #include <google/protobuf/util/json_util.h>
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+
+#include <CLI/CLI.hpp>
 
 #include <cctype>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
-#include <future>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -21,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "client/bench.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "specmoe/v1/completion.grpc.pb.h"
 
 namespace specmoe::client {
@@ -28,37 +32,6 @@ namespace {
 
 namespace v1 = ::specmoe::v1;
 using Clock = std::chrono::steady_clock;
-
-constexpr char kUsage[] =
-    "usage: specmoe-cli <command> [flags] [PROMPT]\n"
-    "\n"
-    "commands:\n"
-    "  complete   generate a completion and print it when done\n"
-    "  stream     generate a completion, printing text as it arrives\n"
-    "  tokenize   print the token ids and pieces of PROMPT\n"
-    "  info       print the served models (GetModelInfo)\n"
-    "  health     print grpc.health.v1 status; exit 0 only when SERVING\n"
-    "\n"
-    "flags:\n"
-    "  --server HOST:PORT          server address (default 127.0.0.1:50051)\n"
-    "  --prompt-ids 1,2,3          prompt as token ids (used as given; no BOS added)\n"
-    "  --max-tokens N              tokens to generate (default: the server's)\n"
-    "  --temperature F             0 = greedy (default 0)\n"
-    "  --top-p F                   nucleus sampling mass (default 1)\n"
-    "  --top-k N                   0 = no top-k (default 0)\n"
-    "  --seed N                    sampling seed (default: chosen by the server)\n"
-    "  --repetition-penalty F      1 = off (default 1)\n"
-    "  --stop S                    stop string (repeatable)\n"
-    "  --ignore-eos                keep generating after the end-of-sequence token\n"
-    "  --no-speculation            plain target-only decoding\n"
-    "  --tree K1,K2,...            expansion for this request (default: the server's)\n"
-    "  --add-bos                   tokenize: prepend the BOS token\n"
-    "  --service NAME              health: the service to ask about (default: the server)\n"
-    "  --api-key-file PATH         send 'authorization: Bearer <key>' read from PATH\n"
-    "  --tls-ca PATH               connect with TLS, trusting the PEM roots in PATH\n"
-    "  --timeout-ms N              deadline for the call (default: none)\n"
-    "  --json                      print JSON (stream: one object per chunk)\n"
-    "  --help                      print this help\n";
 
 struct CliOptions {
   std::string command;
@@ -73,125 +46,250 @@ struct CliOptions {
   int64_t timeout_ms = 0;
   bool json = false;
   bool help = false;
+  std::string help_text;  // the --help output, set with help
+  BenchOptions bench;     // command "bench"
 };
 
-template <typename T>
-bool ParseNumber(const std::string& text, T* value) {
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, *value);
-  return !text.empty() && ec == std::errc() && ptr == end;
-}
+constexpr char kDescription[] =
+    "specmoe-cli <command> [flags] [PROMPT]\n"
+    "\n"
+    "commands:\n"
+    "  complete   generate a completion and print it when done\n"
+    "  stream     generate a completion, printing text as it arrives\n"
+    "  tokenize   print the token ids and pieces of PROMPT\n"
+    "  info       print the served models (GetModelInfo)\n"
+    "  health     print grpc.health.v1 status; exit 0 only when SERVING\n"
+    "  bench      load-test the server (specmoe-cli bench --help for its flags)\n";
 
-bool ParseList(const std::string& text, std::vector<int64_t>* values) {
-  std::stringstream in(text);
-  std::string part;
-  while (std::getline(in, part, ',')) {
-    int64_t value = 0;
-    if (!ParseNumber(part, &value)) return false;
-    values->push_back(value);
+// Help entries as "--flag VALUE   description (default X)".
+class DefaultsFormatter final : public CLI::Formatter {
+ public:
+  DefaultsFormatter() { column_width(30); }
+  std::string make_option_desc(const CLI::Option* opt) const override {
+    std::string desc = opt->get_description();
+    if (!opt->get_default_str().empty()) desc += " (default " + opt->get_default_str() + ")";
+    return desc;
   }
-  return !values->empty();
+};
+
+// A CLI11 check: a comma-separated list of integers, each at least `min_value`.
+CLI::Validator IntList(int64_t min_value) {
+  return CLI::Validator(
+      [min_value](std::string& text) -> std::string {
+        std::vector<std::string> parts = CLI::detail::split(text, ',');
+        for (const std::string& part : parts) {
+          int64_t value = 0;
+          const char* end = part.data() + part.size();
+          const auto [ptr, ec] = std::from_chars(part.data(), end, value);
+          if (part.empty() || ec != std::errc() || ptr != end || value < min_value) {
+            return "expected a comma-separated list of integers >= " + std::to_string(min_value) +
+                   ", got '" + text + "'";
+          }
+        }
+        return parts.empty() ? "expected a comma-separated list of integers" : "";
+      },
+      "");
 }
 
-// Returns an error message, or an empty string on success.
+std::vector<int64_t> SplitInts(const std::string& text) {
+  std::vector<int64_t> values;
+  for (const std::string& part : CLI::detail::split(text, ',')) values.push_back(std::stoll(part));
+  return values;
+}
+
+// The bench subcommand and its own flags, bound to *bench; the shared flags fall through
+// to the top-level app.
+CLI::App* AddBenchCommand(CLI::App& app, BenchOptions* bench) {
+  CLI::App* command = app.add_subcommand(
+      "bench",
+      "Load-tests the server (modelled on vllm bench serve): N streaming requests from a "
+      "dataset at a concurrency or an arrival rate; prints TTFT, TPOT, ITL, E2EL, "
+      "throughput, goodput, errors by gRPC code and speculation statistics.");
+  command->fallthrough();
+  command->formatter(std::make_shared<DefaultsFormatter>());
+  command->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  command->add_option("--num-requests", bench->num_requests, "requests to send")
+      ->option_text("N")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--concurrency", bench->concurrency,
+                      "requests in flight at most (0: 1 without --request-rate, unbounded with)")
+      ->option_text("C")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  command->add_option("--request-rate", bench->request_rate,
+                      "arrivals per second, Poisson (0: all at once, bounded by --concurrency)")
+      ->option_text("R")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  command->add_option("--burstiness", bench->burstiness,
+                      "shape of the gamma-distributed gaps (1: Poisson; < 1 burstier)")
+      ->option_text("F")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--warmup", bench->warmup, "requests sent first and not measured")
+      ->option_text("N")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  command->add_option("--dataset-name", bench->dataset_name, "where the prompts come from")
+      ->option_text("jsonl|sharegpt|random")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"jsonl", "sharegpt", "random"}));
+  command->add_option("--dataset-path", bench->dataset_path,
+                      "JSONL ({\"prompt\": ..., optional \"max_tokens\"} per line) or ShareGPT "
+                      "JSON (default for jsonl: client/data/prompts.jsonl)")
+      ->option_text("PATH");
+  command->add_option("--input-len", bench->input_len, "random: prompt tokens")
+      ->option_text("N")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--output-len", bench->output_len,
+                      "max_tokens of each request (unless the dataset line gives one)")
+      ->option_text("N")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--percentiles", bench->percentiles, "percentiles to report")
+      ->option_text("50,90,99")
+      ->delimiter(',')
+      ->default_str("50,90,99")
+      ->check(CLI::Range(0.0, 100.0));
+  command->add_flag("--ab", bench->ab,
+                    "the same requests with speculation on and off, interleaved, side by side");
+  command->add_option("--sweep-concurrency", bench->sweep_concurrency,
+                      "one run per concurrency, one row each")
+      ->option_text("1,2,4,8,16")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  command->add_option("--json", bench->json_path,
+                      "write the report as JSON (vllm bench serve's field names)")
+      ->option_text("FILE");
+  command->add_option("--plot", bench->plot_path,
+                      "draw tokens/s and p99 latency against concurrency (python3-matplotlib)")
+      ->option_text("FILE.png");
+  command->add_option("--connect-timeout-ms", bench->connect_timeout_ms,
+                      "give up when the server does not answer within this")
+      ->option_text("N")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  return command;
+}
+
+// Parses argv into *options. Returns an error message naming the flag, or "" on success.
 std::string ParseArgs(int argc, char** argv, CliOptions* options) {
   v1::CompleteRequest& request = options->request;
+  v1::Sampling* sampling = request.mutable_sampling();
+  CLI::App app(kDescription, "specmoe-cli");
+  app.set_help_flag();
+  app.formatter(std::make_shared<DefaultsFormatter>());
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   std::vector<std::string> positional;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg.rfind("--", 0) != 0 || arg == "--") {
-      positional.push_back(arg);
-      continue;
+  std::string prompt_ids, tree;
+  uint32_t max_tokens = 0, top_k = 0;
+  float temperature = 0, top_p = 1, repetition_penalty = 1;
+  uint64_t seed = 0;
+  std::vector<std::string> stops;
+  bool ignore_eos = false, no_speculation = false;
+  app.add_option("command", positional, "the command, then the prompt (one argument: quote it)")
+      ->option_text("COMMAND [PROMPT]");
+  app.add_option("--server", options->server, "server address")
+      ->option_text("HOST:PORT")
+      ->capture_default_str();
+  app.add_option("--prompt-ids", prompt_ids, "prompt as token ids (used as given; no BOS added)")
+      ->option_text("1,2,3")
+      ->check(IntList(0));
+  CLI::Option* max_tokens_flag =
+      app.add_option("--max-tokens", max_tokens, "tokens to generate (default: the server's)")
+          ->option_text("N");
+  CLI::Option* temperature_flag =
+      app.add_option("--temperature", temperature, "0 = greedy")
+          ->option_text("F")
+          ->capture_default_str();
+  CLI::Option* top_p_flag = app.add_option("--top-p", top_p, "nucleus sampling mass")
+                                ->option_text("F")
+                                ->capture_default_str();
+  CLI::Option* top_k_flag =
+      app.add_option("--top-k", top_k, "0 = no top-k")->option_text("N")->capture_default_str();
+  CLI::Option* seed_flag =
+      app.add_option("--seed", seed, "sampling seed (default: chosen by the server)")
+          ->option_text("N");
+  CLI::Option* penalty_flag =
+      app.add_option("--repetition-penalty", repetition_penalty, "1 = off")
+          ->option_text("F")
+          ->capture_default_str();
+  app.add_option("--stop", stops, "stop string (repeatable)")
+      ->option_text("S")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->allow_extra_args(false);
+  app.add_flag("--ignore-eos", ignore_eos, "keep generating after the end-of-sequence token");
+  app.add_flag("--no-speculation", no_speculation, "plain target-only decoding");
+  app.add_option("--tree", tree, "expansion for this request (default: the server's)")
+      ->option_text("K1,K2,...")
+      ->check(IntList(1));
+  app.add_flag("--add-bos", options->add_bos, "tokenize: prepend the BOS token");
+  app.add_option("--service", options->health_service,
+                 "health: the service to ask about (default: the server)")
+      ->option_text("NAME");
+  app.add_option("--api-key-file", options->api_key_file,
+                 "send 'authorization: Bearer <key>' read from PATH")
+      ->option_text("PATH");
+  app.add_option("--tls-ca", options->tls_ca, "connect with TLS, trusting the PEM roots in PATH")
+      ->option_text("PATH");
+  app.add_option("--timeout-ms", options->timeout_ms, "deadline for the call (default: none)")
+      ->option_text("N")
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--json", options->json, "print JSON (stream: one object per chunk)");
+  app.add_flag("--help", options->help, "print this help");
+  CLI::App* bench = AddBenchCommand(app, &options->bench);
+  std::string slo;
+  bench->add_option("--slo", slo, "goodput counts requests within every limit (milliseconds)")
+      ->option_text("ttft:200,tpot:50");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    return error.what();
+  }
+  if (options->help) {
+    options->help_text = *bench ? bench->help() : app.help();
+    return "";
+  }
+  if (*bench) {
+    // The connection and request flags are the top-level ones (--server, --api-key-file,
+    // --tls-ca, --timeout-ms, --temperature, --seed, --tree, --ignore-eos, --no-speculation).
+    options->command = "bench";
+    if (!positional.empty()) return "bench takes no PROMPT argument (see --dataset-name)";
+    BenchOptions& b = options->bench;
+    b.server = options->server;
+    b.timeout_ms = options->timeout_ms;
+    b.temperature = temperature;
+    b.seed = seed;
+    b.ignore_eos = ignore_eos;
+    b.no_speculation = no_speculation;
+    if (!tree.empty()) {
+      for (int64_t k : SplitInts(tree)) b.tree.push_back(static_cast<uint32_t>(k));
     }
-    std::string name = arg.substr(2);
-    std::optional<std::string> inline_value;
-    if (const size_t eq = name.find('='); eq != std::string::npos) {
-      inline_value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    }
-    auto is_switch = [&](const char* flag) { return name == flag && !inline_value; };
-    if (is_switch("help")) {
-      options->help = true;
-      continue;
-    }
-    if (is_switch("json")) {
-      options->json = true;
-      continue;
-    }
-    if (is_switch("ignore-eos")) {
-      request.set_ignore_eos(true);
-      continue;
-    }
-    if (is_switch("no-speculation")) {
-      request.mutable_speculation()->set_disable(true);
-      continue;
-    }
-    if (is_switch("add-bos")) {
-      options->add_bos = true;
-      continue;
-    }
-    std::string value;
-    if (inline_value) {
-      value = *inline_value;
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      return "--" + name + " needs a value";
-    }
-    const std::string bad = "--" + name + ": invalid value '" + value + "'";
-    v1::Sampling* sampling = request.mutable_sampling();
-    if (name == "server") {
-      options->server = value;
-    } else if (name == "prompt-ids") {
-      std::vector<int64_t> ids;
-      if (!ParseList(value, &ids)) return bad;
-      for (int64_t id : ids) options->prompt_ids.push_back(static_cast<int32_t>(id));
-    } else if (name == "max-tokens") {
-      uint32_t n = 0;
-      if (!ParseNumber(value, &n)) return bad;
-      request.set_max_tokens(n);
-    } else if (name == "temperature") {
-      float f = 0;
-      if (!ParseNumber(value, &f)) return bad;
-      sampling->set_temperature(f);
-    } else if (name == "top-p") {
-      float f = 0;
-      if (!ParseNumber(value, &f)) return bad;
-      sampling->set_top_p(f);
-    } else if (name == "top-k") {
-      uint32_t n = 0;
-      if (!ParseNumber(value, &n)) return bad;
-      sampling->set_top_k(n);
-    } else if (name == "seed") {
-      uint64_t n = 0;
-      if (!ParseNumber(value, &n)) return bad;
-      sampling->set_seed(n);
-    } else if (name == "repetition-penalty") {
-      float f = 0;
-      if (!ParseNumber(value, &f)) return bad;
-      sampling->set_repetition_penalty(f);
-    } else if (name == "stop") {
-      request.add_stop(value);
-    } else if (name == "tree") {
-      std::vector<int64_t> ks;
-      if (!ParseList(value, &ks)) return bad;
-      for (int64_t k : ks) {
-        if (k < 1) return bad;
-        request.mutable_speculation()->add_expansion(static_cast<uint32_t>(k));
-      }
-    } else if (name == "service") {
-      options->health_service = value;
-    } else if (name == "api-key-file") {
-      options->api_key_file = value;
-    } else if (name == "tls-ca") {
-      options->tls_ca = value;
-    } else if (name == "timeout-ms") {
-      if (!ParseNumber(value, &options->timeout_ms) || options->timeout_ms <= 0) return bad;
-    } else {
-      return "unknown flag --" + name;
+    if (!slo.empty()) return ParseSlo(slo, &b.slo_ms);
+    return "";
+  }
+  if (max_tokens_flag->count() > 0) request.set_max_tokens(max_tokens);
+  if (temperature_flag->count() > 0) sampling->set_temperature(temperature);
+  if (top_p_flag->count() > 0) sampling->set_top_p(top_p);
+  if (top_k_flag->count() > 0) sampling->set_top_k(top_k);
+  if (seed_flag->count() > 0) sampling->set_seed(seed);
+  if (penalty_flag->count() > 0) sampling->set_repetition_penalty(repetition_penalty);
+  for (const std::string& stop : stops) request.add_stop(stop);
+  request.set_ignore_eos(ignore_eos);
+  if (no_speculation) request.mutable_speculation()->set_disable(true);
+  if (!tree.empty()) {
+    for (int64_t k : SplitInts(tree)) {
+      request.mutable_speculation()->add_expansion(static_cast<uint32_t>(k));
     }
   }
-  if (options->help) return "";
+  if (!prompt_ids.empty()) {
+    for (int64_t id : SplitInts(prompt_ids)) {
+      options->prompt_ids.push_back(static_cast<int32_t>(id));
+    }
+  }
+
   if (positional.empty()) return "missing command (complete, stream, tokenize, info or health)";
   options->command = positional[0];
   positional.erase(positional.begin());
@@ -300,6 +398,7 @@ class Cli {
       api_key_ = key;
     }
     channel_ = grpc::CreateChannel(options_.server, credentials);
+    if (options_.command == "bench") return RunBench(options_.bench, channel_, api_key_);
     stub_ = v1::Completion::NewStub(channel_);
 
     v1::CompleteRequest request = options_.request;
@@ -401,48 +500,24 @@ class Cli {
     return 0;
   }
 
-  // grpc.health.v1.Health/Check through the generic stub; the two messages have one field
-  // each and are encoded by hand (HealthCheckRequest.service = 1, a string;
-  // HealthCheckResponse.status = 1, an enum: 0 UNKNOWN, 1 SERVING, 2 NOT_SERVING).
+  // grpc.health.v1.Health/Check through the vendored proto's generated stub.
   int Health() {
-    const std::string& service = options_.health_service;
-    if (service.size() > 127) {
-      std::cerr << "specmoe-cli: --service: name too long\n";
-      return 2;
-    }
-    std::string request_bytes;
-    if (!service.empty()) {
-      request_bytes.push_back(0x0A);
-      request_bytes.push_back(static_cast<char>(service.size()));
-      request_bytes += service;
-    }
-    grpc::Slice slice(request_bytes);
-    grpc::ByteBuffer request(&slice, 1);
-    grpc::ByteBuffer response;
     grpc::ClientContext context;
     Prepare(&context);
-    grpc::GenericStub stub(channel_);
-    std::promise<grpc::Status> done;
-    stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                   &response, [&done](grpc::Status status) { done.set_value(status); });
-    const grpc::Status status = done.get_future().get();
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(options_.health_service);
+    grpc::health::v1::HealthCheckResponse response;
+    const grpc::Status status =
+        grpc::health::v1::Health::NewStub(channel_)->Check(&context, request, &response);
     if (!status.ok()) return Fail(status);
-    std::vector<grpc::Slice> slices;
-    (void)response.Dump(&slices);
-    std::string bytes;
-    for (const grpc::Slice& part : slices) {
-      bytes.append(reinterpret_cast<const char*>(part.begin()), part.size());
-    }
-    const int code = bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
-    static constexpr const char* kNames[] = {"UNKNOWN", "SERVING", "NOT_SERVING",
-                                             "SERVICE_UNKNOWN"};
-    const char* name = code >= 0 && code <= 3 ? kNames[code] : "UNKNOWN";
+    const std::string name =
+        grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
     if (options_.json) {
       std::cout << "{\"status\":\"" << name << "\"}" << std::endl;
     } else {
       std::cout << name << std::endl;
     }
-    return code == 1 ? 0 : 1;
+    return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
   }
 
   const CliOptions& options_;
@@ -458,7 +533,7 @@ int main(int argc, char** argv) {
   specmoe::client::CliOptions options;
   const std::string error = specmoe::client::ParseArgs(argc, argv, &options);
   if (options.help) {
-    std::cout << specmoe::client::kUsage;
+    std::cout << options.help_text;
     return 0;
   }
   if (!error.empty()) {

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 
 def series(report):
@@ -43,11 +44,13 @@ def main():
                    label=f"p99 TTFT, {label}")
     for axis, title in ((left, "output tokens/s"), (right, "p99 latency (ms)")):
         axis.set_xscale("log", base=2)
+        axis.xaxis.set_major_formatter(ScalarFormatter())
         axis.set_xlabel("concurrency")
         axis.set_title(title)
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=7)
     right.set_yscale("log")
+    right.yaxis.set_major_formatter(ScalarFormatter())
     fig.suptitle(f"specmoe-cli bench: {report.get('model_id', '')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(sys.argv[2])

@@ -1,4 +1,4 @@
-// server/options.h — specmoe-server command-line flags (DESIGN §7) and their parser.
+// server/options.h — specmoe-server command-line flags (DESIGN §7), parsed by CLI11.
 // Tested by tests/server_options_test.cc.
 #ifndef SPECMOE_SERVER_OPTIONS_H_
 #define SPECMOE_SERVER_OPTIONS_H_
@@ -19,13 +19,14 @@ struct ServerOptions {
   std::string port_file;                           // --port-file
   std::string device = "cpu";                      // --device
   std::vector<int> tree = {1, 1, 3, 1, 1, 1, 1, 1};  // --tree
-  int threads = 0;                                 // --threads (0: all cores)
+  int threads = 0;                                 // --threads (0: all cores; at most the cores)
   int max_queue = 64;                              // --max-queue
   int max_batch = 4;                               // --max-batch
   int max_context = 0;                             // --max-context (0: the model's)
   int default_max_tokens = 128;                    // --default-max-tokens
   int max_tokens_limit = 4096;                     // --max-tokens-limit
   int max_prompt_tokens = 0;                       // --max-prompt-tokens (0: the context)
+  int max_prompt_bytes = 0;                        // --max-prompt-bytes (0: 16 x the context)
   int max_message_bytes = 4 << 20;                 // --max-message-bytes
   std::string api_key_file;                        // --api-key-file
   std::string metrics_listen;                      // --metrics-listen HOST:PORT (empty: off)
@@ -42,8 +43,11 @@ struct ServerOptions {
 // With --help, returns options with help = true and skips the required-flag checks.
 absl::StatusOr<ServerOptions> ParseServerOptions(int argc, const char* const* argv);
 
-// The --help text: usage line and one line per flag with its default.
+// The --help text: usage and one entry per flag with its default.
 std::string ServerUsage();
+
+// The number of cores this process may run on (the bound of --threads); at least 1.
+int AvailableCores();
 
 // The engine's share of the options.
 engine::EngineOptions ToEngineOptions(const ServerOptions& options);

@@ -3,7 +3,6 @@
 // tiny committed models, waits for grpc.health.v1 SERVING, then talks gRPC to it (and runs
 // specmoe-cli against it). The server is stopped with SIGTERM and must exit 0.
 #include <fcntl.h>
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -28,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "specmoe/v1/completion.grpc.pb.h"
 
 namespace specmoe {
@@ -134,38 +134,20 @@ class ServerProcess {
   std::string log_file_;
 };
 
-// grpc.health.v1.Health/Check through the generic stub, with the two one-field messages
-// encoded by hand (HealthCheckRequest.service = 1; HealthCheckResponse.status = 1, where
-// SERVING = 1, NOT_SERVING = 2). Returns -1 on an RPC error, storing it in *error.
+// grpc.health.v1.Health/Check through the vendored proto's generated stub: the serving
+// status (SERVING = 1, NOT_SERVING = 2), or -1 on an RPC error, storing it in *error.
 int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
                  grpc::Status* error = nullptr) {
-  grpc::GenericStub stub(channel);
-  std::string request_bytes;
-  if (!service.empty()) {
-    request_bytes.push_back(0x0A);
-    request_bytes.push_back(static_cast<char>(service.size()));
-    request_bytes += service;
-  }
-  grpc::Slice slice(request_bytes);
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::ByteBuffer response;
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                 &response, [&done](grpc::Status status) { done.set_value(status); });
-  const grpc::Status status = done.get_future().get();
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status =
+      grpc::health::v1::Health::NewStub(channel)->Check(&context, request, &response);
   if (error != nullptr) *error = status;
   if (!status.ok()) return -1;
-  std::vector<grpc::Slice> slices;
-  (void)response.Dump(&slices);
-  std::string bytes;
-  for (const grpc::Slice& part : slices) {
-    bytes.append(reinterpret_cast<const char*>(part.begin()), part.size());
-  }
-  if (bytes.empty()) return 0;  // UNKNOWN (the default) is encoded as nothing
-  if (bytes.size() != 2 || bytes[0] != 0x08) return -2;
-  return bytes[1];
+  return response.status();
 }
 
 constexpr int kServing = 1;
@@ -772,7 +754,7 @@ TEST(ServerProcessTest, SigtermWhileLoadingExitsZero) {
 TEST(ServerProcessTest, BadFlagsExitTwoAndBadModelsExitOne) {
   const auto [flag_out, flag_code] = RunCommand(kServerBinary + " --target 2>&1");
   EXPECT_EQ(flag_code, 2);
-  EXPECT_THAT(flag_out, HasSubstr("--target needs a value"));
+  EXPECT_THAT(flag_out, HasSubstr("--target: 1 required"));
   const auto [cuda_out, cuda_code] =
       RunCommand(kServerBinary + " --target " + kTarget + " --device cuda 2>&1");
   EXPECT_EQ(cuda_code, 2);

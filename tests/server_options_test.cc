@@ -1,5 +1,5 @@
-// tests/server_options_test.cc — specmoe-server flag parsing (server/options.h): defaults,
-// both value syntaxes, and errors that name the flag.
+// tests/server_options_test.cc — specmoe-server flag parsing (server/options.h, CLI11):
+// defaults, both value syntaxes, errors that name the flag, --threads bounded by the cores.
 #include "server/options.h"
 
 #include <gmock/gmock.h>
@@ -38,13 +38,13 @@ TEST(ServerOptionsTest, DefaultsMatchTheDesign) {
 
 TEST(ServerOptionsTest, AcceptsBothValueSyntaxes) {
   absl::StatusOr<ServerOptions> options =
-      Parse({"--target=/t", "--draft", "/d", "--tree=2,2,1", "--threads", "3",
+      Parse({"--target=/t", "--draft", "/d", "--tree=2,2,1", "--threads", "1",
              "--listen=0.0.0.0:0", "--log-format", "json", "--max-tokens-limit=64",
              "--default-max-tokens", "16", "--drain-seconds=0"});
   ASSERT_TRUE(options.ok()) << options.status();
   EXPECT_EQ(options->draft_dir, "/d");
   EXPECT_THAT(options->tree, ElementsAre(2, 2, 1));
-  EXPECT_EQ(options->threads, 3);
+  EXPECT_EQ(options->threads, 1);
   EXPECT_EQ(options->listen, "0.0.0.0:0");
   EXPECT_EQ(options->log_format, "json");
   EXPECT_EQ(options->max_tokens_limit, 64);
@@ -55,10 +55,14 @@ TEST(ServerOptionsTest, AcceptsBothValueSyntaxes) {
 TEST(ServerOptionsTest, ErrorsNameTheFlag) {
   const std::vector<std::pair<std::vector<const char*>, std::string>> cases = {
       {{}, "--target is required"},
-      {{"--target"}, "--target needs a value"},
-      {{"--target", "/t", "--bogus"}, "unknown flag --bogus"},
+      {{"--target"}, "--target: 1 required"},
+      {{"--target", "/t", "--max-queue"}, "--max-queue: 1 required"},
+      {{"--target", "/t", "--bogus"}, "not expected: --bogus"},
       {{"--target", "/t", "--threads", "many"}, "--threads: expected an integer"},
       {{"--target", "/t", "--threads", "-1"}, "--threads: must be at least 0"},
+      {{"--target", "/t", "--threads", "100000"}, "--threads: must be at most"},
+      {{"--target", "/t", "--max-prompt-bytes", "x"}, "--max-prompt-bytes: expected an integer"},
+      {{"--target", "/t", "--max-batch", "0"}, "--max-batch: must be at least 1"},
       {{"--target", "/t", "--tree", "1,0,2"}, "--tree"},
       {{"--target", "/t", "--tree", "1,,2"}, "--tree"},
       {{"--target", "/t", "--log-format", "xml"}, "--log-format: expected one of text|json"},
@@ -67,8 +71,7 @@ TEST(ServerOptionsTest, ErrorsNameTheFlag) {
       {{"--target", "/t", "--tls-cert", "c.pem"}, "--tls-cert and --tls-key"},
       {{"--target", "/t", "--default-max-tokens", "500", "--max-tokens-limit", "100"},
        "--default-max-tokens"},
-      {{"--target", "/t", "--help=yes"}, "--help takes no value"},
-      {{"--target", "/t", "stray"}, "unexpected argument 'stray'"},
+      {{"--target", "/t", "stray"}, "not expected: stray"},
   };
   for (const auto& [args, message] : cases) {
     absl::StatusOr<ServerOptions> options = Parse(args);
@@ -86,12 +89,34 @@ TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
   for (const char* flag :
        {"--target DIR", "--draft DIR", "--listen HOST:PORT", "--port-file PATH", "--device",
         "--tree", "--threads", "--max-queue", "--max-context", "--default-max-tokens",
-        "--max-tokens-limit", "--max-prompt-tokens", "--max-message-bytes", "--api-key-file",
+        "--max-tokens-limit", "--max-prompt-tokens", "--max-prompt-bytes",
+        "--max-message-bytes", "--api-key-file",
         "--tls-cert", "--tls-key", "--log-format", "--log-level", "--drain-seconds"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
   EXPECT_THAT(usage, HasSubstr("(default 127.0.0.1:50051)"));
   EXPECT_THAT(usage, HasSubstr("(default 1,1,3,1,1,1,1,1)"));
+  EXPECT_THAT(usage, HasSubstr("(default 4096)"));
+}
+
+TEST(ServerOptionsTest, ThreadsAreBoundedByTheCores) {
+  const std::string cores = std::to_string(AvailableCores());
+  absl::StatusOr<ServerOptions> options = Parse({"--target", "/t", "--threads", cores.c_str()});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->threads, AvailableCores());
+  const std::string more = std::to_string(AvailableCores() + 1);
+  options = Parse({"--target", "/t", "--threads", more.c_str()});
+  ASSERT_FALSE(options.ok());
+  EXPECT_THAT(options.status().message(),
+              HasSubstr("--threads: must be at most " + cores + " (the cores available)"));
+}
+
+TEST(ServerOptionsTest, LaterValueWins) {
+  absl::StatusOr<ServerOptions> options =
+      Parse({"--target", "/a", "--target", "/b", "--max-queue=3", "--max-queue", "5"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->target_dir, "/b");
+  EXPECT_EQ(options->max_queue, 5);
 }
 
 TEST(ServerOptionsTest, ParseIntListRejectsNonPositiveEntries) {
