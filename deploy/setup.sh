@@ -7,11 +7,12 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libsentencepiece-dev sentencepiece
-  libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
+  libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev
   clang libclang-rt-14-dev
   python3 python3-numpy python3-sentencepiece
+  prometheus python3-matplotlib python3-grpcio python3-grpc-tools
 )
 
 missing=()

@@ -9,6 +9,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
@@ -93,7 +94,10 @@ void ConfigureLogging(const std::string& format, const std::string& level) {
 void LogRequest(const RequestLogLine& line) {
   const bool ok = line.status == "OK";
   const spdlog::level::level_enum level = ok ? spdlog::level::info : spdlog::level::warn;
-  const char* what = line.refused ? "request refused" : "request finished";
+  // The message repeats the id so that a human reading the JSON sees which request it was.
+  const std::string what = absl::StrCat("request ", line.request_id.empty() ? "" : line.request_id,
+                                        line.request_id.empty() ? "" : " ",
+                                        line.refused ? "refused" : "finished");
   const bool generation = !line.refused && !line.finish.empty();
   if (const std::shared_ptr<spdlog::logger>& json = JsonRequestLogger(); json != nullptr) {
     nlohmann::json fields = {{"msg", what},          {"request_id", line.request_id},
