@@ -4,10 +4,12 @@
 The JSON report parses; completed + failed = requested; latencies are positive and
 ordered (p50 <= p90 <= p99); a dataset line over the server's --max-tokens-limit shows up
 under INVALID_ARGUMENT at its position; --ab gives both arms with ratios; the sweep gives one
-row per concurrency; an unreachable server is an error within the connect timeout.
+row per concurrency; an unreachable server is an error within the connect timeout; the Python
+grpcio examples under client/python run as they are.
 """
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -136,6 +138,29 @@ class BenchE2eTest(unittest.TestCase):
         result = e2e.cli("bench", "--server", self.server.address, "--dataset-path", bad)
         self.assertEqual(result.returncode, 1)
         self.assertIn("bad.jsonl:2", result.stderr)
+
+    def test_python_examples_run_as_they_are(self):
+        """client/python: the grpcio completion example and the reflection listing."""
+        python = "/usr/bin/python3"
+        here = os.path.join(e2e.ROOT, "client", "python")
+        done = subprocess.run([python, os.path.join(here, "complete.py"), "--server",
+                               self.server.address, "--max-tokens", "6", "And God said"],
+                              capture_output=True, text=True, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("completion tokens", done.stderr)
+        self.assertIn("FINISH_REASON_", done.stderr)
+        self.assertTrue(done.stdout.strip())
+        listing = subprocess.run([python, os.path.join(here, "reflection_list.py"), "--server",
+                                  self.server.address], capture_output=True, text=True,
+                                 timeout=120)
+        self.assertEqual(listing.returncode, 0, listing.stderr)
+        for line in ("service specmoe.v1.Completion",
+                     "rpc CompleteStream(specmoe.v1.CompleteRequest) returns "
+                     "(stream specmoe.v1.CompleteChunk)",
+                     "rpc GetModelInfo(specmoe.v1.GetModelInfoRequest) returns "
+                     "(specmoe.v1.ModelInfo)",
+                     "service grpc.health.v1.Health"):
+            self.assertIn(line, listing.stdout)
 
 
 if __name__ == "__main__":
