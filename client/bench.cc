@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <ctime>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -159,6 +160,8 @@ std::vector<Job> RandomJobs(int count, int input_len, uint32_t max_tokens, int v
 
 // --- one request ----------------------------------------------------------------------------
 
+// Sends one streaming request and times it. Contract: Run is thread-safe (a gRPC stub is)
+// and blocks for the whole call; options and channel outlive the runner.
 class Runner {
  public:
   Runner(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel,
@@ -237,6 +240,7 @@ struct Progress {
 };
 
 // A bar on stderr, redrawn every 200 ms while a terminal is attached; silent otherwise.
+// Contract: owns its drawing thread, joined by the destructor; `progress` outlives it.
 class ProgressBar {
  public:
   explicit ProgressBar(Progress* progress) : progress_(progress) {
@@ -281,59 +285,62 @@ class ProgressBar {
   std::thread thread_;
 };
 
-// Counting semaphore bounding the requests in flight.
-class Slots {
- public:
-  explicit Slots(int count) : free_(count) {}
-  void Acquire() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return free_ > 0; });
-    --free_;
-  }
-  void Release() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++free_;
-    }
-    cv_.notify_one();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int free_;
-};
-
-// Sends `jobs` (all with speculation `speculate[i]`) with at most `concurrency` in flight
-// (<= 0: unbounded) and, with a rate, gamma-distributed gaps of mean 1/rate and shape
-// `burstiness` (1: Poisson arrivals). Returns the outcomes in job order and the wall time.
+// Sends `jobs` (job i with speculation `speculate[i]`) with at most `concurrency` in flight
+// (<= 0: unbounded, i.e. up to 1024 worker threads) and, with a rate, gamma-distributed gaps
+// of mean 1/rate and shape `burstiness` (1: Poisson arrivals). The calling thread dispatches
+// arrivals into a queue that a fixed pool of workers drains. Returns the outcomes in job
+// order and the wall time.
 Arm RunLoad(const Runner& runner, const std::vector<const Job*>& jobs,
             const std::vector<bool>& speculate, int concurrency, double rate, double burstiness,
             std::mt19937_64& rng, Progress* progress) {
   Arm arm;
   arm.outcomes.resize(jobs.size());
-  Slots slots(concurrency > 0 ? concurrency : static_cast<int>(jobs.size()) + 1);
-  std::vector<std::thread> threads;
-  threads.reserve(jobs.size());
-  std::gamma_distribution<double> gap(burstiness, rate > 0 ? 1.0 / (rate * burstiness) : 1.0);
+  const size_t workers = std::min<size_t>(
+      jobs.size(), concurrency > 0 ? static_cast<size_t>(concurrency) : 1024);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<size_t> arrived;  // guarded by mu
+  bool closed = false;         // guarded by mu
+  std::vector<std::thread> pool;
   const Clock::time_point start = Clock::now();
+  for (size_t w = 0; w < workers; ++w) {
+    pool.emplace_back([&] {
+      while (true) {
+        size_t i = 0;
+        {
+          std::unique_lock<std::mutex> lock(mu);
+          cv.wait(lock, [&] { return closed || !arrived.empty(); });
+          if (arrived.empty()) return;
+          i = arrived.front();
+          arrived.pop_front();
+        }
+        arm.outcomes[i] = runner.Run(*jobs[i], speculate[i]);
+        if (progress != nullptr) {
+          if (!arm.outcomes[i].ok()) progress->failed.fetch_add(1);
+          progress->done.fetch_add(1);
+        }
+      }
+    });
+  }
+  std::gamma_distribution<double> gap(burstiness, rate > 0 ? 1.0 / (rate * burstiness) : 1.0);
   Clock::time_point next = start;
   for (size_t i = 0; i < jobs.size(); ++i) {
     if (rate > 0) {
       std::this_thread::sleep_until(next);
       next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap(rng)));
     }
-    slots.Acquire();
-    threads.emplace_back([&, i] {
-      arm.outcomes[i] = runner.Run(*jobs[i], speculate[i]);
-      if (progress != nullptr) {
-        if (!arm.outcomes[i].ok()) progress->failed.fetch_add(1);
-        progress->done.fetch_add(1);
-      }
-      slots.Release();
-    });
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      arrived.push_back(i);
+    }
+    cv.notify_one();
   }
-  for (std::thread& thread : threads) thread.join();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    closed = true;
+  }
+  cv.notify_all();
+  for (std::thread& thread : pool) thread.join();
   arm.duration = std::chrono::duration<double>(Clock::now() - start).count();
   return arm;
 }
@@ -362,6 +369,15 @@ double StdDev(const std::vector<double>& values) {
   return std::sqrt(sum / values.size());
 }
 
+// "<prefix><name><suffix>" (a function rather than operator+ chains, which trip GCC 12's
+// false -Wrestrict positive, GCC bug 105329).
+std::string Key(const std::string& prefix, const std::string& name, const std::string& suffix) {
+  std::string key;
+  key.reserve(prefix.size() + name.size() + suffix.size());
+  key.append(prefix).append(name).append(suffix);
+  return key;
+}
+
 std::string PercentileKey(double p) {
   std::ostringstream out;
   out << p;  // 99.9 -> "99.9", 50 -> "50", as vllm's f"p{p:g}"
@@ -375,10 +391,12 @@ void AddLatency(const std::string& name, const std::vector<double>& values_s,
   std::vector<double> ms;
   ms.reserve(values_s.size());
   for (double v : values_s) ms.push_back(v * 1e3);
-  (*out)["mean_" + name + "_ms"] = Mean(ms);
-  (*out)["median_" + name + "_ms"] = Percentile(ms, 50);
-  (*out)["std_" + name + "_ms"] = StdDev(ms);
-  for (double p : percentiles) (*out)["p" + PercentileKey(p) + "_" + name + "_ms"] = Percentile(ms, p);
+  (*out)[Key("mean_", name, "_ms")] = Mean(ms);
+  (*out)[Key("median_", name, "_ms")] = Percentile(ms, 50);
+  (*out)[Key("std_", name, "_ms")] = StdDev(ms);
+  for (double p : percentiles) {
+    (*out)[Key(Key("p", PercentileKey(p), "_"), name, "_ms")] = Percentile(ms, p);
+  }
 }
 
 double Tpot(const Outcome& o) {
@@ -533,12 +551,12 @@ void PrintTable(const std::vector<std::string>& headers, const std::vector<json>
     section(title);
     std::string upper(key);
     for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-    row("Mean " + upper + " (ms):", std::string("mean_") + key + "_ms");
-    row("Median " + upper + " (ms):", std::string("median_") + key + "_ms");
+    row(Key("Mean ", upper, " (ms):"), Key("mean_", key, "_ms"));
+    row(Key("Median ", upper, " (ms):"), Key("median_", key, "_ms"));
     for (double p : options.percentiles) {
       if (p == 50) continue;  // the median
-      row("P" + PercentileKey(p) + " " + upper + " (ms):",
-          "p" + PercentileKey(p) + "_" + key + "_ms");
+      row(Key(Key("P", PercentileKey(p), " "), upper, " (ms):"),
+          Key(Key("p", PercentileKey(p), "_"), key, "_ms"));
     }
   }
   section("Speculation");

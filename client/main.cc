@@ -106,6 +106,9 @@ CLI::App* AddBenchCommand(CLI::App& app, BenchOptions* bench) {
       "dataset at a concurrency or an arrival rate; prints TTFT, TPOT, ITL, E2EL, "
       "throughput, goodput, errors by gRPC code and speculation statistics.");
   command->fallthrough();
+  command->footer(
+      "Also the top-level flags: --server, --api-key-file, --tls-ca, --timeout-ms (each "
+      "request's deadline), --temperature, --seed, --tree, --ignore-eos, --no-speculation.");
   command->formatter(std::make_shared<DefaultsFormatter>());
   command->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   command->add_option("--num-requests", bench->num_requests, "requests to send")
@@ -116,12 +119,12 @@ CLI::App* AddBenchCommand(CLI::App& app, BenchOptions* bench) {
                       "requests in flight at most (0: 1 without --request-rate, unbounded with)")
       ->option_text("C")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1 << 20));
   command->add_option("--request-rate", bench->request_rate,
                       "arrivals per second, Poisson (0: all at once, bounded by --concurrency)")
       ->option_text("R")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0.0, 1e6));
   command->add_option("--burstiness", bench->burstiness,
                       "shape of the gamma-distributed gaps (1: Poisson; < 1 burstier)")
       ->option_text("F")
@@ -130,7 +133,7 @@ CLI::App* AddBenchCommand(CLI::App& app, BenchOptions* bench) {
   command->add_option("--warmup", bench->warmup, "requests sent first and not measured")
       ->option_text("N")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1 << 20));
   command->add_option("--dataset-name", bench->dataset_name, "where the prompts come from")
       ->option_text("jsonl|sharegpt|random")
       ->capture_default_str()
@@ -159,7 +162,7 @@ CLI::App* AddBenchCommand(CLI::App& app, BenchOptions* bench) {
                       "one run per concurrency, one row each")
       ->option_text("1,2,4,8,16")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 1 << 20));
   command->add_option("--json", bench->json_path,
                       "write the report as JSON (vllm bench serve's field names)")
       ->option_text("FILE");

@@ -13,7 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
+from matplotlib.ticker import NullLocator, ScalarFormatter  # noqa: E402
 
 
 def series(report):
@@ -42,16 +42,20 @@ def main():
         right.plot(xs, [r["p99_itl_ms"] for _, r in rows], marker="o", label=f"p99 ITL, {label}")
         right.plot(xs, [r["p99_ttft_ms"] for _, r in rows], marker="x", linestyle="--",
                    label=f"p99 TTFT, {label}")
+    concurrencies = sorted({c for _, rows in series(report) for c, _ in rows})
     for axis, title in ((left, "output tokens/s"), (right, "p99 latency (ms)")):
         axis.set_xscale("log", base=2)
-        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.set_xticks(concurrencies)
+        axis.set_xticklabels([str(c) for c in concurrencies])
+        axis.xaxis.set_minor_locator(NullLocator())
         axis.set_xlabel("concurrency")
         axis.set_title(title)
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=7)
     right.set_yscale("log")
     right.yaxis.set_major_formatter(ScalarFormatter())
-    fig.suptitle(f"specmoe-cli bench: {report.get('model_id', '')}", fontsize=9)
+    runs = f", median of {report['runs']} runs" if "runs" in report else ""
+    fig.suptitle(f"specmoe-cli bench: {report.get('model_id', '')}{runs}", fontsize=9)
     fig.tight_layout()
     fig.savefig(sys.argv[2])
 
