@@ -6,6 +6,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -61,6 +62,12 @@ std::shared_ptr<spdlog::logger>& JsonRequestLogger() {
   return logger;
 }
 
+// Rounds to `digits` decimals, so that JSON shows 0.8182, not a float's 0.8181818127632141.
+double Round(double value, int digits) {
+  const double scale = std::pow(10.0, digits);
+  return std::round(value * scale) / scale;
+}
+
 }  // namespace
 
 void ConfigureLogging(const std::string& format, const std::string& level) {
@@ -108,14 +115,16 @@ void LogRequest(const RequestLogLine& line) {
       fields["prompt_tokens"] = line.prompt_tokens;
       fields["completion_tokens"] = line.completion_tokens;
       fields["finish"] = line.finish;
-      fields["duration_ms"] = line.duration_ms;
-      if (line.ttft_ms >= 0) fields["ttft_ms"] = line.ttft_ms;
-      fields["tokens_per_s"] = line.tokens_per_s;
+      fields["duration_ms"] = Round(line.duration_ms, 3);
+      if (line.ttft_ms >= 0) fields["ttft_ms"] = Round(line.ttft_ms, 3);
+      fields["tokens_per_s"] = Round(line.tokens_per_s, 2);
       fields["verify_steps"] = line.verify_steps;
       fields["drafted_tokens"] = line.drafted_tokens;
       fields["accepted_tokens"] = line.accepted_tokens;
-      fields["mean_tokens_per_step"] = line.mean_tokens_per_step;
-      fields["acceptance_by_depth"] = line.acceptance_by_depth;
+      fields["mean_tokens_per_step"] = Round(line.mean_tokens_per_step, 4);
+      std::vector<double> by_depth;
+      for (float rate : line.acceptance_by_depth) by_depth.push_back(Round(rate, 4));
+      fields["acceptance_by_depth"] = by_depth;
     }
     const std::string object = fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     json->log(level, "{}", std::string_view(object).substr(1, object.size() - 2));
