@@ -49,7 +49,7 @@ class EngineImpl final : public Engine {
 
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request,
                                                         EventSink sink) override {
-    absl::Status valid = generator_->Validate(request);
+    absl::Status valid = PrepareRequest(request, options_.limits, model_limits());
     if (!valid.ok()) return valid;
     auto handle = std::make_shared<RequestHandle>();
     {
@@ -63,6 +63,11 @@ class EngineImpl final : public Engine {
     }
     cv_.notify_one();
     return handle;
+  }
+
+  absl::StatusOr<std::vector<int32_t>> Tokenize(std::string_view text,
+                                                bool add_bos) const override {
+    return TokenizeWithinLimits(text, add_bos, options_.limits, model_limits());
   }
 
   const Tokenizer& tokenizer() const override { return generator_->tokenizer(); }
@@ -79,6 +84,11 @@ class EngineImpl final : public Engine {
   }
 
  private:
+  ModelLimits model_limits() const {
+    return {generator_->target_config().vocab_size, generator_->max_context(),
+            &generator_->tokenizer()};
+  }
+
   // Delivers the final event of a finished sequence.
   void FinishEvent(Running& r, GenerationEvent event) {
     event.finished = true;
@@ -143,6 +153,7 @@ class EngineImpl final : public Engine {
           GenerationEvent event;
           event.token_ids = std::move(out.token_ids);
           event.text = std::move(out.text);
+          event.status = std::move(out.status);
           if (out.finished) {
             FinishEvent(r, std::move(event));
           } else {
