@@ -6,6 +6,7 @@
 // cancels the request. Finish is called exactly once, after the queued chunk is written.
 #include "server/completion_service.h"
 
+#include <grpcpp/support/proto_buffer_writer.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -134,6 +135,15 @@ void LogFinished(const std::string& rpc, const std::string& request_id,
           })));
 }
 
+// The wire bytes of `message`.
+grpc::ByteBuffer Serialize(const google::protobuf::Message& message) {
+  grpc::ByteBuffer bytes;
+  bool own_buffer = false;
+  (void)grpc::SerializationTraits<google::protobuf::Message>::Serialize(message, &bytes,
+                                                                        &own_buffer);
+  return bytes;
+}
+
 bool DeadlinePassed(const grpc::CallbackServerContext* context) {
   return context->deadline() <= std::chrono::system_clock::now();
 }
@@ -185,10 +195,10 @@ class ActiveCall {
 // Complete: accumulates the events into the response and finishes on the last one.
 class CompleteReactor final : public grpc::ServerUnaryReactor {
  public:
-  CompleteReactor(grpc::CallbackServerContext* context, v1::CompleteResponse* response,
+  CompleteReactor(grpc::CallbackServerContext* context, grpc::ByteBuffer* wire_response,
                   std::atomic<int>* active)
       : context_(context),
-        response_(response),
+        wire_response_(wire_response),
         link_(std::make_shared<Link<CompleteReactor>>()),
         active_(active) {
     link_->reactor = this;
@@ -257,11 +267,14 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
   void FinishLocked(const grpc::Status& status) {
     if (finished_) return;
     finished_ = true;
+    if (status.ok()) *wire_response_ = Serialize(*response_);
     Finish(status);
   }
 
   grpc::CallbackServerContext* const context_;
-  v1::CompleteResponse* const response_;  // written under link_->mu until Finish
+  grpc::ByteBuffer* const wire_response_;
+  // Guarded by link_->mu until Finish:
+  std::unique_ptr<v1::CompleteResponse> response_ = std::make_unique<v1::CompleteResponse>();
   const std::shared_ptr<Link<CompleteReactor>> link_;
   ActiveCall active_;
   std::string request_id_;
@@ -273,7 +286,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
 // CompleteStream: one chunk per engine event while the client keeps up (events arriving
 // during a write merge into one queued chunk); the last chunk carries finish reason, usage
 // and statistics.
-class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
+class StreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   StreamReactor(grpc::CallbackServerContext* context, std::atomic<int>* active)
       : context_(context), link_(std::make_shared<Link<StreamReactor>>()), active_(active) {
@@ -385,7 +398,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
   void PumpLocked() {
     if (write_in_flight_ || finished_) return;
     if (pending_.has_value()) {
-      writing_ = *std::move(pending_);
+      writing_ = Serialize(*pending_);
       pending_.reset();
       write_in_flight_ = true;
       write_started_ = Clock::now();
@@ -405,7 +418,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
   // Guarded by link_->mu:
   std::shared_ptr<engine::RequestHandle> handle_;
   std::optional<v1::CompleteChunk> pending_;  // events not yet written, merged
-  v1::CompleteChunk writing_;                 // the chunk of the write in flight
+  grpc::ByteBuffer writing_;                  // the chunk of the write in flight
   bool write_in_flight_ = false;
   Clock::time_point write_started_;
   bool cancelled_ = false;
@@ -487,6 +500,27 @@ grpc::Status CheckApiKey(const std::multimap<grpc::string_ref, grpc::string_ref>
   return grpc::Status::OK;
 }
 
+template <typename Message>
+grpc::Status ParseRequest(const grpc::ByteBuffer& bytes, Message* message) {
+  std::vector<grpc::Slice> slices;
+  if (!bytes.Dump(&slices).ok()) {
+    return ToGrpcStatus(absl::InvalidArgumentError("the request could not be read"));
+  }
+  std::string wire;
+  for (const grpc::Slice& slice : slices) {
+    wire.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  ProtobufErrorCapture capture;
+  if (message->ParseFromString(wire)) return grpc::Status::OK;
+  const std::string why = capture.errors().empty()
+                              ? "malformed protobuf encoding"
+                              : capture.errors();
+  return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+      "the request is not a valid ", message->GetTypeName(), ": ", why)));
+}
+template grpc::Status ParseRequest(const grpc::ByteBuffer&, v1::CompleteRequest*);
+template grpc::Status ParseRequest(const grpc::ByteBuffer&, v1::TokenizeRequest*);
+
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 MakeReflectionAuthInterceptorFactory(std::string api_key) {
   return std::make_unique<ReflectionAuthFactory>(std::move(api_key));
@@ -518,11 +552,14 @@ grpc::Status CompletionService::Admit(grpc::CallbackServerContext* context,
 }
 
 grpc::ServerUnaryReactor* CompletionService::Complete(grpc::CallbackServerContext* context,
-                                                      const v1::CompleteRequest* request,
-                                                      v1::CompleteResponse* response) {
-  engine::GenerationRequest generation = ToGenerationRequest(*request);
+                                                      const grpc::ByteBuffer* request_bytes,
+                                                      grpc::ByteBuffer* response) {
+  v1::CompleteRequest request;
+  grpc::Status status = ParseRequest(*request_bytes, &request);
+  engine::GenerationRequest generation = ToGenerationRequest(request);
   std::shared_ptr<engine::Engine> engine;
-  if (grpc::Status status = Admit(context, &engine); !status.ok()) {
+  if (status.ok()) status = Admit(context, &engine);
+  if (!status.ok()) {
     LogRefused("Complete", generation.request_id, context->peer(), status);
     return FinishedUnary(context, status);
   }
@@ -531,11 +568,13 @@ grpc::ServerUnaryReactor* CompletionService::Complete(grpc::CallbackServerContex
   return reactor;
 }
 
-grpc::ServerWriteReactor<v1::CompleteChunk>* CompletionService::CompleteStream(
-    grpc::CallbackServerContext* context, const v1::CompleteRequest* request) {
-  engine::GenerationRequest generation = ToGenerationRequest(*request);
+grpc::ServerWriteReactor<grpc::ByteBuffer>* CompletionService::CompleteStream(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes) {
+  v1::CompleteRequest request;
+  grpc::Status status = ParseRequest(*request_bytes, &request);
+  engine::GenerationRequest generation = ToGenerationRequest(request);
   std::shared_ptr<engine::Engine> engine;
-  grpc::Status status = Admit(context, &engine);
+  if (status.ok()) status = Admit(context, &engine);
   auto* reactor = new StreamReactor(context, &active_calls_);
   if (status.ok()) {
     reactor->Start(std::move(generation), *engine);
@@ -547,18 +586,22 @@ grpc::ServerWriteReactor<v1::CompleteChunk>* CompletionService::CompleteStream(
 }
 
 grpc::ServerUnaryReactor* CompletionService::Tokenize(grpc::CallbackServerContext* context,
-                                                      const v1::TokenizeRequest* request,
-                                                      v1::TokenizeResponse* response) {
+                                                      const grpc::ByteBuffer* request_bytes,
+                                                      grpc::ByteBuffer* response_bytes) {
+  v1::TokenizeRequest request;
+  grpc::Status status = ParseRequest(*request_bytes, &request);
   std::shared_ptr<engine::Engine> engine;
-  grpc::Status status = Admit(context, &engine);
+  if (status.ok()) status = Admit(context, &engine);
   if (status.ok()) {
-    absl::StatusOr<std::vector<int32_t>> ids = engine->Tokenize(request->text(),
-                                                                request->add_bos());
+    absl::StatusOr<std::vector<int32_t>> ids = engine->Tokenize(request.text(),
+                                                                request.add_bos());
     if (ids.ok()) {
+      v1::TokenizeResponse response;
       for (int32_t id : *ids) {
-        response->add_token_ids(id);
-        response->add_pieces(engine->tokenizer().piece(id));
+        response.add_token_ids(id);
+        response.add_pieces(engine->tokenizer().piece(id));
       }
+      *response_bytes = Serialize(response);
     }
     status = ToGrpcStatus(ids.status());
   }

@@ -33,12 +33,27 @@ grpc::Status CheckApiKey(const std::multimap<grpc::string_ref, grpc::string_ref>
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 MakeReflectionAuthInterceptorFactory(std::string api_key);
 
+// The service's base: Complete, CompleteStream and Tokenize take their request as bytes and
+// parse it themselves, so a request gRPC could not parse (invalid UTF-8 in a string field,
+// garbage) is answered INVALID_ARGUMENT naming the problem, and logged, instead of
+// gRPC's bare UNIMPLEMENTED.
+using CompletionServiceBase = specmoe::v1::Completion::WithRawCallbackMethod_Complete<
+    specmoe::v1::Completion::WithRawCallbackMethod_CompleteStream<
+        specmoe::v1::Completion::WithRawCallbackMethod_Tokenize<
+            specmoe::v1::Completion::WithCallbackMethod_GetModelInfo<
+                specmoe::v1::Completion::Service>>>>;
+
+// Parses `bytes` as a `Message`; INVALID_ARGUMENT naming the message and, where protobuf
+// says, the field and the problem.
+template <typename Message>
+grpc::Status ParseRequest(const grpc::ByteBuffer& bytes, Message* message);
+
 // Contract: owned by main and outlives the grpc::Server it is registered with. All methods
 // are thread-safe; RPCs before SetEngine() (models loading) or after StartDraining() get
 // UNAVAILABLE. RPC handlers never block: engine events arrive on the engine's worker thread
 // and are queued into the call's reactor (a stream keeps at most one merged chunk queued
 // behind gRPC's flow control).
-class CompletionService final : public specmoe::v1::Completion::CallbackService {
+class CompletionService final : public CompletionServiceBase {
  public:
   // `api_key` empty: no authentication.
   explicit CompletionService(std::string api_key);
@@ -51,14 +66,13 @@ class CompletionService final : public specmoe::v1::Completion::CallbackService 
   int active_calls() const { return active_calls_.load(); }
 
   grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context,
-                                     const specmoe::v1::CompleteRequest* request,
-                                     specmoe::v1::CompleteResponse* response) override;
-  grpc::ServerWriteReactor<specmoe::v1::CompleteChunk>* CompleteStream(
-      grpc::CallbackServerContext* context,
-      const specmoe::v1::CompleteRequest* request) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* CompleteStream(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
-                                     const specmoe::v1::TokenizeRequest* request,
-                                     specmoe::v1::TokenizeResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const specmoe::v1::GetModelInfoRequest* request,
                                          specmoe::v1::ModelInfo* response) override;

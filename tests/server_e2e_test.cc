@@ -214,6 +214,21 @@ bool WaitForServing(const std::shared_ptr<grpc::Channel>& channel) {
   return false;
 }
 
+// A unary call with hand-made request bytes (what a broken client might send).
+grpc::Status RawUnary(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                      const std::string& request_bytes) {
+  grpc::GenericStub stub(channel);
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
+                 [&done](grpc::Status status) { done.set_value(status); });
+  return done.get_future().get();
+}
+
 // Issue 6's B1 reproducer: sampling with a tiny repetition penalty, plain decoding.
 v1::CompleteRequest B1Request() {
   v1::CompleteRequest request;
@@ -651,6 +666,34 @@ TEST_F(ServerE2eTest, StopStringTokensAgreeWithTheText) {
   EXPECT_EQ(std::vector<int32_t>(stopped.token_ids().begin(), stopped.token_ids().end()),
             std::vector<int32_t>(ids.begin(), ids.begin() + k));
   EXPECT_EQ(stopped.usage().completion_tokens(), static_cast<uint32_t>(k));
+}
+
+// Issue 6 item 8: requests gRPC cannot parse are INVALID_ARGUMENT naming the problem, and
+// protobuf's own complaint is a line in the server's log format.
+TEST_F(ServerE2eTest, UnparseableRequestsAreInvalidArgumentNamingTheProblem) {
+  // CompleteRequest.prompt (field 1) holding the bytes ff fe: not UTF-8.
+  const std::string bad_utf8("\x0a\x02\xff\xfe", 4);
+  grpc::Status status = RawUnary(*channel_, "/specmoe.v1.Completion/Complete", bad_utf8);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("not a valid specmoe.v1.CompleteRequest"));
+  EXPECT_THAT(status.error_message(), HasSubstr("specmoe.v1.CompleteRequest.prompt"));
+  EXPECT_THAT(status.error_message(), HasSubstr("invalid UTF-8"));
+  status = RawUnary(*channel_, "/specmoe.v1.Completion/CompleteStream", bad_utf8);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  status = RawUnary(*channel_, "/specmoe.v1.Completion/Tokenize", bad_utf8);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("specmoe.v1.TokenizeRequest.text"));
+  // Not protobuf at all (a field tag with a truncated varint).
+  status = RawUnary(*channel_, "/specmoe.v1.Completion/Complete", std::string("\x08\xff", 2));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("not a valid specmoe.v1.CompleteRequest"));
+  EXPECT_TRUE(LogHasLine({"rpc=Complete refused code=INVALID_ARGUMENT", "invalid UTF-8"}))
+      << server_->log();
+  // protobuf's line is in the server's format ("<time>Z E protobuf ..."), not libprotobuf's.
+  EXPECT_TRUE(LogHasLine({"Z E protobuf ", "invalid UTF-8"})) << server_->log();
+  EXPECT_THAT(server_->log(), ::testing::Not(HasSubstr("[libprotobuf")));
+  v1::CompleteResponse response;
+  ASSERT_TRUE(Complete(Greedy("Hello", 4), &response).ok());
 }
 
 TEST_F(ServerE2eTest, CliCompleteStreamAndHealth) {
