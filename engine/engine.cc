@@ -51,7 +51,7 @@ class EngineImpl final : public Engine {
 
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request,
                                                         EventSink sink) override {
-    absl::Status valid = generator_->Validate(request);
+    absl::Status valid = PrepareRequest(request, options_.limits, model_limits());
     if (!valid.ok()) return valid;
     auto handle = std::make_shared<RequestHandle>();
     {
@@ -67,6 +67,11 @@ class EngineImpl final : public Engine {
     }
     cv_.notify_one();
     return handle;
+  }
+
+  absl::StatusOr<std::vector<int32_t>> Tokenize(std::string_view text,
+                                                bool add_bos) const override {
+    return TokenizeWithinLimits(text, add_bos, options_.limits, model_limits());
   }
 
   const Tokenizer& tokenizer() const override { return generator_->tokenizer(); }
@@ -91,6 +96,11 @@ class EngineImpl final : public Engine {
     stats_.kv_blocks_free.store(cache.free_blocks(), std::memory_order_relaxed);
     stats_.kv_blocks_used.store(cache.num_blocks() - cache.free_blocks(),
                                 std::memory_order_relaxed);
+  }
+
+  ModelLimits model_limits() const {
+    return {generator_->target_config().vocab_size, generator_->max_context(),
+            &generator_->tokenizer()};
   }
 
   // Delivers the final event of a finished sequence.
@@ -169,6 +179,7 @@ class EngineImpl final : public Engine {
           GenerationEvent event;
           event.token_ids = std::move(out.token_ids);
           event.text = std::move(out.text);
+          event.status = std::move(out.status);
           if (out.finished) {
             FinishEvent(r, std::move(event));
           } else {

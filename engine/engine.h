@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/request.h"
+#include "engine/request_validator.h"
 #include "engine/tokenizer.h"
 
 namespace specmoe::engine {
@@ -52,6 +53,7 @@ struct EngineOptions {
   int max_context = 0;                // 0: the target's max_position_embeddings
   int prefill_chunk = 256;            // prompt tokens per prefill forward
   std::shared_ptr<EngineObserver> observer;  // optional
+  RequestLimits limits;               // checked by Submit (engine/request_validator.h)
 };
 
 // A submitted request: cancel it from any thread.
@@ -72,11 +74,16 @@ class Engine {
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
   virtual ~Engine() = default;
 
-  // Queues a request; the sink receives its events on the worker thread. Errors:
-  // INVALID_ARGUMENT (bad token id, prompt longer than the context, bad expansion),
-  // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down).
+  // Checks and completes the request (PrepareRequest: the one validator; a text prompt is
+  // tokenized here, on the caller's thread, within the byte and token limits) and queues it;
+  // the sink receives its events on the worker thread. Errors: INVALID_ARGUMENT naming the
+  // field, RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down). A request that
+  // later fails on the models' data (a NaN logit) ends with an INTERNAL event.
   virtual absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request,
                                                                 EventSink sink) = 0;
+  // The Tokenize RPC: `text` within the same byte and token limits as a prompt.
+  virtual absl::StatusOr<std::vector<int32_t>> Tokenize(std::string_view text,
+                                                        bool add_bos) const = 0;
 
   virtual const Tokenizer& tokenizer() const = 0;
   virtual int vocab_size() const = 0;

@@ -1,11 +1,18 @@
 // server/logging.h — spdlog set-up for specmoe-server: text lines or one JSON object per
-// line (for log collectors), at a chosen level. Tested by tests/server_e2e_test.cc, which
-// reads the server's log.
+// line (for log collectors), at a chosen level. Text lines escape control characters (a
+// request id holding "\n" or ANSI escapes cannot forge a line); JSON lines are valid even
+// for invalid UTF-8 (nlohmann-json's dump with replacement); a request's id is a field of
+// its own in JSON, and so are the fields a finished or refused request's line carries (rpc,
+// peer, status, tokens, timings, speculation). protobuf's and gRPC's own log lines are routed here too.
+// Tested by tests/logging_test.cc and tests/server_e2e_test.cc, which reads the server's log.
 #ifndef SPECMOE_SERVER_LOGGING_H_
 #define SPECMOE_SERVER_LOGGING_H_
 
+#include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
 #include <string>
-#include <vector>
+#include <string_view>
 
 namespace specmoe::server {
 
@@ -13,32 +20,34 @@ namespace specmoe::server {
 // Call once, from main, before other threads start.
 void ConfigureLogging(const std::string& format, const std::string& level);
 
-// What the one line per finished or refused request carries (DESIGN §7).
-struct RequestLogLine {
-  std::string request_id;  // empty for a request refused before it got one
-  std::string rpc;
-  std::string peer;        // gRPC's peer string, e.g. ipv4:127.0.0.1:40000
-  std::string status;      // gRPC code name, e.g. OK, INVALID_ARGUMENT
-  std::string error;       // the status message when not OK
-  bool refused = false;    // refused before generation (validation, auth, queue, draining)
-  // Generation requests only:
-  int prompt_tokens = 0;
-  int completion_tokens = 0;
-  std::string finish;      // length, stop, eos, cancelled
-  double duration_ms = 0;
-  double ttft_ms = -1;     // < 0: no token was generated
-  double tokens_per_s = 0;
-  int verify_steps = 0;
-  int drafted_tokens = 0;
-  int accepted_tokens = 0;
-  double mean_tokens_per_step = 0;
-  std::vector<float> acceptance_by_depth;
-};
+// One line about a request: text "request <id> <message>", JSON {"request_id":..,"msg":..}.
+void LogRequest(spdlog::level::level_enum level, std::string_view request_id,
+                std::string_view message);
+// The same with `fields` (a JSON object) as fields of their own in JSON lines, after msg;
+// text lines show the message only, which should carry the same facts as key=value.
+void LogRequest(spdlog::level::level_enum level, std::string_view request_id,
+                std::string_view message, const nlohmann::json& fields);
 
-// Writes the line: in JSON format every field is a key of its own in the line's object
-// (next to time, level, thread, msg); in text format key=value pairs. OK lines are info,
-// others warn.
-void LogRequest(const RequestLogLine& line);
+// `text` with control characters and backslashes escaped (\n, \t, \r, \\, \xHH).
+std::string EscapeControl(std::string_view text);
+
+// Formats one log record as ConfigureLogging's format would (for tests): `payload` as
+// logged (LogRequest's or a plain message).
+std::string FormatForTest(const std::string& format, std::string_view request_id,
+                          std::string_view message);
+
+// While alive, protobuf error lines on this thread are also collected (to name the
+// problem of a request that does not parse).
+class ProtobufErrorCapture {
+ public:
+  ProtobufErrorCapture();
+  ~ProtobufErrorCapture();
+  const std::string& errors() const { return errors_; }
+
+ private:
+  std::string errors_;
+  ProtobufErrorCapture* previous_;
+};
 
 }  // namespace specmoe::server
 

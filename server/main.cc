@@ -22,6 +22,7 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -99,6 +100,12 @@ struct StopState {
   }
 };
 
+// True for 127.0.0.0/8, [::1] and localhost listen addresses.
+bool IsLoopback(const std::string& listen) {
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  return host == "localhost" || host == "[::1]" || host.rfind("127.", 0) == 0;
+}
+
 int g_signal_pipe[2] = {-1, -1};
 
 void OnSignal(int signal_number) {
@@ -155,10 +162,6 @@ int main(int argc, char** argv) {
     stop_state.Stop(0);
   }).detach();
 
-  specmoe::server::ServiceLimits limits;
-  limits.default_max_tokens = options.default_max_tokens;
-  limits.max_tokens_limit = options.max_tokens_limit;
-  limits.max_prompt_tokens = options.max_prompt_tokens;
   // The metrics outlive the service and the engine (the engine holds them as its observer).
   auto metrics = std::make_shared<specmoe::server::Metrics>();
   specmoe::server::MetricsHttpServer metrics_http(metrics.get());
@@ -171,11 +174,20 @@ int main(int argc, char** argv) {
     spdlog::info("metrics listening on {} (port {}) at /metrics{}", options.metrics_listen,
                  metrics_http.port(), metrics_key->empty() ? "" : " with an API key");
   }
-  specmoe::server::CompletionService service(limits, *api_key, metrics.get());
+  specmoe::server::CompletionService service(*api_key, metrics.get());
+  if (!api_key->empty() && options.tls_cert.empty() && !IsLoopback(options.listen)) {
+    spdlog::warn("--api-key-file without TLS on {}: the key crosses the network in clear "
+                 "text (give --tls-cert/--tls-key, or listen on a loopback address)",
+                 options.listen);
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(specmoe::server::MakeReflectionAuthInterceptorFactory(*api_key));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   int port = 0;
   builder.AddListeningPort(options.listen, *credentials, &port);
   builder.RegisterService(&service);
@@ -236,11 +248,24 @@ int main(int argc, char** argv) {
     std::unique_lock<std::mutex> lock(stop_state.mu);
     stop_state.cv.wait(lock, [] { return stop_state.stop; });
     exit_code = stop_state.exit_code;
-    health->Shutdown();  // NOT_SERVING from now on, for every service name
+    // NOT_SERVING from now on, for every service name; the listener stays open through the
+    // grace period so that probes see it, while new Completion calls get UNAVAILABLE.
+    health->SetServingStatus("", false);
+    health->SetServingStatus(kServiceName, false);
   }
   service.StartDraining();
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::seconds(options.drain_seconds));
+  const auto drain_end =
+      std::chrono::steady_clock::now() + std::chrono::seconds(options.drain_seconds);
+  const int in_flight = service.active_calls();
+  while (service.active_calls() > 0 && std::chrono::steady_clock::now() < drain_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  spdlog::info("drain: {} call(s) were in flight, {} still are; closing",
+               in_flight, service.active_calls());
+  health->Shutdown();
+  // Every generation call has ended (or the grace period is over): cancel whatever is left
+  // (health and reflection calls) at once.
+  server->Shutdown(std::chrono::system_clock::now());
   if (!loader_done.load()) {
     // Stopped while Engine::Create is still reading the models: nothing is in flight, and
     // waiting for a large model to finish loading would only delay the exit.

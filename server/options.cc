@@ -207,6 +207,10 @@ engine::EngineOptions ToEngineOptions(const ServerOptions& options) {
   engine_options.max_queue = options.max_queue;
   engine_options.max_batch = options.max_batch;
   engine_options.max_context = options.max_context;
+  engine_options.limits.default_max_tokens = options.default_max_tokens;
+  engine_options.limits.max_tokens_limit = options.max_tokens_limit;
+  engine_options.limits.max_prompt_tokens = options.max_prompt_tokens;
+  engine_options.limits.max_prompt_bytes = options.max_prompt_bytes;
   return engine_options;
 }
 
