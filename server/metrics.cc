@@ -228,14 +228,17 @@ MetricsHttpServer::MetricsHttpServer(const Metrics* metrics) : metrics_(metrics)
 MetricsHttpServer::~MetricsHttpServer() { Stop(); }
 
 absl::Status MetricsHttpServer::Start(const std::string& listen, const std::string& api_key) {
-  const size_t colon = listen.rfind(':');
+  // A bare PORT means the loopback: 127.0.0.1:PORT.
+  const std::string address =
+      listen.find(':') == std::string::npos ? absl::StrCat("127.0.0.1:", listen) : listen;
+  const size_t colon = address.rfind(':');
   int port = -1;
-  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
-      port < 0 || port > 65535) {
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 0 || port > 65535 ||
+      colon == 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--metrics-listen: '", listen, "' is not HOST:PORT"));
+        absl::StrCat("--metrics-listen: '", listen, "' is not HOST:PORT or PORT"));
   }
-  std::string host = listen.substr(0, colon);
+  std::string host = address.substr(0, colon);
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
     host = host.substr(1, host.size() - 2);
   }

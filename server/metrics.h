@@ -105,7 +105,7 @@ class MetricsHttpServer {
   explicit MetricsHttpServer(const Metrics* metrics);
   ~MetricsHttpServer();
 
-  // `listen` is HOST:PORT (port 0: a free one); `api_key` empty: no authentication, else
+  // `listen` is HOST:PORT or PORT (the loopback, 127.0.0.1; port 0: a free one); `api_key` empty: no authentication, else
   // requests need 'Authorization: Bearer <key>'. UNAVAILABLE when the port cannot be bound.
   absl::Status Start(const std::string& listen, const std::string& api_key);
   int port() const { return port_; }

@@ -115,8 +115,8 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
   text("--api-key-file", &options.api_key_file, "PATH",
        "require 'authorization: Bearer <key>' (key read from PATH) on every RPC but health");
   text("--metrics-listen", &options.metrics_listen, "HOST:PORT",
-       "serve Prometheus metrics at http://HOST:PORT/metrics (off when not given; port 0 picks "
-       "a free port; keep HOST a loopback address unless scraped from elsewhere)");
+       "serve Prometheus metrics at http://HOST:PORT/metrics (off when not given; a bare PORT "
+       "is 127.0.0.1:PORT; port 0 picks a free port)");
   text("--metrics-api-key-file", &options.metrics_api_key_file, "PATH",
        "require 'Authorization: Bearer <key>' (key read from PATH) on /metrics");
   text("--tls-cert", &options.tls_cert, "PATH",

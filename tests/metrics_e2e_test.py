@@ -194,6 +194,19 @@ class MetricsE2eTest(unittest.TestCase):
         self.assertTrue(refusal["peer"].startswith("ipv4:127.0.0.1:"))
         self.assertEqual(refusal["level"], "warning")
 
+    def test_bare_port_is_the_loopback_and_bad_address_is_refused(self):
+        server = e2e.Server("--metrics-listen", "0")  # the last --metrics-listen wins
+        try:
+            self.assertIn("specmoe_requests_total", server.scrape())
+        finally:
+            self.assertEqual(server.stop(), 0)
+        bad = subprocess.run([e2e.SERVER, "--target", e2e.TARGET, "--listen", "127.0.0.1:0",
+                              "--metrics-listen", "127.0.0.1:notaport"],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(bad.returncode, 1)
+        self.assertIn("--metrics-listen: '127.0.0.1:notaport' is not HOST:PORT or PORT",
+                      bad.stdout + bad.stderr)
+
     def test_real_prometheus_scrapes_the_server(self):
         prometheus = shutil.which("prometheus")
         if prometheus is None:
