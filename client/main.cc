@@ -14,6 +14,7 @@
 #include <cctype>
 #include <charconv>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -72,8 +73,9 @@ class DefaultsFormatter final : public CLI::Formatter {
   }
 };
 
-// A CLI11 check: a comma-separated list of integers, each at least `min_value`.
-CLI::Validator IntList(int64_t min_value) {
+// A CLI11 check: a comma-separated list of integers, each at least `min_value` (token ids
+// are sent as given: the server names a bad one).
+CLI::Validator IntList(int64_t min_value = INT32_MIN) {
   return CLI::Validator(
       [min_value](std::string& text) -> std::string {
         std::vector<std::string> parts = CLI::detail::split(text, ',');
@@ -82,7 +84,8 @@ CLI::Validator IntList(int64_t min_value) {
           const char* end = part.data() + part.size();
           const auto [ptr, ec] = std::from_chars(part.data(), end, value);
           if (part.empty() || ec != std::errc() || ptr != end || value < min_value) {
-            return "expected a comma-separated list of integers >= " + std::to_string(min_value) +
+            return "expected a comma-separated list of integers" +
+                   (min_value > INT32_MIN ? " >= " + std::to_string(min_value) : std::string()) +
                    ", got '" + text + "'";
           }
         }
@@ -199,7 +202,7 @@ std::string ParseArgs(int argc, char** argv, CliOptions* options) {
       ->capture_default_str();
   app.add_option("--prompt-ids", prompt_ids, "prompt as token ids (used as given; no BOS added)")
       ->option_text("1,2,3")
-      ->check(IntList(0));
+      ->check(IntList());
   CLI::Option* max_tokens_flag =
       app.add_option("--max-tokens", max_tokens, "tokens to generate (default: the server's)")
           ->option_text("N");
