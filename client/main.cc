@@ -1,6 +1,7 @@
 // client/main.cc — specmoe-cli: command-line client for specmoe.v1.Completion (DESIGN §7).
 //   specmoe-cli complete|stream [flags] "prompt"      (or --prompt-ids 1,2,3)
 //   specmoe-cli info | tokenize "text" | health
+//   specmoe-cli bench [bench flags]             (the load tester: client/bench.h)
 // Plain output prints the text (stream: deltas as they arrive) and a timing summary on
 // stderr; --json prints the proto3 JSON mapping of the response (stream: one line per
 // chunk). Flags through CLI11; --help lists each with its default. Exit codes: 0 OK, 1 RPC
@@ -13,6 +14,7 @@
 #include <cctype>
 #include <charconv>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -22,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "client/bench.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "specmoe/v1/completion.grpc.pb.h"
 
@@ -45,6 +48,7 @@ struct CliOptions {
   bool json = false;
   bool help = false;
   std::string help_text;  // the --help output, set with help
+  BenchOptions bench;     // command "bench"
 };
 
 constexpr char kDescription[] =
@@ -55,7 +59,8 @@ constexpr char kDescription[] =
     "  stream     generate a completion, printing text as it arrives\n"
     "  tokenize   print the token ids and pieces of PROMPT\n"
     "  info       print the served models (GetModelInfo)\n"
-    "  health     print grpc.health.v1 status; exit 0 only when SERVING\n";
+    "  health     print grpc.health.v1 status; exit 0 only when SERVING\n"
+    "  bench      load-test the server (specmoe-cli bench --help for its flags)\n";
 
 // Help entries as "--flag VALUE   description (default X)".
 class DefaultsFormatter final : public CLI::Formatter {
@@ -68,8 +73,9 @@ class DefaultsFormatter final : public CLI::Formatter {
   }
 };
 
-// A CLI11 check: a comma-separated list of integers, each at least `min_value`.
-CLI::Validator IntList(int64_t min_value) {
+// A CLI11 check: a comma-separated list of integers, each at least `min_value` (token ids
+// are sent as given: the server names a bad one).
+CLI::Validator IntList(int64_t min_value = INT32_MIN) {
   return CLI::Validator(
       [min_value](std::string& text) -> std::string {
         std::vector<std::string> parts = CLI::detail::split(text, ',');
@@ -78,7 +84,8 @@ CLI::Validator IntList(int64_t min_value) {
           const char* end = part.data() + part.size();
           const auto [ptr, ec] = std::from_chars(part.data(), end, value);
           if (part.empty() || ec != std::errc() || ptr != end || value < min_value) {
-            return "expected a comma-separated list of integers >= " + std::to_string(min_value) +
+            return "expected a comma-separated list of integers" +
+                   (min_value > INT32_MIN ? " >= " + std::to_string(min_value) : std::string()) +
                    ", got '" + text + "'";
           }
         }
@@ -91,6 +98,86 @@ std::vector<int64_t> SplitInts(const std::string& text) {
   std::vector<int64_t> values;
   for (const std::string& part : CLI::detail::split(text, ',')) values.push_back(std::stoll(part));
   return values;
+}
+
+// The bench subcommand and its own flags, bound to *bench; the shared flags fall through
+// to the top-level app.
+CLI::App* AddBenchCommand(CLI::App& app, BenchOptions* bench) {
+  CLI::App* command = app.add_subcommand(
+      "bench",
+      "Load-tests the server (modelled on vllm bench serve): N streaming requests from a "
+      "dataset at a concurrency or an arrival rate; prints TTFT, TPOT, ITL, E2EL, "
+      "throughput, goodput, errors by gRPC code and speculation statistics.");
+  command->fallthrough();
+  command->footer(
+      "Also the top-level flags: --server, --api-key-file, --tls-ca, --timeout-ms (each "
+      "request's deadline), --temperature, --seed, --tree, --ignore-eos, --no-speculation.");
+  command->formatter(std::make_shared<DefaultsFormatter>());
+  command->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  command->add_option("--num-requests", bench->num_requests, "requests to send")
+      ->option_text("N")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--concurrency", bench->concurrency,
+                      "requests in flight at most (0: 1 without --request-rate, unbounded with)")
+      ->option_text("C")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
+  command->add_option("--request-rate", bench->request_rate,
+                      "arrivals per second, Poisson (0: all at once, bounded by --concurrency)")
+      ->option_text("R")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e6));
+  command->add_option("--burstiness", bench->burstiness,
+                      "shape of the gamma-distributed gaps (1: Poisson; < 1 burstier)")
+      ->option_text("F")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--warmup", bench->warmup, "requests sent first and not measured")
+      ->option_text("N")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
+  command->add_option("--dataset-name", bench->dataset_name, "where the prompts come from")
+      ->option_text("jsonl|sharegpt|random")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"jsonl", "sharegpt", "random"}));
+  command->add_option("--dataset-path", bench->dataset_path,
+                      "JSONL ({\"prompt\": ..., optional \"max_tokens\"} per line) or ShareGPT "
+                      "JSON (default for jsonl: client/data/prompts.jsonl)")
+      ->option_text("PATH");
+  command->add_option("--input-len", bench->input_len, "random: prompt tokens")
+      ->option_text("N")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--output-len", bench->output_len,
+                      "max_tokens of each request (unless the dataset line gives one)")
+      ->option_text("N")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command->add_option("--percentiles", bench->percentiles, "percentiles to report")
+      ->option_text("50,90,99")
+      ->delimiter(',')
+      ->default_str("50,90,99")
+      ->check(CLI::Range(0.0, 100.0));
+  command->add_flag("--ab", bench->ab,
+                    "the same requests with speculation on and off, interleaved, side by side");
+  command->add_option("--sweep-concurrency", bench->sweep_concurrency,
+                      "one run per concurrency, one row each")
+      ->option_text("1,2,4,8,16")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 1 << 20));
+  command->add_option("--json", bench->json_path,
+                      "write the report as JSON (vllm bench serve's field names)")
+      ->option_text("FILE");
+  command->add_option("--plot", bench->plot_path,
+                      "draw tokens/s and p99 latency against concurrency (python3-matplotlib)")
+      ->option_text("FILE.png");
+  command->add_option("--connect-timeout-ms", bench->connect_timeout_ms,
+                      "give up when the server does not answer within this")
+      ->option_text("N")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  return command;
 }
 
 // Parses argv into *options. Returns an error message naming the flag, or "" on success.
@@ -115,7 +202,7 @@ std::string ParseArgs(int argc, char** argv, CliOptions* options) {
       ->capture_default_str();
   app.add_option("--prompt-ids", prompt_ids, "prompt as token ids (used as given; no BOS added)")
       ->option_text("1,2,3")
-      ->check(IntList(0));
+      ->check(IntList());
   CLI::Option* max_tokens_flag =
       app.add_option("--max-tokens", max_tokens, "tokens to generate (default: the server's)")
           ->option_text("N");
@@ -158,13 +245,35 @@ std::string ParseArgs(int argc, char** argv, CliOptions* options) {
       ->check(CLI::PositiveNumber);
   app.add_flag("--json", options->json, "print JSON (stream: one object per chunk)");
   app.add_flag("--help", options->help, "print this help");
+  CLI::App* bench = AddBenchCommand(app, &options->bench);
+  std::string slo;
+  bench->add_option("--slo", slo, "goodput counts requests within every limit (milliseconds)")
+      ->option_text("ttft:200,tpot:50");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
     return error.what();
   }
   if (options->help) {
-    options->help_text = app.help();
+    options->help_text = *bench ? bench->help() : app.help();
+    return "";
+  }
+  if (*bench) {
+    // The connection and request flags are the top-level ones (--server, --api-key-file,
+    // --tls-ca, --timeout-ms, --temperature, --seed, --tree, --ignore-eos, --no-speculation).
+    options->command = "bench";
+    if (!positional.empty()) return "bench takes no PROMPT argument (see --dataset-name)";
+    BenchOptions& b = options->bench;
+    b.server = options->server;
+    b.timeout_ms = options->timeout_ms;
+    b.temperature = temperature;
+    b.seed = seed;
+    b.ignore_eos = ignore_eos;
+    b.no_speculation = no_speculation;
+    if (!tree.empty()) {
+      for (int64_t k : SplitInts(tree)) b.tree.push_back(static_cast<uint32_t>(k));
+    }
+    if (!slo.empty()) return ParseSlo(slo, &b.slo_ms);
     return "";
   }
   if (max_tokens_flag->count() > 0) request.set_max_tokens(max_tokens);
@@ -295,6 +404,7 @@ class Cli {
       api_key_ = key;
     }
     channel_ = grpc::CreateChannel(options_.server, credentials);
+    if (options_.command == "bench") return RunBench(options_.bench, channel_, api_key_);
     stub_ = v1::Completion::NewStub(channel_);
 
     v1::CompleteRequest request = options_.request;

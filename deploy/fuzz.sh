@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# deploy/fuzz.sh — builds the libFuzzer targets (tests/fuzz_config.cc, fuzz_safetensors.cc,
-# fuzz_pickle.cc) with clang + ASan/UBSan in their own build folder and runs each for
+# deploy/fuzz.sh — builds the libFuzzer targets (the three readers tests/fuzz_config.cc,
+# fuzz_safetensors.cc, fuzz_pickle.cc, and the gRPC surface tests/fuzz_request.cc: bytes as a
+# serialized CompleteRequest through the service's conversion and the engine's validator)
+# with clang + ASan/UBSan in their own build folder and runs each for
 # $FUZZ_SECONDS seconds (default 30) from its seed corpus tests/fuzz_corpus/<target>/
 # (committed crash inputs in crashes/ are replayed first, as part of that corpus).
 # Exits non-zero on any crash, leak, timeout or OOM and copies the reproducer to
@@ -8,13 +10,13 @@
 # then replays it in every ordinary test run.
 #
 # Environment: FUZZ_SECONDS (30), FUZZ_BUILD_DIR (build-fuzz), FUZZ_JOBS (2),
-# FUZZ_TARGETS (all three), CC / CXX (clang / clang++).
+# FUZZ_TARGETS (all four), CC / CXX (clang / clang++).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${FUZZ_BUILD_DIR:-$ROOT/build-fuzz}"
 SECONDS_EACH="${FUZZ_SECONDS:-30}"
-TARGETS="${FUZZ_TARGETS:-fuzz_config fuzz_safetensors fuzz_pickle}"
+TARGETS="${FUZZ_TARGETS:-fuzz_config fuzz_safetensors fuzz_pickle fuzz_request}"
 CC_BIN="${CC:-clang}"
 CXX_BIN="${CXX:-clang++}"
 if ! command -v "$CXX_BIN" >/dev/null; then

@@ -28,7 +28,7 @@ BUILD_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libsentencepiece-dev
-  libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
+  libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev
 )
@@ -38,6 +38,8 @@ TEST_PACKAGES=(
   python3 python3-numpy python3-sentencepiece python3-venv
   # deploy/test-image.sh: builds and runs the CPU image, checks compose and Kubernetes files
   buildah podman runc debootstrap podman-compose
+  # the bench and metrics e2e tests: promtool and a real Prometheus, the plot, the Python client
+  prometheus python3-matplotlib python3-grpcio python3-grpc-tools
 )
 # kubectl (for kubectl kustomize): Debian 12's kubernetes-client (1.20; deploy/k8s is
 # written for its kustomize), unless a kubectl from elsewhere is installed (the two would

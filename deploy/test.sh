@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# The test command: set-up, build, the whole test suite, then 30 s of fuzzing per reader.
+# The test command: set-up, build, the whole test suite, the unit and e2e tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer, the engine and server tests under
+# ThreadSanitizer (each in its own build folder), then 30 s of fuzzing per target.
 # Non-zero exit on any failure; prints the time of each phase.
 # Environment: BUILD_DIR (default build), JOBS (default: all cores), FUZZ_SECONDS (default 30,
-# 0 skips fuzzing).
+# 0 skips fuzzing), SANITIZERS (default 1; 0 skips the ASan/UBSan and TSan phases),
+# ASAN_BUILD_DIR (build-asan), TSAN_BUILD_DIR (build-tsan).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+SANITIZERS=${SANITIZERS:-1}
+ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
+TSAN_BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan}
 
 phase_start=$(date +%s)
 total_start=$phase_start
@@ -38,6 +44,46 @@ phase "build"
 
 (cd "$BUILD_DIR" && ctest --output-on-failure -j 1 --timeout 1200)
 phase "tests"
+
+# Sanitized builds: RelWithDebInfo (-O2 -g) with frame pointers. ASan+UBSan builds and runs
+# every ctest test (unit + e2e; the e2e test runs the sanitized server and CLI); TSan the
+# engine and server tests and the binaries the e2e test runs.
+TSAN_TESTS="engine_test request_validator_test server_options_test logging_test
+  server_e2e_test specmoe-server specmoe-cli"
+sanitized_build() {  # <dir> <flags> [targets...] (none: all)
+  local dir=$1 flags=$2; shift 2
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPECMOE_CUDA=OFF \
+    -DCMAKE_CXX_FLAGS="$flags -fno-omit-frame-pointer" \
+    -DCMAKE_EXE_LINKER_FLAGS="$flags" >"$dir.configure.log" 2>&1 ||
+    { cat "$dir.configure.log" >&2; exit 1; }
+  if [ $# -eq 0 ]; then
+    cmake --build "$dir" -j "$JOBS"
+  else
+    # shellcheck disable=SC2068
+    cmake --build "$dir" -j "$JOBS" --target $@
+  fi
+}
+if [ "$SANITIZERS" != 0 ]; then
+  sanitized_build "$ASAN_BUILD_DIR" "-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+  phase "ASan+UBSan build"
+  # Leak checking is off: gRPC and protobuf keep process-lifetime allocations by design.
+  (cd "$ASAN_BUILD_DIR" &&
+   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1 \
+   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+   ctest --output-on-failure -j 1 --timeout 2400 -LE cuda)
+  phase "ASan+UBSan tests (unit + e2e)"
+
+  sanitized_build "$TSAN_BUILD_DIR" "-fsanitize=thread" $TSAN_TESTS
+  phase "TSan build"
+  # Debian's gRPC and Abseil are not instrumented: their internal synchronisation (futexes
+  # behind absl::Mutex) is invisible to TSan, so races reported inside those libraries are
+  # suppressed (deploy/tsan.supp); every race in our code fails the phase.
+  (cd "$TSAN_BUILD_DIR" &&
+   TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/deploy/tsan.supp" \
+   ctest --output-on-failure -j 1 --timeout 2400 \
+     -R "^(engine_test|request_validator_test|server_options_test|logging_test|server_e2e_test)$")
+  phase "TSan tests (engine + server)"
+fi
 
 # Deployment: static checks of deploy/k8s and deploy/compose.yaml; the CPU image built and run.
 BUILD_DIR=$BUILD_DIR ./deploy/test-image.sh

@@ -20,6 +20,7 @@ namespace specmoe::engine {
 namespace {
 
 struct Pending {
+  std::chrono::steady_clock::time_point queued_at;
   GenerationRequest request;
   EventSink sink;
   std::shared_ptr<RequestHandle> handle;
@@ -35,6 +36,7 @@ class EngineImpl final : public Engine {
  public:
   EngineImpl(const EngineOptions& options, std::unique_ptr<Generator> generator)
       : options_(options), generator_(std::move(generator)) {
+    PublishKvStats();
     worker_ = std::thread([this] { Run(); });
   }
 
@@ -49,7 +51,7 @@ class EngineImpl final : public Engine {
 
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request,
                                                         EventSink sink) override {
-    absl::Status valid = generator_->Validate(request);
+    absl::Status valid = PrepareRequest(request, options_.limits, model_limits());
     if (!valid.ok()) return valid;
     auto handle = std::make_shared<RequestHandle>();
     {
@@ -59,10 +61,17 @@ class EngineImpl final : public Engine {
         return absl::ResourceExhaustedError(
             absl::StrCat("request queue full (", options_.max_queue, " waiting)"));
       }
-      queue_.push_back({std::move(request), std::move(sink), handle});
+      queue_.push_back({std::chrono::steady_clock::now(), std::move(request), std::move(sink),
+                        handle});
+      stats_.queue_depth.store(static_cast<int>(queue_.size()), std::memory_order_relaxed);
     }
     cv_.notify_one();
     return handle;
+  }
+
+  absl::StatusOr<std::vector<int32_t>> Tokenize(std::string_view text,
+                                                bool add_bos) const override {
+    return TokenizeWithinLimits(text, add_bos, options_.limits, model_limits());
   }
 
   const Tokenizer& tokenizer() const override { return generator_->tokenizer(); }
@@ -77,8 +86,23 @@ class EngineImpl final : public Engine {
   std::string dtype() const override {
     return kernels::DTypeName(generator_->target().weights().dtype);
   }
+  const EngineStats& stats() const override { return stats_; }
 
  private:
+  // Stores the gauges the worker owns (running set and KV cache).
+  void PublishKvStats() {
+    const KvCache& cache = generator_->target_cache();
+    stats_.running.store(static_cast<int>(running_.size()), std::memory_order_relaxed);
+    stats_.kv_blocks_free.store(cache.free_blocks(), std::memory_order_relaxed);
+    stats_.kv_blocks_used.store(cache.num_blocks() - cache.free_blocks(),
+                                std::memory_order_relaxed);
+  }
+
+  ModelLimits model_limits() const {
+    return {generator_->target_config().vocab_size, generator_->max_context(),
+            &generator_->tokenizer()};
+  }
+
   // Delivers the final event of a finished sequence.
   void FinishEvent(Running& r, GenerationEvent event) {
     event.finished = true;
@@ -98,6 +122,7 @@ class EngineImpl final : public Engine {
         if (queue_.empty()) return;
         p = std::move(queue_.front());
         queue_.pop_front();
+        stats_.queue_depth.store(static_cast<int>(queue_.size()), std::memory_order_relaxed);
       }
       if (p.handle->cancelled()) {
         GenerationEvent event;
@@ -112,6 +137,7 @@ class EngineImpl final : public Engine {
         // No KV room now: wait at the head of the queue for a running request to finish.
         std::lock_guard<std::mutex> lock(mu_);
         queue_.push_front(std::move(p));
+        stats_.queue_depth.store(static_cast<int>(queue_.size()), std::memory_order_relaxed);
         return;
       }
       if (!seq.ok()) {
@@ -121,7 +147,13 @@ class EngineImpl final : public Engine {
         p.sink(std::move(event));
         continue;
       }
+      if (options_.observer != nullptr) {
+        options_.observer->OnQueueWait(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - p.queued_at)
+                .count());
+      }
       running_.push_back({*std::move(seq), std::move(p.sink), std::move(p.handle)});
+      PublishKvStats();
     }
   }
 
@@ -140,9 +172,14 @@ class EngineImpl final : public Engine {
           FinishEvent(r, {});
         } else {
           StepOutput out = generator_->Step(*r.seq);
+          if (options_.observer != nullptr) {
+            options_.observer->OnStep(out.draft_seconds, out.target_seconds,
+                                      out.verify_seconds, out.tree_tokens);
+          }
           GenerationEvent event;
           event.token_ids = std::move(out.token_ids);
           event.text = std::move(out.text);
+          event.status = std::move(out.status);
           if (out.finished) {
             FinishEvent(r, std::move(event));
           } else {
@@ -152,6 +189,7 @@ class EngineImpl final : public Engine {
           }
         }
         running_.erase(running_.begin() + static_cast<long>(i));
+        PublishKvStats();
       }
     }
     // Shutting down: everything still queued or running ends as cancelled.
@@ -176,6 +214,7 @@ class EngineImpl final : public Engine {
   std::deque<Pending> queue_;    // guarded by mu_
   bool stopping_ = false;        // guarded by mu_
   std::vector<Running> running_;  // worker thread only
+  EngineStats stats_;
   std::thread worker_;
 };
 

@@ -15,9 +15,32 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/request.h"
+#include "engine/request_validator.h"
 #include "engine/tokenizer.h"
 
 namespace specmoe::engine {
+
+// Called on the worker thread after events it times; must not block (the server's metrics
+// implement it with atomic histogram updates).
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  // A request left the queue for the running set after `seconds` of waiting.
+  virtual void OnQueueWait(double seconds) = 0;
+  // One verify step of one request: time by phase and the number of nodes scored.
+  virtual void OnStep(double draft_seconds, double target_seconds, double verify_seconds,
+                      int tree_tokens) = 0;
+};
+
+// Live gauges: the worker thread stores them after every change, any thread loads them
+// (relaxed atomics, so reading never waits on the step loop).
+struct EngineStats {
+  std::atomic<int> queue_depth{0};      // requests waiting to be admitted
+  std::atomic<int> running{0};          // requests generating
+  std::atomic<int> preempted{0};        // always 0: this engine does not preempt yet
+  std::atomic<int> kv_blocks_used{0};   // target KV cache blocks
+  std::atomic<int> kv_blocks_free{0};
+};
 
 struct EngineOptions {
   std::string target_dir;             // Hugging Face model folder (required)
@@ -29,6 +52,8 @@ struct EngineOptions {
   int max_batch = 4;                  // requests generating at once (KV room is reserved)
   int max_context = 0;                // 0: the target's max_position_embeddings
   int prefill_chunk = 256;            // prompt tokens per prefill forward
+  std::shared_ptr<EngineObserver> observer;  // optional
+  RequestLimits limits;               // checked by Submit (engine/request_validator.h)
 };
 
 // A submitted request: cancel it from any thread.
@@ -49,11 +74,16 @@ class Engine {
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
   virtual ~Engine() = default;
 
-  // Queues a request; the sink receives its events on the worker thread. Errors:
-  // INVALID_ARGUMENT (bad token id, prompt longer than the context, bad expansion),
-  // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down).
+  // Checks and completes the request (PrepareRequest: the one validator; a text prompt is
+  // tokenized here, on the caller's thread, within the byte and token limits) and queues it;
+  // the sink receives its events on the worker thread. Errors: INVALID_ARGUMENT naming the
+  // field, RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down). A request that
+  // later fails on the models' data (a NaN logit) ends with an INTERNAL event.
   virtual absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request,
                                                                 EventSink sink) = 0;
+  // The Tokenize RPC: `text` within the same byte and token limits as a prompt.
+  virtual absl::StatusOr<std::vector<int32_t>> Tokenize(std::string_view text,
+                                                        bool add_bos) const = 0;
 
   virtual const Tokenizer& tokenizer() const = 0;
   virtual int vocab_size() const = 0;
@@ -63,6 +93,8 @@ class Engine {
   virtual std::string draft_name() const = 0;   // empty without a draft
   virtual std::string device() const = 0;
   virtual std::string dtype() const = 0;        // of the target's weights
+  // Live gauges; valid for the engine's lifetime.
+  virtual const EngineStats& stats() const = 0;
 };
 
 }  // namespace specmoe::engine

@@ -9,6 +9,8 @@
 #include "engine/generator.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -156,40 +158,18 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const EngineOptions
   return g;
 }
 
-absl::Status Generator::Validate(const GenerationRequest& request) const {
-  const int vocab = target_config_.vocab_size;
-  if (request.prompt_ids.empty()) {
-    return absl::InvalidArgumentError("prompt: empty (give a prompt or prompt_token_ids)");
+absl::Status Generator::CheckLogits(const char* role, const std::vector<float>& rows,
+                                    int vocab, const Sequence& seq) const {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (std::isfinite(rows[i])) continue;
+    const std::string& dir = std::string_view(role) == "target" ? options_.target_dir
+                                                                : options_.draft_dir;
+    return absl::InternalError(absl::StrCat(
+        role, " model ", dir, " produced a ", std::isnan(rows[i]) ? "NaN" : "infinite",
+        " logit (token id ", i % vocab, ", row ", i / vocab, ") at decode step ",
+        seq.completion_tokens() + 1, " (position ", seq.tokens.size() - 1,
+        "); the weights are broken"));
   }
-  for (size_t i = 0; i < request.prompt_ids.size(); ++i) {
-    const int32_t id = request.prompt_ids[i];
-    if (id < 0 || id >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt_token_ids[", i, "]: token id ", id,
-                                                     " is outside the vocabulary [0, ", vocab,
-                                                     ")"));
-    }
-  }
-  if (static_cast<int>(request.prompt_ids.size()) >= max_context_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("prompt: ", request.prompt_ids.size(), " tokens leave no room in the ",
-                     max_context_, "-token context"));
-  }
-  if (request.max_tokens < 1) {
-    return absl::InvalidArgumentError("max_tokens: must be at least 1");
-  }
-  if (!request.speculation.expansion.empty()) {
-    absl::Status s = ValidateExpansion(request.speculation.expansion);
-    if (!s.ok()) return s;
-  }
-  const SamplingParams& p = request.sampling;
-  if (!(p.temperature >= 0.0f)) return absl::InvalidArgumentError("sampling.temperature: < 0");
-  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) {
-    return absl::InvalidArgumentError("sampling.top_p: must be in (0, 1]");
-  }
-  if (!(p.repetition_penalty > 0.0f)) {
-    return absl::InvalidArgumentError("sampling.repetition_penalty: must be > 0");
-  }
-  if (p.top_k < 0) return absl::InvalidArgumentError("sampling.top_k: must be >= 0");
   return absl::OkStatus();
 }
 
@@ -214,8 +194,6 @@ void Generator::RunCausal(Model& model, KvCache& cache, const SequenceBlocks& bl
 }
 
 absl::StatusOr<std::unique_ptr<Sequence>> Generator::Start(GenerationRequest request) {
-  absl::Status valid = Validate(request);
-  if (!valid.ok()) return valid;
   auto seq = std::make_unique<Sequence>();
   seq->request = std::move(request);
   const GenerationRequest& req = seq->request;
@@ -270,7 +248,8 @@ std::vector<int> Generator::StepExpansion(const Sequence& seq) const {
   return expansion;
 }
 
-void Generator::DraftTree(Sequence& seq, const std::vector<int>& expansion, TokenTree* tree) {
+absl::Status Generator::DraftTree(Sequence& seq, const std::vector<int>& expansion,
+                                  TokenTree* tree) {
   const int root_pos = static_cast<int>(seq.tokens.size()) - 1;
   const int vocab = draft_config_.vocab_size;
   const SamplingParams& params = seq.request.sampling;
@@ -279,6 +258,9 @@ void Generator::DraftTree(Sequence& seq, const std::vector<int>& expansion, Toke
   RunCausal(*draft_, *draft_cache_, seq.draft_blocks, seq.tokens, seq.draft_len, root_pos + 1,
             true, &logits);
   seq.draft_len = root_pos + 1;
+  if (absl::Status finite = CheckLogits("draft", logits, vocab, seq); !finite.ok()) {
+    return finite;
+  }
 
   std::vector<int> frontier = {0};
   std::vector<std::vector<float>> frontier_logits = {logits};
@@ -314,12 +296,16 @@ void Generator::DraftTree(Sequence& seq, const std::vector<int>& expansion, Toke
     batch_.SetBlockTables({&seq.draft_blocks});
     std::vector<float> level_logits(frontier.size() * static_cast<size_t>(vocab));
     draft_->Forward(batch_, *draft_cache_, level_logits.data());
+    if (absl::Status finite = CheckLogits("draft", level_logits, vocab, seq); !finite.ok()) {
+      return finite;
+    }
     frontier_logits.assign(frontier.size(), {});
     for (size_t f = 0; f < frontier.size(); ++f) {
       frontier_logits[f].assign(level_logits.begin() + f * vocab,
                                 level_logits.begin() + (f + 1) * vocab);
     }
   }
+  return absl::OkStatus();
 }
 
 void Generator::ScoreTree(Sequence& seq, const TokenTree& tree, std::vector<float>* logits) {
@@ -361,14 +347,33 @@ StepOutput Generator::Step(Sequence& seq) {
   const int vocab = target_config_.vocab_size;
   const int root_pos = static_cast<int>(seq.tokens.size()) - 1;
 
+  using StepClock = std::chrono::steady_clock;
+  const StepClock::time_point step_start = StepClock::now();
   // 1. Draft a tree (or just the root for plain decoding).
   const std::vector<int> expansion = StepExpansion(seq);
   TokenTree tree(seq.tokens.back());
-  if (!expansion.empty()) DraftTree(seq, expansion, &tree);
+  // A broken invariant in the models' data fails this request only (DESIGN §2.6).
+  auto fail = [&](absl::Status status) {
+    Finish(seq, FinishReason::kNone);
+    out.status = std::move(status);
+    out.finished = true;
+    return out;
+  };
+  if (!expansion.empty()) {
+    if (absl::Status drafted = DraftTree(seq, expansion, &tree); !drafted.ok()) {
+      return fail(std::move(drafted));
+    }
+  }
 
   // 2. One target pass over root + tree.
+  const StepClock::time_point drafted_at = StepClock::now();
   std::vector<float> logits;
   ScoreTree(seq, tree, &logits);
+  const StepClock::time_point scored_at = StepClock::now();
+  out.tree_tokens = tree.size();
+  if (absl::Status finite = CheckLogits("target", logits, vocab, seq); !finite.ok()) {
+    return fail(std::move(finite));
+  }
 
   // 3. Verify.
   VerifyResult result;
@@ -419,14 +424,21 @@ StepOutput Generator::Step(Sequence& seq) {
       seq.finish = FinishReason::kStop;
       break;
     }
-    seq.tokens.push_back(token);
-    out.token_ids.push_back(token);
+    const size_t held_back = seq.stops->pending_size();
     StopMatcher::Result matched = seq.stops->Push(seq.detok->Add(token));
     text += matched.emit;
     if (matched.stopped) {
+      // DESIGN §6: the token that completed the stop string is returned (and counted) only
+      // if some of its own text is, so text, token_ids and completion_tokens agree.
+      if (matched.emit.size() > held_back) {
+        seq.tokens.push_back(token);
+        out.token_ids.push_back(token);
+      }
       seq.finish = FinishReason::kStop;
       break;
     }
+    seq.tokens.push_back(token);
+    out.token_ids.push_back(token);
     if (seq.completion_tokens() >= req.max_tokens ||
         static_cast<int>(seq.tokens.size()) >= max_context_) {
       seq.finish = FinishReason::kLength;
@@ -446,6 +458,9 @@ StepOutput Generator::Step(Sequence& seq) {
   out.text = std::move(text);
   if (seq.finish != FinishReason::kNone) Finish(seq, seq.finish);
   out.finished = seq.finish != FinishReason::kNone;
+  out.draft_seconds = std::chrono::duration<double>(drafted_at - step_start).count();
+  out.target_seconds = std::chrono::duration<double>(scored_at - drafted_at).count();
+  out.verify_seconds = std::chrono::duration<double>(StepClock::now() - scored_at).count();
   return out;
 }
 

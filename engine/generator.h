@@ -54,6 +54,14 @@ struct StepOutput {
   std::vector<int32_t> token_ids;     // emitted tokens (EOS and stop tokens excluded)
   std::string text;                   // their text delta
   bool finished = false;
+  // Where the step's time went (for the server's step-time metrics) and the tree's size.
+  double draft_seconds = 0;   // drafting the tree (0 without speculation)
+  double target_seconds = 0;  // the target's pass over root + tree
+  double verify_seconds = 0;  // verification, K/V compaction and emission
+  int tree_tokens = 0;        // nodes the target scored (root included)
+  // INTERNAL when the models' data broke an invariant (a NaN or infinite logit: DESIGN
+  // §2.6), naming the model and the step; the sequence is then finished and released.
+  absl::Status status;
 };
 
 // Contract: single-threaded (the engine's worker thread owns it); holds the mmapped weights
@@ -63,12 +71,11 @@ class Generator {
   static absl::StatusOr<std::unique_ptr<Generator>> Create(const EngineOptions& options);
   ~Generator();
 
-  // Validates the request against the models (token ids, context, expansion), reserves KV
-  // room for the whole request and prefills both models. INVALID_ARGUMENT for a bad request,
+  // Takes a request that passed PrepareRequest (engine/request_validator.h: the one
+  // validator, run by Engine::Submit), reserves KV room for the whole request and prefills
+  // both models. INVALID_ARGUMENT when the request could never fit the cache,
   // RESOURCE_EXHAUSTED when the KV cache has no room now (retry later).
   absl::StatusOr<std::unique_ptr<Sequence>> Start(GenerationRequest request);
-  // Checks a request without touching the models (for the transport's fast path).
-  absl::Status Validate(const GenerationRequest& request) const;
   // Runs one verify step of `seq` (which must not be finished).
   StepOutput Step(Sequence& seq);
   // Marks seq finished (e.g. cancelled) and releases its KV blocks.
@@ -95,7 +102,10 @@ class Generator {
                  const std::vector<int32_t>& tokens, int from, int to, bool want_logits,
                  std::vector<float>* logits);
   // Drafts a token tree rooted at seq's last token (the draft catches up first).
-  void DraftTree(Sequence& seq, const std::vector<int>& expansion, TokenTree* tree);
+  absl::Status DraftTree(Sequence& seq, const std::vector<int>& expansion, TokenTree* tree);
+  // INTERNAL naming the model and the step when `rows` x [vocab] logits hold a NaN or Inf.
+  absl::Status CheckLogits(const char* role, const std::vector<float>& rows, int vocab,
+                           const Sequence& seq) const;
   // Scores root + tree with the target: logits [tree.size(), vocab].
   void ScoreTree(Sequence& seq, const TokenTree& tree, std::vector<float>* logits);
   // Moves the K/V of the accepted nodes (tree slots) to their committed slots.

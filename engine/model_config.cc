@@ -127,15 +127,29 @@ absl::Status ReadMoe(const ConfigReader& r, ModelConfig* c) {
                                                 c->num_experts, ")"));
   }
   SPECMOE_RETURN_IF_ERROR_CFG(r.Float("score_scale_factor", &c->score_scale_factor));
-  SPECMOE_RETURN_IF_ERROR_CFG(r.Bool("multiply_gate_scores", &c->multiply_gate_scores));
-  std::string gate_network = "mlp";
-  SPECMOE_RETURN_IF_ERROR_CFG(r.String("gate_network", &gate_network));
-  if (gate_network != "mlp") {
-    return r.Unsupported("gate_network", absl::StrCat("'", gate_network, "'"));
+  // The keys that select the MoE's maths (DESIGN §3.2), each with the one value this engine
+  // implements (the seed's own); any other value is refused by key and value. Absent keys
+  // take that value. Training-only keys (gate_add_noise, gate_noise_epsilon,
+  // gate_use_balance, gate_balance_loss_weight, capacity_factor, drop_tokens,
+  // dropped_padding) are not read: they do not change inference.
+  for (const auto& [key, implemented] :
+       {std::pair<const char*, const char*>{"gate_type", "TopKBalancedNoisyGate"},
+        {"gate_network", "mlp"},
+        {"gates", "mlp"},
+        {"calculator_type", "UniversalCalculator"}}) {
+    std::string value = implemented;
+    SPECMOE_RETURN_IF_ERROR_CFG(r.String(key, &value));
+    if (value != implemented) return r.Unsupported(key, absl::StrCat("'", value, "'"));
   }
-  bool softmax = true;
-  SPECMOE_RETURN_IF_ERROR_CFG(r.Bool("gate_use_softmax", &softmax));
-  if (!softmax) return r.Unsupported("gate_use_softmax", "false");
+  for (const auto& [key, implemented] :
+       {std::pair<const char*, bool>{"multiply_gate_scores", true},
+        {"gate_use_softmax", true},
+        {"add_weight_norm", false}}) {
+    bool value = implemented;
+    SPECMOE_RETURN_IF_ERROR_CFG(r.Bool(key, &value));
+    if (value != implemented) return r.Unsupported(key, value ? "true" : "false");
+  }
+  c->multiply_gate_scores = true;
 
   // size_experts: [num_hidden_layers][num_experts] positive ints.
   const Json* sizes = r.Find("size_experts");

@@ -15,10 +15,11 @@ namespace specmoe::engine {
 // Sampling controls, already defaulted (DESIGN §6: unset wire fields mean the defaults).
 struct SamplingParams {
   float temperature = 0.0f;         // 0: greedy
-  float top_p = 1.0f;               // (0, 1]
+  float top_p = 1.0f;               // (0, 1]; 0 from the wire means 1
   int top_k = 0;                    // 0: no top-k
-  uint64_t seed = 0;
-  float repetition_penalty = 1.0f;  // 1: off (CTRL-style: logit / p if > 0 else logit * p)
+  uint64_t seed = 0;                // 0 from the wire: PrepareRequest draws one
+  float repetition_penalty = 1.0f;  // 1: off (CTRL-style: logit / p if > 0 else logit * p);
+                                    // 0 from the wire means 1
   bool greedy() const { return temperature == 0.0f; }
 };
 
@@ -27,10 +28,14 @@ struct SpeculationParams {
   std::vector<int> expansion;       // empty: the engine's default tree
 };
 
+// As the transport converts it from the wire (DESIGN §6), then completed by
+// PrepareRequest (engine/request_validator.h): a text prompt is tokenized into prompt_ids
+// (BOS first), and the wire's zeros become the defaults.
 struct GenerationRequest {
   std::string request_id;
-  std::vector<int32_t> prompt_ids;  // already tokenized (BOS included when wanted)
-  int max_tokens = 128;
+  std::string prompt_text;          // a text prompt, tokenized by PrepareRequest
+  std::vector<int32_t> prompt_ids;  // token ids, used as given (BOS included when wanted)
+  int max_tokens = 128;             // 0: the server's default
   SamplingParams sampling;
   std::vector<std::string> stop;           // stop strings
   std::vector<int32_t> stop_token_ids;

@@ -5,12 +5,15 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <numeric>
 
 #include "kernels/check.h"
 
 namespace specmoe::engine {
 namespace {
+
+constexpr double kFloatMax = std::numeric_limits<float>::max();
 
 // Inverse CDF over non-negative weights: the first id whose cumulative weight exceeds
 // u * total. Zero-weight ids can never be returned (cum does not grow past them, and
@@ -62,7 +65,11 @@ void ApplyRepetitionPenalty(float* logits, int vocab, float penalty,
   for (int32_t t : context) {
     if (t < 0 || t >= vocab || done[t]) continue;
     done[t] = true;
-    logits[t] = logits[t] > 0 ? logits[t] / penalty : logits[t] * penalty;
+    // In double, clamped to the float range: a tiny penalty would overflow a large logit
+    // to +inf (and the softmax to NaN); finite inputs give finite outputs.
+    const double l = logits[t];
+    const double penalised = l > 0 ? l / penalty : l * penalty;
+    logits[t] = static_cast<float>(std::clamp(penalised, -kFloatMax, kFloatMax));
   }
 }
 

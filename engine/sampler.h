@@ -28,7 +28,8 @@ std::vector<int32_t> TopKIds(const float* logits, int vocab, int k);
 
 // CTRL / Hugging Face repetition penalty, in place: for each DISTINCT token t in `context`
 // (ids outside [0, vocab) are ignored): logits[t] = logits[t] > 0 ? logits[t] / penalty
-// : logits[t] * penalty. penalty 1 changes nothing. logits: [vocab].
+// : logits[t] * penalty, computed in double and clamped to +-FLT_MAX (so any finite
+// penalty > 0 keeps finite logits finite). penalty 1 changes nothing. logits: [vocab].
 void ApplyRepetitionPenalty(float* logits, int vocab, float penalty,
                             std::span<const int32_t> context);
 

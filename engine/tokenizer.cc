@@ -110,6 +110,35 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) cons
   return out;
 }
 
+std::optional<std::vector<int32_t>> Tokenizer::EncodeAtMost(std::string_view text, bool add_bos,
+                                                            size_t max_tokens) const {
+  // A cut changes the count by a few tokens at most (the piece's dummy-prefix space, a merge
+  // lost across the cut); kCutMargin per cut keeps the early exit on the safe side.
+  constexpr size_t kPieceBytes = 4096;
+  constexpr size_t kCutMargin = 4;
+  if (text.size() > kPieceBytes) {
+    size_t count = add_bos ? 1 : 0;
+    size_t cuts = 0;
+    std::vector<int> ids;
+    for (size_t start = 0; start < text.size();) {
+      size_t end = std::min(text.size(), start + kPieceBytes);
+      if (end < text.size()) {
+        const size_t space = text.rfind(' ', end);
+        if (space != std::string_view::npos && space > start) end = space;
+        while (end > start + 1 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+        ++cuts;
+      }
+      sp_->Encode(text.substr(start, end - start), &ids).IgnoreError();
+      count += ids.size();
+      if (count > max_tokens + kCutMargin * cuts) return std::nullopt;
+      start = end;
+    }
+  }
+  std::vector<int32_t> ids = Encode(text, add_bos);
+  if (ids.size() > max_tokens) return std::nullopt;
+  return ids;
+}
+
 std::vector<std::string> Tokenizer::EncodePieces(std::string_view text) const {
   std::vector<std::string> pieces;
   sp_->Encode(text, &pieces).IgnoreError();

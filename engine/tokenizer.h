@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -27,6 +28,12 @@ class Tokenizer {
 
   // Token ids of `text`, with BOS first when add_bos.
   std::vector<int32_t> Encode(std::string_view text, bool add_bos) const;
+  // Encode, but gives up (nullopt) once the text is known to have more than `max_tokens`
+  // tokens (BOS counted): a long text is first encoded in ~4 KiB pieces cut at spaces, and
+  // the work stops as soon as their count, less a margin per cut, passes max_tokens. A text
+  // that fits is always encoded whole, so the ids equal Encode's.
+  std::optional<std::vector<int32_t>> EncodeAtMost(std::string_view text, bool add_bos,
+                                                   size_t max_tokens) const;
   // The pieces of `text` (for the Tokenize RPC).
   std::vector<std::string> EncodePieces(std::string_view text) const;
   // Text of `ids` (as SentencePiece decodes a whole sequence).

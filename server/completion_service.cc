@@ -1,20 +1,26 @@
 // server/completion_service.cc — see completion_service.h. The two generation reactors share
 // one pattern: the engine's sink (worker thread) locks the call's Link, converts the event
 // and queues it; gRPC callbacks (OnWriteDone, OnCancel, OnDone) take the same lock. At most
-// one write is in flight; Finish is called exactly once, after the queued chunks are written.
+// one write is in flight and at most one chunk waits behind it (later events merge into
+// it), so a slow reader costs O(generated tokens); a write stalled for kStalledWrite
+// cancels the request. Finish is called exactly once, after the queued chunk is written.
 #include "server/completion_service.h"
 
+#include <grpcpp/support/proto_buffer_writer.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cmath>
 #include <deque>
 #include <optional>
-#include <random>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "engine/request_validator.h"
+#include "server/logging.h"
+#include "server/request_conversion.h"
 #include "server/status_map.h"
 
 namespace specmoe::server {
@@ -23,19 +29,44 @@ namespace {
 namespace v1 = ::specmoe::v1;
 using Clock = std::chrono::steady_clock;
 
-uint64_t RandomU64() {
-  thread_local std::mt19937_64 generator{std::random_device{}()};
-  return generator();
+// A write the client has not taken for this long cancels its request (DESIGN §6).
+constexpr std::chrono::seconds kStalledWrite{30};
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    default: return "OTHER";
+  }
 }
 
-std::string NewRequestId() {
-  static const uint64_t process_tag = RandomU64() & 0xffffffffu;
-  static std::atomic<uint64_t> counter{0};
-  return absl::StrFormat("cmpl-%08x-%d", process_tag, counter.fetch_add(1) + 1);
+// The id as logged for a refused request: an over-long id (itself the refusal) is cut.
+std::string LoggedId(const std::string& id) {
+  if (id.size() <= engine::kMaxRequestIdBytes) return id;
+  return absl::StrCat(id.substr(0, 32), "...(", id.size(), " bytes)");
 }
 
-absl::Status InvalidField(const std::string& message) {
-  return absl::InvalidArgumentError(message);
+// One line per refused request (DESIGN §7): id, rpc, code, peer and the reason; never the
+// key (no refusal message holds it).
+// In JSON, rpc, peer, status and error are fields of their own too.
+void LogRefused(const char* rpc, const std::string& request_id, const std::string& peer,
+                const grpc::Status& status) {
+  LogRequest(status.error_code() == grpc::StatusCode::UNAVAILABLE ? spdlog::level::info
+                                                                   : spdlog::level::warn,
+             LoggedId(request_id),
+             absl::StrCat("rpc=", rpc, " refused code=", CodeName(status.error_code()),
+                          " peer=", peer, " reason=", status.error_message()),
+             {{"rpc", rpc},
+              {"peer", peer},
+              {"status", GrpcCodeName(status.error_code())},
+              {"refused", true},
+              {"error", status.error_message()}});
 }
 
 v1::FinishReason ToWire(engine::FinishReason reason) {
@@ -82,32 +113,85 @@ void FillStats(const engine::GenerationEvent& event, v1::Usage* usage,
   for (float rate : s.acceptance_by_depth) stats->add_acceptance_by_depth(rate);
 }
 
-// One line per finished request (DESIGN §7).
-void LogFinished(const std::string& rpc, const std::string& request_id,
-                 const engine::GenerationEvent& event, Clock::time_point start) {
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+// Rounds to `digits` decimals, so that JSON shows 0.8182, not a float's 0.8181818127632141.
+double Round(double value, int digits) {
+  const double scale = std::pow(10.0, digits);
+  return std::round(value * scale) / scale;
+}
+
+// One line per finished request (DESIGN §7). `deadline`: the call's deadline ended it;
+// `ttft_seconds` < 0: no token was generated. In JSON every figure is a field of its own.
+void LogFinished(const std::string& rpc, const std::string& request_id, const std::string& peer,
+                 const engine::GenerationEvent& event, double seconds, double ttft_seconds,
+                 bool deadline) {
   const double tokens_per_second = seconds > 0 ? event.completion_tokens / seconds : 0.0;
   const engine::SpeculationStats& s = event.speculation;
   if (!event.status.ok()) {
-    spdlog::warn("request {} rpc={} failed: {} duration_ms={:.1f}", request_id, rpc,
-                 event.status.ToString(), seconds * 1e3);
+    const grpc::Status status = ToGrpcStatus(event.status);
+    LogRequest(spdlog::level::err, request_id,
+               absl::StrFormat("rpc=%s failed: %s duration_ms=%.1f peer=%s", rpc,
+                               event.status.ToString(), seconds * 1e3, peer),
+               {{"rpc", rpc},
+                {"peer", peer},
+                {"status", GrpcCodeName(status.error_code())},
+                {"error", status.error_message()},
+                {"duration_ms", Round(seconds * 1e3, 3)}});
     return;
   }
-  spdlog::info(
-      "request {} rpc={} prompt_tokens={} completion_tokens={} finish={} duration_ms={:.1f} "
-      "tokens_per_s={:.1f} verify_steps={} drafted={} accepted={} mean_tokens_per_step={:.2f} "
-      "acceptance_by_depth=[{}]",
-      request_id, rpc, event.prompt_tokens, event.completion_tokens,
-      FinishName(event.finish_reason), seconds * 1e3, tokens_per_second, s.verify_steps,
-      s.drafted_tokens, s.accepted_tokens, s.mean_tokens_per_step,
-      absl::StrJoin(s.acceptance_by_depth, ",",
-                    [](std::string* out, float r) { absl::StrAppendFormat(out, "%.3f", r); }));
+  const char* finish = FinishName(event.finish_reason);
+  const char* code = "OK";
+  if (event.finish_reason == engine::FinishReason::kCancelled) {
+    code = deadline ? "DEADLINE_EXCEEDED" : "CANCELLED";
+    if (deadline) finish = "deadline";
+  }
+  std::vector<double> by_depth;
+  for (float rate : s.acceptance_by_depth) by_depth.push_back(Round(rate, 4));
+  LogRequest(
+      spdlog::level::info, request_id,
+      absl::StrFormat(
+          "rpc=%s peer=%s status=%s prompt_tokens=%d completion_tokens=%d finish=%s "
+          "duration_ms=%.1f ttft_ms=%.1f tokens_per_s=%.1f verify_steps=%d drafted=%d "
+          "accepted=%d mean_tokens_per_step=%.2f acceptance_by_depth=[%s]",
+          rpc, peer, code, event.prompt_tokens, event.completion_tokens, finish, seconds * 1e3,
+          ttft_seconds * 1e3, tokens_per_second, s.verify_steps, s.drafted_tokens,
+          s.accepted_tokens, s.mean_tokens_per_step,
+          absl::StrJoin(s.acceptance_by_depth, ",", [](std::string* out, float r) {
+            absl::StrAppendFormat(out, "%.3f", r);
+          })),
+      {{"rpc", rpc},
+       {"peer", peer},
+       {"status", code},
+       {"prompt_tokens", event.prompt_tokens},
+       {"completion_tokens", event.completion_tokens},
+       {"finish", finish},
+       {"duration_ms", Round(seconds * 1e3, 3)},
+       {"ttft_ms", ttft_seconds >= 0 ? nlohmann::json(Round(ttft_seconds * 1e3, 3))
+                                     : nlohmann::json(nullptr)},
+       {"tokens_per_s", Round(tokens_per_second, 2)},
+       {"verify_steps", s.verify_steps},
+       {"drafted_tokens", s.drafted_tokens},
+       {"accepted_tokens", s.accepted_tokens},
+       {"mean_tokens_per_step", Round(s.mean_tokens_per_step, 4)},
+       {"acceptance_by_depth", by_depth}});
+}
+
+// The wire bytes of `message`.
+grpc::ByteBuffer Serialize(const google::protobuf::Message& message) {
+  grpc::ByteBuffer bytes;
+  bool own_buffer = false;
+  (void)grpc::SerializationTraits<google::protobuf::Message>::Serialize(message, &bytes,
+                                                                        &own_buffer);
+  return bytes;
+}
+
+bool DeadlinePassed(const grpc::CallbackServerContext* context) {
+  return context->deadline() <= std::chrono::system_clock::now();
 }
 
 // The status a call that gRPC cancelled answers: DEADLINE_EXCEEDED once its deadline has
 // passed, CANCELLED otherwise (the client went away).
 grpc::Status CancelledStatus(const grpc::CallbackServerContext* context) {
-  if (context->deadline() <= std::chrono::system_clock::now()) {
+  if (DeadlinePassed(context)) {
     return ToGrpcStatus(absl::DeadlineExceededError("deadline exceeded"));
   }
   return ToGrpcStatus(absl::CancelledError("cancelled by the client"));
@@ -122,37 +206,64 @@ template <typename Reactor>
 struct Link {
   std::mutex mu;
   Reactor* reactor = nullptr;  // guarded by mu
+  std::atomic<bool> deadline_expired{false};  // set before the request is cancelled
 };
 
+// The sink also times the request for the metrics: time to the first token, the gap between
+// consecutive token deliveries, and end to end.
 template <typename Reactor>
 engine::EventSink MakeSink(std::shared_ptr<Link<Reactor>> link, const char* rpc,
-                           std::string request_id) {
+                           std::string request_id, std::string peer, Metrics* metrics) {
   return [link = std::move(link), rpc, request_id = std::move(request_id),
-          start = Clock::now()](engine::GenerationEvent event) {
-    if (event.finished || !event.status.ok()) LogFinished(rpc, request_id, event, start);
+          peer = std::move(peer), metrics, start = Clock::now(), ttft_seconds = -1.0,
+          last_tokens = Clock::time_point()](engine::GenerationEvent event) mutable {
+    const Clock::time_point now = Clock::now();
+    if (!event.token_ids.empty()) {
+      if (ttft_seconds < 0) {
+        ttft_seconds = std::chrono::duration<double>(now - start).count();
+        metrics->ObserveTimeToFirstToken(ttft_seconds);
+      } else {
+        metrics->ObserveInterToken(std::chrono::duration<double>(now - last_tokens).count());
+      }
+      last_tokens = now;
+    }
+    if (event.finished || !event.status.ok()) {
+      const double seconds = std::chrono::duration<double>(now - start).count();
+      if (event.status.ok()) metrics->ObserveFinished(seconds, event);
+      LogFinished(rpc, request_id, peer, event, seconds, ttft_seconds,
+                  link->deadline_expired.load());
+    }
     std::lock_guard<std::mutex> lock(link->mu);
     if (link->reactor != nullptr) link->reactor->OnEventLocked(std::move(event));
   };
 }
 
+// Counts a generation call from creation to OnDone (the drain waits for zero).
+class ActiveCall {
+ public:
+  explicit ActiveCall(std::atomic<int>* counter) : counter_(counter) { counter_->fetch_add(1); }
+  ~ActiveCall() { counter_->fetch_sub(1); }
+
+ private:
+  std::atomic<int>* counter_;
+};
+
 // Complete: accumulates the events into the response and finishes on the last one.
 class CompleteReactor final : public grpc::ServerUnaryReactor {
  public:
-  CompleteReactor(grpc::CallbackServerContext* context, v1::CompleteResponse* response)
-      : context_(context), response_(response), link_(std::make_shared<Link<CompleteReactor>>()) {
+  CompleteReactor(grpc::CallbackServerContext* context, grpc::ByteBuffer* wire_response,
+                  std::atomic<int>* active, Metrics* metrics)
+      : context_(context),
+        wire_response_(wire_response),
+        metrics_(metrics),
+        link_(std::make_shared<Link<CompleteReactor>>()),
+        active_(active) {
     link_->reactor = this;
   }
 
-  // Validates and submits; finishes at once on an error.
-  void Start(const v1::CompleteRequest& request, engine::Engine& engine,
-             const ServiceLimits& limits) {
-    absl::StatusOr<engine::GenerationRequest> generation =
-        ToGenerationRequest(request, engine, limits);
-    if (!generation.ok()) {
-      FinishOnce(ToGrpcStatus(generation.status()));
-      return;
-    }
-    request_id_ = generation->request_id;
+  // Submits (the engine validates); finishes at once on an error.
+  void Start(engine::GenerationRequest request, engine::Engine& engine) {
+    request_id_ = request.request_id;
     {
       std::lock_guard<std::mutex> lock(link_->mu);
       response_->set_request_id(request_id_);
@@ -160,8 +271,11 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     // The request may finish, and the call end (deleting this), before Submit returns:
     // afterwards touch members only while the link still points here.
     const std::shared_ptr<Link<CompleteReactor>> link = link_;
+    const std::string request_id = request_id_;
+    const std::string peer = context_->peer();
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> handle =
-        engine.Submit(*std::move(generation), MakeSink(link, "Complete", request_id_));
+        engine.Submit(std::move(request), MakeSink(link, "Complete", request_id, peer, metrics_));
+    if (!handle.ok()) LogRefused("Complete", request_id, peer, ToGrpcStatus(handle.status()));
     std::lock_guard<std::mutex> lock(link->mu);
     if (link->reactor == nullptr) {
       if (handle.ok()) (*handle)->Cancel();  // the call is over; a no-op if finished
@@ -192,6 +306,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
   void OnCancel() override {
     std::lock_guard<std::mutex> lock(link_->mu);
     cancelled_ = true;
+    if (DeadlinePassed(context_)) link_->deadline_expired.store(true);
     if (handle_ != nullptr) handle_->Cancel();
     FinishLocked(CancelledStatus(context_));
   }
@@ -206,49 +321,53 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
   }
 
  private:
-  void FinishOnce(const grpc::Status& status) {
-    std::lock_guard<std::mutex> lock(link_->mu);
-    FinishLocked(status);
-  }
   void FinishLocked(const grpc::Status& status) {
     if (finished_) return;
     finished_ = true;
+    if (status.ok()) *wire_response_ = Serialize(*response_);
+    metrics_->CountRequest(Rpc::kComplete, status.error_code());
     Finish(status);
   }
 
   grpc::CallbackServerContext* const context_;
-  v1::CompleteResponse* const response_;  // written under link_->mu until Finish
+  grpc::ByteBuffer* const wire_response_;
+  Metrics* const metrics_;
+  // Guarded by link_->mu until Finish:
+  std::unique_ptr<v1::CompleteResponse> response_ = std::make_unique<v1::CompleteResponse>();
   const std::shared_ptr<Link<CompleteReactor>> link_;
+  ActiveCall active_;
   std::string request_id_;
   std::shared_ptr<engine::RequestHandle> handle_;  // guarded by link_->mu
   bool cancelled_ = false;                         // guarded by link_->mu
   bool finished_ = false;                          // guarded by link_->mu
 };
 
-// CompleteStream: one chunk per engine event; the last chunk carries finish reason, usage
+// CompleteStream: one chunk per engine event while the client keeps up (events arriving
+// during a write merge into one queued chunk); the last chunk carries finish reason, usage
 // and statistics.
-class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
+class StreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  explicit StreamReactor(grpc::CallbackServerContext* context)
-      : context_(context), link_(std::make_shared<Link<StreamReactor>>()) {
+  StreamReactor(grpc::CallbackServerContext* context, std::atomic<int>* active,
+                Metrics* metrics)
+      : context_(context),
+        metrics_(metrics),
+        link_(std::make_shared<Link<StreamReactor>>()),
+        active_(active) {
     link_->reactor = this;
   }
 
-  void Start(const v1::CompleteRequest& request, engine::Engine& engine,
-             const ServiceLimits& limits) {
-    absl::StatusOr<engine::GenerationRequest> generation =
-        ToGenerationRequest(request, engine, limits);
-    if (!generation.ok()) {
-      std::lock_guard<std::mutex> lock(link_->mu);
-      final_status_ = ToGrpcStatus(generation.status());
-      PumpLocked();
-      return;
-    }
-    request_id_ = generation->request_id;
+  void Start(engine::GenerationRequest request, engine::Engine& engine) {
+    request_id_ = request.request_id;
     // As in CompleteReactor::Start: this may be deleted once Submit returns.
     const std::shared_ptr<Link<StreamReactor>> link = link_;
+    const std::string request_id = request_id_;
+    const std::string peer = context_->peer();
     absl::StatusOr<std::shared_ptr<engine::RequestHandle>> handle =
-        engine.Submit(*std::move(generation), MakeSink(link, "CompleteStream", request_id_));
+        engine.Submit(std::move(request),
+                      MakeSink(link, "CompleteStream", request_id, peer, metrics_));
+    if (!handle.ok()) {
+      LogRefused("CompleteStream", request_id, peer, ToGrpcStatus(handle.status()));
+    }
     std::lock_guard<std::mutex> lock(link->mu);
     if (link->reactor == nullptr) {
       if (handle.ok()) (*handle)->Cancel();
@@ -274,19 +393,35 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
     if (final_status_.has_value()) return;
     if (!event.status.ok()) {
       final_status_ = ToGrpcStatus(event.status);
+      pending_.reset();
       PumpLocked();
       return;
     }
-    v1::CompleteChunk chunk;
-    chunk.set_request_id(request_id_);
-    chunk.set_text(std::move(event.text));
+    if (write_in_flight_ && Clock::now() - write_started_ > kStalledWrite) {
+      // The client has not read for kStalledWrite: stop generating for it.
+      if (handle_ != nullptr) handle_->Cancel();
+      pending_.reset();
+      final_status_ = ToGrpcStatus(absl::CancelledError(absl::StrCat(
+          "the stream was not read for ", kStalledWrite.count(), " s; request cancelled")));
+      LogRequest(spdlog::level::warn, request_id_,
+                 absl::StrCat("rpc=CompleteStream cancelled: the client did not read the "
+                              "stream for ", kStalledWrite.count(), " s, peer=",
+                              context_->peer()));
+      PumpLocked();
+      return;
+    }
+    if (!pending_.has_value()) {
+      pending_.emplace();
+      pending_->set_request_id(request_id_);
+    }
+    v1::CompleteChunk& chunk = *pending_;
+    chunk.mutable_text()->append(event.text);
     chunk.mutable_token_ids()->Add(event.token_ids.begin(), event.token_ids.end());
     if (event.finished) {
       chunk.set_finish_reason(ToWire(event.finish_reason));
       FillStats(event, chunk.mutable_usage(), chunk.mutable_speculation());
       final_status_ = grpc::Status::OK;
     }
-    pending_.push_back(std::move(chunk));
     PumpLocked();
   }
 
@@ -294,7 +429,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
     std::lock_guard<std::mutex> lock(link_->mu);
     write_in_flight_ = false;
     if (!ok) {  // the stream broke: the client is gone
-      pending_.clear();
+      pending_.reset();
       if (handle_ != nullptr) handle_->Cancel();
       if (!final_status_.has_value()) final_status_ = CancelledStatus(context_);
     }
@@ -304,8 +439,9 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
   void OnCancel() override {
     std::lock_guard<std::mutex> lock(link_->mu);
     cancelled_ = true;
+    if (DeadlinePassed(context_)) link_->deadline_expired.store(true);
     if (handle_ != nullptr) handle_->Cancel();
-    pending_.clear();
+    pending_.reset();
     if (!final_status_.has_value() || final_status_->ok()) {
       final_status_ = CancelledStatus(context_);
     }
@@ -325,27 +461,32 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::CompleteChunk> {
   // Starts the next write, or finishes once nothing is queued and the outcome is known.
   void PumpLocked() {
     if (write_in_flight_ || finished_) return;
-    if (!pending_.empty()) {
-      writing_ = std::move(pending_.front());
-      pending_.pop_front();
+    if (pending_.has_value()) {
+      writing_ = Serialize(*pending_);
+      pending_.reset();
       write_in_flight_ = true;
+      write_started_ = Clock::now();
       StartWrite(&writing_);
       return;
     }
     if (final_status_.has_value()) {
       finished_ = true;
+      metrics_->CountRequest(Rpc::kCompleteStream, final_status_->error_code());
       Finish(*final_status_);
     }
   }
 
   grpc::CallbackServerContext* const context_;
+  Metrics* const metrics_;
   const std::shared_ptr<Link<StreamReactor>> link_;
+  ActiveCall active_;
   std::string request_id_;
   // Guarded by link_->mu:
   std::shared_ptr<engine::RequestHandle> handle_;
-  std::deque<v1::CompleteChunk> pending_;
-  v1::CompleteChunk writing_;  // the chunk of the write in flight
+  std::optional<v1::CompleteChunk> pending_;  // events not yet written, merged
+  grpc::ByteBuffer writing_;                  // the chunk of the write in flight
   bool write_in_flight_ = false;
+  Clock::time_point write_started_;
   bool cancelled_ = false;
   bool finished_ = false;
   std::optional<grpc::Status> final_status_;  // set when no more chunks will be queued
@@ -366,101 +507,93 @@ bool SameSecret(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-}  // namespace
+// Cancels reflection calls that lack the API key (see MakeReflectionAuthInterceptorFactory).
+class ReflectionAuthInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  ReflectionAuthInterceptor(grpc::experimental::ServerRpcInfo* info, const std::string* api_key)
+      : info_(info), api_key_(api_key) {}
 
-absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(const v1::CompleteRequest& request,
-                                                              const engine::Engine& engine,
-                                                              const ServiceLimits& limits) {
-  engine::GenerationRequest out;
-  const int vocab = engine.vocab_size();
-  const bool has_text = !request.prompt().empty();
-  const bool has_ids = request.prompt_token_ids_size() > 0;
-  if (has_text == has_ids) {
-    return InvalidField(absl::StrCat("exactly one of prompt / prompt_token_ids must be set (",
-                                     has_text ? "both are" : "neither is", ")"));
-  }
-  const char* prompt_field = has_text ? "prompt" : "prompt_token_ids";
-  if (has_text) {
-    out.prompt_ids = engine.tokenizer().Encode(request.prompt(), /*add_bos=*/true);
-  } else {
-    for (int i = 0; i < request.prompt_token_ids_size(); ++i) {
-      const int32_t id = request.prompt_token_ids(i);
-      if (id < 0 || id >= vocab) {
-        return InvalidField(absl::StrCat("prompt_token_ids[", i, "] = ", id,
-                                         " is outside the vocabulary [0, ", vocab, ")"));
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+      const grpc::Status status = CheckApiKey(*methods->GetRecvInitialMetadata(), *api_key_);
+      if (!status.ok()) {
+        LogRefused(info_->method(), NewRequestId(), info_->server_context()->peer(), status);
+        info_->server_context()->TryCancel();
       }
     }
-    out.prompt_ids.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
-  }
-  const int prompt_tokens = static_cast<int>(out.prompt_ids.size());
-  if (prompt_tokens + 1 > engine.max_context()) {
-    return InvalidField(absl::StrCat(prompt_field, " is ", prompt_tokens,
-                                     " tokens; the context holds ", engine.max_context(),
-                                     " (prompt plus at least one generated token)"));
-  }
-  if (limits.max_prompt_tokens > 0 && prompt_tokens > limits.max_prompt_tokens) {
-    return InvalidField(absl::StrCat(prompt_field, " is ", prompt_tokens,
-                                     " tokens; the server's limit is ", limits.max_prompt_tokens,
-                                     " (--max-prompt-tokens)"));
+    methods->Proceed();
   }
 
-  if (request.max_tokens() > static_cast<uint32_t>(limits.max_tokens_limit)) {
-    return InvalidField(absl::StrCat("max_tokens ", request.max_tokens(),
-                                     " exceeds the server's limit of ", limits.max_tokens_limit,
-                                     " (--max-tokens-limit)"));
-  }
-  out.max_tokens = request.max_tokens() == 0 ? limits.default_max_tokens
-                                             : static_cast<int>(request.max_tokens());
+ private:
+  grpc::experimental::ServerRpcInfo* info_;
+  const std::string* api_key_;
+};
 
-  const v1::Sampling& sampling = request.sampling();
-  if (!(sampling.temperature() >= 0.0f) || std::isinf(sampling.temperature())) {
-    return InvalidField(absl::StrCat("sampling.temperature must be finite and >= 0 (got ",
-                                     sampling.temperature(), ")"));
-  }
-  if (!(sampling.top_p() >= 0.0f && sampling.top_p() <= 1.0f)) {
-    return InvalidField(
-        absl::StrCat("sampling.top_p must be in [0, 1] (got ", sampling.top_p(), ")"));
-  }
-  if (!(sampling.repetition_penalty() >= 0.0f) || std::isinf(sampling.repetition_penalty())) {
-    return InvalidField(absl::StrCat("sampling.repetition_penalty must be finite and >= 0 (got ",
-                                     sampling.repetition_penalty(), ")"));
-  }
-  out.sampling.temperature = sampling.temperature();
-  out.sampling.top_p = sampling.top_p() == 0.0f ? 1.0f : sampling.top_p();
-  out.sampling.top_k = static_cast<int>(std::min<uint32_t>(sampling.top_k(), vocab));
-  out.sampling.seed = sampling.seed() != 0 ? sampling.seed() : RandomU64() | 1;
-  out.sampling.repetition_penalty =
-      sampling.repetition_penalty() == 0.0f ? 1.0f : sampling.repetition_penalty();
-
-  for (int i = 0; i < request.stop_size(); ++i) {
-    if (request.stop(i).empty()) return InvalidField(absl::StrCat("stop[", i, "] is empty"));
-    out.stop.push_back(request.stop(i));
-  }
-  for (int i = 0; i < request.stop_token_ids_size(); ++i) {
-    const int32_t id = request.stop_token_ids(i);
-    if (id < 0 || id >= vocab) {
-      return InvalidField(absl::StrCat("stop_token_ids[", i, "] = ", id,
-                                       " is outside the vocabulary [0, ", vocab, ")"));
+class ReflectionAuthFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit ReflectionAuthFactory(std::string api_key) : api_key_(std::move(api_key)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    if (api_key_.empty() || std::string_view(info->method()).rfind("/grpc.reflection.", 0) != 0) {
+      return nullptr;
     }
-    out.stop_token_ids.push_back(id);
+    return new ReflectionAuthInterceptor(info, &api_key_);
   }
-  out.ignore_eos = request.ignore_eos();
 
-  out.speculation.disable = request.speculation().disable();
-  for (int i = 0; i < request.speculation().expansion_size(); ++i) {
-    const uint32_t k = request.speculation().expansion(i);
-    if (k == 0 || k > static_cast<uint32_t>(vocab)) {
-      return InvalidField(absl::StrCat("speculation.expansion[", i, "] = ", k,
-                                       " must be between 1 and the vocabulary size"));
-    }
-    out.speculation.expansion.push_back(static_cast<int>(k));
+ private:
+  const std::string api_key_;
+};
+
+}  // namespace
+
+grpc::Status CheckApiKey(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
+                         const std::string& api_key) {
+  if (api_key.empty()) return grpc::Status::OK;
+  const auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return ToGrpcStatus(
+        absl::UnauthenticatedError("missing 'authorization: Bearer <key>' metadata"));
   }
-  out.request_id = request.request_id().empty() ? NewRequestId() : request.request_id();
-  return out;
+  const std::string_view value(it->second.data(), it->second.size());
+  constexpr std::string_view kBearer = "bearer ";
+  if (value.size() < kBearer.size() ||
+      !absl::EqualsIgnoreCase(absl::string_view(value.data(), kBearer.size()),
+                              absl::string_view(kBearer.data(), kBearer.size())) ||
+      !SameSecret(value.substr(kBearer.size()), api_key)) {
+    return ToGrpcStatus(absl::UnauthenticatedError("invalid API key"));
+  }
+  return grpc::Status::OK;
 }
 
-CompletionService::CompletionService(ServiceLimits limits, std::string api_key)
-    : limits_(limits), api_key_(std::move(api_key)) {}
+template <typename Message>
+grpc::Status ParseRequest(const grpc::ByteBuffer& bytes, Message* message) {
+  std::vector<grpc::Slice> slices;
+  if (!bytes.Dump(&slices).ok()) {
+    return ToGrpcStatus(absl::InvalidArgumentError("the request could not be read"));
+  }
+  std::string wire;
+  for (const grpc::Slice& slice : slices) {
+    wire.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  ProtobufErrorCapture capture;
+  if (message->ParseFromString(wire)) return grpc::Status::OK;
+  const std::string why = capture.errors().empty()
+                              ? "malformed protobuf encoding"
+                              : capture.errors();
+  return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+      "the request is not a valid ", message->GetTypeName(), ": ", why)));
+}
+template grpc::Status ParseRequest(const grpc::ByteBuffer&, v1::CompleteRequest*);
+template grpc::Status ParseRequest(const grpc::ByteBuffer&, v1::TokenizeRequest*);
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+MakeReflectionAuthInterceptorFactory(std::string api_key) {
+  return std::make_unique<ReflectionAuthFactory>(std::move(api_key));
+}
+
+CompletionService::CompletionService(std::string api_key, Metrics* metrics)
+    : api_key_(std::move(api_key)), metrics_(metrics) {}
 
 void CompletionService::SetEngine(std::shared_ptr<engine::Engine> engine) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -471,19 +604,8 @@ void CompletionService::StartDraining() { draining_.store(true); }
 
 grpc::Status CompletionService::Admit(grpc::CallbackServerContext* context,
                                       std::shared_ptr<engine::Engine>* engine) const {
-  if (!api_key_.empty()) {
-    const auto& metadata = context->client_metadata();
-    const auto it = metadata.find("authorization");
-    if (it == metadata.end()) {
-      return ToGrpcStatus(
-          absl::UnauthenticatedError("missing 'authorization: Bearer <key>' metadata"));
-    }
-    const std::string_view value(it->second.data(), it->second.size());
-    constexpr std::string_view kBearer = "Bearer ";
-    if (value.substr(0, kBearer.size()) != kBearer ||
-        !SameSecret(value.substr(kBearer.size()), api_key_)) {
-      return ToGrpcStatus(absl::UnauthenticatedError("invalid API key"));
-    }
+  if (grpc::Status key = CheckApiKey(context->client_metadata(), api_key_); !key.ok()) {
+    return key;
   }
   if (draining_.load()) {
     return ToGrpcStatus(absl::UnavailableError("the server is shutting down"));
@@ -497,43 +619,63 @@ grpc::Status CompletionService::Admit(grpc::CallbackServerContext* context,
 }
 
 grpc::ServerUnaryReactor* CompletionService::Complete(grpc::CallbackServerContext* context,
-                                                      const v1::CompleteRequest* request,
-                                                      v1::CompleteResponse* response) {
+                                                      const grpc::ByteBuffer* request_bytes,
+                                                      grpc::ByteBuffer* response) {
+  v1::CompleteRequest request;
+  grpc::Status status = ParseRequest(*request_bytes, &request);
+  engine::GenerationRequest generation = ToGenerationRequest(request);
   std::shared_ptr<engine::Engine> engine;
-  if (grpc::Status status = Admit(context, &engine); !status.ok()) {
+  if (status.ok()) status = Admit(context, &engine);
+  if (!status.ok()) {
+    LogRefused("Complete", generation.request_id, context->peer(), status);
+    metrics_->CountRequest(Rpc::kComplete, status.error_code());
     return FinishedUnary(context, status);
   }
-  auto* reactor = new CompleteReactor(context, response);
-  reactor->Start(*request, *engine, limits_);
+  auto* reactor = new CompleteReactor(context, response, &active_calls_, metrics_);
+  reactor->Start(std::move(generation), *engine);
   return reactor;
 }
 
-grpc::ServerWriteReactor<v1::CompleteChunk>* CompletionService::CompleteStream(
-    grpc::CallbackServerContext* context, const v1::CompleteRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* CompletionService::CompleteStream(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes) {
+  v1::CompleteRequest request;
+  grpc::Status status = ParseRequest(*request_bytes, &request);
+  engine::GenerationRequest generation = ToGenerationRequest(request);
   std::shared_ptr<engine::Engine> engine;
-  grpc::Status status = Admit(context, &engine);
-  auto* reactor = new StreamReactor(context);
+  if (status.ok()) status = Admit(context, &engine);
+  auto* reactor = new StreamReactor(context, &active_calls_, metrics_);
   if (status.ok()) {
-    reactor->Start(*request, *engine, limits_);
+    reactor->Start(std::move(generation), *engine);
   } else {
+    LogRefused("CompleteStream", generation.request_id, context->peer(), status);
     reactor->FinishWith(status);  // a write reactor has no DefaultReactor
   }
   return reactor;
 }
 
 grpc::ServerUnaryReactor* CompletionService::Tokenize(grpc::CallbackServerContext* context,
-                                                      const v1::TokenizeRequest* request,
-                                                      v1::TokenizeResponse* response) {
+                                                      const grpc::ByteBuffer* request_bytes,
+                                                      grpc::ByteBuffer* response_bytes) {
+  v1::TokenizeRequest request;
+  grpc::Status status = ParseRequest(*request_bytes, &request);
   std::shared_ptr<engine::Engine> engine;
-  if (grpc::Status status = Admit(context, &engine); !status.ok()) {
-    return FinishedUnary(context, status);
+  if (status.ok()) status = Admit(context, &engine);
+  if (status.ok()) {
+    absl::StatusOr<std::vector<int32_t>> ids = engine->Tokenize(request.text(),
+                                                                request.add_bos());
+    if (ids.ok()) {
+      v1::TokenizeResponse response;
+      for (int32_t id : *ids) {
+        response.add_token_ids(id);
+        response.add_pieces(engine->tokenizer().piece(id));
+      }
+      *response_bytes = Serialize(response);
+    }
+    status = ToGrpcStatus(ids.status());
   }
-  const engine::Tokenizer& tokenizer = engine->tokenizer();
-  for (int32_t id : tokenizer.Encode(request->text(), request->add_bos())) {
-    response->add_token_ids(id);
-    response->add_pieces(tokenizer.piece(id));
-  }
-  return FinishedUnary(context, grpc::Status::OK);
+  if (!status.ok()) LogRefused("Tokenize", NewRequestId(), context->peer(), status);
+  metrics_->CountRequest(Rpc::kTokenize, status.error_code());
+  return FinishedUnary(context, status);
 }
 
 grpc::ServerUnaryReactor* CompletionService::GetModelInfo(
@@ -541,6 +683,8 @@ grpc::ServerUnaryReactor* CompletionService::GetModelInfo(
     v1::ModelInfo* response) {
   std::shared_ptr<engine::Engine> engine;
   if (grpc::Status status = Admit(context, &engine); !status.ok()) {
+    LogRefused("GetModelInfo", NewRequestId(), context->peer(), status);
+    metrics_->CountRequest(Rpc::kGetModelInfo, status.error_code());
     return FinishedUnary(context, status);
   }
   response->set_target(engine->target_name());
@@ -550,6 +694,7 @@ grpc::ServerUnaryReactor* CompletionService::GetModelInfo(
   for (int k : engine->default_expansion()) response->add_default_expansion(k);
   response->set_device(engine->device());
   response->set_dtype(engine->dtype());
+  metrics_->CountRequest(Rpc::kGetModelInfo, grpc::StatusCode::OK);
   return FinishedUnary(context, grpc::Status::OK);
 }
 

@@ -1,61 +1,80 @@
 // server/completion_service.h — the specmoe.v1.Completion service on gRPC's callback API
-// (grpc::CallbackService reactors, as in gRPC's route_guide_callback_server.cc): request
-// validation and defaults (DESIGN §6), engine events -> CompleteChunk / CompleteResponse,
-// cancellation and deadlines -> RequestHandle::Cancel(), API-key check, one log line per
-// finished request. Tested by tests/server_e2e_test.cc against the real binary.
+// (grpc::CallbackService reactors, as in gRPC's route_guide_callback_server.cc): wire
+// messages -> engine requests (server/request_conversion.h; the engine validates), engine
+// events -> CompleteChunk / CompleteResponse, cancellation and deadlines ->
+// RequestHandle::Cancel(), the API key (also in front of reflection), one log line and one
+// metrics count per finished AND per refused request. Tested by tests/server_e2e_test.cc
+// and tests/metrics_e2e_test.py against the real binary.
 #ifndef SPECMOE_SERVER_COMPLETION_SERVICE_H_
 #define SPECMOE_SERVER_COMPLETION_SERVICE_H_
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/server_interceptor.h>
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 
-#include "absl/status/statusor.h"
 #include "engine/engine.h"
+#include "server/metrics.h"
 #include "specmoe/v1/completion.grpc.pb.h"
 
 namespace specmoe::server {
 
-// Request limits the service enforces before the engine sees a request.
-struct ServiceLimits {
-  int default_max_tokens = 128;  // max_tokens 0 means this
-  int max_tokens_limit = 4096;   // larger max_tokens is INVALID_ARGUMENT
-  int max_prompt_tokens = 0;     // 0: only the context bounds the prompt
-};
+// OK when `api_key` is empty or the metadata holds "authorization: Bearer <api_key>" (the
+// scheme case-insensitive, RFC 6750); UNAUTHENTICATED otherwise (never echoing the key).
+grpc::Status CheckApiKey(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
+                         const std::string& api_key);
 
-// Validates a wire request and applies the defaults of DESIGN §6 (top_p 0 -> 1,
-// repetition_penalty 0 -> 1, max_tokens 0 -> default, seed 0 -> random, a text prompt is
-// tokenized with BOS first). INVALID_ARGUMENT names the offending field.
-absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(
-    const specmoe::v1::CompleteRequest& request, const engine::Engine& engine,
-    const ServiceLimits& limits);
+// Puts the API key in front of server reflection (registered by gRPC's plugin, so the
+// service cannot check it itself): a call without the key is cancelled before it is
+// answered, and logged as refused.
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+MakeReflectionAuthInterceptorFactory(std::string api_key);
+
+// The service's base: Complete, CompleteStream and Tokenize take their request as bytes and
+// parse it themselves, so a request gRPC could not parse (invalid UTF-8 in a string field,
+// garbage) is answered INVALID_ARGUMENT naming the problem, and logged, instead of
+// gRPC's bare UNIMPLEMENTED.
+using CompletionServiceBase = specmoe::v1::Completion::WithRawCallbackMethod_Complete<
+    specmoe::v1::Completion::WithRawCallbackMethod_CompleteStream<
+        specmoe::v1::Completion::WithRawCallbackMethod_Tokenize<
+            specmoe::v1::Completion::WithCallbackMethod_GetModelInfo<
+                specmoe::v1::Completion::Service>>>>;
+
+// Parses `bytes` as a `Message`; INVALID_ARGUMENT naming the message and, where protobuf
+// says, the field and the problem.
+template <typename Message>
+grpc::Status ParseRequest(const grpc::ByteBuffer& bytes, Message* message);
 
 // Contract: owned by main and outlives the grpc::Server it is registered with. All methods
 // are thread-safe; RPCs before SetEngine() (models loading) or after StartDraining() get
 // UNAVAILABLE. RPC handlers never block: engine events arrive on the engine's worker thread
-// and are queued into the call's reactor.
-class CompletionService final : public specmoe::v1::Completion::CallbackService {
+// and are queued into the call's reactor (a stream keeps at most one merged chunk queued
+// behind gRPC's flow control).
+class CompletionService final : public CompletionServiceBase {
  public:
-  // `api_key` empty: no authentication.
-  CompletionService(ServiceLimits limits, std::string api_key);
+  // `api_key` empty: no authentication. `metrics` (not owned) must outlive the service and
+  // the engine (the engine's sinks report to it).
+  CompletionService(std::string api_key, Metrics* metrics);
 
   // Makes the service ready once the engine is loaded.
   void SetEngine(std::shared_ptr<engine::Engine> engine);
   // New RPCs get UNAVAILABLE from now on; in-flight ones continue.
   void StartDraining();
+  // Complete / CompleteStream calls not yet done (the drain waits for them).
+  int active_calls() const { return active_calls_.load(); }
 
   grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context,
-                                     const specmoe::v1::CompleteRequest* request,
-                                     specmoe::v1::CompleteResponse* response) override;
-  grpc::ServerWriteReactor<specmoe::v1::CompleteChunk>* CompleteStream(
-      grpc::CallbackServerContext* context,
-      const specmoe::v1::CompleteRequest* request) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* CompleteStream(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
-                                     const specmoe::v1::TokenizeRequest* request,
-                                     specmoe::v1::TokenizeResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const specmoe::v1::GetModelInfoRequest* request,
                                          specmoe::v1::ModelInfo* response) override;
@@ -65,11 +84,12 @@ class CompletionService final : public specmoe::v1::Completion::CallbackService 
   grpc::Status Admit(grpc::CallbackServerContext* context,
                      std::shared_ptr<engine::Engine>* engine) const;
 
-  const ServiceLimits limits_;
   const std::string api_key_;
+  Metrics* const metrics_;
   mutable std::mutex mu_;
   std::shared_ptr<engine::Engine> engine_;  // guarded by mu_; null while loading
   std::atomic<bool> draining_{false};
+  std::atomic<int> active_calls_{0};
 };
 
 }  // namespace specmoe::server

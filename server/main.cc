@@ -22,6 +22,7 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -30,6 +31,7 @@
 #include "engine/engine.h"
 #include "server/completion_service.h"
 #include "server/logging.h"
+#include "server/metrics.h"
 #include "server/options.h"
 
 namespace {
@@ -58,14 +60,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
   return grpc::SslServerCredentials(ssl);
 }
 
-absl::StatusOr<std::string> ReadApiKey(const ServerOptions& options) {
-  if (options.api_key_file.empty()) return std::string();
-  absl::StatusOr<std::string> key = ReadFile("api-key-file", options.api_key_file);
+absl::StatusOr<std::string> ReadApiKey(const std::string& flag, const std::string& path) {
+  if (path.empty()) return std::string();
+  absl::StatusOr<std::string> key = ReadFile(flag, path);
   if (!key.ok()) return key.status();
   std::string trimmed(absl::StripAsciiWhitespace(*key));
   if (trimmed.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--api-key-file: ", options.api_key_file, " is empty"));
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", path, " is empty"));
   }
   return trimmed;
 }
@@ -99,6 +100,12 @@ struct StopState {
   }
 };
 
+// True for 127.0.0.0/8, [::1] and localhost listen addresses.
+bool IsLoopback(const std::string& listen) {
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  return host == "localhost" || host == "[::1]" || host.rfind("127.", 0) == 0;
+}
+
 int g_signal_pipe[2] = {-1, -1};
 
 void OnSignal(int signal_number) {
@@ -120,10 +127,13 @@ int main(int argc, char** argv) {
     std::cout << specmoe::server::ServerUsage();
     return 0;
   }
-  absl::StatusOr<std::string> api_key = ReadApiKey(options);
+  absl::StatusOr<std::string> api_key = ReadApiKey("api-key-file", options.api_key_file);
+  absl::StatusOr<std::string> metrics_key =
+      ReadApiKey("metrics-api-key-file", options.metrics_api_key_file);
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       MakeCredentials(options);
-  for (const absl::Status& status : {api_key.status(), credentials.status()}) {
+  for (const absl::Status& status :
+       {api_key.status(), metrics_key.status(), credentials.status()}) {
     if (!status.ok()) {
       std::cerr << "specmoe-server: " << status.message() << "\n";
       return 2;
@@ -152,15 +162,32 @@ int main(int argc, char** argv) {
     stop_state.Stop(0);
   }).detach();
 
-  specmoe::server::ServiceLimits limits;
-  limits.default_max_tokens = options.default_max_tokens;
-  limits.max_tokens_limit = options.max_tokens_limit;
-  limits.max_prompt_tokens = options.max_prompt_tokens;
-  specmoe::server::CompletionService service(limits, *api_key);
+  // The metrics outlive the service and the engine (the engine holds them as its observer).
+  auto metrics = std::make_shared<specmoe::server::Metrics>();
+  specmoe::server::MetricsHttpServer metrics_http(metrics.get());
+  if (!options.metrics_listen.empty()) {
+    if (absl::Status status = metrics_http.Start(options.metrics_listen, *metrics_key);
+        !status.ok()) {
+      spdlog::error("{}", std::string(status.message()));
+      return 1;
+    }
+    spdlog::info("metrics listening on {} (port {}) at /metrics{}", options.metrics_listen,
+                 metrics_http.port(), metrics_key->empty() ? "" : " with an API key");
+  }
+  specmoe::server::CompletionService service(*api_key, metrics.get());
+  if (!api_key->empty() && options.tls_cert.empty() && !IsLoopback(options.listen)) {
+    spdlog::warn("--api-key-file without TLS on {}: the key crosses the network in clear "
+                 "text (give --tls-cert/--tls-key, or listen on a loopback address)",
+                 options.listen);
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(specmoe::server::MakeReflectionAuthInterceptorFactory(*api_key));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   int port = 0;
   builder.AddListeningPort(options.listen, *credentials, &port);
   builder.RegisterService(&service);
@@ -188,8 +215,10 @@ int main(int argc, char** argv) {
   std::atomic<bool> loader_done{false};
   std::thread loader([&] {
     const auto start = std::chrono::steady_clock::now();
+    specmoe::engine::EngineOptions engine_options = specmoe::server::ToEngineOptions(options);
+    engine_options.observer = metrics;
     absl::StatusOr<std::unique_ptr<specmoe::engine::Engine>> created =
-        specmoe::engine::Engine::Create(specmoe::server::ToEngineOptions(options));
+        specmoe::engine::Engine::Create(engine_options);
     if (!created.ok()) {
       spdlog::error("cannot load the models: {}", created.status().ToString());
       loader_done.store(true);
@@ -200,6 +229,7 @@ int main(int argc, char** argv) {
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     service.SetEngine(engine);
+    metrics->SetEngine(engine);
     loader_done.store(true);
     {
       std::lock_guard<std::mutex> lock(stop_state.mu);
@@ -218,11 +248,24 @@ int main(int argc, char** argv) {
     std::unique_lock<std::mutex> lock(stop_state.mu);
     stop_state.cv.wait(lock, [] { return stop_state.stop; });
     exit_code = stop_state.exit_code;
-    health->Shutdown();  // NOT_SERVING from now on, for every service name
+    // NOT_SERVING from now on, for every service name; the listener stays open through the
+    // grace period so that probes see it, while new Completion calls get UNAVAILABLE.
+    health->SetServingStatus("", false);
+    health->SetServingStatus(kServiceName, false);
   }
   service.StartDraining();
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::seconds(options.drain_seconds));
+  const auto drain_end =
+      std::chrono::steady_clock::now() + std::chrono::seconds(options.drain_seconds);
+  const int in_flight = service.active_calls();
+  while (service.active_calls() > 0 && std::chrono::steady_clock::now() < drain_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  spdlog::info("drain: {} call(s) were in flight, {} still are; closing",
+               in_flight, service.active_calls());
+  health->Shutdown();
+  // Every generation call has ended (or the grace period is over): cancel whatever is left
+  // (health and reflection calls) at once.
+  server->Shutdown(std::chrono::system_clock::now());
   if (!loader_done.load()) {
     // Stopped while Engine::Create is still reading the models: nothing is in flight, and
     // waiting for a large model to finish loading would only delay the exit.
@@ -232,6 +275,8 @@ int main(int argc, char** argv) {
   }
   loader.join();
   server.reset();
+  metrics_http.Stop();
+  metrics->SetEngine(nullptr);
   engine.reset();
   spdlog::info("stopped");
   return exit_code;

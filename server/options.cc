@@ -114,6 +114,11 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
           1024);
   text("--api-key-file", &options.api_key_file, "PATH",
        "require 'authorization: Bearer <key>' (key read from PATH) on every RPC but health");
+  text("--metrics-listen", &options.metrics_listen, "HOST:PORT",
+       "serve Prometheus metrics at http://HOST:PORT/metrics (off when not given; a bare PORT "
+       "is 127.0.0.1:PORT; port 0 picks a free port)");
+  text("--metrics-api-key-file", &options.metrics_api_key_file, "PATH",
+       "require 'Authorization: Bearer <key>' (key read from PATH) on /metrics");
   text("--tls-cert", &options.tls_cert, "PATH",
        "PEM certificate chain; serve TLS (needs --tls-key)");
   text("--tls-key", &options.tls_key, "PATH", "PEM private key for --tls-cert");
@@ -202,6 +207,10 @@ engine::EngineOptions ToEngineOptions(const ServerOptions& options) {
   engine_options.max_queue = options.max_queue;
   engine_options.max_batch = options.max_batch;
   engine_options.max_context = options.max_context;
+  engine_options.limits.default_max_tokens = options.default_max_tokens;
+  engine_options.limits.max_tokens_limit = options.max_tokens_limit;
+  engine_options.limits.max_prompt_tokens = options.max_prompt_tokens;
+  engine_options.limits.max_prompt_bytes = options.max_prompt_bytes;
   return engine_options;
 }
 

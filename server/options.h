@@ -29,6 +29,8 @@ struct ServerOptions {
   int max_prompt_bytes = 0;                        // --max-prompt-bytes (0: 16 x the context)
   int max_message_bytes = 4 << 20;                 // --max-message-bytes
   std::string api_key_file;                        // --api-key-file
+  std::string metrics_listen;                      // --metrics-listen HOST:PORT (empty: off)
+  std::string metrics_api_key_file;                // --metrics-api-key-file
   std::string tls_cert;                            // --tls-cert
   std::string tls_key;                             // --tls-key
   std::string log_format = "text";                 // --log-format text|json

@@ -43,7 +43,10 @@ Json SeedMoe() {
     "gate_noise_epsilon": 0.01, "multiply_gate_scores": true, "bos_token_id": 0,
     "pad_token_id": 1, "eos_token_id": 2, "vocab_size": 32000, "rms_norm_eps": 1e-05,
     "max_position_embeddings": 2048, "hidden_act": "silu", "pretraining_tp": 1,
-    "tie_word_embeddings": false, "torch_dtype": "float32"})");
+    "tie_word_embeddings": false, "torch_dtype": "float32", "gates": "mlp",
+    "gate_type": "TopKBalancedNoisyGate", "calculator_type": "UniversalCalculator",
+    "add_weight_norm": false, "drop_tokens": true, "dropped_padding": "zero",
+    "capacity_factor": 1.25})");
   j["size_experts"] = Json::array({Json(std::vector<int>(8, 8192)), Json(std::vector<int>(8, 8192))});
   return j;
 }
@@ -147,6 +150,40 @@ TEST(ModelConfigTest, MoeUnevenExpertSizesAndDefaults) {
   EXPECT_EQ(c->size_experts, (std::vector<std::vector<int>>{{1, 2, 3}, {4, 5, 6}}));
   EXPECT_FLOAT_EQ(c->score_scale_factor, 1.0f);
   EXPECT_TRUE(c->multiply_gate_scores);
+}
+
+// Issue 6 item 3: every MoE key that changes the maths is refused by key and value
+// (DESIGN §3.2); the training-only keys are accepted with any value.
+TEST(ModelConfigTest, RefusesMoeMathsKeysByKeyAndValue) {
+  const std::vector<std::pair<const char*, Json>> refused = {
+      {"multiply_gate_scores", false},
+      {"calculator_type", "SwitchDropTokenCalculator"},
+      {"gate_type", "SwitchBalancedGate"},
+      {"gate_network", "linear"},
+      {"gates", "linear"},
+      {"gate_use_softmax", false},
+      {"add_weight_norm", true},
+  };
+  for (const auto& [key, value] : refused) {
+    Json j = SeedMoe();
+    j[key] = value;
+    const auto c = Parse(j);
+    ASSERT_FALSE(c.ok()) << key;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kUnimplemented) << key;
+    EXPECT_THAT(c.status().message(), HasSubstr(std::string("\"") + key + "\""));
+    const std::string shown = value.is_string() ? "'" + value.get<std::string>() + "'"
+                                                : value.dump();
+    EXPECT_THAT(c.status().message(), HasSubstr(shown)) << key;
+  }
+  Json training = SeedMoe();
+  training["gate_add_noise"] = false;
+  training["gate_noise_epsilon"] = 0.5;
+  training["gate_use_balance"] = false;
+  training["gate_balance_loss_weight"] = 3;
+  training["capacity_factor"] = 0.5;
+  training["drop_tokens"] = false;
+  training["dropped_padding"] = "none";
+  EXPECT_TRUE(Parse(training).ok()) << Parse(training).status();
 }
 
 TEST(ModelConfigTest, RefusesUnsupportedFeaturesByName) {

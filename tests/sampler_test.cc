@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <map>
 #include <vector>
@@ -295,6 +296,34 @@ TEST(SamplerTest, SameSeedSameDraws) {
   }
   EXPECT_EQ(da, db);
   EXPECT_NE(da, dc);
+}
+
+// Issue 6 item 1: a tiny penalty divides a positive logit past FLT_MAX; the result must stay
+// finite (clamped), so the distribution is a valid one instead of NaN.
+TEST(SamplerTest, TinyRepetitionPenaltyKeepsTheDistributionFinite) {
+  const std::vector<float> logits = {5.0f, 3.0f, -2.0f, 1.0f};
+  const std::vector<int32_t> context = {0, 2};
+  std::vector<float> penalised = logits;
+  ApplyRepetitionPenalty(penalised.data(), 4, 1e-38f, context);
+  EXPECT_EQ(penalised[0], std::numeric_limits<float>::max());
+  EXPECT_FLOAT_EQ(penalised[2], -2e-38f);
+  for (float huge_penalty : {1e-38f, 1e-45f, 3e38f}) {
+    SamplingParams params;
+    params.temperature = 1.0f;
+    params.repetition_penalty = huge_penalty;
+    std::vector<float> probs;
+    ProcessLogits(logits.data(), 4, params, context, &probs);
+    double sum = 0;
+    for (float p : probs) {
+      EXPECT_TRUE(std::isfinite(p)) << huge_penalty;
+      sum += p;
+    }
+    EXPECT_NEAR(sum, 1.0, 1e-6) << huge_penalty;
+    Rng rng(7);
+    const int32_t token = SampleFrom(probs, rng);
+    EXPECT_GE(token, 0);
+    EXPECT_LT(token, 4);
+  }
 }
 
 }  // namespace

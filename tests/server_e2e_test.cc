@@ -3,6 +3,7 @@
 // tiny committed models, waits for grpc.health.v1 SERVING, then talks gRPC to it (and runs
 // specmoe-cli against it). The server is stopped with SIGTERM and must exit 0.
 #include <fcntl.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -40,6 +41,11 @@ const std::string kServerBinary = SPECMOE_BINARY_DIR "/server/specmoe-server";
 const std::string kCliBinary = SPECMOE_BINARY_DIR "/client/specmoe-cli";
 const std::string kTarget = SPECMOE_FIXTURES "/models/e2e_target";  // context 256, vocab 4096, f16
 const std::string kDraft = SPECMOE_FIXTURES "/models/e2e_draft";
+// The issue-6 reproducer's model: its logits are large enough that a tiny repetition
+// penalty overflowed them to +inf (e2e_target's are not).
+const std::string kTiny = SPECMOE_FIXTURES "/models/llama_tiny";
+// lm_head all NaN (tests/fixtures/make_nan_model.py): every logit it produces is NaN.
+const std::string kNanModel = SPECMOE_FIXTURES "/models/nan_lm_head";
 constexpr int kVocab = 4096;
 constexpr int kContext = 256;
 constexpr int kDefaultMaxTokens = 12;
@@ -150,6 +156,55 @@ int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::strin
   return response.status();
 }
 
+// Asks server reflection to list the services (ServerReflectionRequest.list_services, field 7,
+// hand-encoded: the reflection proto is not vendored) through the generic stub; true when
+// the answer names specmoe.v1.Completion.
+bool ReflectionListsTheService(const std::shared_ptr<grpc::Channel>& channel,
+                               const char* authorization) {
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  if (authorization != nullptr) context.AddMetadata("authorization", authorization);
+  auto call = stub.PrepareCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  auto step = [&](intptr_t expected) {
+    return cq.Next(&tag, &ok) && reinterpret_cast<intptr_t>(tag) == expected && ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  bool answered = step(1);
+  const std::string request_bytes("\x3a\x00", 2);
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  if (answered) {
+    call->Write(request, reinterpret_cast<void*>(2));
+    answered = step(2);
+  }
+  if (answered) {
+    call->Read(&response, reinterpret_cast<void*>(3));
+    answered = step(3);
+  }
+  std::string bytes;
+  if (answered) {
+    std::vector<grpc::Slice> slices;
+    (void)response.Dump(&slices);
+    for (const grpc::Slice& part : slices) {
+      bytes.append(reinterpret_cast<const char*>(part.begin()), part.size());
+    }
+  }
+  context.TryCancel();
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(4));
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return answered && bytes.find("specmoe.v1.Completion") != std::string::npos;
+}
+
 constexpr int kServing = 1;
 constexpr int kNotServing = 2;
 
@@ -160,6 +215,33 @@ bool WaitForServing(const std::shared_ptr<grpc::Channel>& channel) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return false;
+}
+
+// A unary call with hand-made request bytes (what a broken client might send).
+grpc::Status RawUnary(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                      const std::string& request_bytes) {
+  grpc::GenericStub stub(channel);
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
+                 [&done](grpc::Status status) { done.set_value(status); });
+  return done.get_future().get();
+}
+
+// Issue 6's B1 reproducer: sampling with a tiny repetition penalty, plain decoding.
+v1::CompleteRequest B1Request() {
+  v1::CompleteRequest request;
+  request.set_prompt("In the beginning");
+  request.set_max_tokens(8);
+  request.mutable_sampling()->set_temperature(1.0f);
+  request.mutable_sampling()->set_repetition_penalty(1e-38f);
+  request.mutable_sampling()->set_seed(7);
+  request.mutable_speculation()->set_disable(true);
+  return request;
 }
 
 // Runs a command, returning its stdout and exit code.
@@ -458,8 +540,8 @@ TEST_F(ServerE2eTest, DeadlineCancelsTheRequestAndTheServerKeepsServing) {
   v1::CompleteResponse response;
   const grpc::Status status = Complete(request, &response, /*timeout_ms=*/100);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  // The engine was told: the request ends as cancelled, before its 250 tokens.
-  EXPECT_TRUE(LogHasLine({"request deadline-request", "finish=cancelled"})) << server_->log();
+  // The engine was told: the request ends, before its 250 tokens, logged as a deadline.
+  EXPECT_TRUE(LogHasLine({"request deadline-request", "finish=deadline"})) << server_->log();
   ASSERT_TRUE(Complete(Greedy("Hello", 4), &response).ok());
   EXPECT_EQ(response.token_ids_size(), 4);
 }
@@ -478,6 +560,129 @@ TEST_F(ServerE2eTest, ClientCancellingAStreamCancelsTheRequest) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(LogHasLine({"request cancelled-stream", "finish=cancelled"})) << server_->log();
+  v1::CompleteResponse response;
+  ASSERT_TRUE(Complete(Greedy("Hello", 4), &response).ok());
+}
+
+TEST_F(ServerE2eTest, OversizedFieldsAreRefusedAndLogged) {
+  v1::CompleteRequest request = Greedy("Hello", 4);
+  request.set_request_id(std::string(257, 'r'));
+  v1::CompleteResponse response;
+  grpc::Status status = Complete(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("request_id is 257 bytes; at most 256"));
+  EXPECT_TRUE(LogHasLine({"rpc=Complete refused code=INVALID_ARGUMENT", "peer=",
+                          "(257 bytes)", "reason=request_id is 257 bytes"}))
+      << server_->log();
+  request.set_request_id(std::string(256, 'r'));
+  EXPECT_TRUE(Complete(request, &response).ok());
+
+  // The prompt's bytes are checked before tokenizing (default 16 bytes per context token).
+  v1::CompleteRequest big = Greedy(std::string(16 * kContext + 1, 'a'), 4);
+  big.set_request_id("too-many-bytes");
+  status = Complete(big, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("(--max-prompt-bytes)"));
+  EXPECT_TRUE(LogHasLine({"request too-many-bytes", "refused code=INVALID_ARGUMENT"}))
+      << server_->log();
+  // Tokenize obeys the same limits.
+  grpc::ClientContext context;
+  v1::TokenizeRequest tokenize;
+  tokenize.set_text(std::string(16 * kContext + 1, 'a'));
+  v1::TokenizeResponse tokens;
+  status = stub_->Tokenize(&context, tokenize, &tokens);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("(--max-prompt-bytes)"));
+  grpc::ClientContext context2;
+  std::string words;
+  for (int i = 0; i < kContext; ++i) words += " world";
+  tokenize.set_text(words);
+  status = stub_->Tokenize(&context2, tokenize, &tokens);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("tokens"));
+}
+
+TEST_F(ServerE2eTest, ControlCharactersInTheRequestIdCannotForgeLogLines) {
+  v1::CompleteRequest request = Greedy("Hello", 2);
+  request.set_request_id("inj\n2026-01-01T00:00:00.000Z I FORGED\x1b[31m");
+  v1::CompleteResponse response;
+  ASSERT_TRUE(Complete(request, &response).ok());
+  EXPECT_TRUE(LogHasLine({"request inj\\n2026-01-01T00:00:00.000Z I FORGED\\x1b[31m",
+                          "rpc=Complete"}))
+      << server_->log();
+  std::istringstream log(server_->log());
+  for (std::string line; std::getline(log, line);) {
+    EXPECT_NE(line.rfind("2026-01-01T00:00:00.000Z", 0), 0u) << line;
+    EXPECT_EQ(line.find('\x1b'), std::string::npos) << line;
+  }
+}
+
+// DESIGN §6: with a stop string, token_ids and usage.completion_tokens agree with text; the
+// token that completed the stop string is returned only if some of its text is.
+TEST_F(ServerE2eTest, StopStringTokensAgreeWithTheText) {
+  // Each token's own text: greedy output is deterministic, so the completion of n + 1
+  // tokens extends that of n by token n's text.
+  v1::CompleteRequest request = Greedy("The king said", 24);
+  std::vector<std::string> texts;
+  std::vector<int32_t> ids;
+  std::string previous;
+  for (int n = 1; n <= 24; ++n) {
+    request.set_max_tokens(n);
+    v1::CompleteResponse response;
+    ASSERT_TRUE(Complete(request, &response).ok());
+    ASSERT_EQ(response.token_ids_size(), n);
+    ASSERT_EQ(response.text().substr(0, previous.size()), previous);
+    texts.push_back(response.text().substr(previous.size()));
+    ids.push_back(response.token_ids(n - 1));
+    previous = response.text();
+  }
+  request.set_max_tokens(24);
+  ASSERT_EQ(ids.size(), 24u);
+  // A token k whose whole text is a stop string first seen exactly where token k starts.
+  std::string before;
+  int k = -1;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (i >= 2 && texts[i].size() >= 2 && (before + texts[i]).find(texts[i]) == before.size()) {
+      k = static_cast<int>(i);
+      break;
+    }
+    before += texts[i];
+  }
+  ASSERT_GE(k, 0) << "no usable stop token in this output";
+  request.add_stop(texts[k]);
+  v1::CompleteResponse stopped;
+  ASSERT_TRUE(Complete(request, &stopped).ok());
+  EXPECT_EQ(stopped.finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(stopped.text(), before);
+  EXPECT_EQ(std::vector<int32_t>(stopped.token_ids().begin(), stopped.token_ids().end()),
+            std::vector<int32_t>(ids.begin(), ids.begin() + k));
+  EXPECT_EQ(stopped.usage().completion_tokens(), static_cast<uint32_t>(k));
+}
+
+// Issue 6 item 8: requests gRPC cannot parse are INVALID_ARGUMENT naming the problem, and
+// protobuf's own complaint is a line in the server's log format.
+TEST_F(ServerE2eTest, UnparseableRequestsAreInvalidArgumentNamingTheProblem) {
+  // CompleteRequest.prompt (field 1) holding the bytes ff fe: not UTF-8.
+  const std::string bad_utf8("\x0a\x02\xff\xfe", 4);
+  grpc::Status status = RawUnary(*channel_, "/specmoe.v1.Completion/Complete", bad_utf8);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("not a valid specmoe.v1.CompleteRequest"));
+  EXPECT_THAT(status.error_message(), HasSubstr("specmoe.v1.CompleteRequest.prompt"));
+  EXPECT_THAT(status.error_message(), HasSubstr("invalid UTF-8"));
+  status = RawUnary(*channel_, "/specmoe.v1.Completion/CompleteStream", bad_utf8);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  status = RawUnary(*channel_, "/specmoe.v1.Completion/Tokenize", bad_utf8);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("specmoe.v1.TokenizeRequest.text"));
+  // Not protobuf at all (a field tag with a truncated varint).
+  status = RawUnary(*channel_, "/specmoe.v1.Completion/Complete", std::string("\x08\xff", 2));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("not a valid specmoe.v1.CompleteRequest"));
+  EXPECT_TRUE(LogHasLine({"rpc=Complete refused code=INVALID_ARGUMENT", "invalid UTF-8"}))
+      << server_->log();
+  // protobuf's line is in the server's format ("<time>Z E protobuf ..."), not libprotobuf's.
+  EXPECT_TRUE(LogHasLine({"Z E protobuf ", "invalid UTF-8"})) << server_->log();
+  EXPECT_THAT(server_->log(), ::testing::Not(HasSubstr("[libprotobuf")));
   v1::CompleteResponse response;
   ASSERT_TRUE(Complete(Greedy("Hello", 4), &response).ok());
 }
@@ -547,6 +752,14 @@ TEST(ServerProcessTest, ApiKeyIsRequiredOnEveryRpcButHealth) {
   EXPECT_EQ(model_info("Bearer wrong-key"), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(model_info("s3cret-key"), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(model_info("Bearer s3cret-key"), grpc::StatusCode::OK);
+  // RFC 6750: the scheme is case-insensitive.
+  EXPECT_EQ(model_info("bearer s3cret-key"), grpc::StatusCode::OK);
+  EXPECT_EQ(model_info("BEARER s3cret-key"), grpc::StatusCode::OK);
+  EXPECT_EQ(model_info("Bearers3cret-key"), grpc::StatusCode::UNAUTHENTICATED);
+
+  // Reflection is behind the key too: without it the call is not answered.
+  EXPECT_FALSE(ReflectionListsTheService(channel, nullptr));
+  EXPECT_TRUE(ReflectionListsTheService(channel, "Bearer s3cret-key"));
 
   v1::CompleteRequest request;
   request.set_prompt("Hello");
@@ -576,7 +789,100 @@ TEST(ServerProcessTest, ApiKeyIsRequiredOnEveryRpcButHealth) {
                                       server.address() + " --api-key-file " + key_file + " hi");
   EXPECT_EQ(code, 0) << out;
   EXPECT_EQ(server.Terminate(), 0) << server.log();
+  // Each refusal is one line with the rpc, code, peer and reason, never the key.
+  const std::string log = server.log();
+  EXPECT_THAT(log, HasSubstr("rpc=GetModelInfo refused code=UNAUTHENTICATED peer=ipv4:127.0.0.1"));
+  EXPECT_THAT(log, HasSubstr("rpc=Complete refused code=UNAUTHENTICATED"));
+  EXPECT_THAT(log, HasSubstr("rpc=CompleteStream refused code=UNAUTHENTICATED"));
+  EXPECT_THAT(log, HasSubstr("ServerReflectionInfo refused code=UNAUTHENTICATED"));
+  EXPECT_EQ(log.find("s3cret-key"), std::string::npos) << log;
+  EXPECT_EQ(log.find("without TLS"), std::string::npos) << log;  // loopback: no warning
   std::filesystem::remove(key_file);
+}
+
+TEST(ServerProcessTest, ApiKeyWithoutTlsOnANonLoopbackAddressWarns) {
+  const std::string key_file = ::testing::TempDir() + "/specmoe_e2e_api_key_warn";
+  std::ofstream(key_file) << "k\n";
+  ServerProcess server({"--api-key-file", key_file, "--listen", "0.0.0.0:0"});
+  ASSERT_TRUE(server.WaitForPort()) << server.log();
+  EXPECT_EQ(server.Terminate(), 0) << server.log();
+  EXPECT_THAT(server.log(), HasSubstr("--api-key-file without TLS on 0.0.0.0:0"));
+  std::filesystem::remove(key_file);
+}
+
+// DESIGN §2.6: no request and no model file ends the process. The target is llama_tiny, on
+// which the B1 request (tiny repetition penalty) used to abort the server; the draft has an
+// all-NaN lm_head, so every speculating request meets a NaN (INTERNAL naming the model and
+// the step) while plain decoding (target only) is unaffected: afterwards health is SERVING
+// and a normal request gives exactly the tokens of a server without the broken draft.
+TEST(ServerProcessTest, NanModelsFailTheRequestAndTheServerKeepsServing) {
+  v1::CompleteRequest normal;
+  normal.set_prompt("The king said");
+  normal.set_max_tokens(10);
+  normal.set_ignore_eos(true);
+  normal.mutable_speculation()->set_disable(true);
+  std::vector<int32_t> expected;
+  {
+    ServerProcess reference({"--target", kTiny, "--draft", ""});
+    ASSERT_TRUE(reference.WaitForPort()) << reference.log();
+    auto channel = grpc::CreateChannel(reference.address(), grpc::InsecureChannelCredentials());
+    ASSERT_TRUE(WaitForServing(channel)) << reference.log();
+    grpc::ClientContext context;
+    v1::CompleteResponse response;
+    ASSERT_TRUE(v1::Completion::NewStub(channel)->Complete(&context, normal, &response).ok());
+    expected.assign(response.token_ids().begin(), response.token_ids().end());
+    ASSERT_EQ(expected.size(), 10u);
+  }
+
+  ServerProcess server({"--target", kTiny, "--draft", kNanModel});
+  ASSERT_TRUE(server.WaitForPort()) << server.log();
+  auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+  ASSERT_TRUE(WaitForServing(channel)) << server.log();
+  auto stub = v1::Completion::NewStub(channel);
+  auto complete = [&](const v1::CompleteRequest& request, v1::CompleteResponse* response) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    return stub->Complete(&context, request, response);
+  };
+  v1::CompleteResponse response;
+  const grpc::Status b1 = complete(B1Request(), &response);
+  EXPECT_TRUE(b1.ok()) << b1.error_message() << server.log();
+  EXPECT_GT(response.token_ids_size(), 0);
+  for (float temperature : {0.0f, 0.8f}) {
+    v1::CompleteRequest nan_request = normal;
+    nan_request.set_request_id("nan-request");
+    nan_request.mutable_speculation()->set_disable(false);
+    nan_request.mutable_sampling()->set_temperature(temperature);
+    const grpc::Status status = complete(nan_request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << temperature;
+    EXPECT_THAT(status.error_message(), HasSubstr("draft model " + kNanModel));
+    EXPECT_THAT(status.error_message(), HasSubstr("NaN logit"));
+    EXPECT_THAT(status.error_message(), HasSubstr("decode step 1"));
+  }
+  EXPECT_EQ(HealthStatus(channel, ""), kServing);
+  ASSERT_TRUE(complete(normal, &response).ok());
+  EXPECT_EQ(std::vector<int32_t>(response.token_ids().begin(), response.token_ids().end()),
+            expected);
+  EXPECT_EQ(server.Terminate(), 0) << server.log();
+  EXPECT_THAT(server.log(), HasSubstr("request nan-request rpc=Complete failed: INTERNAL"));
+
+  // The broken model as the target: greedy used to return token 0 forever, sampling to abort.
+  ServerProcess broken({"--target", kNanModel, "--draft", ""});
+  ASSERT_TRUE(broken.WaitForPort()) << broken.log();
+  auto broken_channel =
+      grpc::CreateChannel(broken.address(), grpc::InsecureChannelCredentials());
+  ASSERT_TRUE(WaitForServing(broken_channel)) << broken.log();
+  auto broken_stub = v1::Completion::NewStub(broken_channel);
+  for (float temperature : {0.0f, 1.0f}) {
+    v1::CompleteRequest request = normal;
+    request.mutable_sampling()->set_temperature(temperature);
+    grpc::ClientContext context;
+    const grpc::Status status = broken_stub->Complete(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << temperature;
+    EXPECT_THAT(status.error_message(), HasSubstr("target model " + kNanModel));
+  }
+  EXPECT_EQ(HealthStatus(broken_channel, ""), kServing);
+  EXPECT_EQ(broken.Terminate(), 0) << broken.log();
 }
 
 TEST(ServerProcessTest, SigtermLetsInFlightRequestsFinishAndExitsZero) {
@@ -612,6 +918,23 @@ TEST(ServerProcessTest, SigtermLetsInFlightRequestsFinishAndExitsZero) {
   ASSERT_TRUE(reader->Read(&chunk));
   int tokens = chunk.token_ids_size();
   std::future<int> exit_code = std::async(std::launch::async, [&] { return server.Terminate(); });
+  // While the stream drains, health answers NOT_SERVING and new calls get UNAVAILABLE.
+  int health = kServing;
+  for (int i = 0; i < 200 && health == kServing; ++i) {
+    health = HealthStatus(channel, "");
+    if (health == kServing) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(health, kNotServing);
+  EXPECT_EQ(HealthStatus(channel, "specmoe.v1.Completion"), kNotServing);
+  {
+    grpc::ClientContext late_context;
+    v1::CompleteRequest late;
+    late.set_prompt("Too late");
+    v1::CompleteResponse late_response;
+    const grpc::Status late_status = stub->Complete(&late_context, late, &late_response);
+    EXPECT_EQ(late_status.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_THAT(late_status.error_message(), HasSubstr("shutting down"));
+  }
   while (reader->Read(&chunk)) tokens += chunk.token_ids_size();
   const grpc::Status status = reader->Finish();
   EXPECT_TRUE(status.ok()) << status.error_message();
@@ -620,15 +943,22 @@ TEST(ServerProcessTest, SigtermLetsInFlightRequestsFinishAndExitsZero) {
   EXPECT_EQ(exit_code.get(), 0) << server.log();
   const std::string text = server.log();
   ASSERT_NE(text.find("draining"), std::string::npos) << text;
-  ASSERT_NE(text.find("request drained-request"), std::string::npos) << text;
-  EXPECT_LT(text.find("draining"), text.find("request drained-request")) << text;
+  ASSERT_NE(text.find("\"request_id\":\"drained-request\""), std::string::npos) << text;
+  EXPECT_LT(text.find("draining"), text.find("\"request_id\":\"drained-request\"")) << text;
 
-  // JSON logs: every line is one JSON object.
+  // JSON logs: every line is one JSON object; a request's id is a field of its own.
   std::istringstream log(server.log());
   int lines = 0;
+  bool drained_line = false;
   for (std::string line; std::getline(log, line); ++lines) {
-    EXPECT_TRUE(nlohmann::json::accept(line)) << line;
+    ASSERT_TRUE(nlohmann::json::accept(line)) << line;
+    const nlohmann::json parsed = nlohmann::json::parse(line);
+    if (parsed.value("request_id", "") == "drained-request") {
+      drained_line = true;
+      EXPECT_THAT(parsed["msg"].get<std::string>(), HasSubstr("finish=length"));
+    }
   }
+  EXPECT_TRUE(drained_line) << server.log();
   EXPECT_GE(lines, 4);  // listening, serving, the request, draining
   EXPECT_THAT(server.log(), HasSubstr("draining"));
 }
