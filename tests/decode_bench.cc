@@ -16,6 +16,7 @@
 //  4. a decode step at context 128, 1024 and 2000 and attention's share of it (the
 //     attention op over every layer, timed alone on the same cache).
 // Everything warms up first (the first pass over freshly mmapped weights pays page faults).
+// SPECMOE_BENCH_DECODE_ONLY=1 prints table 1 only.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -318,6 +319,9 @@ int Main(int argc, char** argv) {
                 BytesPerToken(m.g->target(), kDecodeTokens / 2.0) / 1e6, Median(m.tps),
                 Median(m.floor_tps), 100.0 * Median(ratio));
   }
+  // SPECMOE_BENCH_DECODE_ONLY=1 stops after table 1 (for interleaved A/B runs of two builds).
+  const char* decode_only = std::getenv("SPECMOE_BENCH_DECODE_ONLY");
+  if (decode_only != nullptr && std::string(decode_only) == "1") return 0;
   for (Loaded& m : models) Report(m);
   return 0;
 }

@@ -2,6 +2,7 @@
 #include "kernels/cpu/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -10,8 +11,13 @@
 namespace specmoe::kernels {
 namespace {
 
-// About 100-200 microseconds of polling before a worker goes to sleep.
-constexpr int kSpinIterations = 1 << 13;
+using Clock = std::chrono::steady_clock;
+
+// How long a worker polls for the next loop before it sleeps. Bounded by time, not by a
+// count of pause instructions (a pause takes ~10 cycles on some cores and ~140 on others).
+constexpr std::chrono::microseconds kSpin{250};
+// Pauses between two clock reads while polling.
+constexpr int kPausesPerClockRead = 32;
 
 // Chunks per thread: threads take chunks from a shared counter, so a thread that is slowed
 // (a busy or descheduled core) does not hold the others at the end of every loop.
@@ -43,7 +49,7 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_.store(true, std::memory_order_release);
-    generation_.fetch_add(1, std::memory_order_release);
+    generation_.fetch_add(1, std::memory_order_seq_cst);
   }
   cv_.notify_all();
   for (std::thread& t : workers_) t.join();
@@ -55,7 +61,7 @@ void ThreadPool::RunChunks() {
     if (chunk >= chunks_) return;
     const int64_t begin = n_ * chunk / chunks_;
     const int64_t end = n_ * (chunk + 1) / chunks_;
-    if (begin < end) (*fn_)(begin, end);
+    if (begin < end) body_(fn_, begin, end);
   }
 }
 
@@ -63,13 +69,23 @@ void ThreadPool::WorkerLoop() {
   uint64_t seen = 0;
   for (;;) {
     uint64_t generation = generation_.load(std::memory_order_acquire);
-    for (int i = 0; i < kSpinIterations && generation == seen; ++i) {
-      CpuRelax();
-      generation = generation_.load(std::memory_order_acquire);
+    if (generation == seen) {
+      const Clock::time_point deadline = Clock::now() + kSpin;
+      do {
+        for (int i = 0; i < kPausesPerClockRead && generation == seen; ++i) {
+          CpuRelax();
+          generation = generation_.load(std::memory_order_acquire);
+        }
+      } while (generation == seen && Clock::now() < deadline);
     }
     if (generation == seen) {
+      // Sleep. sleepers_ and generation_ are both seq_cst, so either the caller's bump comes
+      // first in their single order and the predicate sees it, or this increment does and
+      // the caller sees a sleeper and takes mu_ before notifying (no lost wake-up).
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      cv_.wait(lock, [&] { return generation_.load(std::memory_order_seq_cst) != seen; });
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
       generation = generation_.load(std::memory_order_acquire);
     }
     if (stop_.load(std::memory_order_acquire)) return;
@@ -81,32 +97,34 @@ void ThreadPool::WorkerLoop() {
   }
 }
 
-void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
-                             int64_t min_chunk) {
+void ThreadPool::Run(int64_t n, int64_t min_chunk, void* fn, Body body) {
   if (n <= 0) return;
   min_chunk = std::max<int64_t>(1, min_chunk);
   const int64_t max_chunks = std::max<int64_t>(1, n / min_chunk);
   const int64_t chunks = std::min<int64_t>(num_threads_ * kChunksPerThread, max_chunks);
   if (chunks <= 1 || num_threads_ == 1 || tls_in_parallel_for) {
-    fn(0, n);
+    body(fn, 0, n);
     return;
   }
-  fn_ = &fn;
+  fn_ = fn;
+  body_ = body;
   n_ = n;
   chunks_ = chunks;
   next_chunk_.store(0, std::memory_order_relaxed);
   pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    generation_.fetch_add(1, std::memory_order_release);
+  generation_.fetch_add(1, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+    // A worker that counted itself as a sleeper holds mu_ until it waits, so taking mu_
+    // here orders the notify after its wait.
+    { std::lock_guard<std::mutex> lock(mu_); }
+    cv_.notify_all();
   }
-  cv_.notify_all();
   tls_in_parallel_for = true;
   RunChunks();
   tls_in_parallel_for = false;
   // Spin, then yield: on an oversubscribed machine a worker may be waiting for a core.
   for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
-    if (i < kSpinIterations) {
+    if (i < 4096) {
       CpuRelax();
     } else {
       std::this_thread::yield();
