@@ -17,6 +17,7 @@
 #include "engine/request.h"
 #include "engine/request_validator.h"
 #include "engine/tokenizer.h"
+#include "kernels/backend.h"
 
 namespace specmoe::engine {
 
@@ -52,6 +53,8 @@ struct EngineOptions {
   int max_batch = 4;                  // requests generating at once (KV room is reserved)
   int max_context = 0;                // 0: the target's max_position_embeddings
   int prefill_chunk = 256;            // prompt tokens per prefill forward
+  // KV cache element type of both models: kF32 (bit-exact tests) or kF16 (half the bytes).
+  kernels::DType kv_dtype = kernels::DType::kF32;
   std::shared_ptr<EngineObserver> observer;  // optional
   RequestLimits limits;               // checked by Submit (engine/request_validator.h)
 };

@@ -123,7 +123,7 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const EngineOptions
   // Weights (mmapped, read in full) and both KV pools must fit in memory together.
   auto kv_bytes = [&](const ModelConfig& c) {
     return static_cast<size_t>(num_blocks) * kBlockSize * 2 * c.num_layers * c.num_kv_heads *
-           c.head_dim * sizeof(float);
+           c.head_dim * kernels::DTypeBytes(options.kv_dtype);
   };
   size_t total = g->target_store_->total_bytes() + kv_bytes(g->target_config_);
   if (draft.has_value()) total += draft->store->total_bytes() + kv_bytes(draft->config);
@@ -133,7 +133,7 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const EngineOptions
   if (!fits.ok()) return fits;
   absl::StatusOr<std::unique_ptr<KvCache>> target_cache =
       KvCache::Create(g->backend_.get(), g->target_config_.num_layers, g->target_->kv_row(),
-                      kBlockSize, num_blocks);
+                      kBlockSize, num_blocks, options.kv_dtype);
   if (!target_cache.ok()) return target_cache.status();
   g->target_cache_ = *std::move(target_cache);
 
@@ -146,7 +146,7 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const EngineOptions
     g->draft_ = *std::move(draft_model);
     absl::StatusOr<std::unique_ptr<KvCache>> draft_cache =
         KvCache::Create(g->backend_.get(), g->draft_config_.num_layers, g->draft_->kv_row(),
-                        kBlockSize, num_blocks);
+                        kBlockSize, num_blocks, options.kv_dtype);
     if (!draft_cache.ok()) return draft_cache.status();
     g->draft_cache_ = *std::move(draft_cache);
   }
@@ -336,7 +336,7 @@ void Generator::Compact(KvCache& cache, const SequenceBlocks& blocks, int root_p
   if (src.empty()) return;
   for (int l = 0; l < cache.num_layers(); ++l) {
     backend_->KvMove(src.data(), dst.data(), static_cast<int>(src.size()), cache.row(),
-                     cache.k(l), cache.v(l));
+                     cache.dtype(), cache.k(l), cache.v(l));
   }
 }
 

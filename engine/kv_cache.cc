@@ -8,17 +8,27 @@
 
 namespace specmoe::engine {
 
-KvCache::KvCache(kernels::Backend* backend, int row, int block_size, int num_blocks)
-    : backend_(backend), row_(row), block_size_(block_size), num_blocks_(num_blocks) {}
+KvCache::KvCache(kernels::Backend* backend, int row, int block_size, int num_blocks,
+                 kernels::DType dtype)
+    : backend_(backend),
+      dtype_(dtype),
+      row_(row),
+      block_size_(block_size),
+      num_blocks_(num_blocks) {}
 
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(kernels::Backend* backend,
                                                           int num_layers, int row,
-                                                          int block_size, int num_blocks) {
-  std::unique_ptr<KvCache> cache(new KvCache(backend, row, block_size, num_blocks));
-  const size_t bytes = static_cast<size_t>(num_blocks) * block_size * row * sizeof(float);
+                                                          int block_size, int num_blocks,
+                                                          kernels::DType dtype) {
+  if (dtype != kernels::DType::kF32 && dtype != kernels::DType::kF16) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache dtype must be f32 or f16, got ",
+                                                   kernels::DTypeName(dtype)));
+  }
+  std::unique_ptr<KvCache> cache(new KvCache(backend, row, block_size, num_blocks, dtype));
+  const size_t bytes = static_cast<size_t>(num_blocks) * block_size * cache->row_bytes();
   for (int layer = 0; layer < num_layers; ++layer) {
-    float* k = static_cast<float*>(backend->Alloc(bytes));
-    float* v = k ? static_cast<float*>(backend->Alloc(bytes)) : nullptr;
+    void* k = backend->Alloc(bytes);
+    void* v = k ? backend->Alloc(bytes) : nullptr;
     if (k) cache->k_.push_back(k);
     if (v) cache->v_.push_back(v);
     if (!k || !v) {
@@ -33,8 +43,8 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(kernels::Backend* backe
 }
 
 KvCache::~KvCache() {
-  for (float* p : k_) backend_->Free(p);
-  for (float* p : v_) backend_->Free(p);
+  for (void* p : k_) backend_->Free(p);
+  for (void* p : v_) backend_->Free(p);
 }
 
 absl::Status KvCache::Reserve(SequenceBlocks& seq, int slots) {

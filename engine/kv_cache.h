@@ -1,7 +1,8 @@
 // engine/kv_cache.h — a paged KV cache for one model (DESIGN §2, §4).
 //
-// Every layer has K and V pools of [num_blocks * block_size, n_kv_heads * head_dim] f32 in
-// backend memory. A sequence owns a list of blocks (its block table); logical slot s of a
+// Every layer has K and V pools of [num_blocks * block_size, n_kv_heads * head_dim] in
+// backend memory, of f32 (the default) or f16 (half the bytes; results differ from f32 by
+// the rounding of K and V). A sequence owns a list of blocks (its block table); logical slot s of a
 // sequence lives at physical slot blocks[s / block_size] * block_size + s % block_size.
 // Committed tokens occupy logical slots [0, length); a token tree is written to scratch slots
 // after them and its accepted path is moved into place (Backend::KvMove).
@@ -27,11 +28,12 @@ struct SequenceBlocks {
 // thread; Reserve/Release are O(blocks).
 class KvCache {
  public:
-  // Allocates num_blocks blocks of block_size slots for every layer. RESOURCE_EXHAUSTED when
-  // the backend cannot allocate the pools.
-  static absl::StatusOr<std::unique_ptr<KvCache>> Create(kernels::Backend* backend, int num_layers,
-                                                          int row, int block_size,
-                                                          int num_blocks);
+  // Allocates num_blocks blocks of block_size slots of `dtype` for every layer.
+  // INVALID_ARGUMENT for a dtype other than f32 or f16; RESOURCE_EXHAUSTED when the backend
+  // cannot allocate the pools.
+  static absl::StatusOr<std::unique_ptr<KvCache>> Create(
+      kernels::Backend* backend, int num_layers, int row, int block_size, int num_blocks,
+      kernels::DType dtype = kernels::DType::kF32);
   ~KvCache();
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
@@ -47,22 +49,27 @@ class KvCache {
     return seq.blocks[logical / block_size_] * block_size_ + logical % block_size_;
   }
 
-  float* k(int layer) { return k_[layer]; }
-  float* v(int layer) { return v_[layer]; }
+  // A layer's pools: [num_blocks * block_size, row] elements of dtype().
+  void* k(int layer) { return k_[layer]; }
+  void* v(int layer) { return v_[layer]; }
+  kernels::DType dtype() const { return dtype_; }
   int row() const { return row_; }
+  size_t row_bytes() const { return static_cast<size_t>(row_) * kernels::DTypeBytes(dtype_); }
   int block_size() const { return block_size_; }
   int num_blocks() const { return num_blocks_; }
   int free_blocks() const { return static_cast<int>(free_.size()); }
   int num_layers() const { return static_cast<int>(k_.size()); }
 
  private:
-  KvCache(kernels::Backend* backend, int row, int block_size, int num_blocks);
+  KvCache(kernels::Backend* backend, int row, int block_size, int num_blocks,
+          kernels::DType dtype);
   kernels::Backend* backend_;
+  kernels::DType dtype_;
   int row_;
   int block_size_;
   int num_blocks_;
-  std::vector<float*> k_;  // [num_layers] -> [num_blocks * block_size, row]
-  std::vector<float*> v_;
+  std::vector<void*> k_;  // [num_layers] -> [num_blocks * block_size, row]
+  std::vector<void*> v_;
   std::vector<int32_t> free_;  // free block ids (a stack)
 };
 

@@ -193,6 +193,7 @@ void Model::Forward(const ForwardBatch& batch, KvCache& cache, float* logits) {
   att.visible_prefix = batch.visible_prefix.data();
   att.tree_mask = any_tree ? batch.tree_mask.data() : nullptr;
   att.tree_start = any_tree ? batch.tree_start.data() : nullptr;
+  att.kv_dtype = cache.dtype();
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& layer = weights_.layers[l];
@@ -204,7 +205,7 @@ void Model::Forward(const ForwardBatch& batch, KvCache& cache, float* logits) {
     be.MatMulMany(xb_, n, qkv, qkv_out, 3);
     be.Rope(q_, n, c.num_heads, c.head_dim, batch.positions.data(), c.rope_theta);
     be.Rope(k_, n, c.num_kv_heads, c.head_dim, batch.positions.data(), c.rope_theta);
-    be.KvWrite(k_, v_, n, kv_dim, batch.slots.data(), cache.k(l), cache.v(l));
+    be.KvWrite(k_, v_, n, kv_dim, batch.slots.data(), cache.dtype(), cache.k(l), cache.v(l));
     att.k_cache = cache.k(l);
     att.v_cache = cache.v(l);
     be.Attention(att);                      // [n, n_heads * head_dim]

@@ -50,7 +50,9 @@ struct ExpertWeights {
 
 // Arguments of paged attention with a per-token visibility rule (causal prefill, decode and
 // token-tree verification all use it). The KV cache of one layer is
-// k_cache, v_cache: [num_blocks * block_size, n_kv_heads, head_dim] f32, addressed by
+// k_cache, v_cache: [num_blocks * block_size, n_kv_heads, head_dim] of kv_dtype (f32, or f16
+// where the cache was made with an f16 KV option; f16 keys and values are widened to f32 and
+// used in the same order, so f16 output equals f32 output over the rounded K/V), addressed by
 // physical slot = block_table[seq][logical / block_size] * block_size + logical % block_size.
 //
 // Query token t (of sequence s = token_seq[t]) sees logical slots [0, visible_prefix[t]) and,
@@ -62,8 +64,9 @@ struct ExpertWeights {
 struct AttentionArgs {
   const float* q = nullptr;      // [n_tokens, n_heads, head_dim]
   float* out = nullptr;          // [n_tokens, n_heads, head_dim]
-  const float* k_cache = nullptr;
-  const float* v_cache = nullptr;
+  const void* k_cache = nullptr;
+  const void* v_cache = nullptr;
+  DType kv_dtype = DType::kF32;  // kF32 or kF16
   int n_tokens = 0;
   int n_heads = 0;
   int n_kv_heads = 0;
@@ -133,15 +136,16 @@ class Backend {
   // x[i] = tanh(x[i]) in place.
   virtual void Tanh(float* x, size_t count) = 0;
 
-  // Writes K/V rows: k_cache[slots[i]] = k[i], v_cache[slots[i]] = v[i].
+  // Writes K/V rows: k_cache[slots[i]] = k[i], v_cache[slots[i]] = v[i], stored as kv_dtype
+  // (kF32: copied; kF16: each value rounded to nearest even).
   // k, v: [n, row]; slots: host, [n] physical slots; row = n_kv_heads * head_dim.
   virtual void KvWrite(const float* k, const float* v, int n, int row, const int32_t* slots,
-                       float* k_cache, float* v_cache) = 0;
+                       DType kv_dtype, void* k_cache, void* v_cache) = 0;
 
-  // Moves K/V rows within one layer's cache: cache[dst[i]] = cache[src[i]] for i < n, in
-  // order (host arrays of physical slots). Used to compact an accepted tree path.
-  virtual void KvMove(const int32_t* src, const int32_t* dst, int n, int row, float* k_cache,
-                      float* v_cache) = 0;
+  // Moves K/V rows (of kv_dtype) within one layer's cache: cache[dst[i]] = cache[src[i]] for
+  // i < n, in order (host arrays of physical slots). Used to compact an accepted tree path.
+  virtual void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
+                      void* k_cache, void* v_cache) = 0;
 
   // Attention over the paged KV cache; see AttentionArgs. Host arrays: block_tables,
   // token_seq, visible_prefix, tree_mask, tree_start.

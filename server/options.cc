@@ -101,6 +101,9 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
           "requests generating at once (KV room is reserved for each)", 1);
   integer("--max-context", &options.max_context,
           "context length in tokens (0: the target's max_position_embeddings)", 0);
+  text("--kv-dtype", &options.kv_dtype, "f32|f16",
+       "KV cache element type (f16: half the KV bytes, logits within rounding of f32)")
+      ->check(OneOf({"f32", "f16"}));
   integer("--default-max-tokens", &options.default_max_tokens,
           "max_tokens of a request that leaves it unset", 1);
   integer("--max-tokens-limit", &options.max_tokens_limit,
@@ -207,6 +210,8 @@ engine::EngineOptions ToEngineOptions(const ServerOptions& options) {
   engine_options.max_queue = options.max_queue;
   engine_options.max_batch = options.max_batch;
   engine_options.max_context = options.max_context;
+  engine_options.kv_dtype =
+      options.kv_dtype == "f16" ? kernels::DType::kF16 : kernels::DType::kF32;
   engine_options.limits.default_max_tokens = options.default_max_tokens;
   engine_options.limits.max_tokens_limit = options.max_tokens_limit;
   engine_options.limits.max_prompt_tokens = options.max_prompt_tokens;

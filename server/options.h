@@ -23,6 +23,7 @@ struct ServerOptions {
   int max_queue = 64;                              // --max-queue
   int max_batch = 4;                               // --max-batch
   int max_context = 0;                             // --max-context (0: the model's)
+  std::string kv_dtype = "f32";                    // --kv-dtype f32|f16
   int default_max_tokens = 128;                    // --default-max-tokens
   int max_tokens_limit = 4096;                     // --max-tokens-limit
   int max_prompt_tokens = 0;                       // --max-prompt-tokens (0: the context)

@@ -5,11 +5,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -302,7 +305,8 @@ TEST_F(CpuBackendTest, KvWriteAndMove) {
   std::vector<float> k_cache(slots_total * row, -1.0f), v_cache(slots_total * row, -2.0f);
   const std::vector<float> k = RandomVector(3 * row, 9), v = RandomVector(3 * row, 10);
   const int32_t slots[] = {7, 2, 9};
-  backend_->KvWrite(k.data(), v.data(), 3, row, slots, k_cache.data(), v_cache.data());
+  backend_->KvWrite(k.data(), v.data(), 3, row, slots, DType::kF32, k_cache.data(),
+                    v_cache.data());
   for (int i = 0; i < 3; ++i) {
     for (int j = 0; j < row; ++j) {
       ASSERT_EQ(k_cache[slots[i] * row + j], k[i * row + j]);
@@ -313,7 +317,7 @@ TEST_F(CpuBackendTest, KvWriteAndMove) {
   // In order: slot 2 -> 3, then 7 -> 2 (after the first move), then 9 -> 4.
   const int32_t src[] = {2, 7, 9};
   const int32_t dst[] = {3, 2, 4};
-  backend_->KvMove(src, dst, 3, row, k_cache.data(), v_cache.data());
+  backend_->KvMove(src, dst, 3, row, DType::kF32, k_cache.data(), v_cache.data());
   for (int j = 0; j < row; ++j) {
     EXPECT_EQ(k_cache[3 * row + j], k[1 * row + j]);
     EXPECT_EQ(k_cache[2 * row + j], k[0 * row + j]);
@@ -597,6 +601,37 @@ TEST(ThreadPoolTest, ParallelForCoversEachIndexOnce) {
       },
       64);
   EXPECT_EQ(calls.load(), 1);
+}
+
+// CPU time of this process in seconds (all threads).
+double ProcessCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
+}
+
+// The team hands loops over back to back (workers polling) and after they have gone to
+// sleep (woken through the condition variable); every loop covers each index once, and an
+// idle team sleeps instead of polling (CPU time over 200 ms idle well below 200 ms).
+TEST(ThreadPoolTest, BackToBackAndAfterSleepAndIdleCostsNoCpu) {
+  ThreadPool pool(2);
+  std::vector<int64_t> sums(8, 0);
+  auto add = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) sums[i] += i;
+  };
+  for (int round = 0; round < 20000; ++round) pool.ParallelFor(8, add);
+  for (int64_t i = 0; i < 8; ++i) ASSERT_EQ(sums[i], 20000 * i);
+  for (int round = 0; round < 20; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // past the polling bound
+    std::vector<std::atomic<int>> hits(100);
+    pool.ParallelFor(100, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) hits[i].fetch_add(1);
+    });
+    for (int i = 0; i < 100; ++i) ASSERT_EQ(hits[i].load(), 1) << round << " " << i;
+  }
+  const double cpu_before = ProcessCpuSeconds();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_LT(ProcessCpuSeconds() - cpu_before, 0.05);
 }
 
 TEST(BandwidthTest, MeasuresAPositiveFiniteRate) {

@@ -15,8 +15,10 @@
 //     reading the weights once;
 //  4. a decode step at context 128, 1024 and 2000 and attention's share of it (the
 //     attention op over every layer, timed alone on the same cache).
+//  5. per model: a decode step at context 2000 with an f32 and with an f16 KV cache
+//     (interleaved rounds, medians), attention's time in each.
 // Everything warms up first (the first pass over freshly mmapped weights pays page faults).
-// SPECMOE_BENCH_DECODE_ONLY=1 prints table 1 only.
+// SPECMOE_BENCH_DECODE_ONLY=1 prints table 1 only, SPECMOE_BENCH_KV_ONLY=1 table 5 only.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -83,9 +85,9 @@ double DecodeSeconds(engine::Generator& g) {
   return Seconds(start);
 }
 
-double BytesPerToken(const engine::Model& m, double context) {
+double BytesPerToken(const engine::Model& m, double context, size_t kv_bytes = sizeof(float)) {
   return static_cast<double>(m.bytes_per_token()) +
-         2.0 * m.config().num_layers * m.kv_row() * sizeof(float) * context;
+         2.0 * m.config().num_layers * m.kv_row() * kv_bytes * context;
 }
 
 // Forward of n chain-tree tokens after `context` committed slots of `seq`.
@@ -132,6 +134,7 @@ double AttentionSeconds(kernels::Backend& be, engine::Generator& g, const engine
   a.max_blocks_per_seq = batch.max_blocks_per_seq;
   a.token_seq = batch.token_seq.data();
   a.visible_prefix = batch.visible_prefix.data();
+  a.kv_dtype = cache.dtype();
   return TimeIt(
       [&] {
         for (int l = 0; l < c.num_layers; ++l) {
@@ -268,6 +271,63 @@ void Report(Loaded& m) {
   g.Finish(**seq, engine::FinishReason::kCancelled);
 }
 
+// 5. A decode step at the long context with an f32 and an f16 KV cache, in interleaved rounds.
+void KvDtypeTable(const std::string& dir) {
+  const kernels::DType dtypes[2] = {kernels::DType::kF32, kernels::DType::kF16};
+  std::unique_ptr<engine::Generator> gens[2];
+  std::unique_ptr<engine::Sequence> seqs[2];
+  int long_context = 0;
+  for (int i = 0; i < 2; ++i) {
+    engine::EngineOptions options;
+    options.target_dir = dir;
+    options.max_context = 2048;
+    options.max_batch = 1;
+    options.kv_dtype = dtypes[i];
+    absl::StatusOr<std::unique_ptr<engine::Generator>> g = engine::Generator::Create(options);
+    if (!g.ok()) {
+      std::printf("%s: %s\n", dir.c_str(), std::string(g.status().message()).c_str());
+      return;
+    }
+    gens[i] = *std::move(g);
+    const int max_context =
+        std::min(gens[i]->max_context(), gens[i]->target().config().max_position_embeddings);
+    long_context = std::min(2000, max_context - 72);
+    engine::GenerationRequest hold;
+    hold.prompt_ids.assign(long_context + 1, 5);
+    hold.prompt_ids[0] = 1;
+    hold.max_tokens = 64;
+    hold.speculation.disable = true;
+    absl::StatusOr<std::unique_ptr<engine::Sequence>> seq = gens[i]->Start(hold);
+    if (!seq.ok()) {
+      std::printf("cannot hold a context of %d: %s\n", long_context,
+                  std::string(seq.status().message()).c_str());
+      return;
+    }
+    seqs[i] = *std::move(seq);
+  }
+  std::unique_ptr<kernels::Backend> be = kernels::CreateCpuBackend(0);
+  std::vector<double> step[2], att[2];
+  for (int round = 0; round < 5; ++round) {
+    for (int i = 0; i < 2; ++i) {
+      step[i].push_back(PassSeconds(*gens[i], *seqs[i], long_context, 1, 9));
+      att[i].push_back(AttentionSeconds(*be, *gens[i], *seqs[i], long_context));
+    }
+  }
+  const double read_gbs = BandwidthGBs();
+  std::printf("\n%s, decode step at context %d | step ms (median of 5 rounds) | attention ms "
+              "(all layers) | share | floor ms (weights + K/V) |\n",
+              dir.c_str(), long_context);
+  std::printf("|---|---:|---:|---:|---:|\n");
+  for (int i = 0; i < 2; ++i) {
+    const double s = Median(step[i]), a = Median(att[i]);
+    std::printf("| %s KV | %.2f | %.3f | %.1f%% | %.2f |\n", kernels::DTypeName(dtypes[i]),
+                s * 1e3, a * 1e3, 100.0 * a / s,
+                BytesPerToken(gens[i]->target(), long_context, kernels::DTypeBytes(dtypes[i])) /
+                    (read_gbs * 1e9) * 1e3);
+  }
+  for (int i = 0; i < 2; ++i) gens[i]->Finish(*seqs[i], engine::FinishReason::kCancelled);
+}
+
 std::vector<std::string> ModelDirs(int argc, char** argv) {
   std::vector<std::string> dirs;
   for (int i = 1; i < argc; ++i) dirs.push_back(argv[i]);
@@ -284,6 +344,12 @@ std::vector<std::string> ModelDirs(int argc, char** argv) {
 }
 
 int Main(int argc, char** argv) {
+  // SPECMOE_BENCH_KV_ONLY=1 prints table 5 only.
+  const char* kv_only = std::getenv("SPECMOE_BENCH_KV_ONLY");
+  if (kv_only != nullptr && std::string(kv_only) == "1") {
+    for (const std::string& dir : ModelDirs(argc, argv)) KvDtypeTable(dir);
+    return 0;
+  }
   std::vector<Loaded> models;
   for (const std::string& dir : ModelDirs(argc, argv)) {
     engine::EngineOptions options;
@@ -323,6 +389,7 @@ int Main(int argc, char** argv) {
   const char* decode_only = std::getenv("SPECMOE_BENCH_DECODE_ONLY");
   if (decode_only != nullptr && std::string(decode_only) == "1") return 0;
   for (Loaded& m : models) Report(m);
+  for (Loaded& m : models) KvDtypeTable(m.dir);
   return 0;
 }
 

@@ -68,6 +68,7 @@ TEST(ServerOptionsTest, ErrorsNameTheFlag) {
       {{"--target", "/t", "--log-format", "xml"}, "--log-format: expected one of text|json"},
       {{"--target", "/t", "--device", "cuda"}, "--device cuda"},
       {{"--target", "/t", "--device", "tpu"}, "--device: expected one of cpu|cuda"},
+      {{"--target", "/t", "--kv-dtype", "bf16"}, "--kv-dtype: expected one of f32|f16"},
       {{"--target", "/t", "--tls-cert", "c.pem"}, "--tls-cert and --tls-key"},
       {{"--target", "/t", "--default-max-tokens", "500", "--max-tokens-limit", "100"},
        "--default-max-tokens"},
@@ -81,6 +82,16 @@ TEST(ServerOptionsTest, ErrorsNameTheFlag) {
   }
 }
 
+TEST(ServerOptionsTest, KvDtypeDefaultsToF32AndReachesTheEngine) {
+  absl::StatusOr<ServerOptions> options = Parse({"--target", "/t"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->kv_dtype, "f32");
+  EXPECT_EQ(ToEngineOptions(*options).kv_dtype, kernels::DType::kF32);
+  options = Parse({"--target", "/t", "--kv-dtype", "f16"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(ToEngineOptions(*options).kv_dtype, kernels::DType::kF16);
+}
+
 TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
   absl::StatusOr<ServerOptions> options = Parse({"--help"});
   ASSERT_TRUE(options.ok());
@@ -88,7 +99,8 @@ TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
   const std::string usage = ServerUsage();
   for (const char* flag :
        {"--target DIR", "--draft DIR", "--listen HOST:PORT", "--port-file PATH", "--device",
-        "--tree", "--threads", "--max-queue", "--max-context", "--default-max-tokens",
+        "--tree", "--threads", "--max-queue", "--max-context", "--kv-dtype",
+        "--default-max-tokens",
         "--max-tokens-limit", "--max-prompt-tokens", "--max-prompt-bytes",
         "--max-message-bytes", "--api-key-file",
         "--tls-cert", "--tls-key", "--log-format", "--log-level", "--drain-seconds"}) {

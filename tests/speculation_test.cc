@@ -156,8 +156,10 @@ std::vector<float> CacheRows(KvCache& cache, const SequenceBlocks& blocks, int c
   for (int l = 0; l < cache.num_layers(); ++l) {
     for (int s = 0; s < count; ++s) {
       const size_t at = static_cast<size_t>(cache.PhysicalSlot(blocks, s)) * cache.row();
-      rows.insert(rows.end(), cache.k(l) + at, cache.k(l) + at + cache.row());
-      rows.insert(rows.end(), cache.v(l) + at, cache.v(l) + at + cache.row());
+      const float* k = static_cast<const float*>(cache.k(l)) + at;
+      const float* v = static_cast<const float*>(cache.v(l)) + at;
+      rows.insert(rows.end(), k, k + cache.row());
+      rows.insert(rows.end(), v, v + cache.row());
     }
   }
   return rows;

@@ -15,40 +15,59 @@
 namespace specmoe::kernels {
 namespace {
 
+// A cached K or V element widened to f32 (f16 -> f32 is exact).
+inline float Widen(float x) { return x; }
+inline float Widen(uint16_t h) { return F16ToF32(h); }
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+#if defined(__F16C__)
+inline __m256 Load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#else
+inline __m256 Load8(const uint16_t* p) {
+  alignas(32) float f[8];
+  for (int j = 0; j < 8; ++j) f[j] = F16ToF32(p[j]);
+  return _mm256_load_ps(f);
+}
+#endif
+#endif
+
 // q . k over d elements: 8 lanes over d rounded down to 8, reduced as
-// ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), then the tail in order.
-inline float Dot(const float* q, const float* k, int d) {
+// ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), then the tail in order. K is f32 or f16 (widened).
+template <typename KV>
+inline float Dot(const float* q, const KV* k, int d) {
   int i = 0;
   float sum = 0.0f;
 #if defined(__AVX2__) && defined(__FMA__)
   __m256 acc = _mm256_setzero_ps();
-  for (; i + 8 <= d; i += 8)
-    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), acc);
+  for (; i + 8 <= d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), Load8(k + i), acc);
   const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
   const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
   sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 0x55)));
 #else
   float l[8] = {};
   for (; i + 8 <= d; i += 8) {
-    for (int j = 0; j < 8; ++j) l[j] = MulAdd(q[i + j], k[i + j], l[j]);
+    for (int j = 0; j < 8; ++j) l[j] = MulAdd(q[i + j], Widen(k[i + j]), l[j]);
   }
   sum = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
 #endif
-  for (; i < d; ++i) sum = MulAdd(q[i], k[i], sum);
+  for (; i < d; ++i) sum = MulAdd(q[i], Widen(k[i]), sum);
   return sum;
 }
 
-// out[d] += p * v[d] (each element its own sequential sum).
-inline void Axpy(float p, const float* v, int d, float* out) {
+// out[d] += p * v[d] (each element its own sequential sum); V is f32 or f16 (widened).
+template <typename KV>
+inline void Axpy(float p, const KV* v, int d, float* out) {
   int i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
   const __m256 pv = _mm256_set1_ps(p);
   for (; i + 8 <= d; i += 8) {
-    _mm256_storeu_ps(out + i,
-                     _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, Load8(v + i), _mm256_loadu_ps(out + i)));
   }
 #endif
-  for (; i < d; ++i) out[i] = MulAdd(p, v[i], out[i]);
+  for (; i < d; ++i) out[i] = MulAdd(p, Widen(v[i]), out[i]);
 }
 
 // Physical slot of logical slot `logical` of the sequence whose block table row is `table`.
@@ -80,8 +99,11 @@ void VisibleSlots(const AttentionArgs& a, int t, std::vector<int64_t>* slots) {
 // head by head would touch a new page per key). Every (t, h) keeps its own order: dots in
 // increasing slot order, then the exps and their sum, then sum_i p_i v_i in slot order.
 // scores: scratch [h1 - h0, slots].
+template <typename KV>
 void AttendHeads(const AttentionArgs& a, int t, int h0, int h1, const std::vector<int64_t>& slots,
                  std::vector<float>* scores) {
+  const KV* k_cache = static_cast<const KV*>(a.k_cache);
+  const KV* v_cache = static_cast<const KV*>(a.v_cache);
   const int d = a.head_dim;
   const int group = a.n_heads / a.n_kv_heads;
   const int64_t kv_row = static_cast<int64_t>(a.n_kv_heads) * d;
@@ -93,7 +115,7 @@ void AttendHeads(const AttentionArgs& a, int t, int h0, int h1, const std::vecto
   float* s = scores->data();
   // s[h, i] = scale * q_h . k_i
   for (int64_t i = 0; i < count; ++i) {
-    const float* k_row = a.k_cache + slots[i] * kv_row;
+    const KV* k_row = k_cache + slots[i] * kv_row;
     for (int h = h0; h < h1; ++h) {
       s[(h - h0) * count + i] = a.scale * Dot(a.q + (first + h) * d, k_row + (h / group) * d, d);
     }
@@ -113,7 +135,7 @@ void AttendHeads(const AttentionArgs& a, int t, int h0, int h1, const std::vecto
   }
   // out_h = (sum_i p[h, i] v_i) / l_h
   for (int64_t i = 0; i < count; ++i) {
-    const float* v_row = a.v_cache + slots[i] * kv_row;
+    const KV* v_row = v_cache + slots[i] * kv_row;
     for (int h = h0; h < h1; ++h) {
       Axpy(s[(h - h0) * count + i], v_row + (h / group) * d, d, a.out + (first + h) * d);
     }
@@ -149,8 +171,13 @@ void PagedAttention(const AttentionArgs& a, ThreadPool& pool) {
           VisibleSlots(a, t, &slots);
           slots_token = t;
         }
-        AttendHeads(a, t, a.n_heads * range / head_ranges, a.n_heads * (range + 1) / head_ranges,
-                    slots, &scores);
+        const int h0 = a.n_heads * range / head_ranges;
+        const int h1 = a.n_heads * (range + 1) / head_ranges;
+        if (a.kv_dtype == DType::kF16) {
+          AttendHeads<uint16_t>(a, t, h0, h1, slots, &scores);
+        } else {
+          AttendHeads<float>(a, t, h0, h1, slots, &scores);
+        }
       }
     }
   });

@@ -8,7 +8,8 @@
 //   3. out = (sum_i p_i v_i) / l, the sum running over i in increasing order.
 // Invisible slots are skipped, so a token's output is bit-identical whatever other tokens
 // or sequences share the batch. Work is split over (token, range of heads) units; within a
-// unit the cache is read slot by slot (each slot's K/V row contiguously).
+// unit the cache is read slot by slot (each slot's K/V row contiguously). An f16 cache is
+// widened element by element into the same order (F16C where the build has it).
 // Tested by tests/cpu_backend_test.cc against a double-precision reference (causal
 // prefill and a tree mask over a paged cache) and bit-exactly for batch invariance.
 #ifndef SPECMOE_KERNELS_CPU_ATTENTION_H_
@@ -19,7 +20,7 @@
 
 namespace specmoe::kernels {
 
-// Requires n_heads % n_kv_heads == 0. A token with no visible key gets out = 0.
+// Requires n_heads % n_kv_heads == 0 and kv_dtype kF32 or kF16. A token with no visible key gets out = 0.
 void PagedAttention(const AttentionArgs& args, ThreadPool& pool);
 
 }  // namespace specmoe::kernels

@@ -19,6 +19,7 @@
 #include "kernels/backend.h"
 #include "kernels/check.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/f16.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -175,25 +176,37 @@ class CpuBackend final : public Backend {
         kMinParallelElements / 8);
   }
 
-  void KvWrite(const float* k, const float* v, int n, int row, const int32_t* slots, float* k_cache,
-               float* v_cache) override {
-    const size_t bytes = static_cast<size_t>(row) * sizeof(float);
+  void KvWrite(const float* k, const float* v, int n, int row, const int32_t* slots,
+               DType kv_dtype, void* k_cache, void* v_cache) override {
+    SPECMOE_CHECK(kv_dtype == DType::kF32 || kv_dtype == DType::kF16,
+                  "the CPU KV cache holds f32 or f16");
     for (int i = 0; i < n; ++i) {
       const int64_t dst = static_cast<int64_t>(slots[i]) * row;
-      std::memcpy(k_cache + dst, k + static_cast<int64_t>(i) * row, bytes);
-      std::memcpy(v_cache + dst, v + static_cast<int64_t>(i) * row, bytes);
+      const float* k_row = k + static_cast<int64_t>(i) * row;
+      const float* v_row = v + static_cast<int64_t>(i) * row;
+      if (kv_dtype == DType::kF32) {
+        std::memcpy(static_cast<float*>(k_cache) + dst, k_row, row * sizeof(float));
+        std::memcpy(static_cast<float*>(v_cache) + dst, v_row, row * sizeof(float));
+      } else {
+        uint16_t* k_out = static_cast<uint16_t*>(k_cache) + dst;
+        uint16_t* v_out = static_cast<uint16_t*>(v_cache) + dst;
+        for (int j = 0; j < row; ++j) {
+          k_out[j] = F32ToF16(k_row[j]);
+          v_out[j] = F32ToF16(v_row[j]);
+        }
+      }
     }
   }
 
-  void KvMove(const int32_t* src, const int32_t* dst, int n, int row, float* k_cache,
-              float* v_cache) override {
-    const size_t bytes = static_cast<size_t>(row) * sizeof(float);
+  void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
+              void* k_cache, void* v_cache) override {
+    const size_t bytes = static_cast<size_t>(row) * DTypeBytes(kv_dtype);
     for (int i = 0; i < n; ++i) {
       if (src[i] == dst[i]) continue;
-      const int64_t from = static_cast<int64_t>(src[i]) * row;
-      const int64_t to = static_cast<int64_t>(dst[i]) * row;
-      std::memcpy(k_cache + to, k_cache + from, bytes);
-      std::memcpy(v_cache + to, v_cache + from, bytes);
+      const size_t from = static_cast<size_t>(src[i]) * bytes;
+      const size_t to = static_cast<size_t>(dst[i]) * bytes;
+      std::memcpy(static_cast<char*>(k_cache) + to, static_cast<char*>(k_cache) + from, bytes);
+      std::memcpy(static_cast<char*>(v_cache) + to, static_cast<char*>(v_cache) + from, bytes);
     }
   }
 
