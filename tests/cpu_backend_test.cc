@@ -455,6 +455,41 @@ TEST_F(CpuBackendTest, AttentionMatchesReferenceForPrefillAndTree) {
   }
 }
 
+// An f16 cache (written by KvWrite) gives the bits of the f32 path over the same K/V rounded
+// to f16 and widened back, for head sizes with and without an 8-lane tail.
+TEST_F(CpuBackendTest, AttentionOverAnF16CacheEqualsF32OverTheRoundedValues) {
+  for (int d : {64, 12}) {
+    AttentionSetup setup(d);
+    const int row = AttentionSetup::kKvHeads * d;
+    const int slots = AttentionSetup::kBlocks * AttentionSetup::kBlock;
+    std::vector<int32_t> all(slots);
+    for (int i = 0; i < slots; ++i) all[i] = i;
+    std::vector<uint16_t> k16(setup.k_cache.size()), v16(setup.v_cache.size());
+    backend_->KvWrite(setup.k_cache.data(), setup.v_cache.data(), slots, row, all.data(),
+                      DType::kF16, k16.data(), v16.data());
+    for (size_t i = 0; i < k16.size(); ++i) {
+      ASSERT_EQ(k16[i], F32ToF16(setup.k_cache[i])) << i;
+      ASSERT_EQ(v16[i], F32ToF16(setup.v_cache[i])) << i;
+      setup.k_cache[i] = F16ToF32(k16[i]);
+      setup.v_cache[i] = F16ToF32(v16[i]);
+    }
+    std::vector<float> out32(setup.q.size(), NAN), out16(setup.q.size(), NAN);
+    backend_->Attention(setup.Args(out32.data()));
+    AttentionArgs a = setup.Args(out16.data());
+    a.k_cache = k16.data();
+    a.v_cache = v16.data();
+    a.kv_dtype = DType::kF16;
+    backend_->Attention(a);
+    ASSERT_EQ(std::memcmp(out16.data(), out32.data(), out16.size() * sizeof(float)), 0)
+        << "d=" << d;
+    // KvMove moves f16 rows whole.
+    const int32_t src[] = {3}, dst[] = {7};
+    backend_->KvMove(src, dst, 1, row, DType::kF16, k16.data(), v16.data());
+    EXPECT_EQ(std::memcmp(k16.data() + 7 * row, k16.data() + 3 * row, row * 2), 0);
+    EXPECT_EQ(std::memcmp(v16.data() + 7 * row, v16.data() + 3 * row, row * 2), 0);
+  }
+}
+
 TEST_F(CpuBackendTest, AttentionIsBatchInvariant) {
   AttentionSetup setup(64);
   std::vector<float> batch(setup.q.size());
