@@ -6,6 +6,7 @@
 // --stream-stall-seconds (an alarm armed per write) cancels the call and the request. Finish is called exactly once, after the queued chunk is written.
 #include "server/completion_service.h"
 
+#include <grpc/grpc.h>
 #include <grpcpp/alarm.h>
 #include <grpcpp/support/proto_buffer_writer.h>
 #include <spdlog/spdlog.h>
@@ -526,7 +527,8 @@ bool SameSecret(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-// Cancels reflection calls that lack the API key (see MakeReflectionAuthInterceptorFactory).
+// Ends reflection calls that lack the API key with UNAUTHENTICATED before the handler sees a
+// message (see MakeReflectionAuthInterceptorFactory).
 class ReflectionAuthInterceptor final : public grpc::experimental::Interceptor {
  public:
   ReflectionAuthInterceptor(grpc::experimental::ServerRpcInfo* info, const std::string* api_key)
@@ -538,7 +540,11 @@ class ReflectionAuthInterceptor final : public grpc::experimental::Interceptor {
       const grpc::Status status = CheckApiKey(*methods->GetRecvInitialMetadata(), *api_key_);
       if (!status.ok()) {
         LogRefused(info_->method(), NewRequestId(), info_->server_context()->peer(), status);
-        info_->server_context()->TryCancel();
+        // ServerContext::TryCancel could only answer CANCELLED; gRPC core's cancel with a
+        // status sends that status to the client as the call's trailers.
+        grpc_call_cancel_with_status(info_->server_context()->c_call(),
+                                     static_cast<grpc_status_code>(status.error_code()),
+                                     status.error_message().c_str(), nullptr);
       }
     }
     methods->Proceed();

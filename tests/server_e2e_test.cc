@@ -158,9 +158,9 @@ int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::strin
 
 // Asks server reflection to list the services (ServerReflectionRequest.list_services, field 7,
 // hand-encoded: the reflection proto is not vendored) through the generic stub; true when
-// the answer names specmoe.v1.Completion.
+// the answer names specmoe.v1.Completion. An unanswered call's status goes to *status.
 bool ReflectionListsTheService(const std::shared_ptr<grpc::Channel>& channel,
-                               const char* authorization) {
+                               const char* authorization, grpc::Status* status = nullptr) {
   grpc::GenericStub stub(channel);
   grpc::CompletionQueue cq;
   grpc::ClientContext context;
@@ -195,10 +195,11 @@ bool ReflectionListsTheService(const std::shared_ptr<grpc::Channel>& channel,
       bytes.append(reinterpret_cast<const char*>(part.begin()), part.size());
     }
   }
-  context.TryCancel();
-  grpc::Status status;
-  call->Finish(&status, reinterpret_cast<void*>(4));
+  if (answered) context.TryCancel();  // else the server has ended the call: keep its status
+  grpc::Status final_status;
+  call->Finish(&final_status, reinterpret_cast<void*>(4));
   cq.Next(&tag, &ok);
+  if (status != nullptr) *status = final_status;
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
   }
@@ -757,8 +758,14 @@ TEST(ServerProcessTest, ApiKeyIsRequiredOnEveryRpcButHealth) {
   EXPECT_EQ(model_info("BEARER s3cret-key"), grpc::StatusCode::OK);
   EXPECT_EQ(model_info("Bearers3cret-key"), grpc::StatusCode::UNAUTHENTICATED);
 
-  // Reflection is behind the key too: without it the call is not answered.
-  EXPECT_FALSE(ReflectionListsTheService(channel, nullptr));
+  // Reflection is behind the key too: without it the call ends UNAUTHENTICATED, unanswered.
+  grpc::Status reflection_status;
+  EXPECT_FALSE(ReflectionListsTheService(channel, nullptr, &reflection_status));
+  EXPECT_EQ(reflection_status.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+      << reflection_status.error_message();
+  EXPECT_THAT(reflection_status.error_message(), HasSubstr("authorization"));
+  EXPECT_FALSE(ReflectionListsTheService(channel, "Bearer wrong-key", &reflection_status));
+  EXPECT_EQ(reflection_status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE(ReflectionListsTheService(channel, "Bearer s3cret-key"));
 
   v1::CompleteRequest request;
