@@ -2,10 +2,12 @@
 // one pattern: the engine's sink (worker thread) locks the call's Link, converts the event
 // and queues it; gRPC callbacks (OnWriteDone, OnCancel, OnDone) take the same lock. At most
 // one write is in flight and at most one chunk waits behind it (later events merge into
-// it), so a slow reader costs O(generated tokens); a write stalled for kStalledWrite
-// cancels the request. Finish is called exactly once, after the queued chunk is written.
+// it), so a slow reader costs O(generated tokens); a write the client has not taken within
+// --stream-stall-seconds (an alarm armed per write) cancels the call and the request. Finish is called exactly once, after the queued chunk is written.
 #include "server/completion_service.h"
 
+#include <grpc/grpc.h>
+#include <grpcpp/alarm.h>
 #include <grpcpp/support/proto_buffer_writer.h>
 #include <spdlog/spdlog.h>
 
@@ -28,9 +30,6 @@ namespace {
 
 namespace v1 = ::specmoe::v1;
 using Clock = std::chrono::steady_clock;
-
-// A write the client has not taken for this long cancels its request (DESIGN §6).
-constexpr std::chrono::seconds kStalledWrite{30};
 
 const char* CodeName(grpc::StatusCode code) {
   switch (code) {
@@ -348,9 +347,10 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
 class StreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   StreamReactor(grpc::CallbackServerContext* context, std::atomic<int>* active,
-                Metrics* metrics)
+                Metrics* metrics, std::chrono::seconds stall_limit)
       : context_(context),
         metrics_(metrics),
+        stall_limit_(stall_limit),
         link_(std::make_shared<Link<StreamReactor>>()),
         active_(active) {
     link_->reactor = this;
@@ -397,19 +397,6 @@ class StreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       PumpLocked();
       return;
     }
-    if (write_in_flight_ && Clock::now() - write_started_ > kStalledWrite) {
-      // The client has not read for kStalledWrite: stop generating for it.
-      if (handle_ != nullptr) handle_->Cancel();
-      pending_.reset();
-      final_status_ = ToGrpcStatus(absl::CancelledError(absl::StrCat(
-          "the stream was not read for ", kStalledWrite.count(), " s; request cancelled")));
-      LogRequest(spdlog::level::warn, request_id_,
-                 absl::StrCat("rpc=CompleteStream cancelled: the client did not read the "
-                              "stream for ", kStalledWrite.count(), " s, peer=",
-                              context_->peer()));
-      PumpLocked();
-      return;
-    }
     if (!pending_.has_value()) {
       pending_.emplace();
       pending_->set_request_id(request_id_);
@@ -422,6 +409,28 @@ class StreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       FillStats(event, chunk.mutable_usage(), chunk.mutable_speculation());
       final_status_ = grpc::Status::OK;
     }
+    PumpLocked();
+  }
+
+  // The alarm of write number `write` went off: if that write is still in flight, the
+  // client has not read for stall_limit_; the request and the call are cancelled. gRPC may
+  // run OnCancel inside TryCancel, so the lock is released around it; `stall_cancelling_`
+  // holds Finish back meanwhile, so the reactor (deleted only after Finish) stays alive.
+  void OnStallAlarm(std::unique_lock<std::mutex>& lock, uint64_t write) {
+    if (!write_in_flight_ || write != writes_started_ || finished_) return;
+    if (handle_ != nullptr) handle_->Cancel();
+    pending_.reset();
+    final_status_ = ToGrpcStatus(absl::CancelledError(absl::StrCat(
+        "the stream was not read for ", stall_limit_.count(), " s; request cancelled")));
+    LogRequest(spdlog::level::warn, request_id_,
+               absl::StrCat("rpc=CompleteStream cancelled: the client did not read the stream "
+                            "for ", stall_limit_.count(), " s (--stream-stall-seconds), peer=",
+                            context_->peer()));
+    stall_cancelling_ = true;
+    lock.unlock();
+    context_->TryCancel();
+    lock.lock();
+    stall_cancelling_ = false;
     PumpLocked();
   }
 
@@ -460,12 +469,20 @@ class StreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  private:
   // Starts the next write, or finishes once nothing is queued and the outcome is known.
   void PumpLocked() {
-    if (write_in_flight_ || finished_) return;
+    if (write_in_flight_ || finished_ || stall_cancelling_) return;
     if (pending_.has_value()) {
       writing_ = Serialize(*pending_);
       pending_.reset();
       write_in_flight_ = true;
-      write_started_ = Clock::now();
+      const uint64_t write = ++writes_started_;
+      // Replacing the previous alarm cancels it (its callback then gets ok = false).
+      stall_alarm_ = std::make_unique<grpc::Alarm>();
+      stall_alarm_->Set(std::chrono::system_clock::now() + stall_limit_,
+                        [link = link_, write](bool ok) {
+                          if (!ok) return;  // cancelled: a later write or the call's end
+                          std::unique_lock<std::mutex> lock(link->mu);
+                          if (link->reactor != nullptr) link->reactor->OnStallAlarm(lock, write);
+                        });
       StartWrite(&writing_);
       return;
     }
@@ -478,6 +495,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
   grpc::CallbackServerContext* const context_;
   Metrics* const metrics_;
+  const std::chrono::seconds stall_limit_;  // --stream-stall-seconds
   const std::shared_ptr<Link<StreamReactor>> link_;
   ActiveCall active_;
   std::string request_id_;
@@ -486,7 +504,9 @@ class StreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   std::optional<v1::CompleteChunk> pending_;  // events not yet written, merged
   grpc::ByteBuffer writing_;                  // the chunk of the write in flight
   bool write_in_flight_ = false;
-  Clock::time_point write_started_;
+  uint64_t writes_started_ = 0;            // numbers the writes for their stall alarms
+  std::unique_ptr<grpc::Alarm> stall_alarm_;  // armed for the write in flight
+  bool stall_cancelling_ = false;          // TryCancel of a stalled write is under way
   bool cancelled_ = false;
   bool finished_ = false;
   std::optional<grpc::Status> final_status_;  // set when no more chunks will be queued
@@ -507,7 +527,8 @@ bool SameSecret(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-// Cancels reflection calls that lack the API key (see MakeReflectionAuthInterceptorFactory).
+// Ends reflection calls that lack the API key with UNAUTHENTICATED before the handler sees a
+// message (see MakeReflectionAuthInterceptorFactory).
 class ReflectionAuthInterceptor final : public grpc::experimental::Interceptor {
  public:
   ReflectionAuthInterceptor(grpc::experimental::ServerRpcInfo* info, const std::string* api_key)
@@ -519,7 +540,11 @@ class ReflectionAuthInterceptor final : public grpc::experimental::Interceptor {
       const grpc::Status status = CheckApiKey(*methods->GetRecvInitialMetadata(), *api_key_);
       if (!status.ok()) {
         LogRefused(info_->method(), NewRequestId(), info_->server_context()->peer(), status);
-        info_->server_context()->TryCancel();
+        // ServerContext::TryCancel could only answer CANCELLED; gRPC core's cancel with a
+        // status sends that status to the client as the call's trailers.
+        grpc_call_cancel_with_status(info_->server_context()->c_call(),
+                                     static_cast<grpc_status_code>(status.error_code()),
+                                     status.error_message().c_str(), nullptr);
       }
     }
     methods->Proceed();
@@ -592,8 +617,9 @@ MakeReflectionAuthInterceptorFactory(std::string api_key) {
   return std::make_unique<ReflectionAuthFactory>(std::move(api_key));
 }
 
-CompletionService::CompletionService(std::string api_key, Metrics* metrics)
-    : api_key_(std::move(api_key)), metrics_(metrics) {}
+CompletionService::CompletionService(std::string api_key, Metrics* metrics,
+                                     std::chrono::seconds stream_stall_limit)
+    : api_key_(std::move(api_key)), metrics_(metrics), stream_stall_limit_(stream_stall_limit) {}
 
 void CompletionService::SetEngine(std::shared_ptr<engine::Engine> engine) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -643,7 +669,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* CompletionService::CompleteStream(
   engine::GenerationRequest generation = ToGenerationRequest(request);
   std::shared_ptr<engine::Engine> engine;
   if (status.ok()) status = Admit(context, &engine);
-  auto* reactor = new StreamReactor(context, &active_calls_, metrics_);
+  auto* reactor = new StreamReactor(context, &active_calls_, metrics_, stream_stall_limit_);
   if (status.ok()) {
     reactor->Start(std::move(generation), *engine);
   } else {

@@ -12,6 +12,7 @@
 #include <grpcpp/support/server_interceptor.h>
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,8 +58,10 @@ grpc::Status ParseRequest(const grpc::ByteBuffer& bytes, Message* message);
 class CompletionService final : public CompletionServiceBase {
  public:
   // `api_key` empty: no authentication. `metrics` (not owned) must outlive the service and
-  // the engine (the engine's sinks report to it).
-  CompletionService(std::string api_key, Metrics* metrics);
+  // the engine (the engine's sinks report to it). A stream whose client has not taken a
+  // write for `stream_stall_limit` is cancelled and logged.
+  CompletionService(std::string api_key, Metrics* metrics,
+                    std::chrono::seconds stream_stall_limit = std::chrono::seconds(30));
 
   // Makes the service ready once the engine is loaded.
   void SetEngine(std::shared_ptr<engine::Engine> engine);
@@ -86,6 +89,7 @@ class CompletionService final : public CompletionServiceBase {
 
   const std::string api_key_;
   Metrics* const metrics_;
+  const std::chrono::seconds stream_stall_limit_;
   mutable std::mutex mu_;
   std::shared_ptr<engine::Engine> engine_;  // guarded by mu_; null while loading
   std::atomic<bool> draining_{false};

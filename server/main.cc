@@ -174,7 +174,8 @@ int main(int argc, char** argv) {
     spdlog::info("metrics listening on {} (port {}) at /metrics{}", options.metrics_listen,
                  metrics_http.port(), metrics_key->empty() ? "" : " with an API key");
   }
-  specmoe::server::CompletionService service(*api_key, metrics.get());
+  specmoe::server::CompletionService service(
+      *api_key, metrics.get(), std::chrono::seconds(options.stream_stall_seconds));
   if (!api_key->empty() && options.tls_cert.empty() && !IsLoopback(options.listen)) {
     spdlog::warn("--api-key-file without TLS on {}: the key crosses the network in clear "
                  "text (give --tls-cert/--tls-key, or listen on a loopback address)",

@@ -131,6 +131,8 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
       ->check(OneOf({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   integer("--drain-seconds", &options.drain_seconds,
           "on SIGTERM/SIGINT, grace period for in-flight requests", 0);
+  integer("--stream-stall-seconds", &options.stream_stall_seconds,
+          "a CompleteStream whose client takes no message for this long is cancelled", 1);
   app.add_flag("--help", options.help, "print this help and exit");
 }
 

@@ -37,6 +37,7 @@ struct ServerOptions {
   std::string log_format = "text";                 // --log-format text|json
   std::string log_level = "info";                  // --log-level
   int drain_seconds = 30;                          // --drain-seconds
+  int stream_stall_seconds = 30;                   // --stream-stall-seconds
   bool help = false;                               // --help
 };
 

@@ -158,9 +158,9 @@ int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::strin
 
 // Asks server reflection to list the services (ServerReflectionRequest.list_services, field 7,
 // hand-encoded: the reflection proto is not vendored) through the generic stub; true when
-// the answer names specmoe.v1.Completion.
+// the answer names specmoe.v1.Completion. An unanswered call's status goes to *status.
 bool ReflectionListsTheService(const std::shared_ptr<grpc::Channel>& channel,
-                               const char* authorization) {
+                               const char* authorization, grpc::Status* status = nullptr) {
   grpc::GenericStub stub(channel);
   grpc::CompletionQueue cq;
   grpc::ClientContext context;
@@ -195,10 +195,11 @@ bool ReflectionListsTheService(const std::shared_ptr<grpc::Channel>& channel,
       bytes.append(reinterpret_cast<const char*>(part.begin()), part.size());
     }
   }
-  context.TryCancel();
-  grpc::Status status;
-  call->Finish(&status, reinterpret_cast<void*>(4));
+  if (answered) context.TryCancel();  // else the server has ended the call: keep its status
+  grpc::Status final_status;
+  call->Finish(&final_status, reinterpret_cast<void*>(4));
   cq.Next(&tag, &ok);
+  if (status != nullptr) *status = final_status;
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
   }
@@ -757,8 +758,14 @@ TEST(ServerProcessTest, ApiKeyIsRequiredOnEveryRpcButHealth) {
   EXPECT_EQ(model_info("BEARER s3cret-key"), grpc::StatusCode::OK);
   EXPECT_EQ(model_info("Bearers3cret-key"), grpc::StatusCode::UNAUTHENTICATED);
 
-  // Reflection is behind the key too: without it the call is not answered.
-  EXPECT_FALSE(ReflectionListsTheService(channel, nullptr));
+  // Reflection is behind the key too: without it the call ends UNAUTHENTICATED, unanswered.
+  grpc::Status reflection_status;
+  EXPECT_FALSE(ReflectionListsTheService(channel, nullptr, &reflection_status));
+  EXPECT_EQ(reflection_status.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+      << reflection_status.error_message();
+  EXPECT_THAT(reflection_status.error_message(), HasSubstr("authorization"));
+  EXPECT_FALSE(ReflectionListsTheService(channel, "Bearer wrong-key", &reflection_status));
+  EXPECT_EQ(reflection_status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE(ReflectionListsTheService(channel, "Bearer s3cret-key"));
 
   v1::CompleteRequest request;
@@ -883,6 +890,72 @@ TEST(ServerProcessTest, NanModelsFailTheRequestAndTheServerKeepsServing) {
   }
   EXPECT_EQ(HealthStatus(broken_channel, ""), kServing);
   EXPECT_EQ(broken.Terminate(), 0) << broken.log();
+}
+
+// Issue 6 item 4: a stream whose client stops reading is cancelled once a write has waited
+// --stream-stall-seconds behind flow control, is logged, and the server keeps serving.
+TEST(ServerProcessTest, AStreamLeftUnreadIsCancelledAndLogged) {
+  ServerProcess server({"--stream-stall-seconds", "1"});
+  ASSERT_TRUE(server.WaitForPort()) << server.log();
+  auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+  ASSERT_TRUE(WaitForServing(channel)) << server.log();
+  auto stub = v1::Completion::NewStub(channel);
+  v1::CompleteRequest normal;
+  normal.set_prompt("The king said");
+  normal.set_max_tokens(20);
+  normal.set_ignore_eos(true);
+  auto complete = [&](v1::CompleteResponse* response) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    return stub->Complete(&context, normal, response);
+  };
+  v1::CompleteResponse before;
+  ASSERT_TRUE(complete(&before).ok());
+  ASSERT_EQ(before.token_ids_size(), 20);
+
+  // A client with a 1 KiB stream window (no BDP growth) that never reads: each chunk echoes
+  // a 250-byte id, so the server's writes soon wait on flow control.
+  grpc::ChannelArguments arguments;
+  arguments.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  arguments.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  auto slow_channel = grpc::CreateCustomChannel(
+      server.address(), grpc::InsecureChannelCredentials(), arguments);
+  auto slow_stub = v1::Completion::NewStub(slow_channel);
+  v1::CompleteRequest unread;
+  unread.set_prompt("Nobody reads this");
+  unread.set_request_id("unread-" + std::string(243, 'x'));
+  unread.set_max_tokens(240);
+  unread.set_ignore_eos(true);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  const auto started = std::chrono::steady_clock::now();
+  auto reader = slow_stub->CompleteStream(&context, unread);
+  bool logged = false;
+  for (int i = 0; i < 200 && !logged; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    logged = server.log().find("rpc=CompleteStream cancelled: the client did not read the "
+                               "stream for 1 s (--stream-stall-seconds)") != std::string::npos;
+  }
+  ASSERT_TRUE(logged) << server.log();
+  // Cancelled well before the client's own 30 s deadline (1 s stall plus generation time).
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(10));
+  // Now the client reads: the few chunks that fitted in its window, then the cancellation.
+  v1::CompleteChunk chunk;
+  int tokens = 0;
+  while (reader->Read(&chunk)) tokens += chunk.token_ids_size();
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  EXPECT_LT(tokens, 240);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(10));
+
+  // The server keeps serving: the same request gives the same tokens.
+  v1::CompleteResponse after;
+  ASSERT_TRUE(complete(&after).ok());
+  EXPECT_EQ(std::vector<int32_t>(after.token_ids().begin(), after.token_ids().end()),
+            std::vector<int32_t>(before.token_ids().begin(), before.token_ids().end()));
+  EXPECT_EQ(HealthStatus(channel, ""), kServing);
+  EXPECT_EQ(server.Terminate(), 0) << server.log();
+  EXPECT_THAT(server.log(), HasSubstr("request unread-xxx"));
 }
 
 TEST(ServerProcessTest, SigtermLetsInFlightRequestsFinishAndExitsZero) {

@@ -40,7 +40,7 @@ TEST(ServerOptionsTest, AcceptsBothValueSyntaxes) {
   absl::StatusOr<ServerOptions> options =
       Parse({"--target=/t", "--draft", "/d", "--tree=2,2,1", "--threads", "1",
              "--listen=0.0.0.0:0", "--log-format", "json", "--max-tokens-limit=64",
-             "--default-max-tokens", "16", "--drain-seconds=0"});
+             "--default-max-tokens", "16", "--drain-seconds=0", "--stream-stall-seconds", "2"});
   ASSERT_TRUE(options.ok()) << options.status();
   EXPECT_EQ(options->draft_dir, "/d");
   EXPECT_THAT(options->tree, ElementsAre(2, 2, 1));
@@ -50,6 +50,8 @@ TEST(ServerOptionsTest, AcceptsBothValueSyntaxes) {
   EXPECT_EQ(options->max_tokens_limit, 64);
   EXPECT_EQ(options->default_max_tokens, 16);
   EXPECT_EQ(options->drain_seconds, 0);
+  EXPECT_EQ(options->stream_stall_seconds, 2);
+  EXPECT_EQ(Parse({"--target=/t"})->stream_stall_seconds, 30);
 }
 
 TEST(ServerOptionsTest, ErrorsNameTheFlag) {
@@ -63,6 +65,8 @@ TEST(ServerOptionsTest, ErrorsNameTheFlag) {
       {{"--target", "/t", "--threads", "100000"}, "--threads: must be at most"},
       {{"--target", "/t", "--max-prompt-bytes", "x"}, "--max-prompt-bytes: expected an integer"},
       {{"--target", "/t", "--max-batch", "0"}, "--max-batch: must be at least 1"},
+      {{"--target", "/t", "--stream-stall-seconds", "0"},
+       "--stream-stall-seconds: must be at least 1"},
       {{"--target", "/t", "--tree", "1,0,2"}, "--tree"},
       {{"--target", "/t", "--tree", "1,,2"}, "--tree"},
       {{"--target", "/t", "--log-format", "xml"}, "--log-format: expected one of text|json"},
@@ -103,7 +107,8 @@ TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
         "--default-max-tokens",
         "--max-tokens-limit", "--max-prompt-tokens", "--max-prompt-bytes",
         "--max-message-bytes", "--api-key-file",
-        "--tls-cert", "--tls-key", "--log-format", "--log-level", "--drain-seconds"}) {
+        "--tls-cert", "--tls-key", "--log-format", "--log-level", "--drain-seconds",
+        "--stream-stall-seconds"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
   EXPECT_THAT(usage, HasSubstr("(default 127.0.0.1:50051)"));
