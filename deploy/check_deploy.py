@@ -79,7 +79,8 @@ class Flags:
                 return
             fail(where, f"specmoe-cli has no command '{command}'")
             return
-        known = self.bench if command == "bench" and self.bench else self.cli
+        # bench takes its own flags and the top-level ones (--server, --api-key-file, ...).
+        known = {**self.cli, **self.bench} if command == "bench" else self.cli
         for arg in argv[1:]:
             if arg.startswith("--") and arg[2:].split("=")[0] not in known:
                 fail(where, f"specmoe-cli {command} has no flag {arg}")

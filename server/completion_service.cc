@@ -183,8 +183,14 @@ grpc::ByteBuffer Serialize(const google::protobuf::Message& message) {
   return bytes;
 }
 
+// A cancellation counts as the deadline's when the deadline is at most kDeadlineSlack away:
+// the client's own timer fires first and cancels the call (RST_STREAM) before the server's
+// copy of the deadline (header receipt + grpc-timeout) has passed, by the transport's delay,
+// which grows under load.
+constexpr std::chrono::milliseconds kDeadlineSlack{250};
+
 bool DeadlinePassed(const grpc::CallbackServerContext* context) {
-  return context->deadline() <= std::chrono::system_clock::now();
+  return context->deadline() <= std::chrono::system_clock::now() + kDeadlineSlack;
 }
 
 // The status a call that gRPC cancelled answers: DEADLINE_EXCEEDED once its deadline has
