@@ -44,6 +44,8 @@ struct CliOptions {
   std::string health_service;
   std::string api_key_file;
   std::string tls_ca;
+  std::string tls_cert;  // client certificate (mutual TLS), with tls_key
+  std::string tls_key;
   int64_t timeout_ms = 0;
   bool json = false;
   bool help = false;
@@ -240,6 +242,11 @@ std::string ParseArgs(int argc, char** argv, CliOptions* options) {
       ->option_text("PATH");
   app.add_option("--tls-ca", options->tls_ca, "connect with TLS, trusting the PEM roots in PATH")
       ->option_text("PATH");
+  app.add_option("--tls-cert", options->tls_cert,
+                 "mutual TLS: present the PEM client certificate in PATH (with --tls-key)")
+      ->option_text("PATH");
+  app.add_option("--tls-key", options->tls_key, "mutual TLS: the PEM private key of --tls-cert")
+      ->option_text("PATH");
   app.add_option("--timeout-ms", options->timeout_ms, "deadline for the call (default: none)")
       ->option_text("N")
       ->check(CLI::PositiveNumber);
@@ -385,10 +392,22 @@ class Cli {
 
   int Run() {
     std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (options_.tls_cert.empty() != options_.tls_key.empty() ||
+        (!options_.tls_cert.empty() && options_.tls_ca.empty())) {
+      std::cerr << "specmoe-cli: --tls-cert and --tls-key go together, with --tls-ca\n";
+      return 2;
+    }
     if (!options_.tls_ca.empty()) {
       grpc::SslCredentialsOptions ssl;
       if (!ReadFile(options_.tls_ca, &ssl.pem_root_certs)) {
         std::cerr << "specmoe-cli: --tls-ca: cannot read " << options_.tls_ca << "\n";
+        return 2;
+      }
+      if (!options_.tls_cert.empty() &&
+          (!ReadFile(options_.tls_cert, &ssl.pem_cert_chain) ||
+           !ReadFile(options_.tls_key, &ssl.pem_private_key))) {
+        std::cerr << "specmoe-cli: --tls-cert/--tls-key: cannot read " << options_.tls_cert
+                  << " or " << options_.tls_key << "\n";
         return 2;
       }
       credentials = grpc::SslCredentials(ssl);

@@ -125,6 +125,9 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
   text("--tls-cert", &options.tls_cert, "PATH",
        "PEM certificate chain; serve TLS (needs --tls-key)");
   text("--tls-key", &options.tls_key, "PATH", "PEM private key for --tls-cert");
+  text("--tls-client-ca", &options.tls_client_ca, "PATH",
+       "mutual TLS: require a client certificate signed by the PEM roots in PATH (needs "
+       "--tls-cert)");
   text("--log-format", &options.log_format, "text|json", "log line format")
       ->check(OneOf({"text", "json"}));
   text("--log-level", &options.log_level, "LEVEL", "trace|debug|info|warn|error|critical|off")
@@ -181,6 +184,9 @@ absl::StatusOr<ServerOptions> ParseServerOptions(int argc, const char* const* ar
   }
   if (options.tls_cert.empty() != options.tls_key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
+  }
+  if (!options.tls_client_ca.empty() && options.tls_cert.empty()) {
+    return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
   }
   if (options.default_max_tokens > options.max_tokens_limit) {
     return absl::InvalidArgumentError(absl::StrCat(

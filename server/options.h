@@ -34,6 +34,7 @@ struct ServerOptions {
   std::string metrics_api_key_file;                // --metrics-api-key-file
   std::string tls_cert;                            // --tls-cert
   std::string tls_key;                             // --tls-key
+  std::string tls_client_ca;                       // --tls-client-ca (mutual TLS)
   std::string log_format = "text";                 // --log-format text|json
   std::string log_level = "info";                  // --log-level
   int drain_seconds = 30;                          // --drain-seconds

@@ -1079,6 +1079,58 @@ TEST(ServerProcessTest, ServesTlsWithTheGivenCertificate) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(ServerProcessTest, MutualTlsRequiresAClientCertificateSignedByTheClientCa) {
+  if (RunCommand("command -v openssl >/dev/null 2>&1").second != 0) {
+    GTEST_SKIP() << "openssl is needed to make test certificates";
+  }
+  const std::string dir = ::testing::TempDir() + "/specmoe_e2e_mtls_" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  // A server certificate, a client CA, a client certificate it signed, and a stranger's
+  // self-signed certificate.
+  const std::string make =
+      "cd " + dir + " && "
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost"
+      " -addext subjectAltName=IP:127.0.0.1 -keyout server.key -out server.pem && "
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=clients"
+      " -keyout ca.key -out ca.pem && "
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr &&"
+      " openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1"
+      " -out client.pem && "
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=stranger"
+      " -keyout stranger.key -out stranger.pem";
+  ASSERT_EQ(RunCommand("(" + make + ") 2>&1").second, 0);
+  ServerProcess server({"--tls-cert", dir + "/server.pem", "--tls-key", dir + "/server.key",
+                        "--tls-client-ca", dir + "/ca.pem"});
+  ASSERT_TRUE(server.WaitForPort()) << server.log();
+  const std::string tls = " --server " + server.address() + " --tls-ca " + dir + "/server.pem";
+  const auto health = [&](const std::string& client) {
+    return RunCommand(kCliBinary + " health --timeout-ms 5000" + tls + client + " 2>&1");
+  };
+  for (int i = 0; i < 100 && health(" --tls-cert " + dir + "/client.pem --tls-key " + dir +
+                                    "/client.key").second != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  // Signed by the client CA: served, health included.
+  const auto [out, code] = RunCommand(kCliBinary + " complete --json --max-tokens 2" + tls +
+                                      " --tls-cert " + dir + "/client.pem --tls-key " + dir +
+                                      "/client.key hi");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(nlohmann::json::parse(out)["usage"]["completion_tokens"], 2);
+  // No client certificate, or one the client CA did not sign: the handshake fails.
+  EXPECT_NE(health("").second, 0);
+  EXPECT_NE(health(" --tls-cert " + dir + "/stranger.pem --tls-key " + dir + "/stranger.key")
+                .second,
+            0);
+  // A client certificate without --tls-ca is a usage error naming the flags.
+  const auto [usage, usage_code] = RunCommand(kCliBinary + " health --server " +
+                                              server.address() + " --tls-cert " + dir +
+                                              "/client.pem --tls-key " + dir + "/client.key 2>&1");
+  EXPECT_EQ(usage_code, 2) << usage;
+  EXPECT_THAT(usage, HasSubstr("--tls-ca"));
+  EXPECT_EQ(server.Terminate(), 0) << server.log();
+  std::filesystem::remove_all(dir);
+}
+
 // A model folder whose config.json is a FIFO: the engine's load blocks on it until the test
 // writes the real config, which holds the server in its loading phase for as long as needed.
 class SlowModelFolder {

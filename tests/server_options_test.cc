@@ -74,6 +74,7 @@ TEST(ServerOptionsTest, ErrorsNameTheFlag) {
       {{"--target", "/t", "--device", "tpu"}, "--device: expected one of cpu|cuda"},
       {{"--target", "/t", "--kv-dtype", "bf16"}, "--kv-dtype: expected one of f32|f16"},
       {{"--target", "/t", "--tls-cert", "c.pem"}, "--tls-cert and --tls-key"},
+      {{"--target", "/t", "--tls-client-ca", "ca.pem"}, "--tls-client-ca needs --tls-cert"},
       {{"--target", "/t", "--default-max-tokens", "500", "--max-tokens-limit", "100"},
        "--default-max-tokens"},
       {{"--target", "/t", "stray"}, "not expected: stray"},
@@ -107,7 +108,7 @@ TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
         "--default-max-tokens",
         "--max-tokens-limit", "--max-prompt-tokens", "--max-prompt-bytes",
         "--max-message-bytes", "--api-key-file",
-        "--tls-cert", "--tls-key", "--log-format", "--log-level", "--drain-seconds",
+        "--tls-cert", "--tls-key", "--tls-client-ca", "--log-format", "--log-level", "--drain-seconds",
         "--stream-stall-seconds"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }

@@ -6,6 +6,14 @@
 # must then name localhost.
 set -eu
 port=${SPECMOE_LISTEN##*:}
+# With mutual TLS (SPECMOE_TLS_CLIENT_CA set) it presents HEALTHCHECK_TLS_CERT/KEY (default:
+# the server's own certificate and key, which the client CA must then have signed).
+if [ -n "${SPECMOE_TLS_CLIENT_CA:-}" ]; then
+  exec /opt/specmoe/bin/specmoe-cli health --server "localhost:$port" --timeout-ms 3000 \
+      --tls-ca "${HEALTHCHECK_TLS_CA:-$SPECMOE_TLS_CERT}" \
+      --tls-cert "${HEALTHCHECK_TLS_CERT:-$SPECMOE_TLS_CERT}" \
+      --tls-key "${HEALTHCHECK_TLS_KEY:-$SPECMOE_TLS_KEY}"
+fi
 if [ -n "${SPECMOE_TLS_CERT:-}" ]; then
   exec /opt/specmoe/bin/specmoe-cli health --server "localhost:$port" --timeout-ms 3000 \
       --tls-ca "${HEALTHCHECK_TLS_CA:-$SPECMOE_TLS_CERT}"
