@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/kv_cache.h"
-#include "engine/model.h"
-#include "engine/model_config.h"
-#include "engine/weights.h"
+#include "engine/model/kv_cache.h"
+#include "engine/model/model.h"
+#include "engine/loader/model_config.h"
+#include "engine/loader/weights.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 

@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/generator.h"
+#include "engine/serving/generator.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/bandwidth.h"
 

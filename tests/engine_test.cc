@@ -1,4 +1,4 @@
-// tests/engine_test.cc — the worker loop around the Generator (engine/engine.cc).
+// tests/engine_test.cc — the worker loop around the Generator (engine/serving/engine.cc).
 //
 // Requests submitted together run concurrently, taking turns step by step in separate KV
 // blocks; each must produce exactly what it produces alone, deliver its tokens in order with
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/engine.h"
+#include "engine/serving/engine.h"
 #include "gtest/gtest.h"
 
 namespace specmoe::engine {

@@ -1,4 +1,4 @@
-// tests/fuzz_config.cc — libFuzzer target for ParseModelConfig (engine/model_config.h).
+// tests/fuzz_config.cc — libFuzzer target for ParseModelConfig (engine/loader/model_config.h).
 // Any input must give a config or an error, never a crash, hang or sanitizer report.
 // Built only with -DSPECMOE_FUZZ=ON (clang); run by deploy/fuzz.sh with seeds from
 // tests/fuzz_corpus/fuzz_config/; committed crash inputs are replayed by fuzz_regression_test.
@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "engine/model_config.h"
+#include "engine/loader/model_config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto config = specmoe::engine::ParseModelConfig(

@@ -1,4 +1,4 @@
-// tests/fuzz_pickle.cc — libFuzzer target for the torch.save readers (engine/torch_pickle.h):
+// tests/fuzz_pickle.cc — libFuzzer target for the torch.save readers (engine/loader/torch_pickle.h):
 // the input is run both as data.pkl (ParseTorchPickle) and as a whole zip archive
 // (ParseTorchCheckpoint, which also exercises ParseZipDirectory). Returned tensor bytes are
 // read so AddressSanitizer catches out-of-range views. Built only with -DSPECMOE_FUZZ=ON
@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "engine/torch_pickle.h"
+#include "engine/loader/torch_pickle.h"
 #include "tests/fuzz_touch.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

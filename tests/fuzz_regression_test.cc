@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/model_config.h"
-#include "engine/safetensors.h"
-#include "engine/torch_pickle.h"
+#include "engine/loader/model_config.h"
+#include "engine/loader/safetensors.h"
+#include "engine/loader/torch_pickle.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

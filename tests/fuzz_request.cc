@@ -1,7 +1,7 @@
 // tests/fuzz_request.cc — libFuzzer target for the gRPC surface without the network: bytes
 // are parsed as a serialized specmoe.v1.CompleteRequest and go through the service's own
 // conversion (server/request_conversion.h) and the engine's one validator
-// (engine/request_validator.h, with the e2e fixture's tokenizer, vocab 4096, context 256).
+// (engine/serving/request_validator.h, with the e2e fixture's tokenizer, vocab 4096, context 256).
 // Any input must be refused or give a request that keeps every promise of the validator,
 // never a crash, hang or sanitizer report. Built only with -DSPECMOE_FUZZ=ON (clang); run by
 // deploy/fuzz.sh with seeds from tests/fuzz_corpus/fuzz_request/.
@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "engine/request_validator.h"
+#include "engine/serving/request_validator.h"
 #include "server/request_conversion.h"
 #include "specmoe/v1/completion.pb.h"
 

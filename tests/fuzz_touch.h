@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/weights.h"
+#include "engine/loader/weights.h"
 
 namespace specmoe {
 

@@ -1,6 +1,6 @@
-// tests/model_config_test.cc — ParseModelConfig / LoadModelConfig (engine/model_config.h):
+// tests/model_config_test.cc — ParseModelConfig / LoadModelConfig (engine/loader/model_config.h):
 // defaults, GQA, eos lists, MoE sizes, and every refusal by name (DESIGN §3).
-#include "engine/model_config.h"
+#include "engine/loader/model_config.h"
 
 #include <unistd.h>
 

@@ -18,11 +18,11 @@
 #include <string>
 #include <vector>
 
-#include "engine/kv_cache.h"
-#include "engine/model.h"
-#include "engine/model_config.h"
-#include "engine/sampler.h"
-#include "engine/weights.h"
+#include "engine/model/kv_cache.h"
+#include "engine/model/model.h"
+#include "engine/loader/model_config.h"
+#include "engine/spec/sampler.h"
+#include "engine/loader/weights.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "nlohmann/json.hpp"

@@ -1,8 +1,8 @@
-// tests/sampler_test.cc — engine/rng.h and engine/sampler.h: the generator against the
+// tests/sampler_test.cc — engine/spec/rng.h and engine/spec/sampler.h: the generator against the
 // published xoshiro256** / splitmix64 algorithms, ProcessLogits against hand-computed
 // distributions (temperature, top-k and top-p with ties, repetition penalty of both signs,
 // greedy), and the sampling helpers' determinism and distributions.
-#include "engine/sampler.h"
+#include "engine/spec/sampler.h"
 
 #include <algorithm>
 #include <cmath>
@@ -11,8 +11,8 @@
 #include <map>
 #include <vector>
 
-#include "engine/request.h"
-#include "engine/rng.h"
+#include "engine/serving/request.h"
+#include "engine/spec/rng.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/generator.h"
-#include "engine/token_tree.h"
+#include "engine/serving/generator.h"
+#include "engine/spec/token_tree.h"
 
 namespace specmoe {
 namespace {

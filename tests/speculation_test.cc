@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/generator.h"
-#include "engine/sampler.h"
+#include "engine/serving/generator.h"
+#include "engine/spec/sampler.h"
 #include "gtest/gtest.h"
 #include "tests/stats_util.h"
 

@@ -1,7 +1,7 @@
-// tests/stop_matcher_test.cc — engine/stop_matcher.h: stop strings within and across
+// tests/stop_matcher_test.cc — engine/text/stop_matcher.h: stop strings within and across
 // deltas, the held-back text, the earliest-completion rule, UTF-8, and independence of how
 // the text is split into deltas.
-#include "engine/stop_matcher.h"
+#include "engine/text/stop_matcher.h"
 
 #include <string>
 #include <vector>

@@ -1,14 +1,14 @@
-// tests/token_tree_test.cc — token-tree layout (engine/token_tree.h, DESIGN §4): the
+// tests/token_tree_test.cc — token-tree layout (engine/spec/token_tree.h, DESIGN §4): the
 // breadth-first layouts of the expansion shapes the speculation tests use, with their
 // parents, depths, positions and ancestor masks written out by hand; ValidateExpansion's
 // limits and messages; level expansion for greedy and sampled trees.
-#include "engine/token_tree.h"
+#include "engine/spec/token_tree.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
-#include "engine/rng.h"
+#include "engine/spec/rng.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -1,8 +1,8 @@
-// tests/tokenizer_test.cc — engine::Tokenizer and IncrementalDetokenizer (engine/tokenizer.h)
+// tests/tokenizer_test.cc — engine::Tokenizer and IncrementalDetokenizer (engine/text/tokenizer.h)
 // on the demo tokenizer (LLaMA conventions, byte fallback; the fixture models carry a copy
 // of deploy/demo/tokenizer.model). Expected ids and pieces come from the Python
 // sentencepiece package on the same file.
-#include "engine/tokenizer.h"
+#include "engine/text/tokenizer.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

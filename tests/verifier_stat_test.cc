@@ -23,11 +23,11 @@
 #include <string>
 #include <vector>
 
-#include "engine/request.h"
-#include "engine/rng.h"
-#include "engine/sampler.h"
-#include "engine/token_tree.h"
-#include "engine/verifier.h"
+#include "engine/serving/request.h"
+#include "engine/spec/rng.h"
+#include "engine/spec/sampler.h"
+#include "engine/spec/token_tree.h"
+#include "engine/spec/verifier.h"
 #include "gtest/gtest.h"
 #include "tests/stats_util.h"
 

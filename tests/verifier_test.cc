@@ -1,15 +1,15 @@
-// tests/verifier_test.cc — engine/verifier.h on hand-built trees: greedy verification
+// tests/verifier_test.cc — engine/spec/verifier.h on hand-built trees: greedy verification
 // (full, partial and no acceptance, a match on a later branch), the edge cases of the
 // stochastic walk whose outcome is forced whatever the uniforms are, the lazy target rows,
 // and the step statistics. Exactness in distribution is tests/verifier_stat_test.cc.
-#include "engine/verifier.h"
+#include "engine/spec/verifier.h"
 
 #include <cstdint>
 #include <vector>
 
-#include "engine/rng.h"
-#include "engine/sampler.h"
-#include "engine/token_tree.h"
+#include "engine/spec/rng.h"
+#include "engine/spec/sampler.h"
+#include "engine/spec/token_tree.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -1,11 +1,11 @@
-// tests/weights_test.cc — WeightStore / BindModelWeights (engine/weights.h), the safetensors
+// tests/weights_test.cc — WeightStore / BindModelWeights (engine/loader/weights.h), the safetensors
 // and torch.save readers, and the start-up checks of issue 2 item 3: one test per loader
 // error (missing, unexpected, wrong shape, unsupported dtype, truncated, corrupt header, bad
 // JSON, unknown architecture, unsupported config feature, different vocabularies, too large
 // for memory), each checking the message names the file and the tensor or field.
 // Fixtures: tests/fixtures/loader/ from tests/fixtures/make_loader_fixtures.py (torch.save
 // output); safetensors inputs are also written here by a small writer.
-#include "engine/weights.h"
+#include "engine/loader/weights.h"
 
 #include <unistd.h>
 
@@ -17,12 +17,12 @@
 #include <string>
 #include <vector>
 
-#include "engine/mapped_file.h"
-#include "engine/memory_check.h"
-#include "engine/model_config.h"
-#include "engine/safetensors.h"
-#include "engine/torch_pickle.h"
-#include "engine/vocab_check.h"
+#include "engine/loader/mapped_file.h"
+#include "engine/loader/memory_check.h"
+#include "engine/loader/model_config.h"
+#include "engine/loader/safetensors.h"
+#include "engine/loader/torch_pickle.h"
+#include "engine/text/vocab_check.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"

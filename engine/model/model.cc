@@ -1,0 +1,242 @@
+// engine/model/model.cc — LLaMA / LLaMA-MoE forward pass over the Backend op table.
+//
+// Per layer (DESIGN §3.1):  h += o_proj(attn(rope(q_proj(x)), rope(k_proj(x)), v_proj(x)))
+// with x = rms1(h), then h += FFN(rms2(h)); logits = lm_head(norm(h)).
+// FFN, llama:      down(silu(gate x) * up x)
+// FFN, llama_moe:  g = W2 tanh(W1 x); top-k of g, softmax over those k;
+//                  y = score_scale_factor * sum_j softmax_j * Expert_j(x)     (DESIGN §3.2)
+#include "engine/model/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace specmoe::engine {
+
+void ForwardBatch::Clear() {
+  tokens.clear();
+  positions.clear();
+  slots.clear();
+  token_seq.clear();
+  visible_prefix.clear();
+  tree_mask.clear();
+  tree_start.clear();
+  block_tables.clear();
+  max_blocks_per_seq = 0;
+  logit_rows.clear();
+}
+
+void ForwardBatch::Add(int32_t token, int32_t position, int32_t slot, int32_t seq,
+                       int32_t visible, uint64_t mask) {
+  tokens.push_back(token);
+  positions.push_back(position);
+  slots.push_back(slot);
+  token_seq.push_back(seq);
+  visible_prefix.push_back(visible);
+  tree_mask.push_back(mask);
+}
+
+void ForwardBatch::SetBlockTables(const std::vector<const SequenceBlocks*>& seqs) {
+  max_blocks_per_seq = 1;
+  for (const SequenceBlocks* s : seqs) {
+    max_blocks_per_seq = std::max(max_blocks_per_seq, static_cast<int>(s->blocks.size()));
+  }
+  block_tables.assign(seqs.size() * max_blocks_per_seq, 0);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    std::copy(seqs[i]->blocks.begin(), seqs[i]->blocks.end(),
+              block_tables.begin() + i * max_blocks_per_seq);
+  }
+}
+
+Model::Model(const ModelConfig& config, const ModelWeights& weights, kernels::Backend* backend,
+             int max_tokens)
+    : config_(config), weights_(weights), backend_(backend), max_tokens_(max_tokens) {}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config,
+                                                     const ModelWeights& weights,
+                                                     kernels::Backend* backend,
+                                                     int max_tokens) {
+  std::unique_ptr<Model> model(new Model(config, weights, backend, max_tokens));
+  auto upload = [&](kernels::Weight& w) { w = backend->Upload(w); };
+  upload(model->weights_.embed_tokens);
+  upload(model->weights_.norm);
+  upload(model->weights_.lm_head);
+  for (LayerWeights& layer : model->weights_.layers) {
+    for (kernels::Weight* w : {&layer.input_norm, &layer.q_proj, &layer.k_proj, &layer.v_proj,
+                               &layer.o_proj, &layer.post_norm, &layer.mlp.gate, &layer.mlp.up,
+                               &layer.mlp.down, &layer.gate_w1, &layer.gate_w2}) {
+      if (w->data != nullptr) upload(*w);
+    }
+    for (kernels::ExpertWeights& e : layer.experts) {
+      upload(e.gate);
+      upload(e.up);
+      upload(e.down);
+    }
+  }
+
+  const size_t t = static_cast<size_t>(max_tokens);
+  const int q_dim = config.num_heads * config.head_dim;
+  const int kv_dim = config.num_kv_heads * config.head_dim;
+  int inter = config.intermediate_size;
+  for (const auto& sizes : config.size_experts) {
+    for (int s : sizes) inter = std::max(inter, s);
+  }
+  const int experts = std::max(config.num_experts, 1);
+  auto alloc = [&](size_t floats, float** out) -> absl::Status {
+    *out = static_cast<float*>(backend->Alloc(std::max<size_t>(floats, 1) * sizeof(float)));
+    if (*out == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot allocate ", floats * 4, " bytes of activations"));
+    }
+    model->buffers_.push_back(*out);
+    return absl::OkStatus();
+  };
+  for (auto [floats, out] : std::initializer_list<std::pair<size_t, float**>>{
+           {t * config.hidden_size, &model->x_},
+           {t * config.hidden_size, &model->xb_},
+           {t * q_dim, &model->q_},
+           {t * kv_dim, &model->k_},
+           {t * kv_dim, &model->v_},
+           {t * q_dim, &model->att_},
+           {t * config.hidden_size, &model->ffn_},
+           {t * inter, &model->hg_},
+           {t * inter, &model->hu_},
+           {t * experts, &model->gate_},
+           {t * experts, &model->router_},
+           {t * config.vocab_size, &model->logits_}}) {
+    absl::Status s = alloc(floats, out);
+    if (!s.ok()) return s;
+  }
+  model->expert_idx_.resize(t * std::max(config.num_selects, 1));
+  model->expert_weight_.resize(t * std::max(config.num_selects, 1));
+  return model;
+}
+
+Model::~Model() {
+  for (float* b : buffers_) backend_->Free(b);
+}
+
+size_t Model::bytes_per_token() const {
+  const ModelConfig& c = config_;
+  size_t bytes = c.hidden_size * kernels::DTypeBytes(weights_.embed_tokens.dtype);
+  bytes += weights_.lm_head.bytes() + weights_.norm.bytes();
+  for (size_t i = 0; i < weights_.layers.size(); ++i) {
+    const LayerWeights& l = weights_.layers[i];
+    bytes += l.input_norm.bytes() + l.q_proj.bytes() + l.k_proj.bytes() + l.v_proj.bytes() +
+             l.o_proj.bytes() + l.post_norm.bytes();
+    if (c.architecture == Architecture::kLlama) {
+      bytes += l.mlp.gate.bytes() + l.mlp.up.bytes() + l.mlp.down.bytes();
+    } else {
+      bytes += l.gate_w1.bytes() + l.gate_w2.bytes();
+      // The num_selects largest experts bound what one token reads.
+      std::vector<size_t> expert_bytes;
+      for (const kernels::ExpertWeights& e : l.experts) {
+        expert_bytes.push_back(e.gate.bytes() + e.up.bytes() + e.down.bytes());
+      }
+      std::sort(expert_bytes.rbegin(), expert_bytes.rend());
+      for (int j = 0; j < c.num_selects && j < static_cast<int>(expert_bytes.size()); ++j) {
+        bytes += expert_bytes[j];
+      }
+    }
+  }
+  return bytes;
+}
+
+void Model::Ffn(const LayerWeights& layer, int n) {
+  kernels::Backend& be = *backend_;
+  if (config_.architecture == Architecture::kLlama) {
+    const int inter = static_cast<int>(layer.mlp.gate.rows);
+    const kernels::Weight gate_up[2] = {layer.mlp.gate, layer.mlp.up};
+    float* const gate_up_out[2] = {hg_, hu_};
+    be.MatMulMany(xb_, n, gate_up, gate_up_out, 2);  // [n, inter] each
+    be.SiluMul(hg_, hu_, n, inter, hg_);
+    be.MatMul(hg_, n, layer.mlp.down, ffn_);  // [n, hidden]
+    return;
+  }
+  // LLaMA-MoE: gate g = W2 . tanh(W1 . x), then top-k and softmax over the k.
+  const int e = config_.num_experts;
+  const int k = config_.num_selects;
+  be.MatMul(xb_, n, layer.gate_w1, gate_);  // [n, E]
+  be.Tanh(gate_, static_cast<size_t>(n) * e);
+  be.MatMul(gate_, n, layer.gate_w2, router_);  // [n, E]
+  be.TopKSoftmax(router_, n, e, k, expert_idx_.data(), expert_weight_.data());
+  be.MoeExperts(xb_, n, config_.hidden_size, expert_idx_.data(), expert_weight_.data(), k,
+                layer.experts.data(), e, config_.score_scale_factor, ffn_);
+}
+
+void Model::Forward(const ForwardBatch& batch, KvCache& cache, float* logits) {
+  const float* rows = Forward(batch, cache);
+  if (rows == nullptr) return;
+  backend_->CopyToHost(logits, rows,
+                       batch.logit_rows.size() * config_.vocab_size * sizeof(float));
+}
+
+const float* Model::Forward(const ForwardBatch& batch, KvCache& cache) {
+  kernels::Backend& be = *backend_;
+  const ModelConfig& c = config_;
+  const int n = static_cast<int>(batch.tokens.size());
+  const int hidden = c.hidden_size;
+  const int kv_dim = kv_row();
+  const float eps = c.rms_norm_eps;
+
+  be.Embedding(batch.tokens.data(), n, weights_.embed_tokens, x_);  // [n, hidden]
+
+  bool any_tree = false;
+  for (uint64_t m : batch.tree_mask) any_tree |= (m != 0);
+  kernels::AttentionArgs att;
+  att.q = q_;
+  att.out = att_;
+  att.n_tokens = n;
+  att.n_heads = c.num_heads;
+  att.n_kv_heads = c.num_kv_heads;
+  att.head_dim = c.head_dim;
+  att.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  att.block_size = cache.block_size();
+  att.block_tables = batch.block_tables.data();
+  att.max_blocks_per_seq = batch.max_blocks_per_seq;
+  att.token_seq = batch.token_seq.data();
+  att.visible_prefix = batch.visible_prefix.data();
+  att.tree_mask = any_tree ? batch.tree_mask.data() : nullptr;
+  att.tree_start = any_tree ? batch.tree_start.data() : nullptr;
+  att.kv_dtype = cache.dtype();
+
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& layer = weights_.layers[l];
+    // Attention block.
+    be.RmsNorm(x_, n, hidden, layer.input_norm, eps, xb_);
+    // q [n, n_heads * head_dim], k and v [n, n_kv_heads * head_dim], in one pass.
+    const kernels::Weight qkv[3] = {layer.q_proj, layer.k_proj, layer.v_proj};
+    float* const qkv_out[3] = {q_, k_, v_};
+    be.MatMulMany(xb_, n, qkv, qkv_out, 3);
+    be.Rope(q_, n, c.num_heads, c.head_dim, batch.positions.data(), c.rope_theta);
+    be.Rope(k_, n, c.num_kv_heads, c.head_dim, batch.positions.data(), c.rope_theta);
+    be.KvWrite(k_, v_, n, kv_dim, batch.slots.data(), cache.dtype(), cache.k(l), cache.v(l));
+    att.k_cache = cache.k(l);
+    att.v_cache = cache.v(l);
+    be.Attention(att);                      // [n, n_heads * head_dim]
+    be.MatMul(att_, n, layer.o_proj, xb_);  // [n, hidden]
+    be.Add(xb_, static_cast<size_t>(n) * hidden, x_);
+    // Feed-forward block.
+    be.RmsNorm(x_, n, hidden, layer.post_norm, eps, xb_);
+    Ffn(layer, n);
+    be.Add(ffn_, static_cast<size_t>(n) * hidden, x_);
+  }
+
+  // Final norm and lm_head only for the rows whose logits are wanted.
+  const int m = static_cast<int>(batch.logit_rows.size());
+  if (m == 0) return nullptr;
+  for (int i = 0; i < m; ++i) {
+    const int row = batch.logit_rows[i];
+    if (row != i) {
+      be.Copy(x_ + static_cast<size_t>(i) * hidden, x_ + static_cast<size_t>(row) * hidden,
+              hidden * sizeof(float));
+    }
+  }
+  be.RmsNorm(x_, m, hidden, weights_.norm, eps, xb_);
+  be.MatMul(xb_, m, weights_.lm_head, logits_);  // [m, vocab]
+  return logits_;
+}
+
+}  // namespace specmoe::engine

@@ -1,0 +1,109 @@
+// engine/model/model.h — the LLaMA (DESIGN §3.1) and LLaMA-MoE (§3.2) forward passes, composed
+// from the Backend op table.
+//
+// One Forward() runs any mix of tokens: prefill chunks (causal), single decode tokens and
+// token trees (root + nodes with ancestor masks), for one or several sequences, writing each
+// token's K/V to the slot it is given and returning logits for the rows asked for.
+// Reference: Hugging Face transformers' LlamaForCausalLM and the LLaMA-MoE maths of DESIGN
+// §3.2; tested by tests/model_golden_test.cc against goldens from transformers.
+#ifndef SPECMOE_ENGINE_MODEL_MODEL_H_
+#define SPECMOE_ENGINE_MODEL_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/kv_cache.h"
+#include "engine/loader/model_config.h"
+#include "engine/loader/weights.h"
+#include "kernels/backend.h"
+
+namespace specmoe::engine {
+
+// The tokens of one forward pass and where they stand. All arrays are host memory and
+// indexed by token (n = tokens.size()) unless noted; see kernels::AttentionArgs for the
+// visibility rule.
+struct ForwardBatch {
+  std::vector<int32_t> tokens;          // [n]
+  std::vector<int32_t> positions;       // [n] RoPE positions
+  std::vector<int32_t> slots;           // [n] physical KV slots written
+  std::vector<int32_t> token_seq;       // [n] index of the token's sequence
+  std::vector<int32_t> visible_prefix;  // [n]
+  std::vector<uint64_t> tree_mask;      // [n], or empty when no token uses a tree
+  std::vector<int32_t> tree_start;      // [n_seqs], or empty
+  std::vector<int32_t> block_tables;    // [n_seqs, max_blocks_per_seq]
+  int max_blocks_per_seq = 0;
+  std::vector<int32_t> logit_rows;      // token rows whose logits are wanted
+
+  void Clear();
+  // Appends one token.
+  void Add(int32_t token, int32_t position, int32_t slot, int32_t seq, int32_t visible,
+           uint64_t mask);
+  // Sets the block tables of the batch's sequences (each padded to the longest).
+  void SetBlockTables(const std::vector<const SequenceBlocks*>& seqs);
+};
+
+// Contract: holds views of the weights (owned by the WeightStore kept alongside) and its own
+// activation buffers for up to max_tokens tokens per Forward; used only by the worker thread.
+// Cost of Forward: one read of every weight it uses plus attention over the visible cache.
+class Model {
+ public:
+  static absl::StatusOr<std::unique_ptr<Model>> Create(const ModelConfig& config,
+                                                       const ModelWeights& weights,
+                                                       kernels::Backend* backend,
+                                                       int max_tokens);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  // Runs the tokens of `batch` (at most max_tokens) through the model, writes their K/V into
+  // `cache`, and copies the logits of batch.logit_rows to `logits` (host,
+  // [logit_rows.size(), vocab]).
+  void Forward(const ForwardBatch& batch, KvCache& cache, float* logits);
+  // The same forward, leaving the logits where the backend computed them: backend memory,
+  // [logit_rows.size(), vocab], valid until the next Forward (the hot path: DESIGN §5, the
+  // [tokens, vocab] block is never copied to the host). Null when no logit row is asked.
+  const float* Forward(const ForwardBatch& batch, KvCache& cache);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  int max_tokens() const { return max_tokens_; }
+  // K/V floats per token per layer.
+  int kv_row() const { return config_.num_kv_heads * config_.head_dim; }
+  // Weight bytes one decode token reads (embedding row, layers with active experts, head).
+  size_t bytes_per_token() const;
+
+ private:
+  Model(const ModelConfig& config, const ModelWeights& weights, kernels::Backend* backend,
+        int max_tokens);
+  void Ffn(const LayerWeights& layer, int n);
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  kernels::Backend* backend_;
+  int max_tokens_;
+
+  // Activation buffers (backend memory).
+  float* x_ = nullptr;       // [max_tokens, hidden] residual stream
+  float* xb_ = nullptr;      // [max_tokens, hidden] normed input / branch output
+  float* q_ = nullptr;       // [max_tokens, n_heads * head_dim]
+  float* k_ = nullptr;       // [max_tokens, n_kv_heads * head_dim]
+  float* v_ = nullptr;       // [max_tokens, n_kv_heads * head_dim]
+  float* att_ = nullptr;     // [max_tokens, n_heads * head_dim]
+  float* ffn_ = nullptr;     // [max_tokens, hidden] FFN output
+  float* hg_ = nullptr;      // [max_tokens, intermediate] gate branch
+  float* hu_ = nullptr;      // [max_tokens, intermediate] up branch
+  float* gate_ = nullptr;    // [max_tokens, num_experts] MoE gate activations
+  float* router_ = nullptr;  // [max_tokens, num_experts] MoE gate logits
+  float* logits_ = nullptr;  // [max_tokens, vocab]
+  std::vector<float*> buffers_;
+  std::vector<int32_t> expert_idx_;     // host [max_tokens, num_selects]
+  std::vector<float> expert_weight_;    // host [max_tokens, num_selects]
+  std::vector<float> router_host_;      // host [max_tokens, num_experts]
+};
+
+}  // namespace specmoe::engine
+
+#endif  // SPECMOE_ENGINE_MODEL_MODEL_H_

@@ -1,0 +1,105 @@
+// engine/serving/engine.h — the engine as the transport sees it: load models, take requests, deliver
+// results through per-request channels (DESIGN §1-2).
+//
+// One worker thread owns the backend, the models and the KV caches and runs the step loop;
+// Submit() and Cancel() only touch a bounded request queue and an atomic flag, so the
+// transport never waits on the step loop (llama.cpp's server_queue / server_response split).
+#ifndef SPECMOE_ENGINE_SERVING_ENGINE_H_
+#define SPECMOE_ENGINE_SERVING_ENGINE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/serving/request.h"
+#include "engine/serving/request_validator.h"
+#include "engine/text/tokenizer.h"
+#include "kernels/backend.h"
+
+namespace specmoe::engine {
+
+// Called on the worker thread after events it times; must not block (the server's metrics
+// implement it with atomic histogram updates).
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  // A request left the queue for the running set after `seconds` of waiting.
+  virtual void OnQueueWait(double seconds) = 0;
+  // One verify step of one request: time by phase and the number of nodes scored.
+  virtual void OnStep(double draft_seconds, double target_seconds, double verify_seconds,
+                      int tree_tokens) = 0;
+};
+
+// Live gauges: the worker thread stores them after every change, any thread loads them
+// (relaxed atomics, so reading never waits on the step loop).
+struct EngineStats {
+  std::atomic<int> queue_depth{0};      // requests waiting to be admitted
+  std::atomic<int> running{0};          // requests generating
+  std::atomic<int> preempted{0};        // always 0: this engine does not preempt yet
+  std::atomic<int> kv_blocks_used{0};   // target KV cache blocks
+  std::atomic<int> kv_blocks_free{0};
+};
+
+struct EngineOptions {
+  std::string target_dir;             // Hugging Face model folder (required)
+  std::string draft_dir;              // optional: enables speculation
+  std::string device = "cpu";
+  int threads = 0;                    // 0: all cores
+  std::vector<int> expansion = {1, 1, 3, 1, 1, 1, 1, 1};  // default tree
+  int max_queue = 64;                 // waiting requests before RESOURCE_EXHAUSTED
+  int max_batch = 4;                  // requests generating at once (KV room is reserved)
+  int max_context = 0;                // 0: the target's max_position_embeddings
+  int prefill_chunk = 256;            // prompt tokens per prefill forward
+  // KV cache element type of both models: kF32 (bit-exact tests) or kF16 (half the bytes).
+  kernels::DType kv_dtype = kernels::DType::kF32;
+  std::shared_ptr<EngineObserver> observer;  // optional
+  RequestLimits limits;               // checked by Submit (engine/serving/request_validator.h)
+};
+
+// A submitted request: cancel it from any thread.
+class RequestHandle {
+ public:
+  void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+// Contract: Create() loads and checks both models (errors name file and tensor) and starts
+// the worker. Submit/Cancel/accessors are thread-safe. Destruction stops the worker after
+// finishing each queued request with CANCELLED.
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+  virtual ~Engine() = default;
+
+  // Checks and completes the request (PrepareRequest: the one validator; a text prompt is
+  // tokenized here, on the caller's thread, within the byte and token limits) and queues it;
+  // the sink receives its events on the worker thread. Errors: INVALID_ARGUMENT naming the
+  // field, RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down). A request that
+  // later fails on the models' data (a NaN logit) ends with an INTERNAL event.
+  virtual absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request,
+                                                                EventSink sink) = 0;
+  // The Tokenize RPC: `text` within the same byte and token limits as a prompt.
+  virtual absl::StatusOr<std::vector<int32_t>> Tokenize(std::string_view text,
+                                                        bool add_bos) const = 0;
+
+  virtual const Tokenizer& tokenizer() const = 0;
+  virtual int vocab_size() const = 0;
+  virtual int max_context() const = 0;
+  virtual const std::vector<int>& default_expansion() const = 0;
+  virtual std::string target_name() const = 0;
+  virtual std::string draft_name() const = 0;   // empty without a draft
+  virtual std::string device() const = 0;
+  virtual std::string dtype() const = 0;        // of the target's weights
+  // Live gauges; valid for the engine's lifetime.
+  virtual const EngineStats& stats() const = 0;
+};
+
+}  // namespace specmoe::engine
+
+#endif  // SPECMOE_ENGINE_SERVING_ENGINE_H_

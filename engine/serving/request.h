@@ -1,0 +1,58 @@
+// engine/serving/request.h — what a generation request asks for and what it gets back, in engine
+// terms (no protobuf here: the server translates the wire messages, DESIGN §1).
+#ifndef SPECMOE_ENGINE_SERVING_REQUEST_H_
+#define SPECMOE_ENGINE_SERVING_REQUEST_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/spec/params.h"
+
+namespace specmoe::engine {
+
+struct SpeculationParams {
+  bool disable = false;
+  std::vector<int> expansion;       // empty: the engine's default tree
+};
+
+// As the transport converts it from the wire (DESIGN §6), then completed by
+// PrepareRequest (engine/serving/request_validator.h): a text prompt is tokenized into prompt_ids
+// (BOS first), and the wire's zeros become the defaults.
+struct GenerationRequest {
+  std::string request_id;
+  std::string prompt_text;          // a text prompt, tokenized by PrepareRequest
+  std::vector<int32_t> prompt_ids;  // token ids, used as given (BOS included when wanted)
+  int max_tokens = 128;             // 0: the server's default
+  SamplingParams sampling;
+  std::vector<std::string> stop;           // stop strings
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+  SpeculationParams speculation;
+};
+
+enum class FinishReason { kNone = 0, kLength = 1, kStop = 2, kEos = 3, kCancelled = 4 };
+
+// One delivery to the request's result channel. Several tokens may arrive at once (one
+// verify step). The last event has finished = true and carries the totals; an event with a
+// non-OK status is also the last one.
+struct GenerationEvent {
+  std::vector<int32_t> token_ids;   // new tokens
+  std::string text;                 // their text delta (never splits a UTF-8 character)
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kNone;
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+  SpeculationStats speculation;
+  absl::Status status;              // non-OK: the request failed (finished is true)
+};
+
+// The per-request result channel: called on the engine's worker thread, in order, and must
+// not block (push into a queue and wake the transport).
+using EventSink = std::function<void(GenerationEvent)>;
+
+}  // namespace specmoe::engine
+
+#endif  // SPECMOE_ENGINE_SERVING_REQUEST_H_
