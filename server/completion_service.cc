@@ -20,7 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "engine/request_validator.h"
+#include "engine/serving/request_validator.h"
 #include "server/logging.h"
 #include "server/request_conversion.h"
 #include "server/status_map.h"

@@ -18,7 +18,7 @@
 #include <mutex>
 #include <string>
 
-#include "engine/engine.h"
+#include "engine/serving/engine.h"
 #include "server/metrics.h"
 #include "specmoe/v1/completion.grpc.pb.h"
 

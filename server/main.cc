@@ -28,7 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "engine/engine.h"
+#include "engine/serving/engine.h"
 #include "server/completion_service.h"
 #include "server/logging.h"
 #include "server/metrics.h"

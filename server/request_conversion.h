@@ -1,12 +1,12 @@
 // server/request_conversion.h — wire message -> engine request, field by field and nothing
-// more (DESIGN §2.1: the transport only converts; engine/request_validator.h checks and
+// more (DESIGN §2.1: the transport only converts; engine/serving/request_validator.h checks and
 // applies the defaults, once). Shared by the service and tests/fuzz_request.cc.
 #ifndef SPECMOE_SERVER_REQUEST_CONVERSION_H_
 #define SPECMOE_SERVER_REQUEST_CONVERSION_H_
 
 #include <string>
 
-#include "engine/request.h"
+#include "engine/serving/request.h"
 #include "specmoe/v1/completion.pb.h"
 
 namespace specmoe::server {
