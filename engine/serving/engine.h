@@ -50,9 +50,20 @@ struct EngineOptions {
   int threads = 0;                    // 0: all cores
   std::vector<int> expansion = {1, 1, 3, 1, 1, 1, 1, 1};  // default tree
   int max_queue = 64;                 // waiting requests before RESOURCE_EXHAUSTED
-  int max_batch = 4;                  // requests generating at once (KV room is reserved)
+  int max_batch = 16;                 // requests running at once
   int max_context = 0;                // 0: the target's max_position_embeddings
-  int prefill_chunk = 256;            // prompt tokens per prefill forward
+  // Tokens in one target forward: every decoding request's root + tree first, then prompt
+  // chunks of prefilling requests (chunked prefill). Also the largest prefill chunk.
+  int max_step_tokens = 256;
+  // KV budget in tokens per model (both caches get this many slots; the memory counted is
+  // both). 0: kv_cache_fraction of the memory left after the weights, or, when that is 0
+  // too, room for max_batch sequences of the full context.
+  int kv_cache_tokens = 0;
+  double kv_cache_fraction = 0;
+  // kDynamic: the load-adaptive tree policy (DESIGN §4); kStatic: every request's fixed
+  // expansion.
+  enum class TreePolicy { kStatic, kDynamic };
+  TreePolicy tree_policy = TreePolicy::kDynamic;
   // KV cache element type of both models: kF32 (bit-exact tests) or kF16 (half the bytes).
   kernels::DType kv_dtype = kernels::DType::kF32;
   std::shared_ptr<EngineObserver> observer;  // optional

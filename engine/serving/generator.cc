@@ -113,7 +113,7 @@ absl::StatusOr<std::unique_ptr<Generator>> Generator::Create(const EngineOptions
   g->max_context_ = options.max_context > 0
                         ? std::min(options.max_context, g->target_config_.max_position_embeddings)
                         : g->target_config_.max_position_embeddings;
-  const int chunk = std::max(options.prefill_chunk, kTreeSlots);
+  const int chunk = std::max(options.max_step_tokens, kTreeSlots);
   absl::StatusOr<std::unique_ptr<Model>> target_model =
       Model::Create(g->target_config_, target->weights, g->backend_.get(), chunk);
   if (!target_model.ok()) return target_model.status();
