@@ -35,7 +35,7 @@ const std::vector<double> kE2eBuckets = {0.05, 0.1, 0.25, 0.5, 1,   2.5, 5,   10
 const std::vector<double> kStepBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                           0.05,   0.1,   0.25,   0.5,   1,    2.5};
 const std::vector<double> kTokensPerStepBuckets = {1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 8};
-const std::vector<double> kTreeBuckets = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64};
+const std::vector<double> kTreeBuckets = {1, 2, 4, 8, 16, 24, 32, 64, 128, 256, 512};
 const std::vector<double> kRateBuckets = {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1};
 
 std::string FormatValue(double value) {
@@ -130,12 +130,14 @@ void Metrics::ObserveFinished(double e2e_seconds, const engine::GenerationEvent&
 
 void Metrics::OnQueueWait(double seconds) { queue_wait_.Observe(seconds); }
 
-void Metrics::OnStep(double draft_seconds, double target_seconds, double verify_seconds,
-                     int tree_tokens) {
-  if (draft_seconds > 0) step_phase_[0].Observe(draft_seconds);
-  step_phase_[1].Observe(target_seconds);
-  step_phase_[2].Observe(verify_seconds);
-  tree_tokens_.Observe(tree_tokens);
+void Metrics::OnStep(const engine::StepReport& step) {
+  // Steps that only prefilled are not verify steps: their time shows in the target phase
+  // of the next verify step they share, or in the time to first token.
+  if (step.decoding == 0) return;
+  if (step.draft_seconds > 0) step_phase_[0].Observe(step.draft_seconds);
+  step_phase_[1].Observe(step.target_seconds);
+  step_phase_[2].Observe(step.verify_seconds);
+  tree_tokens_.Observe(step.tree_tokens);
 }
 
 std::string Metrics::Render() const {
@@ -183,8 +185,11 @@ std::string Metrics::Render() const {
   Scalar("specmoe_running_requests", "gauge", "Requests generating.", gauge(stats.running),
          &out);
   Scalar("specmoe_preempted_requests", "gauge",
-         "Requests preempted and waiting to resume (always 0: no preemption yet).",
+         "Requests preempted (KV blocks given back) and waiting to resume.",
          gauge(stats.preempted), &out);
+  Scalar("specmoe_preemptions_total", "counter",
+         "Preemptions since start (a request recomputed from its tokens when room returns).",
+         static_cast<double>(stats.preemptions_total.load(std::memory_order_relaxed)), &out);
   Scalar("specmoe_kv_cache_used_blocks", "gauge", "Target KV cache blocks in use.",
          gauge(stats.kv_blocks_used), &out);
   Scalar("specmoe_kv_cache_free_blocks", "gauge", "Target KV cache blocks free.",
@@ -203,7 +208,8 @@ std::string Metrics::Render() const {
          "Time a request waited in the queue before admission.", &out);
   queue_wait_.Render("specmoe_queue_wait_seconds", "", &out);
   Header("specmoe_step_duration_seconds", "histogram",
-         "Time of one verify step by phase (draft, target, verify).", &out);
+         "Time of one step of the running set by phase (draft, target, verify); steps that "
+         "verified at least one request.", &out);
   for (int p = 0; p < 3; ++p) {
     step_phase_[p].Render("specmoe_step_duration_seconds",
                           absl::StrCat("phase=\"", kPhaseNames[p], "\""), &out);
@@ -212,7 +218,7 @@ std::string Metrics::Render() const {
          "Mean tokens emitted per verify step, one observation per speculating request.", &out);
   tokens_per_step_.Render("specmoe_tokens_per_step", "", &out);
   Header("specmoe_tree_tokens_per_step", "histogram",
-         "Tree nodes (root included) the target scored in one step.", &out);
+         "Roots and tree nodes of all requests the target scored in one step.", &out);
   tree_tokens_.Render("specmoe_tree_tokens_per_step", "", &out);
   Header("specmoe_acceptance_rate", "histogram",
          "Per-request acceptance rate at each tree depth (accepted / reached).", &out);

@@ -71,8 +71,7 @@ class Metrics final : public engine::EngineObserver {
 
   // engine::EngineObserver (worker thread).
   void OnQueueWait(double seconds) override;
-  void OnStep(double draft_seconds, double target_seconds, double verify_seconds,
-              int tree_tokens) override;
+  void OnStep(const engine::StepReport& step) override;
 
   // The Prometheus text exposition of every series.
   std::string Render() const;

@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/serving/generator.h"
+#include "tests/engine_harness.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/bandwidth.h"
 
@@ -66,18 +66,18 @@ double BandwidthGBs() { return kernels::MeasureReadBandwidthGBs(size_t{512} << 2
 
 struct Loaded {
   std::string dir;
-  std::unique_ptr<engine::Generator> g;
+  std::unique_ptr<engine::Harness> g;
   std::vector<double> tps, floor_tps;
 };
 
 // Seconds of decoding kDecodeTokens plainly after a one-token prompt.
-double DecodeSeconds(engine::Generator& g) {
+double DecodeSeconds(engine::Harness& g) {
   engine::GenerationRequest request;
   request.prompt_ids = {1};
   request.max_tokens = kDecodeTokens;
   request.ignore_eos = true;
   request.speculation.disable = true;
-  absl::StatusOr<std::unique_ptr<engine::Sequence>> seq = g.Start(request);
+  absl::StatusOr<engine::Sequence*> seq = g.Start(request);
   if (!seq.ok()) return 0;
   const auto start = Clock::now();
   while (!g.Step(**seq).finished) {
@@ -91,7 +91,7 @@ double BytesPerToken(const engine::Model& m, double context, size_t kv_bytes = s
 }
 
 // Forward of n chain-tree tokens after `context` committed slots of `seq`.
-double PassSeconds(engine::Generator& g, const engine::Sequence& seq, int context, int n,
+double PassSeconds(engine::Harness& g, const engine::Sequence& seq, int context, int n,
                    int reps) {
   engine::Model& model = g.target();
   engine::KvCache& cache = g.target_cache();
@@ -110,7 +110,7 @@ double PassSeconds(engine::Generator& g, const engine::Sequence& seq, int contex
 }
 
 // Seconds of the attention op of every layer for one query token at `context`.
-double AttentionSeconds(kernels::Backend& be, engine::Generator& g, const engine::Sequence& seq,
+double AttentionSeconds(kernels::Backend& be, engine::Harness& g, const engine::Sequence& seq,
                         int context) {
   const engine::ModelConfig& c = g.target().config();
   engine::KvCache& cache = g.target_cache();
@@ -147,7 +147,7 @@ double AttentionSeconds(kernels::Backend& be, engine::Generator& g, const engine
 }
 
 void Report(Loaded& m) {
-  engine::Generator& g = *m.g;
+  engine::Harness& g = *m.g;
   const engine::Model& model = g.target();
   const engine::ModelWeights& w = model.weights();
   const double read_gbs = BandwidthGBs();
@@ -246,8 +246,8 @@ void Report(Loaded& m) {
   hold.prompt_ids[0] = 1;
   hold.max_tokens = 64;
   hold.speculation.disable = true;
-  absl::StatusOr<std::unique_ptr<engine::Sequence>> seq = g.Start(hold);
-  if (!seq.ok()) {
+  absl::StatusOr<engine::Sequence*> seq = g.Start(hold);
+  if (!seq.ok() || !g.Hold(**seq).ok()) {
     std::printf("cannot hold a context of %d: %s\n", long_context,
                 std::string(seq.status().message()).c_str());
     return;
@@ -268,14 +268,14 @@ void Report(Loaded& m) {
     std::printf("| %d | %.2f | %.3f | %.1f%% | %.2f |\n", context, step * 1e3, att * 1e3,
                 100.0 * att / step, BytesPerToken(model, context) / (read_gbs * 1e9) * 1e3);
   }
-  g.Finish(**seq, engine::FinishReason::kCancelled);
+  g.Cancel(**seq);
 }
 
 // 5. A decode step at the long context with an f32 and an f16 KV cache, in interleaved rounds.
 void KvDtypeTable(const std::string& dir) {
   const kernels::DType dtypes[2] = {kernels::DType::kF32, kernels::DType::kF16};
-  std::unique_ptr<engine::Generator> gens[2];
-  std::unique_ptr<engine::Sequence> seqs[2];
+  std::unique_ptr<engine::Harness> gens[2];
+  engine::Sequence* seqs[2] = {nullptr, nullptr};
   int long_context = 0;
   for (int i = 0; i < 2; ++i) {
     engine::EngineOptions options;
@@ -283,7 +283,7 @@ void KvDtypeTable(const std::string& dir) {
     options.max_context = 2048;
     options.max_batch = 1;
     options.kv_dtype = dtypes[i];
-    absl::StatusOr<std::unique_ptr<engine::Generator>> g = engine::Generator::Create(options);
+    absl::StatusOr<std::unique_ptr<engine::Harness>> g = engine::Harness::Create(options);
     if (!g.ok()) {
       std::printf("%s: %s\n", dir.c_str(), std::string(g.status().message()).c_str());
       return;
@@ -297,8 +297,8 @@ void KvDtypeTable(const std::string& dir) {
     hold.prompt_ids[0] = 1;
     hold.max_tokens = 64;
     hold.speculation.disable = true;
-    absl::StatusOr<std::unique_ptr<engine::Sequence>> seq = gens[i]->Start(hold);
-    if (!seq.ok()) {
+    absl::StatusOr<engine::Sequence*> seq = gens[i]->Start(hold);
+    if (!seq.ok() || !gens[i]->Hold(**seq).ok()) {
       std::printf("cannot hold a context of %d: %s\n", long_context,
                   std::string(seq.status().message()).c_str());
       return;
@@ -325,7 +325,7 @@ void KvDtypeTable(const std::string& dir) {
                 BytesPerToken(gens[i]->target(), long_context, kernels::DTypeBytes(dtypes[i])) /
                     (read_gbs * 1e9) * 1e3);
   }
-  for (int i = 0; i < 2; ++i) gens[i]->Finish(*seqs[i], engine::FinishReason::kCancelled);
+  for (int i = 0; i < 2; ++i) gens[i]->Cancel(*seqs[i]);
 }
 
 std::vector<std::string> ModelDirs(int argc, char** argv) {
@@ -356,7 +356,7 @@ int Main(int argc, char** argv) {
     options.target_dir = dir;
     options.max_context = 2048;
     options.max_batch = 1;
-    absl::StatusOr<std::unique_ptr<engine::Generator>> g = engine::Generator::Create(options);
+    absl::StatusOr<std::unique_ptr<engine::Harness>> g = engine::Harness::Create(options);
     if (!g.ok()) {
       std::fprintf(stderr, "%s: %s\n", dir.c_str(), std::string(g.status().message()).c_str());
       return 1;

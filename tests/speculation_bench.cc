@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/serving/generator.h"
+#include "tests/engine_harness.h"
 #include "engine/spec/token_tree.h"
 
 namespace specmoe {
@@ -72,7 +72,7 @@ struct Run {
   int steps = 0;
 };
 
-Run Decode(engine::Generator& g, const std::vector<std::vector<int32_t>>& prompts,
+Run Decode(engine::Harness& g, const std::vector<std::vector<int32_t>>& prompts,
            const std::vector<int>* expansion, int max_tokens) {
   Run run;
   for (const std::vector<int32_t>& prompt : prompts) {
@@ -82,14 +82,15 @@ Run Decode(engine::Generator& g, const std::vector<std::vector<int32_t>>& prompt
     r.ignore_eos = true;
     r.speculation.disable = expansion == nullptr;
     if (expansion) r.speculation.expansion = *expansion;
-    absl::StatusOr<std::unique_ptr<engine::Sequence>> seq = g.Start(r);
+    absl::StatusOr<engine::Sequence*> seq = g.Start(r);
     if (!seq.ok()) continue;
     const auto start = Clock::now();
-    int steps = 0;
-    while (!g.Step(**seq).finished) ++steps;
+    int steps = 1;
+    engine::HarnessOutput out = g.Step(**seq);
+    for (; !out.finished; ++steps) out = g.Step(**seq);
     run.seconds += Seconds(start);
-    run.steps += steps + 1;
-    run.tokens += (*seq)->completion_tokens();
+    run.steps += steps;
+    run.tokens += out.final_event.completion_tokens;
   }
   return run;
 }
@@ -107,12 +108,12 @@ int Main(int argc, char** argv) {
   options.draft_dir = argc > 2 ? argv[2] : demo + "/draft";
   options.max_context = 512;
   options.max_batch = 1;
-  absl::StatusOr<std::unique_ptr<engine::Generator>> made = engine::Generator::Create(options);
+  absl::StatusOr<std::unique_ptr<engine::Harness>> made = engine::Harness::Create(options);
   if (!made.ok()) {
     std::fprintf(stderr, "%s\n", std::string(made.status().message()).c_str());
     return 1;
   }
-  engine::Generator& g = **made;
+  engine::Harness& g = **made;
   std::printf("target %s: %.1f MB read per token; draft %s: %.1f MB (ratio 1/%.1f)\n\n",
               options.target_dir.c_str(), g.target().bytes_per_token() / 1e6,
               options.draft_dir.c_str(), g.draft()->bytes_per_token() / 1e6,
@@ -123,8 +124,8 @@ int Main(int argc, char** argv) {
   hold.prompt_ids.assign(129, 5);
   hold.prompt_ids[0] = 1;
   hold.max_tokens = 200;
-  absl::StatusOr<std::unique_ptr<engine::Sequence>> seq = g.Start(hold);
-  if (!seq.ok()) return 1;
+  absl::StatusOr<engine::Sequence*> seq = g.Start(hold);
+  if (!seq.ok() || !g.Hold(**seq).ok()) return 1;
   std::map<int, double> verify, draft;
   std::printf("| tree tokens n | target pass (ms) | x one token | draft pass (ms) |\n");
   std::printf("|---:|---:|---:|---:|\n");
@@ -134,7 +135,7 @@ int Main(int argc, char** argv) {
     std::printf("| %d | %.2f | %.2f | %.2f |\n", n, verify[n] * 1e3, verify[n] / verify[1],
                 draft[n] * 1e3);
   }
-  g.Finish(**seq, engine::FinishReason::kCancelled);
+  g.Cancel(**seq);
   auto cost = [](const std::map<int, double>& curve, int n) {
     auto hi = curve.lower_bound(n);
     if (hi == curve.end()) return curve.rbegin()->second;

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/serving/generator.h"
+#include "tests/engine_harness.h"
 #include "engine/spec/sampler.h"
 #include "gtest/gtest.h"
 #include "tests/stats_util.h"
@@ -27,8 +27,8 @@ const std::string kDraft = kFixtures + "/models/e2e_draft";
 const std::string kRandomDraft = kFixtures + "/models/moe_tiny";
 
 // One backend thread: the models are tiny, and the results do not depend on the thread count.
-std::unique_ptr<Generator> MakeGenerator(const std::string& draft,
-                                         std::vector<int> expansion = {1, 1, 3, 1, 1, 1, 1, 1}) {
+std::unique_ptr<Harness> MakeGenerator(const std::string& draft,
+                                       std::vector<int> expansion = {1, 1, 3, 1, 1, 1, 1, 1}) {
   EngineOptions options;
   options.target_dir = kTarget;
   options.draft_dir = draft;
@@ -36,7 +36,8 @@ std::unique_ptr<Generator> MakeGenerator(const std::string& draft,
   options.expansion = std::move(expansion);
   options.max_context = 256;
   options.max_batch = 3;
-  absl::StatusOr<std::unique_ptr<Generator>> g = Generator::Create(options);
+  options.tree_policy = EngineOptions::TreePolicy::kStatic;  // the shapes under test
+  absl::StatusOr<std::unique_ptr<Harness>> g = Harness::Create(options);
   EXPECT_TRUE(g.ok()) << g.status();
   return g.ok() ? *std::move(g) : nullptr;
 }
@@ -58,18 +59,20 @@ struct Generated {
   FinishReason finish = FinishReason::kNone;
 };
 
-Generated Generate(Generator& g, GenerationRequest request) {
+Generated Generate(Harness& g, GenerationRequest request) {
   Generated out;
-  absl::StatusOr<std::unique_ptr<Sequence>> seq = g.Start(std::move(request));
+  absl::StatusOr<Sequence*> seq = g.Start(std::move(request));
   EXPECT_TRUE(seq.ok()) << seq.status();
   if (!seq.ok()) return out;
   for (int guard = 0; guard < 10000; ++guard) {
-    StepOutput step = g.Step(**seq);
+    HarnessOutput step = g.Step(**seq);
     out.ids.insert(out.ids.end(), step.token_ids.begin(), step.token_ids.end());
-    if (step.finished) break;
+    if (step.finished) {
+      out.stats = step.final_event.speculation;
+      out.finish = step.final_event.finish_reason;
+      break;
+    }
   }
-  out.stats = g.Stats(**seq);
-  out.finish = (*seq)->finish;
   return out;
 }
 
@@ -90,7 +93,7 @@ TEST_P(LosslessGreedyTest, SpeculativeEqualsPlainForEveryTreeShape) {
   const std::string draft = GetParam() == "target" ? kTarget
                             : GetParam() == "moe"  ? kDraft
                                                    : kRandomDraft;
-  std::unique_ptr<Generator> g = MakeGenerator(draft);
+  std::unique_ptr<Harness> g = MakeGenerator(draft);
   ASSERT_NE(g, nullptr);
   const std::vector<std::vector<int>> shapes = {
       {1}, {1, 1, 1, 1}, {2, 2, 1}, {4}, {1, 1, 3, 1, 1, 1, 1, 1}};
@@ -119,7 +122,7 @@ INSTANTIATE_TEST_SUITE_P(Drafts, LosslessGreedyTest,
                          ::testing::Values("random", "moe", "target"));
 
 TEST(SpeculationTest, AgreeingDraftAcceptsTokens) {
-  std::unique_ptr<Generator> g = MakeGenerator(kDraft);
+  std::unique_ptr<Harness> g = MakeGenerator(kDraft);
   ASSERT_NE(g, nullptr);
   const Generated spec = Generate(*g, Greedy(Prompts()[3], 64, true));
   EXPECT_GT(spec.stats.mean_tokens_per_step, 1.2f);
@@ -127,7 +130,7 @@ TEST(SpeculationTest, AgreeingDraftAcceptsTokens) {
 }
 
 TEST(SpeculationTest, StopConditionsCutTheAcceptedPath) {
-  std::unique_ptr<Generator> g = MakeGenerator(kTarget, {1, 1, 1, 1, 1, 1, 1});
+  std::unique_ptr<Harness> g = MakeGenerator(kTarget, {1, 1, 1, 1, 1, 1, 1});
   ASSERT_NE(g, nullptr);
   const std::vector<int32_t> prompt = Prompts()[2];
   const Generated plain = Generate(*g, Greedy(prompt, 30, false));
@@ -187,12 +190,12 @@ std::vector<float> PlainDecodeRows(Model& model, const std::vector<int32_t>& tok
 }
 
 TEST(SpeculationTest, CompactedCachesEqualPlainDecoding) {
-  std::unique_ptr<Generator> g = MakeGenerator(kDraft, {2, 2, 1, 1});
+  std::unique_ptr<Harness> g = MakeGenerator(kDraft, {2, 2, 1, 1});
   ASSERT_NE(g, nullptr);
   // A one-token prompt: nothing goes through the (batched, non-invariant) prefill, so every
   // cached row was computed by the small-batch kernels.
   GenerationRequest r = Greedy({1}, 200, true);
-  absl::StatusOr<std::unique_ptr<Sequence>> seq = g->Start(r);
+  absl::StatusOr<Sequence*> seq = g->Start(r);
   ASSERT_TRUE(seq.ok()) << seq.status();
   Sequence& s = **seq;
   int steps_with_rejection = 0;
@@ -210,13 +213,13 @@ TEST(SpeculationTest, CompactedCachesEqualPlainDecoding) {
   EXPECT_EQ(CacheRows(*g->draft_cache(), s.draft_blocks, s.draft_len),
             PlainDecodeRows(*g->draft(), draft_prefix));
   EXPECT_GT(steps_with_rejection, 0) << "the test should cover partial acceptance";
-  g->Finish(s, FinishReason::kCancelled);
+  g->Cancel(s);
 }
 
 // Sampled speculation through the engine: the first emitted token has the target's
 // processed distribution (chi-square, threshold p = 1e-9).
 TEST(SpeculationTest, SampledFirstTokenHasTargetDistribution) {
-  std::unique_ptr<Generator> g = MakeGenerator(kDraft, {3, 2});
+  std::unique_ptr<Harness> g = MakeGenerator(kDraft, {3, 2});
   ASSERT_NE(g, nullptr);
   const std::vector<int32_t> prompt = Prompts()[1];
   SamplingParams params;
@@ -225,7 +228,7 @@ TEST(SpeculationTest, SampledFirstTokenHasTargetDistribution) {
 
   // The target's processed distribution at the prompt's last token, from plain decoding.
   GenerationRequest probe = Greedy(prompt, 1, false);
-  absl::StatusOr<std::unique_ptr<Sequence>> seq = g->Start(probe);
+  absl::StatusOr<Sequence*> seq = g->Start(probe);
   ASSERT_TRUE(seq.ok());
   ForwardBatch batch;
   const int root = static_cast<int>(prompt.size()) - 1;
@@ -233,9 +236,9 @@ TEST(SpeculationTest, SampledFirstTokenHasTargetDistribution) {
             root + 1, 0);
   batch.SetBlockTables({&(*seq)->target_blocks});
   batch.logit_rows = {0};
-  std::vector<float> logits(g->target_config().vocab_size);
+  std::vector<float> logits(g->target().config().vocab_size);
   g->target().Forward(batch, g->target_cache(), logits.data());
-  g->Finish(**seq, FinishReason::kCancelled);
+  g->Cancel(**seq);
   std::vector<float> p;
   ProcessLogits(logits.data(), static_cast<int>(logits.size()), params, prompt, &p);
 
@@ -245,12 +248,12 @@ TEST(SpeculationTest, SampledFirstTokenHasTargetDistribution) {
     GenerationRequest r = Greedy(prompt, 3, true);
     r.sampling = params;
     r.sampling.seed = 1000 + t;
-    absl::StatusOr<std::unique_ptr<Sequence>> s = g->Start(r);
+    absl::StatusOr<Sequence*> s = g->Start(r);
     ASSERT_TRUE(s.ok());
-    StepOutput out = g->Step(**s);
+    HarnessOutput out = g->Step(**s);
     ASSERT_FALSE(out.token_ids.empty());
     ++counts[out.token_ids[0]];
-    g->Finish(**s, FinishReason::kCancelled);
+    if (!out.finished) g->Cancel(**s);
   }
   std::vector<int64_t> observed(p.size());
   for (auto [id, count] : counts) observed[id] = count;

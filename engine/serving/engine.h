@@ -8,6 +8,7 @@
 #define SPECMOE_ENGINE_SERVING_ENGINE_H_
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,18 @@
 
 namespace specmoe::engine {
 
+// What one scheduler step did (DESIGN §2.2): for the observer, the metrics and the tests.
+struct StepReport {
+  int decoding = 0;        // requests that verified a tree (or decoded one token)
+  int prefilling = 0;      // requests that prefilled a prompt chunk
+  int prefill_tokens = 0;
+  int tree_tokens = 0;     // target tokens of roots and trees
+  int preempted = 0;       // requests preempted by this step
+  double draft_seconds = 0;   // the draft's catch-up and level forwards
+  double target_seconds = 0;  // the one target forward
+  double verify_seconds = 0;  // verification, K/V compaction and emission
+};
+
 // Called on the worker thread after events it times; must not block (the server's metrics
 // implement it with atomic histogram updates).
 class EngineObserver {
@@ -28,18 +41,18 @@ class EngineObserver {
   virtual ~EngineObserver() = default;
   // A request left the queue for the running set after `seconds` of waiting.
   virtual void OnQueueWait(double seconds) = 0;
-  // One verify step of one request: time by phase and the number of nodes scored.
-  virtual void OnStep(double draft_seconds, double target_seconds, double verify_seconds,
-                      int tree_tokens) = 0;
+  // One step of the whole running set.
+  virtual void OnStep(const StepReport& step) = 0;
 };
 
 // Live gauges: the worker thread stores them after every change, any thread loads them
 // (relaxed atomics, so reading never waits on the step loop).
 struct EngineStats {
-  std::atomic<int> queue_depth{0};      // requests waiting to be admitted
+  std::atomic<int> queue_depth{0};      // requests waiting to be admitted (preempted ones too)
   std::atomic<int> running{0};          // requests generating
-  std::atomic<int> preempted{0};        // always 0: this engine does not preempt yet
-  std::atomic<int> kv_blocks_used{0};   // target KV cache blocks
+  std::atomic<int> preempted{0};        // preempted requests waiting to resume
+  std::atomic<int64_t> preemptions_total{0};  // preemptions since start
+  std::atomic<int> kv_blocks_used{0};   // target KV cache blocks (the draft's mirror them)
   std::atomic<int> kv_blocks_free{0};
 };
 

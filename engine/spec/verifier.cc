@@ -158,4 +158,31 @@ SpeculationStats SpeculationCounter::Stats() const {
   return stats;
 }
 
+std::vector<int32_t> PathContext(std::span<const int32_t> tokens, const TokenTree& tree,
+                                 int node, const SamplingParams& params) {
+  if (params.repetition_penalty == 1.0f) return {};
+  std::vector<int32_t> context(tokens.begin(), tokens.end());
+  for (int i : tree.Path(node)) context.push_back(tree.token[i]);
+  return context;
+}
+
+VerifyResult VerifyTree(const LogitsView& logits, int first_row, const TokenTree& tree,
+                        std::span<const int32_t> tokens, const SamplingParams& params,
+                        Rng& verify_rng) {
+  if (params.greedy()) {
+    std::vector<int32_t> argmax(tree.size());
+    for (int i = 0; i < tree.size(); ++i) {
+      argmax[i] = RowArgmax(logits, first_row + i, params.repetition_penalty,
+                            PathContext(tokens, tree, i, params));
+    }
+    return VerifyGreedy(tree, argmax);
+  }
+  // The target's processed distribution, computed only at the nodes the walk visits.
+  auto target_probs = [&](int node, std::vector<float>* probs) {
+    RowDistribution(logits, first_row + node, params, PathContext(tokens, tree, node, params),
+                    probs);
+  };
+  return VerifyStochastic(tree, target_probs, verify_rng);
+}
+
 }  // namespace specmoe::engine

@@ -17,6 +17,7 @@
 #include <span>
 #include <vector>
 
+#include "engine/spec/logits.h"
 #include "engine/spec/params.h"
 #include "engine/spec/rng.h"
 #include "engine/spec/token_tree.h"
@@ -66,6 +67,20 @@ VerifyResult VerifyStochastic(const TokenTree& tree, std::span<const std::vector
 // row ([vocab]) for each node the walk visits, in walk order.
 using TargetProbsFn = std::function<void(int node, std::vector<float>* probs)>;
 VerifyResult VerifyStochastic(const TokenTree& tree, const TargetProbsFn& target_probs, Rng& rng);
+
+// The context whose repetition penalty applies at tree node `node`: the committed tokens
+// plus the node's path (root excluded: the root is already the last token). Empty when no
+// penalty applies, since nothing reads it then.
+std::vector<int32_t> PathContext(std::span<const int32_t> tokens, const TokenTree& tree,
+                                 int node, const SamplingParams& params);
+
+// Verifies one sequence's tree against the target's logits rows [first_row, first_row +
+// tree.size()) (one per node, in node order): greedy requests by the argmax of each row
+// after its path's penalty, sampled ones by VerifyStochastic over the processed rows the
+// walk visits. tokens: the committed tokens (the root last).
+VerifyResult VerifyTree(const LogitsView& logits, int first_row, const TokenTree& tree,
+                        std::span<const int32_t> tokens, const SamplingParams& params,
+                        Rng& verify_rng);
 
 // What one verify step did, per depth d = 1..max_depth (index d - 1):
 //   reached_by_depth[d-1]  = 1 when the accepted path reached depth d-1 and that node had

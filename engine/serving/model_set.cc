@@ -1,0 +1,164 @@
+// engine/serving/model_set.cc — loading and checking both models, sizing the KV caches.
+#include "engine/serving/model_set.h"
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "engine/loader/memory_check.h"
+#include "engine/spec/token_tree.h"
+#include "engine/text/vocab_check.h"
+
+namespace specmoe::engine {
+namespace {
+
+struct LoadedModel {
+  ModelConfig config;
+  std::unique_ptr<WeightStore> store;
+  ModelWeights weights;
+};
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, const char* role) {
+  LoadedModel m;
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir);
+  if (!config.ok()) return config.status();
+  m.config = *std::move(config);
+  absl::StatusOr<std::unique_ptr<WeightStore>> store = WeightStore::Open(dir);
+  if (!store.ok()) return store.status();
+  m.store = *std::move(store);
+  absl::Status fits = CheckFitsInMemory(m.store->total_bytes(), absl::StrCat(role, " ", dir));
+  if (!fits.ok()) return fits;
+  absl::StatusOr<ModelWeights> weights = BindModelWeights(m.config, *m.store);
+  if (!weights.ok()) return weights.status();
+  m.weights = *std::move(weights);
+  return m;
+}
+
+// K and V bytes of one token slot in every layer of a model.
+size_t KvBytesPerToken(const ModelConfig& c, kernels::DType dtype) {
+  return static_cast<size_t>(2) * c.num_layers * c.num_kv_heads * c.head_dim *
+         kernels::DTypeBytes(dtype);
+}
+
+}  // namespace
+
+ModelSet::~ModelSet() {
+  // Models and caches free backend memory; destroy them before the backend.
+  target_cache.reset();
+  draft_cache.reset();
+  target.reset();
+  draft.reset();
+}
+
+absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& options) {
+  auto m = std::make_unique<ModelSet>();
+  absl::Status expansion_ok = ValidateExpansion(options.expansion);
+  if (!expansion_ok.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--tree: ", expansion_ok.message()));
+  }
+  if (options.max_step_tokens < kTreeSlots) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-step-tokens ", options.max_step_tokens, ": at least ", kTreeSlots,
+        " (the largest tree)"));
+  }
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(options.target_dir);
+  if (!tokenizer.ok()) return tokenizer.status();
+  m->tokenizer = *std::move(tokenizer);
+
+  absl::StatusOr<LoadedModel> target = LoadModel(options.target_dir, "target");
+  if (!target.ok()) return target.status();
+  m->target_config = target->config;
+  m->target_store = std::move(target->store);
+  if (m->target_config.vocab_size < m->tokenizer->vocab_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.target_dir, "/config.json: vocab_size ",
+                     m->target_config.vocab_size, " is smaller than tokenizer.model's ",
+                     m->tokenizer->vocab_size(), " pieces"));
+  }
+
+  std::optional<LoadedModel> draft;
+  if (!options.draft_dir.empty()) {
+    absl::StatusOr<LoadedModel> d = LoadModel(options.draft_dir, "draft");
+    if (!d.ok()) return d.status();
+    draft = *std::move(d);
+    // DESIGN §3.3: same vocabulary size and, where both folders have one, the same pieces.
+    std::vector<std::string> target_pieces = m->tokenizer->pieces();
+    std::vector<std::string> draft_pieces;
+    absl::StatusOr<std::unique_ptr<Tokenizer>> draft_tok = Tokenizer::Load(options.draft_dir);
+    if (!draft_tok.ok() && !absl::IsNotFound(draft_tok.status())) return draft_tok.status();
+    if (draft_tok.ok()) draft_pieces = (*draft_tok)->pieces();
+    absl::Status same = CheckSameVocabulary(m->target_config.vocab_size,
+                                            draft->config.vocab_size, &target_pieces,
+                                            draft_tok.ok() ? &draft_pieces : nullptr);
+    if (!same.ok()) return same;
+  }
+
+  m->backend = kernels::CreateCpuBackend(options.threads);
+  m->max_context = options.max_context > 0
+                       ? std::min(options.max_context, m->target_config.max_position_embeddings)
+                       : m->target_config.max_position_embeddings;
+
+  // The KV budget, in slots per cache, counting both caches' bytes.
+  size_t weight_bytes = m->target_store->total_bytes();
+  size_t kv_per_token = KvBytesPerToken(m->target_config, options.kv_dtype);
+  if (draft.has_value()) {
+    weight_bytes += draft->store->total_bytes();
+    kv_per_token += KvBytesPerToken(draft->config, options.kv_dtype);
+  }
+  int64_t kv_tokens = options.kv_cache_tokens;
+  std::string kv_source = absl::StrCat("--kv-cache-tokens ", kv_tokens);
+  if (kv_tokens <= 0 && options.kv_cache_fraction > 0) {
+    const size_t physical = PhysicalMemoryBytes();
+    const size_t left = physical > weight_bytes ? physical - weight_bytes : 0;
+    kv_tokens = static_cast<int64_t>(options.kv_cache_fraction * static_cast<double>(left) /
+                                     static_cast<double>(kv_per_token));
+    kv_source = absl::StrCat("--kv-cache-fraction ", options.kv_cache_fraction);
+  }
+  if (kv_tokens <= 0) {
+    kv_tokens = static_cast<int64_t>(std::max(options.max_batch, 1)) *
+                (m->max_context + kTreeSlots);
+    kv_source = absl::StrCat(options.max_batch, " x ", m->max_context,
+                             " tokens (--max-batch x --max-context)");
+  }
+  const int num_blocks = static_cast<int>((kv_tokens + kKvBlockSize - 1) / kKvBlockSize);
+  absl::Status fits = CheckFitsInMemory(
+      weight_bytes + static_cast<size_t>(num_blocks) * kKvBlockSize * kv_per_token,
+      absl::StrCat("the models and a KV cache of ", kv_source,
+                   " (lower --kv-cache-tokens, --max-batch or --max-context)"));
+  if (!fits.ok()) return fits;
+
+  const int step_tokens = options.max_step_tokens;
+  absl::StatusOr<std::unique_ptr<Model>> target_model =
+      Model::Create(m->target_config, target->weights, m->backend.get(), step_tokens);
+  if (!target_model.ok()) return target_model.status();
+  m->target = *std::move(target_model);
+  absl::StatusOr<std::unique_ptr<KvCache>> target_cache =
+      KvCache::Create(m->backend.get(), m->target_config.num_layers, m->target->kv_row(),
+                      kKvBlockSize, num_blocks, options.kv_dtype);
+  if (!target_cache.ok()) return target_cache.status();
+  m->target_cache = *std::move(target_cache);
+
+  if (draft.has_value()) {
+    m->draft_config = draft->config;
+    m->draft_store = std::move(draft->store);
+    absl::StatusOr<std::unique_ptr<Model>> draft_model =
+        Model::Create(m->draft_config, draft->weights, m->backend.get(), step_tokens);
+    if (!draft_model.ok()) return draft_model.status();
+    m->draft = *std::move(draft_model);
+    absl::StatusOr<std::unique_ptr<KvCache>> draft_cache =
+        KvCache::Create(m->backend.get(), m->draft_config.num_layers, m->draft->kv_row(),
+                        kKvBlockSize, num_blocks, options.kv_dtype);
+    if (!draft_cache.ok()) return draft_cache.status();
+    m->draft_cache = *std::move(draft_cache);
+  }
+
+  // EOS from the target's config, else the tokenizer (DESIGN §3.3).
+  m->eos_ids.assign(m->target_config.eos_token_ids.begin(),
+                    m->target_config.eos_token_ids.end());
+  if (m->eos_ids.empty()) m->eos_ids.push_back(m->tokenizer->eos_id());
+  return m;
+}
+
+}  // namespace specmoe::engine

@@ -1,0 +1,415 @@
+// engine/serving/scheduler.cc — the step (scheduler.h), in the order of DESIGN §2.2.
+//
+// Slot layout of a decoding request whose root is at position r: the target holds
+// committed tokens at logical slots [0, r); tree node i (node 0 is the root) is written at
+// slot r + i with position r + depth(i). The draft holds [0, r] after its catch-up. After
+// verification the accepted node at depth d moves from slot r + i to slot r + d in both
+// caches (leaves were never run through the draft: it catches up on them next step).
+#include "engine/serving/scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "engine/spec/logits.h"
+#include "engine/spec/token_tree.h"
+#include "engine/spec/verifier.h"
+
+namespace specmoe::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+// Moves the K/V of the accepted nodes (tree slots) to their committed slots. Node
+// nodes[d-1] sits at depth d (slot root_pos + node) and belongs at root_pos + d; moving in
+// depth order is safe: node index >= depth, and indices grow along the path.
+void Compact(kernels::Backend& backend, KvCache& cache, const SequenceBlocks& blocks,
+             int root_pos, std::span<const int> nodes) {
+  std::vector<int32_t> src, dst;
+  for (size_t d = 1; d <= nodes.size(); ++d) {
+    if (nodes[d - 1] == static_cast<int>(d)) continue;
+    src.push_back(cache.PhysicalSlot(blocks, root_pos + nodes[d - 1]));
+    dst.push_back(cache.PhysicalSlot(blocks, root_pos + static_cast<int>(d)));
+  }
+  if (src.empty()) return;
+  for (int l = 0; l < cache.num_layers(); ++l) {
+    backend.KvMove(src.data(), dst.data(), static_cast<int>(src.size()), cache.row(),
+                   cache.dtype(), cache.k(l), cache.v(l));
+  }
+}
+
+int BlocksFor(int slots) { return (slots + kKvBlockSize - 1) / kKvBlockSize; }
+
+}  // namespace
+
+Scheduler::Scheduler(ModelSet* models, const EngineOptions& options, EngineStats* stats)
+    : models_(models),
+      options_(options),
+      stats_(stats),
+      policy_(options.tree_policy == EngineOptions::TreePolicy::kDynamic
+                  ? TreePolicy::Kind::kDynamic
+                  : TreePolicy::Kind::kStatic,
+              CostCurve(), CostCurve()),
+      target_runner_(models->target.get(), models->target_cache.get()) {
+  if (models_->draft != nullptr) {
+    if (policy_.kind() == TreePolicy::Kind::kDynamic) {
+      auto [target, draft] = MeasureCosts(*models_, options_.max_step_tokens);
+      policy_ = TreePolicy(TreePolicy::Kind::kDynamic, std::move(target), std::move(draft));
+    }
+    drafter_.emplace(models_->draft.get(), models_->draft_cache.get(), &policy_);
+  }
+  // vLLM's admission watermark: keep a few blocks free for the running requests' growth.
+  watermark_blocks_ = std::max(1, models_->target_cache->num_blocks() / 25);
+  Publish();
+}
+
+void Scheduler::Add(std::unique_ptr<Sequence> seq) {
+  waiting_.push_back(std::move(seq));
+  Publish();
+}
+
+std::vector<int> Scheduler::StepShape(const Sequence& seq) const {
+  std::vector<int> shape = seq.expansion;
+  const int wanted = seq.request.max_tokens - seq.completion_tokens();
+  const int room = models_->max_context - 1 - seq.root_pos();
+  const int depth =
+      std::max(0, std::min({static_cast<int>(shape.size()), wanted - 1, room - 1}));
+  shape.resize(depth);
+  return shape;
+}
+
+void Scheduler::Release(Sequence& seq) {
+  models_->target_cache->Release(seq.target_blocks);
+  if (models_->draft_cache != nullptr) models_->draft_cache->Release(seq.draft_blocks);
+  seq.target_len = 0;
+  seq.draft_len = 0;
+}
+
+void Scheduler::Finish(Sequence& seq, GenerationEvent event) {
+  Release(seq);
+  event.finished = true;
+  event.finish_reason = seq.finish;
+  event.prompt_tokens = seq.prompt_len;
+  event.completion_tokens = seq.completion_tokens();
+  event.speculation = seq.counter.Stats();
+  seq.sink(std::move(event));
+}
+
+void Scheduler::EndCancelled() {
+  auto cancelled = [this](std::unique_ptr<Sequence>& seq) {
+    if (!seq->handle->cancelled()) return false;
+    seq->finish = FinishReason::kCancelled;
+    Finish(*seq, {});
+    return true;
+  };
+  std::erase_if(running_, cancelled);
+  std::erase_if(waiting_, cancelled);
+}
+
+void Scheduler::Admit() {
+  KvCache& cache = *models_->target_cache;
+  while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_batch) {
+    Sequence& next = *waiting_.front();
+    const int first_chunk = std::min(next.root_pos(), options_.max_step_tokens) + 1;
+    if (!running_.empty() &&
+        cache.free_blocks() - BlocksFor(first_chunk) < watermark_blocks_) {
+      return;
+    }
+    if (next.admitted < 0) next.admitted = next_admission_++;
+    if (options_.observer != nullptr && next.preemptions == 0) {
+      options_.observer->OnQueueWait(Seconds(next.queued_at, Clock::now()));
+    }
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+    // Keep the running set in admission order (a preempted request re-enters in its place).
+    std::stable_sort(running_.begin(), running_.end(), [](const auto& a, const auto& b) {
+      return a->admitted < b->admitted;
+    });
+  }
+}
+
+std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
+  const int budget = options_.max_step_tokens;
+  std::vector<Planned> plan;
+  int pending_prefill = 0;
+  for (const auto& seq : running_) {
+    if (seq->prefilling()) pending_prefill += seq->root_pos() - seq->target_len;
+  }
+  // Prompt chunks keep a share of the budget, so trees never starve a prefill.
+  const int reserve = std::min(pending_prefill, budget / 4);
+  const bool dynamic = policy_.kind() == TreePolicy::Kind::kDynamic;
+  int used = 0;       // roots, and static trees in full
+  int tree_caps = 0;  // dynamic: the most tree nodes the planned requests may draft
+  for (const auto& seq : running_) {
+    if (seq->prefilling()) continue;
+    Planned p{seq.get(), true, 0, 0, StepShape(*seq)};
+    const int nodes = ExpansionNodeCount(p.shape);  // root included
+    const int need = dynamic ? 1 : nodes;
+    if (used + need > budget - reserve) continue;  // waits for the next step
+    used += need;
+    tree_caps += nodes - 1;
+    p.slots = seq->root_pos() + nodes;
+    plan.push_back(std::move(p));
+  }
+  *tree_room = dynamic ? std::min(tree_caps, budget - reserve - used) : 0;
+  int left = budget - used - *tree_room;
+  for (const auto& seq : running_) {
+    if (!seq->prefilling() || left == 0) continue;
+    const int chunk = std::min(seq->root_pos() - seq->target_len, left);
+    left -= chunk;
+    plan.push_back({seq.get(), false, chunk, seq->target_len + chunk, {}});
+  }
+  return plan;
+}
+
+void Scheduler::Preempt(Sequence& seq) {
+  Release(seq);
+  ++seq.preemptions;
+  ++preemptions_;
+  auto it = std::find_if(running_.begin(), running_.end(),
+                         [&](const auto& s) { return s.get() == &seq; });
+  waiting_.push_front(std::move(*it));
+  running_.erase(it);
+}
+
+void Scheduler::GrowKv(std::vector<Planned>& plan, StepReport& report) {
+  KvCache& target = *models_->target_cache;
+  KvCache* draft = models_->draft_cache.get();
+  std::vector<Sequence*> order;
+  for (const Planned& p : plan) order.push_back(p.seq);
+  for (Sequence* seq : order) {
+    auto planned = std::find_if(plan.begin(), plan.end(),
+                                [&](const Planned& p) { return p.seq == seq; });
+    if (planned == plan.end()) continue;  // preempted for an earlier one
+    const int slots = planned->slots;
+    while (true) {
+      absl::Status room = target.Reserve(seq->target_blocks, slots);
+      if (room.ok() && seq->speculating()) room = draft->Reserve(seq->draft_blocks, slots);
+      if (room.ok()) break;
+      // Out of blocks: the most recently admitted request gives its blocks back.
+      Sequence* victim = running_.back().get();
+      std::erase_if(plan, [&](const Planned& p) { return p.seq == victim; });
+      Preempt(*victim);
+      ++report.preempted;
+      if (victim == seq) break;
+    }
+  }
+}
+
+StepReport Scheduler::Step() {
+  StepReport report;
+  // a. Admission, after ending cancelled requests (their blocks are free again).
+  EndCancelled();
+  Admit();
+  // b. Budget and KV growth.
+  int tree_room = 0;
+  std::vector<Planned> plan = Budget(&tree_room);
+  GrowKv(plan, report);
+  if (plan.empty()) {
+    Publish();
+    return report;
+  }
+  const Clock::time_point start = Clock::now();
+
+  // c-d. Trees (the policy decides as the levels are drafted) from the batched draft.
+  std::vector<DraftJob> jobs(plan.size());
+  std::vector<DraftJob*> drafting;
+  std::vector<DraftCatchUp> catch_ups;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Sequence& seq = *plan[i].seq;
+    jobs[i].tree.Reset(seq.tokens.back());
+    if (!seq.speculating()) continue;
+    if (!plan[i].decode) {
+      catch_ups.push_back({&seq.draft_blocks, seq.tokens, seq.draft_len, plan[i].slots});
+      continue;
+    }
+    jobs[i].blocks = &seq.draft_blocks;
+    jobs[i].tokens = seq.tokens;
+    jobs[i].draft_len = seq.draft_len;
+    jobs[i].params = &seq.request.sampling;
+    jobs[i].rng = &seq.draft_rng;
+    jobs[i].shape = plan[i].shape;
+    jobs[i].acceptance = &seq.acceptance;
+    drafting.push_back(&jobs[i]);
+  }
+  const int decoding = static_cast<int>(std::count_if(
+      plan.begin(), plan.end(), [](const Planned& p) { return p.decode; }));
+  int prefill_tokens = 0;
+  for (const Planned& p : plan) prefill_tokens += p.chunk;
+  policy_.BeginStep(decoding + prefill_tokens, decoding + prefill_tokens, decoding);
+  if (drafter_.has_value() && (!drafting.empty() || !catch_ups.empty())) {
+    const DraftTiming timing = drafter_->Draft(drafting, catch_ups, tree_room);
+    if (timing.catch_up_tokens > 0) {
+      policy_.ObserveDraft(timing.catch_up_tokens, timing.catch_up_seconds);
+    }
+    if (timing.levels > 0) {
+      policy_.ObserveDraft(timing.level_tokens / timing.levels,
+                           timing.level_seconds / timing.levels);
+    }
+  }
+  for (size_t i = 0; i < plan.size(); ++i) {
+    if (plan[i].seq->speculating() && !plan[i].decode) plan[i].seq->draft_len = plan[i].slots;
+  }
+
+  // e. ONE target forward over every root + tree and every prompt chunk.
+  const Clock::time_point drafted = Clock::now();
+  target_runner_.Clear();
+  std::vector<int> first_row(plan.size(), -1);
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Sequence& seq = *plan[i].seq;
+    if (!plan[i].decode) {
+      target_runner_.AddCausal(seq.target_blocks, seq.tokens, seq.target_len, plan[i].slots,
+                               false);
+      continue;
+    }
+    if (jobs[i].non_finite.has_value()) continue;
+    const TokenTree& tree = jobs[i].tree;
+    std::vector<int> nodes(tree.size());
+    for (int n = 0; n < tree.size(); ++n) nodes[n] = n;
+    first_row[i] = target_runner_.AddTree(seq.target_blocks, seq.root_pos(), tree.token,
+                                          tree.depth, tree.mask, nodes);
+    report.tree_tokens += tree.size();
+  }
+  const int target_tokens = target_runner_.tokens();
+  const LogitsView logits{models_->backend.get(), target_runner_.Run(),
+                          target_runner_.logit_rows(), models_->target_config.vocab_size};
+  const Clock::time_point scored = Clock::now();
+  policy_.ObserveTarget(target_tokens, Seconds(drafted, scored));
+
+  // f-g. Verify, compact and emit per request; prefilling requests advance.
+  std::vector<Sequence*> finished;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Sequence& seq = *plan[i].seq;
+    if (!plan[i].decode) {
+      seq.target_len = plan[i].slots;
+      ++report.prefilling;
+      report.prefill_tokens += plan[i].chunk;
+      continue;
+    }
+    ++report.decoding;
+    DraftJob& job = jobs[i];
+    // A broken invariant in the models' data fails this request only (DESIGN §2.6).
+    std::optional<NonFinite> bad = job.non_finite;
+    const bool in_draft = bad.has_value();
+    if (!in_draft) bad = FindNonFinite(logits, first_row[i], job.tree.size());
+    if (bad.has_value()) {
+      GenerationEvent event;
+      event.status = absl::InternalError(absl::StrCat(
+          in_draft ? "draft model " : "target model ",
+          in_draft ? options_.draft_dir : options_.target_dir, " produced a ",
+          bad->nan ? "NaN" : "infinite", " logit (token id ", bad->token, ") at decode step ",
+          seq.completion_tokens() + 1, " (position ", seq.root_pos(),
+          "); the weights are broken"));
+      Finish(seq, std::move(event));
+      finished.push_back(&seq);
+      continue;
+    }
+    const int root_pos = seq.root_pos();
+    const VerifyResult result = VerifyTree(logits, first_row[i], job.tree, seq.tokens,
+                                           seq.request.sampling, seq.verify_rng);
+    Compact(*models_->backend, *models_->target_cache, seq.target_blocks, root_pos,
+            result.accepted_nodes);
+    seq.target_len = root_pos + 1 + static_cast<int>(result.accepted_nodes.size());
+    if (seq.speculating()) {
+      std::vector<int> drafted_nodes;
+      for (int node : result.accepted_nodes) {
+        if (job.tree.depth[node] < static_cast<int>(job.shape.size())) {
+          drafted_nodes.push_back(node);
+        }
+      }
+      Compact(*models_->backend, *models_->draft_cache, seq.draft_blocks, root_pos,
+              drafted_nodes);
+      seq.draft_len = root_pos + 1 + static_cast<int>(drafted_nodes.size());
+    }
+    std::vector<int32_t> emitted;
+    for (int node : result.accepted_nodes) emitted.push_back(job.tree.token[node]);
+    emitted.push_back(result.bonus_token);
+    Emitted out = Commit(seq, emitted, models_->eos_ids, models_->max_context);
+    if (seq.speculating()) {
+      const StepStats stats = ComputeStepStats(job.tree, result);
+      seq.counter.Record(stats, static_cast<int>(out.token_ids.size()));
+      const std::vector<float> first_q = FirstTestedQ(job, result);
+      seq.acceptance.Record(stats, first_q);
+      policy_.ObserveStep(stats, first_q);
+    }
+    GenerationEvent event;
+    event.token_ids = std::move(out.token_ids);
+    event.text = std::move(out.text);
+    if (seq.finish != FinishReason::kNone) {
+      Finish(seq, std::move(event));
+      finished.push_back(&seq);
+    } else {
+      seq.sink(std::move(event));
+    }
+  }
+  std::erase_if(running_, [&](const std::unique_ptr<Sequence>& s) {
+    return std::find(finished.begin(), finished.end(), s.get()) != finished.end();
+  });
+  const Clock::time_point end = Clock::now();
+  report.draft_seconds = Seconds(start, drafted);
+  report.target_seconds = Seconds(drafted, scored);
+  report.verify_seconds = Seconds(scored, end);
+  if (options_.observer != nullptr) options_.observer->OnStep(report);
+  Publish();
+  return report;
+}
+
+void Scheduler::CancelAll() {
+  for (auto& seq : running_) {
+    seq->finish = FinishReason::kCancelled;
+    Finish(*seq, {});
+  }
+  running_.clear();
+  for (auto& seq : waiting_) {
+    seq->finish = FinishReason::kCancelled;
+    Finish(*seq, {});
+  }
+  waiting_.clear();
+  Publish();
+}
+
+void Scheduler::Publish() {
+  const KvCache& cache = *models_->target_cache;
+  int preempted_waiting = 0;
+  for (const auto& seq : waiting_) preempted_waiting += seq->admitted >= 0 ? 1 : 0;
+  stats_->running.store(static_cast<int>(running_.size()), std::memory_order_relaxed);
+  stats_->preempted.store(preempted_waiting, std::memory_order_relaxed);
+  stats_->preemptions_total.store(preemptions_, std::memory_order_relaxed);
+  stats_->kv_blocks_free.store(cache.free_blocks(), std::memory_order_relaxed);
+  stats_->kv_blocks_used.store(cache.num_blocks() - cache.free_blocks(),
+                               std::memory_order_relaxed);
+}
+
+std::pair<CostCurve, CostCurve> MeasureCosts(ModelSet& models, int max_tokens) {
+  std::vector<std::pair<int, double>> target_points, draft_points;
+  std::vector<int32_t> tokens(max_tokens);
+  for (int i = 0; i < max_tokens; ++i) tokens[i] = i % models.target_config.vocab_size;
+  auto measure = [&](Model& model, KvCache& cache, std::vector<std::pair<int, double>>* out) {
+    SequenceBlocks blocks;
+    if (!cache.Reserve(blocks, max_tokens).ok()) return;
+    Runner runner(&model, &cache);
+    for (int n = 1;; n = std::min(2 * n, max_tokens)) {
+      double best = 1e30;
+      for (int rep = 0; rep < 2; ++rep) {  // the first also pages the weights in
+        runner.Clear();
+        runner.AddCausal(blocks, tokens, 0, n, true);
+        const Clock::time_point t0 = Clock::now();
+        runner.Run();
+        best = std::min(best, Seconds(t0, Clock::now()));
+      }
+      out->emplace_back(n, best);
+      if (n == max_tokens) break;
+    }
+    cache.Release(blocks);
+  };
+  measure(*models.target, *models.target_cache, &target_points);
+  if (models.draft != nullptr) measure(*models.draft, *models.draft_cache, &draft_points);
+  return {CostCurve(std::move(target_points)), CostCurve(std::move(draft_points))};
+}
+
+}  // namespace specmoe::engine

@@ -1,0 +1,95 @@
+// engine/serving/scheduler.h — one step for all running requests (DESIGN §2.2-2.3):
+// admission above a KV watermark, the step's token budget (trees first, then prompt
+// chunks), KV growth with recompute preemption of the most recently admitted request, one
+// batched draft pass (catch-up, then one forward per tree level), ONE target forward over
+// every request's root + tree and the prompt chunks, then verification, K/V compaction and
+// emission per request.
+//
+// On the CPU every kernel is batch-invariant, so each request's tokens do not depend on
+// what else is in the step: batched, chunked and preempted outputs equal the output of the
+// request alone, bit for bit (with the static tree policy for sampled requests, whose
+// trees would otherwise follow the load). Tested by tests/scheduler_test.cc,
+// tests/speculation_test.cc and tests/engine_test.cc.
+#ifndef SPECMOE_ENGINE_SERVING_SCHEDULER_H_
+#define SPECMOE_ENGINE_SERVING_SCHEDULER_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "engine/model/runner.h"
+#include "engine/serving/engine.h"
+#include "engine/serving/model_set.h"
+#include "engine/serving/sequence.h"
+#include "engine/spec/drafter.h"
+#include "engine/spec/tree_policy.h"
+
+namespace specmoe::engine {
+
+// Contract: owned by the engine's worker thread, which alone calls it; borrows the models.
+// Cost of Step: (tree depth + 1) draft forwards + one target forward over at most
+// max_step_tokens tokens, plus O(requests * tree) host work.
+class Scheduler {
+ public:
+  Scheduler(ModelSet* models, const EngineOptions& options, EngineStats* stats);
+
+  // A submitted request joins the back of the waiting queue.
+  void Add(std::unique_ptr<Sequence> seq);
+  bool has_work() const { return !waiting_.empty() || !running_.empty(); }
+  // One step over the running set (admitting first); delivers each request's events.
+  StepReport Step();
+  // Ends every waiting and running request as cancelled (shutdown).
+  void CancelAll();
+
+  const std::vector<std::unique_ptr<Sequence>>& running() const { return running_; }
+  const std::deque<std::unique_ptr<Sequence>>& waiting() const { return waiting_; }
+  int64_t preemptions() const { return preemptions_; }
+  TreePolicy& policy() { return policy_; }
+
+ private:
+  // One running request's part in this step.
+  struct Planned {
+    Sequence* seq = nullptr;
+    bool decode = false;    // verify a tree; otherwise prefill a chunk
+    int chunk = 0;          // prompt tokens to prefill
+    int slots = 0;          // logical KV slots the step writes up to, in both caches
+    std::vector<int> shape;  // the tree's largest expansion this step
+  };
+
+  void EndCancelled();
+  void Admit();
+  std::vector<Planned> Budget(int* tree_room) const;
+  // Takes the blocks every planned request needs, preempting as needed; drops the
+  // preempted ones from `plan`.
+  void GrowKv(std::vector<Planned>& plan, StepReport& report);
+  void Preempt(Sequence& seq);
+  // The request's expansion for this step: its own, cut to the context and the tokens
+  // still wanted (a step emits at most depth + 1 tokens).
+  std::vector<int> StepShape(const Sequence& seq) const;
+  // Compacts, commits and emits one verified request; false when it finished.
+  void Finish(Sequence& seq, GenerationEvent event);
+  void Release(Sequence& seq);
+  void Publish();
+
+  ModelSet* models_;
+  EngineOptions options_;
+  EngineStats* stats_;
+  TreePolicy policy_;
+  std::optional<Drafter> drafter_;
+  Runner target_runner_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;  // preempted requests at the front
+  std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
+  int64_t next_admission_ = 0;
+  int64_t preemptions_ = 0;
+  int watermark_blocks_ = 1;
+};
+
+// The cost curves of one target forward and one draft forward over 1..max_tokens tokens,
+// measured on the loaded models (the dynamic tree policy's start-up calibration).
+std::pair<CostCurve, CostCurve> MeasureCosts(ModelSet& models, int max_tokens);
+
+}  // namespace specmoe::engine
+
+#endif  // SPECMOE_ENGINE_SERVING_SCHEDULER_H_

@@ -1,0 +1,79 @@
+// engine/serving/sequence.h — the state of one request in the scheduler, from admission to
+// its last event, across preemptions (DESIGN §2).
+//
+// tokens = prompt + emitted tokens; the last one is the root (not yet in the target's
+// cache). target_len / draft_len count the tokens whose K/V each cache holds; a request is
+// prefilling while target_len < root position. Preemption drops both caches' blocks and
+// sets both lengths to 0: the request is recomputed from its tokens, and everything else
+// (random streams, detokenizer, stop matcher, statistics) carries on, so its stream simply
+// continues. Tested by tests/scheduler_test.cc.
+#ifndef SPECMOE_ENGINE_SERVING_SEQUENCE_H_
+#define SPECMOE_ENGINE_SERVING_SEQUENCE_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/model/kv_cache.h"
+#include "engine/serving/engine.h"
+#include "engine/serving/request.h"
+#include "engine/spec/rng.h"
+#include "engine/spec/tree_policy.h"
+#include "engine/spec/verifier.h"
+#include "engine/text/stop_matcher.h"
+#include "engine/text/tokenizer.h"
+
+namespace specmoe::engine {
+
+// Plain state; owned by the scheduler (worker thread only).
+struct Sequence {
+  Sequence(GenerationRequest req, EventSink event_sink, std::shared_ptr<RequestHandle> h,
+           const Tokenizer* tokenizer, bool has_draft, const std::vector<int>& default_tree);
+
+  GenerationRequest request;
+  EventSink sink;
+  std::shared_ptr<RequestHandle> handle;
+  std::chrono::steady_clock::time_point queued_at;
+  int64_t admitted = -1;          // admission order (preemption takes the largest)
+  std::vector<int32_t> tokens;    // prompt + emitted; the last one is the root
+  int prompt_len = 0;
+  int target_len = 0;             // tokens with K/V in the target cache
+  int draft_len = 0;              // tokens with K/V in the draft cache
+  std::vector<int> expansion;     // the largest tree (empty: plain decoding)
+  SequenceBlocks target_blocks;
+  SequenceBlocks draft_blocks;
+  Rng draft_rng{0};               // draws the tree's children
+  Rng verify_rng{0};              // acceptance uniforms and bonus tokens (independent)
+  IncrementalDetokenizer detok;
+  StopMatcher stops;
+  SpeculationCounter counter;
+  AcceptanceModel acceptance;
+  int preemptions = 0;
+  FinishReason finish = FinishReason::kNone;
+
+  bool speculating() const { return !expansion.empty(); }
+  int root_pos() const { return static_cast<int>(tokens.size()) - 1; }
+  bool prefilling() const { return target_len < root_pos(); }
+  int completion_tokens() const { return static_cast<int>(tokens.size()) - prompt_len; }
+  // KV slots the request can ever need: its context plus tree scratch.
+  int max_slots(int max_context, int tree_slots) const;
+};
+
+// What committing one step's tokens produced.
+struct Emitted {
+  std::vector<int32_t> token_ids;  // EOS and stop tokens excluded
+  std::string text;
+};
+
+// Appends `tokens` (accepted path + bonus) to seq, cut at the first stop condition (EOS
+// unless ignore_eos, a stop token or string, max_tokens, the context), setting seq.finish.
+Emitted Commit(Sequence& seq, std::span<const int32_t> tokens,
+               std::span<const int32_t> eos_ids, int max_context);
+
+}  // namespace specmoe::engine
+
+#endif  // SPECMOE_ENGINE_SERVING_SEQUENCE_H_
