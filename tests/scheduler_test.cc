@@ -1,0 +1,275 @@
+// tests/scheduler_test.cc — many requests in one step (engine/serving/scheduler.h, DESIGN
+// §2.2-2.3). On the CPU every kernel is batch-invariant, so what a request produces must not
+// depend on what else runs: batched (submitted together or staggered), chunked and
+// preempted outputs equal the request alone, token for token and byte for byte.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/serving/engine.h"
+#include "engine/serving/model_set.h"
+#include "engine/serving/request_validator.h"
+#include "engine/serving/scheduler.h"
+#include "engine/serving/sequence.h"
+#include "gtest/gtest.h"
+
+namespace specmoe::engine {
+namespace {
+
+const std::string kFixtures = SPECMOE_FIXTURES;
+
+struct Result {
+  std::vector<int32_t> ids;
+  std::string text;
+  bool finished = false;
+  FinishReason finish = FinishReason::kNone;
+  SpeculationStats speculation;
+  absl::Status status;
+  int events = 0;
+};
+
+// The scheduler on the test's thread: Add() queues a request whose events land in a Result.
+class Driver {
+ public:
+  explicit Driver(EngineOptions options) : options_(std::move(options)) {
+    absl::StatusOr<std::unique_ptr<ModelSet>> models = ModelSet::Create(options_);
+    EXPECT_TRUE(models.ok()) << models.status();
+    models_ = *std::move(models);
+    scheduler_ = std::make_unique<Scheduler>(models_.get(), options_, &stats_);
+  }
+
+  void Add(GenerationRequest request, Result* out) {
+    ASSERT_TRUE(PrepareRequest(request, options_.limits,
+                               {models_->target_config.vocab_size, models_->max_context,
+                                models_->tokenizer.get()})
+                    .ok());
+    auto sink = [out](GenerationEvent e) {
+      out->ids.insert(out->ids.end(), e.token_ids.begin(), e.token_ids.end());
+      out->text += e.text;
+      ++out->events;
+      if (e.finished) {
+        out->finished = true;
+        out->finish = e.finish_reason;
+        out->speculation = e.speculation;
+        out->status = e.status;
+      }
+    };
+    scheduler_->Add(std::make_unique<Sequence>(std::move(request), sink,
+                                               std::make_shared<RequestHandle>(),
+                                               models_->tokenizer.get(),
+                                               models_->draft != nullptr, options_.expansion));
+  }
+  StepReport Step() { return scheduler_->Step(); }
+  void RunAll() {
+    for (int guard = 0; guard < 100000 && scheduler_->has_work(); ++guard) Step();
+    ASSERT_FALSE(scheduler_->has_work());
+  }
+  Result Alone(GenerationRequest request) {
+    Result r;
+    Add(std::move(request), &r);
+    RunAll();
+    return r;
+  }
+  Scheduler& scheduler() { return *scheduler_; }
+  const Tokenizer& tokenizer() const { return *models_->tokenizer; }
+  const KvCache& target_cache() const { return *models_->target_cache; }
+
+ private:
+  EngineOptions options_;
+  std::unique_ptr<ModelSet> models_;
+  EngineStats stats_;
+  std::unique_ptr<Scheduler> scheduler_;
+};
+
+EngineOptions Options(int max_step_tokens = 64, int kv_cache_tokens = 0) {
+  EngineOptions options;
+  options.target_dir = kFixtures + "/models/e2e_target";
+  options.draft_dir = kFixtures + "/models/e2e_draft";
+  options.threads = 1;
+  options.max_batch = 16;
+  options.max_step_tokens = max_step_tokens;
+  options.kv_cache_tokens = kv_cache_tokens;
+  // Sampled requests' trees would otherwise follow the load (their outputs stay exact in
+  // distribution, not in bits); greedy ones are checked under the dynamic policy below.
+  options.tree_policy = EngineOptions::TreePolicy::kStatic;
+  return options;
+}
+
+// A text of about `words` words from a fixed list (the fixture's tokenizer knows them).
+std::string Words(int words, int seed) {
+  static const char* kWords[] = {"the", "LORD", "said", "unto", "Moses", "and", "in",
+                                 "beginning", "God", "created", "heaven", "earth", "of",
+                                 "Israel", "hear", "blessed", "are", "they", "that"};
+  std::string text;
+  for (int i = 0; i < words; ++i) {
+    if (i > 0) text += ' ';
+    text += kWords[(seed * 7 + i * 5) % 19];
+  }
+  return text;
+}
+
+// Request i of a mixed workload: prompt lengths from 2 to ~150 tokens (the long ones
+// prefill in several chunks of a 64-token step), speculation on and off, four trees,
+// greedy and seeded sampling, stop strings.
+GenerationRequest Mixed(const Tokenizer& tokenizer, int i, const std::string& stop = "") {
+  static const std::vector<std::vector<int>> kTrees = {
+      {1, 1, 3, 1, 1, 1, 1, 1}, {2, 2, 1}, {1}, {4}};
+  GenerationRequest r;
+  r.request_id = "r" + std::to_string(i);
+  const int words[] = {1, 3, 120, 8, 40, 2, 150, 12, 5, 90, 20, 4};
+  r.prompt_ids = tokenizer.Encode(Words(words[i % 12], i), true);
+  r.max_tokens = 24 + (i * 5) % 17;
+  r.ignore_eos = true;
+  r.speculation.disable = i % 3 == 2;
+  r.speculation.expansion = kTrees[i % 4];
+  if (i % 2 == 1) {
+    r.sampling.temperature = 0.8f;
+    r.sampling.top_k = 20;
+    r.sampling.seed = 100 + i;
+  }
+  if (i % 4 == 3) r.sampling.repetition_penalty = 1.3f;
+  if (!stop.empty()) r.stop = {stop};
+  return r;
+}
+
+void ExpectSame(const Result& batched, const Result& alone, const std::string& what) {
+  ASSERT_TRUE(batched.finished) << what;
+  EXPECT_TRUE(batched.status.ok()) << what << ": " << batched.status;
+  EXPECT_EQ(batched.ids, alone.ids) << what;
+  EXPECT_EQ(batched.text, alone.text) << what;
+  EXPECT_EQ(batched.finish, alone.finish) << what;
+  EXPECT_EQ(batched.speculation.verify_steps, alone.speculation.verify_steps) << what;
+  EXPECT_EQ(batched.speculation.accepted_tokens, alone.speculation.accepted_tokens) << what;
+}
+
+TEST(SchedulerTest, BatchedEqualsAloneForOneToTwelveRequests) {
+  Driver alone(Options());
+  std::vector<Result> reference;
+  for (int i = 0; i < 12; ++i) reference.push_back(alone.Alone(Mixed(alone.tokenizer(), i)));
+  // Stop strings taken from the middle of each request's own text.
+  std::vector<std::string> stops;
+  std::vector<Result> stopped_reference;
+  for (int i = 0; i < 12; ++i) {
+    const std::string& text = reference[i].text;
+    stops.push_back(i % 3 == 0 && text.size() > 12 ? text.substr(text.size() / 2, 3) : "");
+    stopped_reference.push_back(alone.Alone(Mixed(alone.tokenizer(), i, stops[i])));
+  }
+  for (int n = 1; n <= 12; ++n) {
+    for (bool staggered : {false, true}) {
+      Driver batched(Options());
+      std::vector<Result> results(n);
+      for (int i = 0; i < n; ++i) {
+        batched.Add(Mixed(batched.tokenizer(), i, stops[i]), &results[i]);
+        if (staggered) batched.Step();
+      }
+      int max_decoding = 0;
+      while (batched.scheduler().has_work()) {
+        max_decoding = std::max(max_decoding, batched.Step().decoding);
+      }
+      if (n >= 4) EXPECT_GT(max_decoding, 1) << "requests should share steps";
+      for (int i = 0; i < n; ++i) {
+        ExpectSame(results[i], stopped_reference[i],
+                   "request " + std::to_string(i) + " of " + std::to_string(n) +
+                       (staggered ? " staggered" : " together"));
+      }
+    }
+  }
+  EXPECT_EQ(alone.target_cache().free_blocks(), alone.target_cache().num_blocks());
+}
+
+TEST(SchedulerTest, DynamicTreesAreLosslessForGreedyRequests) {
+  Driver reference_driver(Options());
+  EngineOptions dynamic = Options();
+  dynamic.tree_policy = EngineOptions::TreePolicy::kDynamic;
+  Driver batched(dynamic);
+  std::vector<Result> results(12);
+  std::vector<int> greedy;
+  for (int i = 0; i < 12; i += 2) greedy.push_back(i);
+  for (int i : greedy) batched.Add(Mixed(batched.tokenizer(), i), &results[i]);
+  batched.RunAll();
+  for (int i : greedy) {
+    const Result alone = reference_driver.Alone(Mixed(reference_driver.tokenizer(), i));
+    ASSERT_TRUE(results[i].finished);
+    EXPECT_EQ(results[i].ids, alone.ids) << "request " << i;
+    EXPECT_EQ(results[i].text, alone.text) << "request " << i;
+  }
+}
+
+TEST(SchedulerTest, PreemptionIsInvisible) {
+  // 16 blocks of 16 slots: each request needs up to ~8 as it grows, so 8 of them cannot
+  // all stay resident and the most recently admitted ones are preempted and recomputed.
+  Driver ample(Options());
+  Driver tight(Options(64, 256));
+  std::vector<Result> results(8);
+  for (int i = 0; i < 8; ++i) {
+    GenerationRequest r = Mixed(tight.tokenizer(), i);
+    r.prompt_ids.resize(std::min<size_t>(r.prompt_ids.size(), 40));
+    tight.Add(r, &results[i]);
+  }
+  tight.RunAll();
+  EXPECT_GT(tight.scheduler().preemptions(), 0) << "the budget should force preemptions";
+  for (int i = 0; i < 8; ++i) {
+    GenerationRequest r = Mixed(ample.tokenizer(), i);
+    r.prompt_ids.resize(std::min<size_t>(r.prompt_ids.size(), 40));
+    ExpectSame(results[i], ample.Alone(r), "request " + std::to_string(i));
+  }
+  EXPECT_EQ(tight.target_cache().free_blocks(), tight.target_cache().num_blocks());
+}
+
+TEST(SchedulerTest, ALongPromptDelaysRunningStreamsByAtMostOneChunkPerStep) {
+  const int step_tokens = 64;
+  Driver driver(Options(step_tokens));
+  std::vector<Result> streams(4);
+  for (int i = 0; i < 4; ++i) {
+    GenerationRequest r;
+    r.prompt_ids = driver.tokenizer().Encode(Words(4, i), true);
+    r.max_tokens = 60;
+    r.ignore_eos = true;
+    r.speculation.expansion = {1, 1};
+    driver.Add(r, &streams[i]);
+  }
+  // Let the four streams start decoding.
+  for (int s = 0; s < 3; ++s) driver.Step();
+  ASSERT_EQ(driver.Step().decoding, 4);
+  Result long_prompt;
+  GenerationRequest r;
+  r.prompt_ids = driver.tokenizer().Encode(Words(160, 1), true);
+  ASSERT_GT(static_cast<int>(r.prompt_ids.size()), 2 * step_tokens);
+  r.max_tokens = 8;
+  driver.Add(r, &long_prompt);
+  int prefill_steps = 0;
+  int prefilled = 0;
+  while (prefilled < static_cast<int>(r.prompt_ids.size()) - 1) {
+    const std::vector<int> before = {streams[0].events, streams[1].events, streams[2].events,
+                                     streams[3].events};
+    const StepReport step = driver.Step();
+    // Every stream got its step, and the step carried at most one chunk.
+    EXPECT_EQ(step.decoding, 4) << "step " << prefill_steps;
+    EXPECT_EQ(step.prefilling, 1);
+    EXPECT_LE(step.prefill_tokens + step.tree_tokens, step_tokens);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(streams[i].events, before[i] + 1);
+    prefilled += step.prefill_tokens;
+    ++prefill_steps;
+    ASSERT_LT(prefill_steps, 20);
+  }
+  EXPECT_GE(prefill_steps, 3) << "the prompt should take several chunks";
+  driver.RunAll();
+  EXPECT_EQ(long_prompt.ids.size(), 8u);
+}
+
+TEST(SchedulerTest, ARequestThatCouldNeverFitIsRefusedAtSubmit) {
+  EngineOptions options = Options(64, 128);
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  GenerationRequest r;
+  r.prompt_ids = {1, 5, 6};
+  r.max_tokens = 100;  // 3 + 100 + 64 tree slots > 128
+  absl::StatusOr<std::shared_ptr<RequestHandle>> handle =
+      (*engine)->Submit(r, [](GenerationEvent) {});
+  ASSERT_FALSE(handle.ok());
+  EXPECT_EQ(handle.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(handle.status().message().find("KV slots"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace specmoe::engine
