@@ -245,10 +245,12 @@ int main(int argc, char** argv) {
       health->SetServingStatus("", true);
       health->SetServingStatus(kServiceName, true);
     }
-    spdlog::info("serving: target {}{}{} on {}, vocab {}, context {} (loaded in {:.1f} s)",
-                 engine->target_name(), engine->draft_name().empty() ? "" : ", draft ",
-                 engine->draft_name(), engine->device(), engine->vocab_size(),
-                 engine->max_context(), seconds);
+    spdlog::info(
+        "serving: target {}{}{} on {}, vocab {}, context {}; max batch {}, {} tokens per step, "
+        "{} trees (loaded in {:.1f} s)",
+        engine->target_name(), engine->draft_name().empty() ? "" : ", draft ",
+        engine->draft_name(), engine->device(), engine->vocab_size(), engine->max_context(),
+        options.max_batch, options.max_step_tokens, options.tree_policy, seconds);
   });
 
   int exit_code = 0;

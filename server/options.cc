@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <cmath>
 #include <climits>
 #include <thread>
 
@@ -14,9 +15,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "engine/spec/token_tree.h"
 
 namespace specmoe::server {
 namespace {
+
+// The largest --max-step-tokens: the forward's activation buffers hold this many tokens
+// (logits alone are [tokens, vocab] floats: 4.2 GB at this bound for LLaMA's vocabulary of 32000).
+constexpr int kMaxStepTokens = 32768;
 
 // Help entries as "--flag VALUE   description (default X)".
 class DefaultsFormatter final : public CLI::Formatter {
@@ -44,6 +50,24 @@ CLI::Validator IntIn(int min_value, int max_value = INT_MAX, std::string why_max
         if (value < min_value) return absl::StrCat("must be at least ", min_value, ", got ", value);
         if (value > max_value) {
           return absl::StrCat("must be at most ", max_value, why_max, ", got ", value);
+        }
+        return "";
+      },
+      "");
+}
+
+// A CLI11 check: a finite number in [min_value, max_value].
+CLI::Validator DoubleIn(double min_value, double max_value) {
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        double value = 0;
+        const char* end = text.data() + text.size();
+        const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+        if (text.empty() || ec != std::errc() || ptr != end || !std::isfinite(value)) {
+          return absl::StrCat("expected a number, got '", text, "'");
+        }
+        if (value < min_value || value > max_value) {
+          return absl::StrCat("must be in [", min_value, ", ", max_value, "], got ", text);
         }
         return "";
       },
@@ -98,9 +122,26 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
           " (the cores available)");
   integer("--max-queue", &options.max_queue, "waiting requests before RESOURCE_EXHAUSTED", 1);
   integer("--max-batch", &options.max_batch,
-          "requests generating at once (KV room is reserved for each)", 1);
+          "requests running at once; every step runs them all in one target forward", 1);
   integer("--max-context", &options.max_context,
           "context length in tokens (0: the target's max_position_embeddings)", 0);
+  integer("--max-step-tokens", &options.max_step_tokens,
+          "tokens in one target forward: every running request's root + tree first, then "
+          "prompt chunks (chunked prefill; also the largest chunk)",
+          1, kMaxStepTokens, " (activation buffers grow with it)");
+  integer("--kv-cache-tokens", &options.kv_cache_tokens,
+          "KV budget in tokens, each of the target's and the draft's cache (0: "
+          "--kv-cache-fraction, or room for --max-batch full contexts)",
+          0);
+  app.add_option("--kv-cache-fraction", options.kv_cache_fraction,
+                 "KV budget as a fraction of the memory left after the weights (0: unset)")
+      ->option_text("F")
+      ->capture_default_str()
+      ->check(DoubleIn(0, 1));
+  text("--tree-policy", &options.tree_policy, "static|dynamic",
+       "dynamic: each step sizes every request's tree to the load (--tree is the most it "
+       "holds); static: every request gets its full expansion")
+      ->check(OneOf({"static", "dynamic"}));
   text("--kv-dtype", &options.kv_dtype, "f32|f16",
        "KV cache element type (f16: half the KV bytes, logits within rounding of f32)")
       ->check(OneOf({"f32", "f16"}));
@@ -193,6 +234,24 @@ absl::StatusOr<ServerOptions> ParseServerOptions(int argc, const char* const* ar
         "--default-max-tokens (", options.default_max_tokens,
         ") must not exceed --max-tokens-limit (", options.max_tokens_limit, ")"));
   }
+  if (absl::Status tree = engine::ValidateExpansion(options.tree); !tree.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--tree: ", tree.message()));
+  }
+  if (options.max_step_tokens < options.max_batch) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-step-tokens (", options.max_step_tokens, ") must be at least --max-batch (",
+        options.max_batch, "): every running request takes one token of each step"));
+  }
+  const int tree_tokens = engine::ExpansionNodeCount(options.tree);
+  if (options.max_step_tokens < tree_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-step-tokens (", options.max_step_tokens, ") must hold one request's root + tree (",
+        tree_tokens, " tokens for --tree ", absl::StrJoin(options.tree, ","), ")"));
+  }
+  if (options.kv_cache_tokens > 0 && options.kv_cache_fraction > 0) {
+    return absl::InvalidArgumentError(
+        "--kv-cache-tokens and --kv-cache-fraction both set the KV budget: give one");
+  }
   if (options.device == "cuda") {
     return absl::InvalidArgumentError(
         "--device cuda: this build has no CUDA backend yet; use --device cpu");
@@ -218,6 +277,12 @@ engine::EngineOptions ToEngineOptions(const ServerOptions& options) {
   engine_options.max_queue = options.max_queue;
   engine_options.max_batch = options.max_batch;
   engine_options.max_context = options.max_context;
+  engine_options.max_step_tokens = options.max_step_tokens;
+  engine_options.kv_cache_tokens = options.kv_cache_tokens;
+  engine_options.kv_cache_fraction = options.kv_cache_fraction;
+  engine_options.tree_policy = options.tree_policy == "static"
+                                   ? engine::EngineOptions::TreePolicy::kStatic
+                                   : engine::EngineOptions::TreePolicy::kDynamic;
   engine_options.kv_dtype =
       options.kv_dtype == "f16" ? kernels::DType::kF16 : kernels::DType::kF32;
   engine_options.limits.default_max_tokens = options.default_max_tokens;

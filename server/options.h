@@ -21,8 +21,13 @@ struct ServerOptions {
   std::vector<int> tree = {1, 1, 3, 1, 1, 1, 1, 1};  // --tree
   int threads = 0;                                 // --threads (0: all cores; at most the cores)
   int max_queue = 64;                              // --max-queue
-  int max_batch = 4;                               // --max-batch
+  int max_batch = 16;                              // --max-batch
   int max_context = 0;                             // --max-context (0: the model's)
+  int max_step_tokens = 256;                       // --max-step-tokens
+  int kv_cache_tokens = 0;                         // --kv-cache-tokens (0: the fraction,
+                                                   //   else --max-batch full contexts)
+  double kv_cache_fraction = 0;                    // --kv-cache-fraction (0: unset)
+  std::string tree_policy = "dynamic";             // --tree-policy static|dynamic
   std::string kv_dtype = "f32";                    // --kv-dtype f32|f16
   int default_max_tokens = 128;                    // --default-max-tokens
   int max_tokens_limit = 4096;                     // --max-tokens-limit

@@ -4,7 +4,7 @@
 //                                                 <build>/demo-f16/target)
 // Prints Markdown tables:
 //  1. plain batch-1 decode of 64 tokens after a one-token prompt, every model, in rounds:
-//     each round measures the read bandwidth (kernels/cpu/bandwidth.h, 512 MiB) right before
+//     each round measures the read bandwidth (tests/bench_util.h, 512 MiB) right before
 //     decoding with each model, so each tok/s has the floor of the same moment (the machine
 //     is shared); medians over the rounds. Floor = read bandwidth / (weights once + the K/V
 //     of the average context).
@@ -32,23 +32,17 @@
 
 #include "tests/engine_harness.h"
 #include "kernels/backend.h"
-#include "kernels/cpu/bandwidth.h"
+#include "tests/bench_util.h"
 
 namespace specmoe {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using bench::BytesPerToken;
+using bench::Clock;
+using bench::Median;
+using bench::Seconds;
 constexpr int kDecodeTokens = 64;
 constexpr int kRounds = 5;
-
-double Seconds(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 
 // Median seconds of fn() over `reps` runs after one warm-up run.
 double TimeIt(const std::function<void()>& fn, int reps) {
@@ -61,8 +55,6 @@ double TimeIt(const std::function<void()>& fn, int reps) {
   }
   return Median(t);
 }
-
-double BandwidthGBs() { return kernels::MeasureReadBandwidthGBs(size_t{512} << 20, 0); }
 
 struct Loaded {
   std::string dir;
@@ -83,11 +75,6 @@ double DecodeSeconds(engine::Harness& g) {
   while (!g.Step(**seq).finished) {
   }
   return Seconds(start);
-}
-
-double BytesPerToken(const engine::Model& m, double context, size_t kv_bytes = sizeof(float)) {
-  return static_cast<double>(m.bytes_per_token()) +
-         2.0 * m.config().num_layers * m.kv_row() * kv_bytes * context;
 }
 
 // Forward of n chain-tree tokens after `context` committed slots of `seq`.
@@ -150,7 +137,7 @@ void Report(Loaded& m) {
   engine::Harness& g = *m.g;
   const engine::Model& model = g.target();
   const engine::ModelWeights& w = model.weights();
-  const double read_gbs = BandwidthGBs();
+  const double read_gbs = bench::ReadBandwidthGBs();
   std::printf("\n### %s (%s weights), read bandwidth now %.1f GB/s\n\n", m.dir.c_str(),
               kernels::DTypeName(w.dtype), read_gbs);
 
@@ -313,7 +300,7 @@ void KvDtypeTable(const std::string& dir) {
       att[i].push_back(AttentionSeconds(*be, *gens[i], *seqs[i], long_context));
     }
   }
-  const double read_gbs = BandwidthGBs();
+  const double read_gbs = bench::ReadBandwidthGBs();
   std::printf("\n%s, decode step at context %d | step ms (median of 5 rounds) | attention ms "
               "(all layers) | share | floor ms (weights + K/V) |\n",
               dir.c_str(), long_context);
@@ -367,7 +354,7 @@ int Main(int argc, char** argv) {
   // 1. Rounds: bandwidth, then each model, so each figure has the floor of its moment.
   for (int round = 0; round < kRounds; ++round) {
     for (Loaded& m : models) {
-      const double gbs = BandwidthGBs();
+      const double gbs = bench::ReadBandwidthGBs();
       const double s = DecodeSeconds(*m.g);
       m.tps.push_back(kDecodeTokens / s);
       m.floor_tps.push_back(gbs * 1e9 / BytesPerToken(m.g->target(), kDecodeTokens / 2.0));

@@ -1,5 +1,6 @@
 // tests/server_options_test.cc — specmoe-server flag parsing (server/options.h, CLI11):
-// defaults, both value syntaxes, errors that name the flag, --threads bounded by the cores.
+// defaults, both value syntaxes, errors that name the flag, --threads bounded by the cores,
+// the scheduler's flags (step tokens, KV budget, tree policy) and their way into EngineOptions.
 #include "server/options.h"
 
 #include <gmock/gmock.h>
@@ -78,6 +79,26 @@ TEST(ServerOptionsTest, ErrorsNameTheFlag) {
       {{"--target", "/t", "--default-max-tokens", "500", "--max-tokens-limit", "100"},
        "--default-max-tokens"},
       {{"--target", "/t", "stray"}, "not expected: stray"},
+      {{"--target", "/t", "--tree", "9"}, "--tree: "},
+      {{"--target", "/t", "--max-step-tokens", "0"}, "--max-step-tokens: must be at least 1"},
+      {{"--target", "/t", "--max-step-tokens", "40000"},
+       "--max-step-tokens: must be at most 32768 (activation buffers grow with it), got 40000"},
+      {{"--target", "/t", "--max-step-tokens", "8"},
+       "--max-step-tokens (8) must be at least --max-batch (16)"},
+      {{"--target", "/t", "--max-step-tokens", "20", "--max-batch", "4"},
+       "--max-step-tokens (20) must hold one request's root + tree (21 tokens for --tree "
+       "1,1,3,1,1,1,1,1)"},
+      {{"--target", "/t", "--kv-cache-tokens", "-1"}, "--kv-cache-tokens: must be at least 0"},
+      {{"--target", "/t", "--kv-cache-fraction", "1.5"},
+       "--kv-cache-fraction: must be in [0, 1], got 1.5"},
+      {{"--target", "/t", "--kv-cache-fraction", "-0.1"}, "--kv-cache-fraction: must be in"},
+      {{"--target", "/t", "--kv-cache-fraction", "half"},
+       "--kv-cache-fraction: expected a number, got 'half'"},
+      {{"--target", "/t", "--kv-cache-fraction", "nan"}, "--kv-cache-fraction: expected a number"},
+      {{"--target", "/t", "--kv-cache-tokens", "4096", "--kv-cache-fraction", "0.5"},
+       "--kv-cache-tokens and --kv-cache-fraction both set the KV budget"},
+      {{"--target", "/t", "--tree-policy", "greedy"},
+       "--tree-policy: expected one of static|dynamic, got 'greedy'"},
   };
   for (const auto& [args, message] : cases) {
     absl::StatusOr<ServerOptions> options = Parse(args);
@@ -97,6 +118,55 @@ TEST(ServerOptionsTest, KvDtypeDefaultsToF32AndReachesTheEngine) {
   EXPECT_EQ(ToEngineOptions(*options).kv_dtype, kernels::DType::kF16);
 }
 
+TEST(ServerOptionsTest, SchedulerFlagsDefaultAndReachTheEngine) {
+  absl::StatusOr<ServerOptions> options = Parse({"--target", "/t"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->max_batch, 16);
+  EXPECT_EQ(options->max_step_tokens, 256);
+  EXPECT_EQ(options->kv_cache_tokens, 0);
+  EXPECT_EQ(options->kv_cache_fraction, 0);
+  EXPECT_EQ(options->tree_policy, "dynamic");
+  engine::EngineOptions engine = ToEngineOptions(*options);
+  EXPECT_EQ(engine.max_batch, 16);
+  EXPECT_EQ(engine.max_step_tokens, 256);
+  EXPECT_EQ(engine.kv_cache_tokens, 0);
+  EXPECT_EQ(engine.kv_cache_fraction, 0);
+  EXPECT_EQ(engine.tree_policy, engine::EngineOptions::TreePolicy::kDynamic);
+
+  options = Parse({"--target", "/t", "--max-batch", "3", "--max-step-tokens=512",
+                   "--kv-cache-tokens", "4096", "--tree-policy", "static"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  engine = ToEngineOptions(*options);
+  EXPECT_EQ(engine.max_batch, 3);
+  EXPECT_EQ(engine.max_step_tokens, 512);
+  EXPECT_EQ(engine.kv_cache_tokens, 4096);
+  EXPECT_EQ(engine.kv_cache_fraction, 0);
+  EXPECT_EQ(engine.tree_policy, engine::EngineOptions::TreePolicy::kStatic);
+
+  options = Parse({"--target", "/t", "--kv-cache-fraction=0.25", "--tree-policy", "dynamic"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  engine = ToEngineOptions(*options);
+  EXPECT_EQ(engine.kv_cache_fraction, 0.25);
+  EXPECT_EQ(engine.kv_cache_tokens, 0);
+  EXPECT_EQ(engine.tree_policy, engine::EngineOptions::TreePolicy::kDynamic);
+}
+
+TEST(ServerOptionsTest, StepTokensBoundsAreInclusive) {
+  // The smallest budget the default tree allows (root + 20 nodes) with one request per token.
+  absl::StatusOr<ServerOptions> options =
+      Parse({"--target", "/t", "--max-step-tokens", "21", "--max-batch", "21"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(ToEngineOptions(*options).max_step_tokens, 21);
+  // A smaller tree allows a smaller budget.
+  options = Parse({"--target", "/t", "--max-step-tokens", "4", "--max-batch", "1", "--tree",
+                   "1,1,1"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  options = Parse({"--target", "/t", "--max-step-tokens", "32768", "--kv-cache-fraction", "1"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->max_step_tokens, 32768);
+  EXPECT_EQ(options->kv_cache_fraction, 1.0);
+}
+
 TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
   absl::StatusOr<ServerOptions> options = Parse({"--help"});
   ASSERT_TRUE(options.ok());
@@ -104,7 +174,9 @@ TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
   const std::string usage = ServerUsage();
   for (const char* flag :
        {"--target DIR", "--draft DIR", "--listen HOST:PORT", "--port-file PATH", "--device",
-        "--tree", "--threads", "--max-queue", "--max-context", "--kv-dtype",
+        "--tree", "--threads", "--max-queue", "--max-batch", "--max-context",
+        "--max-step-tokens N", "--kv-cache-tokens N", "--kv-cache-fraction F",
+        "--tree-policy static|dynamic", "--kv-dtype",
         "--default-max-tokens",
         "--max-tokens-limit", "--max-prompt-tokens", "--max-prompt-bytes",
         "--max-message-bytes", "--api-key-file",
@@ -115,6 +187,8 @@ TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
   EXPECT_THAT(usage, HasSubstr("(default 127.0.0.1:50051)"));
   EXPECT_THAT(usage, HasSubstr("(default 1,1,3,1,1,1,1,1)"));
   EXPECT_THAT(usage, HasSubstr("(default 4096)"));
+  EXPECT_THAT(usage, HasSubstr("(default dynamic)"));
+  EXPECT_THAT(usage, HasSubstr("(default 256)"));
 }
 
 TEST(ServerOptionsTest, ThreadsAreBoundedByTheCores) {
