@@ -127,8 +127,9 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
           "context length in tokens (0: the target's max_position_embeddings)", 0);
   integer("--max-step-tokens", &options.max_step_tokens,
           "tokens in one target forward: every running request's root + tree first, then "
-          "prompt chunks (chunked prefill; also the largest chunk)",
-          1, kMaxStepTokens, " (activation buffers grow with it)");
+          "prompt chunks (chunked prefill; also the largest chunk); at least 64, the largest "
+          "tree a request may ask for",
+          engine::kMaxTreeNodes, kMaxStepTokens, " (activation buffers grow with it)");
   integer("--kv-cache-tokens", &options.kv_cache_tokens,
           "KV budget in tokens, each of the target's and the draft's cache (0: "
           "--kv-cache-fraction, or room for --max-batch full contexts)",
@@ -241,12 +242,6 @@ absl::StatusOr<ServerOptions> ParseServerOptions(int argc, const char* const* ar
     return absl::InvalidArgumentError(absl::StrCat(
         "--max-step-tokens (", options.max_step_tokens, ") must be at least --max-batch (",
         options.max_batch, "): every running request takes one token of each step"));
-  }
-  const int tree_tokens = engine::ExpansionNodeCount(options.tree);
-  if (options.max_step_tokens < tree_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max-step-tokens (", options.max_step_tokens, ") must hold one request's root + tree (",
-        tree_tokens, " tokens for --tree ", absl::StrJoin(options.tree, ","), ")"));
   }
   if (options.kv_cache_tokens > 0 && options.kv_cache_fraction > 0) {
     return absl::InvalidArgumentError(

@@ -80,14 +80,11 @@ TEST(ServerOptionsTest, ErrorsNameTheFlag) {
        "--default-max-tokens"},
       {{"--target", "/t", "stray"}, "not expected: stray"},
       {{"--target", "/t", "--tree", "9"}, "--tree: "},
-      {{"--target", "/t", "--max-step-tokens", "0"}, "--max-step-tokens: must be at least 1"},
+      {{"--target", "/t", "--max-step-tokens", "0"}, "--max-step-tokens: must be at least 64"},
       {{"--target", "/t", "--max-step-tokens", "40000"},
        "--max-step-tokens: must be at most 32768 (activation buffers grow with it), got 40000"},
-      {{"--target", "/t", "--max-step-tokens", "8"},
-       "--max-step-tokens (8) must be at least --max-batch (16)"},
-      {{"--target", "/t", "--max-step-tokens", "20", "--max-batch", "4"},
-       "--max-step-tokens (20) must hold one request's root + tree (21 tokens for --tree "
-       "1,1,3,1,1,1,1,1)"},
+      {{"--target", "/t", "--max-step-tokens", "64", "--max-batch", "100"},
+       "--max-step-tokens (64) must be at least --max-batch (100)"},
       {{"--target", "/t", "--kv-cache-tokens", "-1"}, "--kv-cache-tokens: must be at least 0"},
       {{"--target", "/t", "--kv-cache-fraction", "1.5"},
        "--kv-cache-fraction: must be in [0, 1], got 1.5"},
@@ -152,15 +149,13 @@ TEST(ServerOptionsTest, SchedulerFlagsDefaultAndReachTheEngine) {
 }
 
 TEST(ServerOptionsTest, StepTokensBoundsAreInclusive) {
-  // The smallest budget the default tree allows (root + 20 nodes) with one request per token.
+  // The smallest budget: the largest tree a request may ask for (64 nodes, root included),
+  // with one request per token.
   absl::StatusOr<ServerOptions> options =
-      Parse({"--target", "/t", "--max-step-tokens", "21", "--max-batch", "21"});
+      Parse({"--target", "/t", "--max-step-tokens", "64", "--max-batch", "64"});
   ASSERT_TRUE(options.ok()) << options.status();
-  EXPECT_EQ(ToEngineOptions(*options).max_step_tokens, 21);
-  // A smaller tree allows a smaller budget.
-  options = Parse({"--target", "/t", "--max-step-tokens", "4", "--max-batch", "1", "--tree",
-                   "1,1,1"});
-  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(ToEngineOptions(*options).max_step_tokens, 64);
+  EXPECT_FALSE(Parse({"--target", "/t", "--max-step-tokens", "63", "--max-batch", "1"}).ok());
   options = Parse({"--target", "/t", "--max-step-tokens", "32768", "--kv-cache-fraction", "1"});
   ASSERT_TRUE(options.ok()) << options.status();
   EXPECT_EQ(options->max_step_tokens, 32768);

@@ -145,19 +145,24 @@ std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
   const bool dynamic = policy_.kind() == TreePolicy::Kind::kDynamic;
   int used = 0;       // roots, and static trees in full
   int tree_caps = 0;  // dynamic: the most tree nodes the planned requests may draft
-  for (const auto& seq : running_) {
+  // Decoding requests are offered the budget from a rotating start, so when not all fit
+  // (static trees at a high load) the ones left out differ from step to step.
+  const size_t n = running_.size();
+  for (size_t k = 0; k < n; ++k) {
+    const auto& seq = running_[(k + rotation_) % n];
     if (seq->prefilling()) continue;
     Planned p{seq.get(), true, 0, 0, StepShape(*seq)};
     const int nodes = ExpansionNodeCount(p.shape);  // root included
     const int need = dynamic ? 1 : nodes;
-    if (used + need > budget - reserve) continue;  // waits for the next step
+    // The first always fits (max_step_tokens >= the largest tree); others may wait a step.
+    if (used > 0 && used + need > budget - reserve) continue;
     used += need;
     tree_caps += nodes - 1;
     p.slots = seq->root_pos() + nodes;
     plan.push_back(std::move(p));
   }
-  *tree_room = dynamic ? std::min(tree_caps, budget - reserve - used) : 0;
-  int left = budget - used - *tree_room;
+  *tree_room = dynamic ? std::max(0, std::min(tree_caps, budget - reserve - used)) : 0;
+  int left = std::max(0, budget - used - *tree_room);
   for (const auto& seq : running_) {
     if (!seq->prefilling() || left == 0) continue;
     const int chunk = std::min(seq->root_pos() - seq->target_len, left);
@@ -210,6 +215,7 @@ StepReport Scheduler::Step() {
   int tree_room = 0;
   std::vector<Planned> plan = Budget(&tree_room);
   GrowKv(plan, report);
+  ++rotation_;
   if (plan.empty()) {
     Publish();
     return report;

@@ -60,6 +60,8 @@ class Scheduler {
 
   void EndCancelled();
   void Admit();
+  // The step's plan in the order of the target forward: decoding requests, then prompt
+  // chunks; *tree_room: the tree nodes the dynamic policy may add across the batch.
   std::vector<Planned> Budget(int* tree_room) const;
   // Takes the blocks every planned request needs, preempting as needed; drops the
   // preempted ones from `plan`.
@@ -82,6 +84,7 @@ class Scheduler {
   std::deque<std::unique_ptr<Sequence>> waiting_;  // preempted requests at the front
   std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
   int64_t next_admission_ = 0;
+  size_t rotation_ = 0;  // where this step's budget starts among the running requests
   int64_t preemptions_ = 0;
   int watermark_blocks_ = 1;
 };
