@@ -390,9 +390,11 @@ TEST(TreePolicyTest, CandidatesWithoutMassOrBeyondTheTopQAreNeverTaken) {
   TreePolicy policy(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
   policy.BeginStep(1, 1, 1);
   const AcceptanceModel none;
-  const std::vector<double> values = {1.0, 1.0};
-  // Node 0: only two tokens of non-zero mass; node 1: a top-q list shorter than k.
-  const std::vector<std::vector<float>> top_q = {{0.5f, 0.5f, 0.0f, 0.0f}, {0.9f}};
+  const std::vector<double> values = {1.0, 1.0, 1.0};
+  // Node 0: only two tokens of non-zero mass; node 1: a top-q list shorter than k;
+  // node 2: one longer than k.
+  const std::vector<std::vector<float>> top_q = {
+      {0.5f, 0.5f, 0.0f, 0.0f}, {0.9f}, {0.3f, 0.3f, 0.2f, 0.1f, 0.1f}};
   LevelRequest lr;
   lr.max_children = 4;
   lr.depth = 1;
@@ -400,7 +402,7 @@ TEST(TreePolicyTest, CandidatesWithoutMassOrBeyondTheTopQAreNeverTaken) {
   lr.frontier_top_q = top_q;
   lr.acceptance = &none;
   const std::vector<std::vector<int>> counts = policy.Expand(std::span(&lr, 1), 100);
-  EXPECT_THAT(counts, ElementsAre(ElementsAre(2, 1)));
+  EXPECT_THAT(counts, ElementsAre(ElementsAre(2, 1, 4)));
 }
 
 TEST(TreePolicyTest, TokenRoomBoundsTheStepAndHighestValuesGoFirst) {
