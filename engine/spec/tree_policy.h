@@ -102,7 +102,8 @@ struct LevelRequest {
   int depth = 0;                        // the depth being added (1-based)
   std::span<const double> frontier_value;  // [frontier] value of each frontier node
   // [frontier][max_children] the draft's largest probabilities at each frontier node,
-  // descending (for greedy requests the probabilities of its top-k tokens).
+  // descending: TopProbabilities(q) for sampled requests, TopSoftmaxProbabilities(logits)
+  // for greedy ones (engine/spec/sampler.h).
   std::span<const std::vector<float>> frontier_top_q;
   const AcceptanceModel* acceptance = nullptr;  // the request's own model (null: the
                                                 // server-wide one alone)
@@ -112,7 +113,8 @@ struct LevelRequest {
 };
 
 // Contract: owned by the engine's worker thread; not thread-safe. Expand is
-// O(candidates log candidates) per level.
+// O(candidates log candidates) per level. Per step: BeginStep, then one Expand per draft
+// level (each request's depths 1..m, in order), then the Observe* calls.
 class TreePolicy {
  public:
   enum class Kind { kStatic, kDynamic };
@@ -126,11 +128,12 @@ class TreePolicy {
   // only speculation needs. E := decoding, T := target(base_tokens) + draft(fixed), i.e.
   // plain decoding; the first node taken in the step also pays the catch-up,
   // draft(draft_base_tokens) - draft(fixed). So a step's tree is never below plain
-  // decoding's E / T: every node taken raises E / T.
+  // decoding's E / T: every level's choice in Expand raises E / T or takes nothing.
   void BeginStep(int base_tokens, int draft_base_tokens, int decoding,
                  int draft_fixed_tokens = 0);
   // The children of every frontier node of every request at this level:
-  // result[r][f] in [0, level[r].max_children]. Static: always max_children. Dynamic:
+  // result[r][f] in [0, level[r].max_children]. Static: always max_children (E and T are
+  // left as they are; token_room is not applied: the shape was validated). Dynamic:
   // the candidates of the whole batch in decreasing value, taken while they pay (and never
   // more than `token_room` nodes in all, the step budget left). Updates E and T.
   // Cost: O(C log C) for C candidates.
@@ -145,10 +148,11 @@ class TreePolicy {
   // (draft(0) := 0: a level's first drafted node pays the whole level forward). The level
   // takes the first N candidates, N <= token_room, with N maximising
   // E_N / T_N = (E + v_1 + .. + v_N) / (T + dT_1 + .. + dT_N), the smallest such N
-  // (N = 0 when nothing beats E / T). Where costs grow smoothly this is the marginal rule
-  // "add v while (E + v) / (T + dT) > E / T"; unlike that rule taken one node at a time,
-  // it also sees that a forward's fixed cost (the catch-up, a level's draft forward),
-  // which no single node may pay for alone, pays when shared by many. Then E := E_N,
+  // (N = 0 when nothing beats E / T). Where v_n / dT_n does not increase along the ranking
+  // (convex curves, no fixed cost) this is exactly the marginal rule "add v while
+  // (E + v) / (T + dT) > E / T"; unlike that rule applied one node at a time, it also sees
+  // that a forward's fixed cost (the catch-up, a level's draft forward), which no single
+  // node may pay for alone, pays when many nodes share it. Then E := E_N,
   // T := T_N. result[r][f] is the number of f's candidates taken: a prefix of its top-q's,
   // decided before any child is drawn. With empty cost curves T stays 0 and nothing is
   // taken (plain decoding).
