@@ -1,4 +1,4 @@
-// tests/engine_test.cc — the worker loop around the Generator (engine/serving/engine.cc).
+// tests/engine_test.cc — the worker loop around the Scheduler (engine/serving/engine.cc).
 //
 // Requests submitted together run concurrently, taking turns step by step in separate KV
 // blocks; each must produce exactly what it produces alone, deliver its tokens in order with
@@ -60,6 +60,9 @@ std::unique_ptr<Engine> MakeEngine() {
   options.draft_dir = kFixtures + "/models/e2e_draft";
   options.threads = 1;
   options.max_batch = 3;
+  // The fixture's fixed trees (the dynamic policy may well choose plain decoding for models
+  // this small; its own tests are tree_policy_test and scheduler_test).
+  options.tree_policy = EngineOptions::TreePolicy::kStatic;
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return engine.ok() ? *std::move(engine) : nullptr;

@@ -283,6 +283,26 @@ TEST(SamplerTest, SampleWithoutReplacementStopsAtTheSupport) {
   EXPECT_TRUE(SampleWithoutReplacement(q, 0, rng).empty());
 }
 
+TEST(SamplerTest, TopProbabilitiesAreTheLargestDescending) {
+  const std::vector<float> q = {0.1f, 0.0f, 0.4f, 0.2f, 0.3f};
+  EXPECT_THAT(TopProbabilities(q.data(), 5, 3), ElementsAre(0.4f, 0.3f, 0.2f));
+  EXPECT_THAT(TopProbabilities(q.data(), 5, 9), ElementsAre(0.4f, 0.3f, 0.2f, 0.1f, 0.0f));
+  EXPECT_TRUE(TopProbabilities(q.data(), 5, 0).empty());
+}
+
+TEST(SamplerTest, TopSoftmaxProbabilitiesFollowTopKIds) {
+  const std::vector<float> logits = {1.0f, 3.0f, -2.0f, 2.0f};
+  double total = 0.0;
+  for (float l : logits) total += std::exp(static_cast<double>(l));
+  const std::vector<float> top = TopSoftmaxProbabilities(logits.data(), 4, 3);
+  const std::vector<int32_t> ids = TopKIds(logits.data(), 4, 3);
+  ASSERT_EQ(top.size(), 3u);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_NEAR(top[i], std::exp(static_cast<double>(logits[ids[i]])) / total, 1e-7) << i;
+  }
+  EXPECT_EQ(TopSoftmaxProbabilities(logits.data(), 4, 7).size(), 4u);
+}
+
 TEST(SamplerTest, SameSeedSameDraws) {
   std::vector<float> probs;
   ProcessLogits(std::vector<float>{0.1f, 1.2f, -0.3f, 0.8f, 2.0f}.data(), 5,

@@ -74,7 +74,9 @@ class ServerProcess {
                                      "--default-max-tokens", std::to_string(kDefaultMaxTokens),
                                      "--max-tokens-limit", std::to_string(kMaxTokensLimit),
                                      "--tree", "1,2,1", "--threads", "1",
-                                     "--drain-seconds", "5"};
+                                     // Fixed trees: for fixture models this small the
+                                     // dynamic policy rightly prefers plain decoding.
+                                     "--tree-policy", "static", "--drain-seconds", "5"};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
     pid_ = fork();
     if (pid_ == 0) {

@@ -247,7 +247,11 @@ StepReport Scheduler::Step() {
       plan.begin(), plan.end(), [](const Planned& p) { return p.decode; }));
   int prefill_tokens = 0;
   for (const Planned& p : plan) prefill_tokens += p.chunk;
-  policy_.BeginStep(decoding + prefill_tokens, decoding + prefill_tokens, decoding);
+  int draft_chunks = 0;
+  for (const DraftCatchUp& c : catch_ups) draft_chunks += c.to - c.from;
+  int draft_tokens = draft_chunks;
+  for (const DraftJob* job : drafting) draft_tokens += job->drafted_len() - job->draft_len;
+  policy_.BeginStep(decoding + prefill_tokens, draft_tokens, decoding, draft_chunks);
   if (drafter_.has_value() && (!drafting.empty() || !catch_ups.empty())) {
     const DraftTiming timing = drafter_->Draft(drafting, catch_ups, tree_room);
     if (timing.catch_up_tokens > 0) {

@@ -23,32 +23,6 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// The `k` largest probabilities of the draft's view at a node, descending: for a sampled
-// request its processed distribution q itself, for a greedy one the softmax of its
-// (penalised) logits.
-std::vector<float> TopQ(const std::vector<float>& dist, bool greedy, int k) {
-  std::vector<float> probs = dist;
-  if (greedy) {
-    const float max = *std::max_element(probs.begin(), probs.end());
-    double sum = 0;
-    for (float& p : probs) sum += (p = std::exp(p - max));
-    for (float& p : probs) p = static_cast<float>(p / sum);
-  }
-  k = std::min<int>(k, static_cast<int>(probs.size()));
-  std::partial_sort(probs.begin(), probs.begin() + k, probs.end(), std::greater<float>());
-  probs.resize(k);
-  return probs;
-}
-
-// The draft's probability of `token` in a node's view.
-float TokenQ(const std::vector<float>& dist, bool greedy, int32_t token) {
-  if (!greedy) return dist[token];
-  const float max = *std::max_element(dist.begin(), dist.end());
-  double sum = 0;
-  for (float l : dist) sum += std::exp(l - max);
-  return static_cast<float>(std::exp(dist[token] - max) / sum);
-}
-
 }  // namespace
 
 Drafter::Drafter(Model* draft, KvCache* cache, TreePolicy* policy)
@@ -144,9 +118,12 @@ DraftTiming Drafter::Draft(std::span<DraftJob* const> jobs,
       const int k = job.shape[level - 1];
       for (size_t f = 0; f < frontier[active[a]].size(); ++f) {
         values[a].push_back(job.value[frontier[active[a]][f]]);
-        top_q[a].push_back(TopQ(frontier_dist[active[a]][f], job.params->greedy(), k));
+        const float* dist = frontier_dist[active[a]][f].data();
+        top_q[a].push_back(job.params->greedy() ? TopSoftmaxProbabilities(dist, vocab_, k)
+                                                : TopProbabilities(dist, vocab_, k));
       }
-      requests[a] = {k, level, values[a], top_q[a], job.acceptance};
+      requests[a] = {k, level, values[a], top_q[a], job.acceptance,
+                     level == static_cast<int>(job.shape.size())};
     }
     const std::vector<std::vector<int>> counts = policy_->Expand(requests, token_room);
 
@@ -156,21 +133,20 @@ DraftTiming Drafter::Draft(std::span<DraftJob* const> jobs,
       const int j = active[a];
       DraftJob& job = *jobs[j];
       const bool greedy = job.params->greedy();
+      const int first_new = job.tree.size();
+      ExpandLevel(job.tree, frontier[j], frontier_dist[j], counts[a], greedy, *job.rng);
+      // Children come in frontier order, each node's in TopKIds (greedy) or draw order.
       std::vector<int> next;
-      for (size_t f = 0; f < frontier[j].size(); ++f) {
-        if (counts[a][f] == 0) continue;
-        const int node = frontier[j][f];
-        const int first_new = job.tree.size();
+      std::vector<int> rank(job.tree.size(), 0);
+      for (int i = first_new; i < job.tree.size(); ++i) {
+        const int parent = job.tree.parent[i];
+        const size_t f = std::find(frontier[j].begin(), frontier[j].end(), parent) -
+                         frontier[j].begin();
         const std::vector<float>& dist = frontier_dist[j][f];
-        ExpandLevel(job.tree, std::span<const int>(&node, 1),
-                    std::span<const std::vector<float>>(&dist, 1), counts[a][f], greedy,
-                    *job.rng);
-        for (int i = first_new; i < job.tree.size(); ++i) {
-          const float q = TokenQ(dist, greedy, job.tree.token[i]);
-          job.node_q.push_back(q);
-          job.value.push_back(policy_->ChildValue(job.value[node], level, q, *job.acceptance));
-          next.push_back(i);
-        }
+        const float q = greedy ? top_q[a][f][rank[parent]++] : dist[job.tree.token[i]];
+        job.node_q.push_back(q);
+        job.value.push_back(policy_->ChildValue(job.value[parent], level, q, *job.acceptance));
+        next.push_back(i);
       }
       token_room -= static_cast<int>(next.size());
       frontier[j] = std::move(next);

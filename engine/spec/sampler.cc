@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <limits>
 #include <numeric>
 
@@ -56,6 +57,30 @@ std::vector<int32_t> TopKIds(const float* logits, int vocab, int k) {
   });
   ids.resize(k);
   return ids;
+}
+
+std::vector<float> TopProbabilities(const float* probs, int vocab, int k) {
+  k = std::clamp(k, 0, vocab);
+  std::vector<float> top(k);
+  std::partial_sort_copy(probs, probs + vocab, top.begin(), top.end(), std::greater<float>());
+  return top;
+}
+
+std::vector<float> TopSoftmaxProbabilities(const float* logits, int vocab, int k) {
+  SPECMOE_CHECK(vocab > 0, "TopSoftmaxProbabilities: empty vocabulary");
+  k = std::clamp(k, 0, vocab);
+  const float max_logit = logits[Argmax(logits, vocab)];
+  double total = 0.0;
+  for (int i = 0; i < vocab; ++i) {
+    total += std::exp(static_cast<double>(logits[i]) - static_cast<double>(max_logit));
+  }
+  std::vector<float> top(k);
+  std::partial_sort_copy(logits, logits + vocab, top.begin(), top.end(), std::greater<float>());
+  for (float& value : top) {
+    value = static_cast<float>(
+        std::exp(static_cast<double>(value) - static_cast<double>(max_logit)) / total);
+  }
+  return top;
 }
 
 void ApplyRepetitionPenalty(float* logits, int vocab, float penalty,

@@ -26,6 +26,17 @@ int32_t Argmax(const float* logits, int vocab);
 // (greedy tree children, DESIGN §4). Returns min(k, vocab) ids. logits: [vocab].
 std::vector<int32_t> TopKIds(const float* logits, int vocab, int k);
 
+// The `k` largest entries of probs ([vocab]), descending: min(k, vocab) values (zeros
+// included when fewer are positive). What the tree policy reads at a sampled frontier
+// node (LevelRequest::frontier_top_q) from the draft's processed distribution q.
+std::vector<float> TopProbabilities(const float* probs, int vocab, int k);
+
+// For greedy trees: the softmax (temperature 1, over the whole row, in double with the
+// maximum subtracted) of logits ([vocab]) at the `k` largest logits, descending, i.e. the
+// draft's own confidence in each of its TopKIds(logits, vocab, k) children, in that order.
+// Returns min(k, vocab) values. O(vocab + k log k).
+std::vector<float> TopSoftmaxProbabilities(const float* logits, int vocab, int k);
+
 // CTRL / Hugging Face repetition penalty, in place: for each DISTINCT token t in `context`
 // (ids outside [0, vocab) are ignored): logits[t] = logits[t] > 0 ? logits[t] / penalty
 // : logits[t] * penalty, computed in double and clamped to +-FLT_MAX (so any finite

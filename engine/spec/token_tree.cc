@@ -106,15 +106,25 @@ void TokenTree::Positions(int root_pos, int32_t* out) const {
 void ExpandLevel(TokenTree& tree, std::span<const int> frontier,
                  std::span<const std::vector<float>> draft_probs_or_logits, int k, bool greedy,
                  Rng& rng) {
+  const std::vector<int> counts(frontier.size(), k);
+  ExpandLevel(tree, frontier, draft_probs_or_logits, counts, greedy, rng);
+}
+
+void ExpandLevel(TokenTree& tree, std::span<const int> frontier,
+                 std::span<const std::vector<float>> draft_probs_or_logits,
+                 std::span<const int> k, bool greedy, Rng& rng) {
   SPECMOE_CHECK(frontier.size() == draft_probs_or_logits.size(),
           "ExpandLevel: one draft row per frontier node");
+  SPECMOE_CHECK(frontier.size() == k.size(), "ExpandLevel: one child count per frontier node");
   for (size_t i = 0; i < frontier.size(); ++i) {
     const int f = frontier[i];
     const std::vector<float>& row = draft_probs_or_logits[i];
     SPECMOE_CHECK(f >= 0 && f < tree.size(), "ExpandLevel: frontier node out of range");
-    const std::vector<int32_t> children = greedy
-                                              ? TopKIds(row.data(), static_cast<int>(row.size()), k)
-                                              : SampleWithoutReplacement(row, k, rng);
+    SPECMOE_CHECK(k[i] >= 0, "ExpandLevel: negative child count");
+    if (k[i] == 0) continue;
+    const std::vector<int32_t> children =
+        greedy ? TopKIds(row.data(), static_cast<int>(row.size()), k[i])
+               : SampleWithoutReplacement(row, k[i], rng);
     for (int32_t id : children) tree.AddNode(f, id);
     if (!greedy && !children.empty()) tree.q[f] = row;
   }

@@ -88,6 +88,16 @@ void ExpandLevel(TokenTree& tree, std::span<const int> frontier,
                  std::span<const std::vector<float>> draft_probs_or_logits, int k, bool greedy,
                  Rng& rng);
 
+// The same with a child count per frontier node (the tree policy's, decided before any
+// child is drawn): frontier[i] gets k[i] >= 0 children, TopKIds(logits, k[i]) when greedy,
+// else SampleWithoutReplacement(q, k[i], rng): exactly k[i] draws, fewer only when q has
+// fewer than k[i] ids of non-zero mass, every drawn child added in draw order (none is
+// ever dropped). tree.q[f] := q only when f gets children (k[i] = 0 leaves f a leaf and
+// consumes no random numbers). k: [frontier].
+void ExpandLevel(TokenTree& tree, std::span<const int> frontier,
+                 std::span<const std::vector<float>> draft_probs_or_logits,
+                 std::span<const int> k, bool greedy, Rng& rng);
+
 }  // namespace specmoe::engine
 
 #endif  // SPECMOE_ENGINE_SPEC_TOKEN_TREE_H_

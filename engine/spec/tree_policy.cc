@@ -1,27 +1,257 @@
-// TEMPORARY (replaced by the policy8 branch): static trees only.
+// engine/spec/tree_policy.cc — cost curves, live acceptance and the batch-wide marginal rule
+// of the tree policy (see tree_policy.h for the contracts and the maths; DESIGN §4).
 #include "engine/spec/tree_policy.h"
+
+#include <algorithm>
+#include <cstddef>
+#include <iterator>
+#include <utility>
+
+#include "kernels/check.h"
 
 namespace specmoe::engine {
 
-CostCurve::CostCurve(std::vector<std::pair<int, double>> points) : points_(std::move(points)) {}
-double CostCurve::Seconds(int) const { return 0; }
-double CostCurve::Extra(int, int) const { return 0; }
-void CostCurve::Observe(int, double) {}
-void AcceptanceModel::Record(const StepStats&, std::span<const float>) {}
-double AcceptanceModel::Calibrated(int, float q, const AcceptanceModel&) const { return q; }
+// ---------------------------------------------------------------------------------------
+// CostCurve
+
+CostCurve::CostCurve(std::vector<std::pair<int, double>> points) {
+  std::stable_sort(points.begin(), points.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& point : points) {
+    if (!points_.empty() && points_.back().first == point.first) {
+      points_.back() = point;
+    } else {
+      points_.push_back(point);
+    }
+  }
+}
+
+double CostCurve::Seconds(int tokens) const {
+  if (points_.empty()) return 0.0;
+  if (points_.size() == 1 || tokens <= points_.front().first) return points_.front().second;
+  // The segment [i, i + 1] holding tokens, or the last one past the end.
+  const auto upper = std::upper_bound(points_.begin(), points_.end(), tokens,
+                                      [](int t, const auto& p) { return t < p.first; });
+  const size_t i1 = upper == points_.end() ? points_.size() - 1
+                                           : static_cast<size_t>(upper - points_.begin());
+  const auto& [t0, s0] = points_[i1 - 1];
+  const auto& [t1, s1] = points_[i1];
+  const double w = static_cast<double>(tokens - t0) / static_cast<double>(t1 - t0);
+  return std::max(0.0, s0 + w * (s1 - s0));
+}
+
+double CostCurve::Extra(int tokens, int extra) const {
+  return std::max(0.0, Seconds(tokens + extra) - Seconds(tokens));
+}
+
+void CostCurve::Observe(int tokens, double seconds) {
+  if (points_.empty()) return;
+  const double step = kObserveWeight * (seconds - Seconds(tokens));
+  auto move = [this](size_t i, double by) {
+    points_[i].second = std::max(0.0, points_[i].second + by);
+  };
+  if (points_.size() == 1 || tokens <= points_.front().first) {
+    move(0, step);
+    return;
+  }
+  if (tokens >= points_.back().first) {
+    move(points_.size() - 1, step);
+    move(points_.size() - 2, step);
+    return;
+  }
+  const auto upper = std::upper_bound(points_.begin(), points_.end(), tokens,
+                                      [](int t, const auto& p) { return t < p.first; });
+  const size_t i1 = static_cast<size_t>(upper - points_.begin());
+  const double w = static_cast<double>(tokens - points_[i1 - 1].first) /
+                   static_cast<double>(points_[i1].first - points_[i1 - 1].first);
+  move(i1 - 1, (1.0 - w) * step);
+  move(i1, w * step);
+}
+
+// ---------------------------------------------------------------------------------------
+// AcceptanceModel
+
+void AcceptanceModel::Record(const StepStats& stats, std::span<const float> first_q) {
+  const size_t depths = std::min(stats.reached_by_depth.size(), stats.accepted_by_depth.size());
+  if (rate_.size() < depths) {
+    rate_.resize(depths, 0.0);
+    mean_q_.resize(depths, 0.0);
+    weight_.resize(depths, 0.0);
+  }
+  for (size_t d = 0; d < depths; ++d) {
+    if (stats.reached_by_depth[d] <= 0) continue;
+    weight_[d] = std::min(weight_[d] + 1.0, kMaxWeight);
+    const double a = 1.0 / weight_[d];  // running mean, then EWMA of weight 1 / kMaxWeight
+    const double accepted = stats.accepted_by_depth[d] > 0 ? 1.0 : 0.0;
+    rate_[d] += a * (accepted - rate_[d]);
+    if (d < first_q.size() && first_q[d] > 0.0f) {
+      // The first observed q replaces the 0 it starts from, whatever the weight.
+      const double b = mean_q_[d] > 0.0 ? a : 1.0;
+      mean_q_[d] += b * (static_cast<double>(first_q[d]) - mean_q_[d]);
+    }
+  }
+}
+
+double AcceptanceModel::weight(int depth) const {
+  return depth >= 1 && static_cast<size_t>(depth) <= weight_.size() ? weight_[depth - 1] : 0.0;
+}
+
+double AcceptanceModel::rate(int depth) const {
+  return weight(depth) > 0.0 ? rate_[depth - 1] : 0.0;
+}
+
+double AcceptanceModel::mean_q(int depth) const {
+  return weight(depth) > 0.0 ? mean_q_[depth - 1] : 0.0;
+}
+
+bool AcceptanceModel::Own(int depth, float q, double* out) const {
+  if (weight(depth) <= 0.0) return false;
+  const double rate = rate_[depth - 1];
+  const double mean_q = mean_q_[depth - 1];
+  const double own = mean_q > 0.0 ? static_cast<double>(q) * rate / mean_q : rate;
+  *out = std::clamp(own, 0.0, 1.0);
+  return true;
+}
+
+double AcceptanceModel::Calibrated(int depth, float q, const AcceptanceModel& prior) const {
+  double prior_estimate = std::clamp(static_cast<double>(q), 0.0, 1.0);
+  double prior_own;
+  if (prior.Own(depth, q, &prior_own)) prior_estimate = prior_own;
+  double own;
+  if (!Own(depth, q, &own)) return prior_estimate;
+  const double n = weight_[depth - 1];
+  return (n * own + kPriorWeight * prior_estimate) / (n + kPriorWeight);
+}
+
+// ---------------------------------------------------------------------------------------
+// TreePolicy
+
+namespace {
+
+// The seconds one more token adds to a forward that already holds `tokens`; a forward of
+// no tokens is not run at all, so its first token pays the whole forward.
+double OneMore(const CostCurve& curve, int tokens) {
+  return tokens <= 0 ? curve.Seconds(1) : curve.Extra(tokens, 1);
+}
+
+struct Candidate {
+  double value;
+  int request;
+  int frontier;
+  int rank;  // position among the node's top-q's
+};
+
+}  // namespace
+
 TreePolicy::TreePolicy(Kind kind, CostCurve target, CostCurve draft)
     : kind_(kind), target_(std::move(target)), draft_(std::move(draft)) {}
-void TreePolicy::BeginStep(int, int, int) {}
-std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> level, int) {
-  std::vector<std::vector<int>> out;
-  for (const LevelRequest& r : level) out.emplace_back(r.frontier_value.size(), r.max_children);
-  return out;
+
+void TreePolicy::BeginStep(int base_tokens, int draft_base_tokens, int decoding,
+                           int draft_fixed_tokens) {
+  target_tokens_ = std::max(0, base_tokens);
+  draft_fixed_tokens_ = std::clamp(draft_fixed_tokens, 0, std::max(0, draft_base_tokens));
+  draft_tokens_ = std::max(draft_fixed_tokens_, draft_base_tokens);
+  step_nodes_ = 0;
+  expected_tokens_ = std::max(0, decoding);
+  expected_seconds_ = (target_tokens_ > 0 ? target_.Seconds(target_tokens_) : 0.0) +
+                      (draft_fixed_tokens_ > 0 ? draft_.Seconds(draft_fixed_tokens_) : 0.0);
 }
-double TreePolicy::ChildValue(double parent, int, float q, const AcceptanceModel&) const {
-  return parent * q;
+
+double TreePolicy::ChildValue(double parent_value, int depth, float q,
+                              const AcceptanceModel& request) const {
+  return parent_value * request.Calibrated(depth, q, server_);
 }
-void TreePolicy::ObserveTarget(int, double) {}
-void TreePolicy::ObserveDraft(int, double) {}
-void TreePolicy::ObserveStep(const StepStats&, std::span<const float>) {}
+
+std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> level,
+                                                 int token_room) {
+  std::vector<std::vector<int>> children(level.size());
+  for (size_t r = 0; r < level.size(); ++r) {
+    SPECMOE_CHECK(level[r].frontier_value.size() == level[r].frontier_top_q.size(),
+                  "TreePolicy::Expand: one top-q row per frontier node");
+    children[r].assign(level[r].frontier_value.size(), 0);
+  }
+
+  if (kind_ == Kind::kStatic) {
+    for (size_t r = 0; r < level.size(); ++r) {
+      std::fill(children[r].begin(), children[r].end(), std::max(0, level[r].max_children));
+      const int nodes = static_cast<int>(children[r].size()) * std::max(0, level[r].max_children);
+      target_tokens_ += nodes;
+      step_nodes_ += nodes;
+    }
+    return children;
+  }
+
+  std::vector<Candidate> candidates;
+  for (size_t r = 0; r < level.size(); ++r) {
+    const LevelRequest& req = level[r];
+    const AcceptanceModel& acceptance = req.acceptance != nullptr ? *req.acceptance : server_;
+    for (size_t f = 0; f < req.frontier_value.size(); ++f) {
+      const std::vector<float>& top_q = req.frontier_top_q[f];
+      const int ranks = std::min(std::max(0, req.max_children), static_cast<int>(top_q.size()));
+      for (int j = 0; j < ranks && top_q[j] > 0.0f; ++j) {
+        candidates.push_back({ChildValue(req.frontier_value[f], req.depth, top_q[j], acceptance),
+                              static_cast<int>(r), static_cast<int>(f), j});
+      }
+    }
+  }
+  // Decreasing value; ties in (request, frontier node, rank) order, so a node's candidates
+  // (non-increasing in value, as Calibrated is non-decreasing in q) come in rank order.
+  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.value != b.value) return a.value > b.value;
+    if (a.request != b.request) return a.request < b.request;
+    if (a.frontier != b.frontier) return a.frontier < b.frontier;
+    return a.rank < b.rank;
+  });
+
+  // E_n / T_n of every prefix n of the ranking (each candidate's dT priced as if the
+  // candidates before it were taken); the step takes the prefix of the best E_n / T_n,
+  // the shortest among equals, n = 0 (nothing) included.
+  const int limit = std::min<int>(static_cast<int>(candidates.size()), std::max(0, token_room));
+  double e = expected_tokens_;
+  double t = expected_seconds_;
+  int target_tokens = target_tokens_;
+  int level_drafted = 0;  // nodes of this level the next draft forward runs
+  int best = 0;
+  double best_e = e;
+  double best_t = t;
+  for (int n = 0; n < limit; ++n) {
+    const Candidate& c = candidates[n];
+    const bool drafted = !level[c.request].last_level;
+    double dt = OneMore(target_, target_tokens);
+    if (drafted) dt += OneMore(draft_, level_drafted);
+    if (step_nodes_ + n == 0 && draft_tokens_ > draft_fixed_tokens_) {
+      dt += draft_.Seconds(draft_tokens_) -
+            (draft_fixed_tokens_ > 0 ? draft_.Seconds(draft_fixed_tokens_) : 0.0);
+    }
+    e += c.value;
+    t += dt;
+    ++target_tokens;
+    if (drafted) ++level_drafted;
+    // E_n / T_n > E_best / T_best, multiplied out (both T >= 0).
+    if (e * best_t > best_e * t) {
+      best = n + 1;
+      best_e = e;
+      best_t = t;
+    }
+  }
+  for (int n = 0; n < best; ++n) ++children[candidates[n].request][candidates[n].frontier];
+  step_nodes_ += best;
+  target_tokens_ += best;
+  expected_tokens_ = best_e;
+  expected_seconds_ = best_t;
+  return children;
+}
+
+void TreePolicy::ObserveTarget(int target_tokens, double seconds) {
+  target_.Observe(target_tokens, seconds);
+}
+
+void TreePolicy::ObserveDraft(int draft_tokens, double seconds) {
+  draft_.Observe(draft_tokens, seconds);
+}
+
+void TreePolicy::ObserveStep(const StepStats& stats, std::span<const float> first_q) {
+  server_.Record(stats, first_q);
+}
 
 }  // namespace specmoe::engine

@@ -8,8 +8,9 @@
 // child tested at d, with the server-wide rates as prior): EAGLE-2's confidence-driven
 // tree made batch-aware. A candidate child is added while its value pays for its cost:
 // with E the step's expected emitted tokens and T its expected seconds so far, a node of
-// value v and marginal cost dT is worth adding iff (E + v) / (T + dT) > E / T. dT comes from
-// the cost curves (target forward and draft forward vs total tokens), measured at start-up
+// value v and marginal cost dT is worth adding iff (E + v) / (T + dT) > E / T, applied to
+// whole prefixes of the batch's ranking so that a forward's fixed cost can be shared (see
+// Expand). dT comes from the cost curves (target forward and draft forward vs total tokens), measured at start-up
 // and refreshed from live step times, so trees shrink smoothly to plain decoding as the
 // batch grows and the target's forward turns compute-bound.
 //
@@ -30,16 +31,26 @@ namespace specmoe::engine {
 
 // Seconds of one forward as a function of its token count: piecewise linear between
 // measured points (tokens ascending, at least one), constant below the first point and
-// extended along the last segment's slope past the last one. Plain value type.
+// extended along the last segment's slope past the last one (never below 0). An empty
+// curve costs 0 everywhere. Plain value type; Seconds is O(log points).
 class CostCurve {
  public:
+  // Weight of one live measurement in Observe (an EWMA of about 8 steps).
+  static constexpr double kObserveWeight = 0.125;
+
   CostCurve() = default;
+  // Sorts the points by tokens; of points with equal tokens the last one is kept.
   explicit CostCurve(std::vector<std::pair<int, double>> points);
   double Seconds(int tokens) const;
   // Seconds(tokens + extra) - Seconds(tokens), never negative.
   double Extra(int tokens, int extra) const;
   // A live measurement: the points around `tokens` move toward it (EWMA), so the curve
-  // follows the machine's load without forgetting its shape.
+  // follows the machine's load without forgetting its shape. With e = seconds -
+  // Seconds(tokens) and a = kObserveWeight: between points i and i+1 at fraction w, point
+  // i moves by a (1 - w) e and point i+1 by a w e (so Seconds(tokens) moves by
+  // a ((1-w)^2 + w^2) e: toward the measurement, never past it); below the first point
+  // (or with one point) the first point moves by a e; past the last point the last two
+  // move by a e, which keeps the slope there. Seconds stay >= 0. No-op on an empty curve.
   void Observe(int tokens, double seconds);
   const std::vector<std::pair<int, double>>& points() const { return points_; }
   bool empty() const { return points_.empty(); }
@@ -49,19 +60,37 @@ class CostCurve {
 };
 
 // Live acceptance of one request by depth (or, as the prior, of the whole server).
-// Plain value type; Record is O(depth).
+// Per depth d (1-based) it keeps rate_d, an average of accepted_d / reached_d over the
+// steps that reached d, and mean_q_d, the average draft probability of the first child
+// tested at d, both running means over the first kMaxWeight observations and EWMAs of
+// weight 1 / kMaxWeight after that. Plain value type; Record is O(depth).
 class AcceptanceModel {
  public:
+  static constexpr double kMaxWeight = 32;   // the EWMA's horizon, in observations
+  static constexpr double kPriorWeight = 4;  // observations worth as much as the prior
+
   // Updates from one verify step: stats.reached_by_depth / accepted_by_depth, and
   // first_q[d-1], the draft probability of the first child tested at depth d (0 where
-  // none was tested).
+  // none was tested; mean_q_d is updated only where it is > 0).
   void Record(const StepStats& stats, std::span<const float> first_q);
   // The estimated probability that a node at `depth` drafted with probability q is
   // accepted given its parent was, in [0, 1]; `prior` (the server-wide model) is used
-  // where this one has few observations.
+  // where this one has few observations:
+  //   own(d, q)   = clamp(q * rate_d / mean_q_d, 0, 1)   (rate_d when mean_q_d is 0)
+  //   prior(d, q) = the prior's own(d, q), or clamp(q, 0, 1) when it has no data at d
+  //   result      = (n own + kPriorWeight prior) / (n + kPriorWeight), n = weight_d.
+  // With no data at all the draft's own probability q is the estimate.
   double Calibrated(int depth, float q, const AcceptanceModel& prior) const;
+  // Observations recorded at `depth` (saturating at kMaxWeight), 0 beyond the data.
+  double weight(int depth) const;
+  // rate_d and mean_q_d (0 where there is no data).
+  double rate(int depth) const;
+  double mean_q(int depth) const;
 
  private:
+  // own(depth, q) into *out when there is data at depth; false otherwise.
+  bool Own(int depth, float q, double* out) const;
+
   std::vector<double> rate_;   // [depth] EWMA of accepted_d / reached_d
   std::vector<double> mean_q_;  // [depth] EWMA of the first child's q
   std::vector<double> weight_;  // [depth] observations so far (saturating)
@@ -73,13 +102,19 @@ struct LevelRequest {
   int depth = 0;                        // the depth being added (1-based)
   std::span<const double> frontier_value;  // [frontier] value of each frontier node
   // [frontier][max_children] the draft's largest probabilities at each frontier node,
-  // descending (for greedy requests the probabilities of its top-k tokens).
+  // descending: TopProbabilities(q) for sampled requests, TopSoftmaxProbabilities(logits)
+  // for greedy ones (engine/spec/sampler.h).
   std::span<const std::vector<float>> frontier_top_q;
-  const AcceptanceModel* acceptance = nullptr;  // the request's own model
+  const AcceptanceModel* acceptance = nullptr;  // the request's own model (null: the
+                                                // server-wide one alone)
+  // True when `depth` is the request's last (its shape's depth): the new nodes are leaves
+  // and are not run through the draft, so they cost no draft-forward time.
+  bool last_level = false;
 };
 
 // Contract: owned by the engine's worker thread; not thread-safe. Expand is
-// O(candidates log candidates) per level.
+// O(candidates log candidates) per level. Per step: BeginStep, then one Expand per draft
+// level (each request's depths 1..m, in order), then the Observe* calls.
 class TreePolicy {
  public:
   enum class Kind { kStatic, kDynamic };
@@ -88,11 +123,39 @@ class TreePolicy {
   // Starts a step whose target forward holds `base_tokens` tokens before any tree node
   // (every decoding request's root and the prompt chunks) and whose draft catch-up forward
   // holds `draft_base_tokens`; `decoding` requests each emit at least one token.
-  void BeginStep(int base_tokens, int draft_base_tokens, int decoding);
+  // `draft_fixed_tokens` of the catch-up forward run whether or not anything is drafted
+  // (the draft's prompt chunks, if the drafter puts them there); the rest is catch-up that
+  // only speculation needs. E := decoding, T := target(base_tokens) + draft(fixed), i.e.
+  // plain decoding; the first node taken in the step also pays the catch-up,
+  // draft(draft_base_tokens) - draft(fixed). So a step's tree is never below plain
+  // decoding's E / T: every level's choice in Expand raises E / T or takes nothing.
+  void BeginStep(int base_tokens, int draft_base_tokens, int decoding,
+                 int draft_fixed_tokens = 0);
   // The children of every frontier node of every request at this level:
-  // result[r][f] in [0, level[r].max_children]. Static: always max_children. Dynamic:
+  // result[r][f] in [0, level[r].max_children]. Static: always max_children (E and T are
+  // left as they are; token_room is not applied: the shape was validated). Dynamic:
   // the candidates of the whole batch in decreasing value, taken while they pay (and never
   // more than `token_room` nodes in all, the step budget left). Updates E and T.
+  // Cost: O(C log C) for C candidates.
+  // Dynamic, exactly: the candidates of frontier node f are its first
+  // min(max_children, frontier_top_q[f].size()) top probabilities with q > 0, of value
+  // ChildValue(frontier_value[f], depth, q). Ranked in decreasing value (ties: request,
+  // frontier node, rank; a node's candidates thus come in rank order), the n-th one adds
+  // v_n to E and to T
+  //   dT_n = target(k + 1) - target(k)                   k: the target's tokens before it
+  //        + draft(m + 1) - draft(m)  unless last_level  m: this level's drafted nodes
+  //        + the catch-up (see BeginStep) if it is the step's first node
+  // (draft(0) := 0: a level's first drafted node pays the whole level forward). The level
+  // takes the first N candidates, N <= token_room, with N maximising
+  // E_N / T_N = (E + v_1 + .. + v_N) / (T + dT_1 + .. + dT_N), the smallest such N
+  // (N = 0 when nothing beats E / T). Where v_n / dT_n does not increase along the ranking
+  // (convex curves, no fixed cost) this is exactly the marginal rule "add v while
+  // (E + v) / (T + dT) > E / T"; unlike that rule applied one node at a time, it also sees
+  // that a forward's fixed cost (the catch-up, a level's draft forward), which no single
+  // node may pay for alone, pays when many nodes share it. Then E := E_N,
+  // T := T_N. result[r][f] is the number of f's candidates taken: a prefix of its top-q's,
+  // decided before any child is drawn. With empty cost curves T stays 0 and nothing is
+  // taken (plain decoding).
   std::vector<std::vector<int>> Expand(std::span<const LevelRequest> level, int token_room);
   // The value of a child with draft probability q at `depth` under `parent_value`.
   double ChildValue(double parent_value, int depth, float q,
@@ -102,9 +165,17 @@ class TreePolicy {
   // `target_tokens` tokens and of each draft forward, and each request's step stats.
   void ObserveTarget(int target_tokens, double seconds);
   void ObserveDraft(int draft_tokens, double seconds);
+  // ObserveStep records into the server-wide model (the prior); each request's own model
+  // is the caller's (AcceptanceModel::Record with the same arguments).
   void ObserveStep(const StepStats& stats, std::span<const float> first_q);
 
   Kind kind() const { return kind_; }
+  // The step so far: E (expected emitted tokens), T (expected seconds), the target's
+  // tokens (base + nodes taken) and the nodes taken.
+  double expected_tokens() const { return expected_tokens_; }
+  double expected_seconds() const { return expected_seconds_; }
+  int target_tokens() const { return target_tokens_; }
+  int step_nodes() const { return step_nodes_; }
   const AcceptanceModel& server_acceptance() const { return server_; }
   const CostCurve& target_cost() const { return target_; }
   const CostCurve& draft_cost() const { return draft_; }
@@ -116,7 +187,9 @@ class TreePolicy {
   AcceptanceModel server_;
   // The step so far.
   int target_tokens_ = 0;
-  int draft_tokens_ = 0;
+  int draft_tokens_ = 0;  // the catch-up forward's tokens
+  int draft_fixed_tokens_ = 0;
+  int step_nodes_ = 0;
   double expected_tokens_ = 0;
   double expected_seconds_ = 0;
 };
