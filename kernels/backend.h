@@ -7,6 +7,14 @@
 // shapes in `[rows, cols]` notation, row-major, activations always f32, weights in the
 // dtype they were stored in.
 //
+// Device-agnostic by construction: nothing on the hot path forces a device-to-host copy.
+// A forward's description (ForwardDesc) is taken into backend memory once per forward
+// (BeginForward) and every op reads its per-token arrays there; the MoE gate's routing
+// (MoeRouting) stays in backend buffers between TopKSoftmax and MoeExperts; logits are
+// reduced where they are (ArgmaxRows, FindNonFinite, ProcessedDistribution, TopKIds) and
+// only the reductions' results are written to host memory. Host arrays an op still takes
+// (weight lists, KvMove's slots, a penalty's context) are small and go host-to-backend.
+//
 // Tested by tests/cpu_backend_test.cc against naive scalar references (and, for other
 // backends, against the CPU backend, which is the reference).
 #ifndef SPECMOE_KERNELS_BACKEND_H_
