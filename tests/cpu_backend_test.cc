@@ -334,8 +334,8 @@ TEST_F(CpuBackendTest, KvWriteAndMove) {
   std::vector<float> k_cache(slots_total * row, -1.0f), v_cache(slots_total * row, -2.0f);
   const std::vector<float> k = RandomVector(3 * row, 9), v = RandomVector(3 * row, 10);
   const int32_t slots[] = {7, 2, 9};
-  backend_->KvWrite(k.data(), v.data(), *backend_->BeginForward(TokensDesc(3, nullptr, nullptr, slots)),
-                    row, DType::kF32, k_cache.data(), v_cache.data());
+  const ForwardDesc* taken = backend_->BeginForward(TokensDesc(3, nullptr, nullptr, slots));
+  backend_->KvWrite(k.data(), v.data(), *taken, row, DType::kF32, k_cache.data(), v_cache.data());
   for (int i = 0; i < 3; ++i) {
     for (int j = 0; j < row; ++j) {
       ASSERT_EQ(k_cache[slots[i] * row + j], k[i * row + j]);

@@ -47,7 +47,9 @@ ForwardBatch ValidBatch() {
   return b;
 }
 
-absl::Status Check(const ForwardBatch& b) { return Validate(b, kMaxTokens, kBlockSize, kNumBlocks); }
+absl::Status Check(const ForwardBatch& b) {
+  return Validate(b, kMaxTokens, kBlockSize, kNumBlocks);
+}
 
 TEST(ForwardBatchTest, AValidBatchPassesAndPadsTablesWithNoBlock) {
   const ForwardBatch b = ValidBatch();

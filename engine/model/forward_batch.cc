@@ -78,7 +78,9 @@ absl::Status Validate(const ForwardBatch& batch, int max_tokens, int block_size,
                             std::pair{"slots", batch.slots.size()},
                             std::pair{"token_seq", batch.token_seq.size()},
                             std::pair{"visible_prefix", batch.visible_prefix.size()}}) {
-    if (size != n) return bad("forward batch: ", name, " has ", size, " entries for ", n, " tokens");
+    if (size != n) {
+      return bad("forward batch: ", name, " has ", size, " entries for ", n, " tokens");
+    }
   }
   if (!batch.tree_mask.empty() && batch.tree_mask.size() != n) {
     return bad("forward batch: tree_mask has ", batch.tree_mask.size(), " entries for ", n,

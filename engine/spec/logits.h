@@ -4,8 +4,8 @@
 // Each is one Backend reduction op (kernels/backend.h) run where the logits are; only its
 // result (ids, one [vocab] distribution, one position) comes back to the host. The maths is
 // kernels/cpu/sampling.h, the same as sampler.h's.
-// Tested through tests/speculation_test.cc and tests/engine_test.cc; the ops themselves in
-// tests/cpu_backend_test.cc.
+// Tested by tests/logits_test.cc (each function equals the host sampler on the same row);
+// the backend ops themselves in tests/cpu_backend_test.cc.
 #ifndef SPECMOE_ENGINE_SPEC_LOGITS_H_
 #define SPECMOE_ENGINE_SPEC_LOGITS_H_
 
