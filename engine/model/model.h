@@ -5,7 +5,8 @@
 // token trees (root + nodes with ancestor masks), for one or several sequences, writing each
 // token's K/V to the slot it is given and returning logits for the rows asked for.
 // Reference: Hugging Face transformers' LlamaForCausalLM and the LLaMA-MoE maths of DESIGN
-// §3.2; tested by tests/model_golden_test.cc against goldens from transformers.
+// §3.2; tested by tests/model_golden_test.cc against goldens from transformers (and
+// tests/forward_batch_test.cc for the validation of a batch before the forward).
 #ifndef SPECMOE_ENGINE_MODEL_MODEL_H_
 #define SPECMOE_ENGINE_MODEL_MODEL_H_
 

@@ -3,11 +3,6 @@
 #include "engine/spec/sampler.h"
 
 #include <algorithm>
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <limits>
-#include <numeric>
 
 #include "kernels/check.h"
 #include "kernels/cpu/sampling.h"
