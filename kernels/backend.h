@@ -7,6 +7,14 @@
 // shapes in `[rows, cols]` notation, row-major, activations always f32, weights in the
 // dtype they were stored in.
 //
+// Device-agnostic by construction: nothing on the hot path forces a device-to-host copy.
+// A forward's description (ForwardDesc) is taken into backend memory once per forward
+// (BeginForward) and every op reads its per-token arrays there; the MoE gate's routing
+// (MoeRouting) stays in backend buffers between TopKSoftmax and MoeExperts; logits are
+// reduced where they are (ArgmaxRows, FindNonFinite, ProcessedDistribution, TopKIds) and
+// only the reductions' results are written to host memory. Host arrays an op still takes
+// (weight lists, KvMove's slots, a penalty's context) are small and go host-to-backend.
+//
 // Tested by tests/cpu_backend_test.cc against naive scalar references (and, for other
 // backends, against the CPU backend, which is the reference).
 #ifndef SPECMOE_KERNELS_BACKEND_H_
@@ -48,12 +56,46 @@ struct ExpertWeights {
   Weight down;
 };
 
+// The description of one forward pass (DESIGN §5): which tokens run, where they stand and
+// which rows' logits are wanted. The host builds it once per forward and hands it to
+// Backend::BeginForward, which takes it into backend memory ONCE; every op of that forward
+// that needs a per-token or per-sequence array (Embedding, Rope, KvWrite, Attention,
+// GatherRows) reads it from the taken description, so no op uploads anything per layer.
+// The counts are plain ints (the host sizes launches with them); the arrays are indexed by
+// token t < n_tokens or sequence s < n_seqs:
+//   tokens[t]          token id (Embedding)
+//   positions[t]       RoPE position (Rope)
+//   slots[t]           physical KV slot the token's K/V is written to (KvWrite)
+//   token_seq[t]       the token's sequence, < n_seqs (Attention)
+//   visible_prefix[t]  the token sees logical slots [0, visible_prefix[t]) of its sequence
+//   tree_mask[t]       and logical slot tree_start[s] + j for each bit j set (null: no tree)
+//   tree_start[s]      (null when tree_mask is null)
+//   block_tables[s * max_blocks_per_seq + b]  physical block of logical block b of s
+//   logit_rows[i]      token row whose logits are wanted, strictly increasing (GatherRows)
+// engine/model/forward_batch.h builds and validates it.
+struct ForwardDesc {
+  int n_tokens = 0;
+  int n_seqs = 0;
+  int max_blocks_per_seq = 0;
+  int n_logit_rows = 0;
+  const int32_t* tokens = nullptr;          // [n_tokens]
+  const int32_t* positions = nullptr;       // [n_tokens]
+  const int32_t* slots = nullptr;           // [n_tokens]
+  const int32_t* token_seq = nullptr;       // [n_tokens]
+  const int32_t* visible_prefix = nullptr;  // [n_tokens]
+  const uint64_t* tree_mask = nullptr;      // [n_tokens] or null
+  const int32_t* tree_start = nullptr;      // [n_seqs] or null
+  const int32_t* block_tables = nullptr;    // [n_seqs, max_blocks_per_seq]
+  const int32_t* logit_rows = nullptr;      // [n_logit_rows]
+};
+
 // Arguments of paged attention with a per-token visibility rule (causal prefill, decode and
-// token-tree verification all use it). The KV cache of one layer is
-// k_cache, v_cache: [num_blocks * block_size, n_kv_heads, head_dim] of kv_dtype (f32, or f16
-// where the cache was made with an f16 KV option; f16 keys and values are widened to f32 and
-// used in the same order, so f16 output equals f32 output over the rounded K/V), addressed by
-// physical slot = block_table[seq][logical / block_size] * block_size + logical % block_size.
+// token-tree verification all use it), for the tokens of a taken ForwardDesc. The KV cache
+// of one layer is k_cache, v_cache: [num_blocks * block_size, n_kv_heads, head_dim] of
+// kv_dtype (f32, or f16 where the cache was made with an f16 KV option; f16 keys and values
+// are widened to f32 and used in the same order, so f16 output equals f32 output over the
+// rounded K/V), addressed by physical slot
+// = block_tables[seq][logical / block_size] * block_size + logical % block_size.
 //
 // Query token t (of sequence s = token_seq[t]) sees logical slots [0, visible_prefix[t]) and,
 // when tree_mask is not null, logical slot tree_start[s] + j for every bit j set in
@@ -62,29 +104,65 @@ struct ExpertWeights {
 // batch (batch invariance, DESIGN §5).
 // out[t, h, :] = softmax(scale * q[t,h,:] . K[visible, h / (n_heads / n_kv_heads), :]) V[...]
 struct AttentionArgs {
-  const float* q = nullptr;      // [n_tokens, n_heads, head_dim]
-  float* out = nullptr;          // [n_tokens, n_heads, head_dim]
+  const ForwardDesc* fwd = nullptr;  // taken by BeginForward: the tokens and their tables
+  const float* q = nullptr;          // [fwd->n_tokens, n_heads, head_dim]
+  float* out = nullptr;              // [fwd->n_tokens, n_heads, head_dim]
   const void* k_cache = nullptr;
   const void* v_cache = nullptr;
   DType kv_dtype = DType::kF32;  // kF32 or kF16
-  int n_tokens = 0;
   int n_heads = 0;
   int n_kv_heads = 0;
   int head_dim = 0;
   float scale = 1.0f;            // usually 1 / sqrt(head_dim)
   int block_size = 0;
-  const int32_t* block_tables = nullptr;  // [n_seqs, max_blocks_per_seq] physical block ids
-  int max_blocks_per_seq = 0;
-  const int32_t* token_seq = nullptr;       // [n_tokens] sequence of each query token
-  const int32_t* visible_prefix = nullptr;  // [n_tokens]
-  const uint64_t* tree_mask = nullptr;      // [n_tokens] or null
-  const int32_t* tree_start = nullptr;      // [n_seqs] or null (when tree_mask is null)
 };
 
-// The op table. All pointers are backend memory from Alloc() unless marked "host".
-// Thread safety: a Backend is used by one thread (the engine's worker); it may use its own
-// threads inside an op. Ops are synchronous from the caller's point of view on the CPU;
-// device backends order them on one stream and synchronize in CopyToHost.
+// MoE routing of up to max_tokens tokens with k experts each, in backend memory (buffers the
+// caller allocates with Alloc): written by TopKSoftmax, read where it is by MoeExperts, so
+// the routing never leaves the backend between the gate and the experts (DESIGN §5).
+// A pair p = t * k + j is token t's j-th choice.
+struct MoeRouting {
+  int32_t* idx = nullptr;      // [max_tokens * k] expert of pair p
+  float* weight = nullptr;     // [max_tokens * k] its gate weight
+  int32_t* counts = nullptr;   // [num_experts] pairs routed to each expert
+  int32_t* offsets = nullptr;  // [num_experts + 1] start of each expert's run in `pairs`
+  int32_t* pairs = nullptr;    // [max_tokens * k] pairs grouped by expert, increasing within one
+};
+
+// The repetition penalty of one row of logits (CTRL / Hugging Face; kernels/cpu/sampling.h):
+// each DISTINCT id of context[0, context_size) in [0, vocab) is penalised once. penalty 1
+// (or an empty context) changes nothing. context: HOST memory (the prompt and path of a
+// sequence live on the host; a device backend uploads them, a host-to-device copy of a few
+// ints, never the logits back).
+struct RowPenalty {
+  float penalty = 1.0f;
+  const int32_t* context = nullptr;  // host [context_size]
+  int context_size = 0;
+};
+
+// How one row of logits becomes a distribution after the penalty (kernels/cpu/sampling.h
+// ProcessLogitsRow): temperature 0 is greedy (a one-hot at the argmax); top_k 0 is off;
+// top_p 1 is off.
+struct LogitsProcessing {
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+};
+
+// The first non-finite value of a block of logits, in row-major order.
+struct NonFiniteValue {
+  int row = 0;    // within the block
+  int index = 0;  // token id
+  bool nan = false;
+};
+
+// The op table. All pointers are backend memory from Alloc() (or a taken ForwardDesc) unless
+// marked "host". Thread safety: a Backend is used by one thread (the engine's worker); it may
+// use its own threads inside an op. Ops are synchronous from the caller's point of view on
+// the CPU; device backends order them on one stream and synchronize only where an op writes
+// host memory (CopyToHost and the logits reductions). On the hot path of a forward the only
+// host-to-backend transfer is BeginForward, and the only transfers back are the reductions'
+// small results.
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -103,6 +181,13 @@ class Backend {
   // returns it unchanged; a device backend uploads it.
   virtual Weight Upload(const Weight& host_weight) = 0;
 
+  // Takes the description of the next forward into backend memory: `host`'s arrays are
+  // host memory; the returned description has the same counts and its arrays in backend
+  // memory. Valid until the next BeginForward (one forward at a time). The CPU backend keeps
+  // host's pointers (no copy: `host`'s arrays must then outlive the forward); a device
+  // backend packs all arrays into one upload. Never null.
+  virtual const ForwardDesc* BeginForward(const ForwardDesc& host) = 0;
+
   // y[n, w.rows] = x[n, w.cols] . w^T, fp32 accumulation. On the CPU the result of each
   // row is bit-identical whatever n is, for every n (batch invariance, DESIGN §5).
   virtual void MatMul(const float* x, int n, const Weight& w, float* y) = 0;
@@ -115,16 +200,17 @@ class Backend {
     for (int i = 0; i < count; ++i) MatMul(x, n, w[i], y[i]);
   }
 
-  // out[n, w.cols] = w[ids[i], :] converted to f32. ids: host, [n].
-  virtual void Embedding(const int32_t* ids, int n, const Weight& w, float* out) = 0;
+  // out[fwd.n_tokens, w.cols] = w[fwd.tokens[t], :] converted to f32. fwd: taken.
+  virtual void Embedding(const ForwardDesc& fwd, const Weight& w, float* out) = 0;
 
   // y[n, d] = w[d] * x * rsqrt(mean(x^2) + eps), in fp32. w: [1, d]. y may alias x.
   virtual void RmsNorm(const float* x, int n, int d, const Weight& w, float eps, float* y) = 0;
 
-  // In place rotary embedding, HF half-split convention: for each head of x[n, n_heads,
-  // head_dim] at position pos[i] (host, [n]), with inv_freq_j = theta^(-2j/head_dim),
-  // (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), x1 the first half of the head.
-  virtual void Rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
+  // In place rotary embedding, HF half-split convention: for each head of
+  // x[fwd.n_tokens, n_heads, head_dim] at position fwd.positions[t] (fwd: taken), with
+  // inv_freq_j = theta^(-2j/head_dim), (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), x1 the
+  // first half of the head.
+  virtual void Rope(float* x, const ForwardDesc& fwd, int n_heads, int head_dim,
                     float theta) = 0;
 
   // out[n, d] = silu(gate[n, d]) * up[n, d]; silu(a) = a / (1 + exp(-a)). out may alias gate.
@@ -136,34 +222,67 @@ class Backend {
   // x[i] = tanh(x[i]) in place.
   virtual void Tanh(float* x, size_t count) = 0;
 
-  // Writes K/V rows: k_cache[slots[i]] = k[i], v_cache[slots[i]] = v[i], stored as kv_dtype
-  // (kF32: copied; kF16: each value rounded to nearest even).
-  // k, v: [n, row]; slots: host, [n] physical slots; row = n_kv_heads * head_dim.
-  virtual void KvWrite(const float* k, const float* v, int n, int row, const int32_t* slots,
+  // Writes K/V rows of the forward's tokens: k_cache[fwd.slots[t]] = k[t],
+  // v_cache[fwd.slots[t]] = v[t] for t < fwd.n_tokens (fwd: taken), stored as kv_dtype
+  // (kF32: copied; kF16: each value rounded to nearest even). k, v: [n_tokens, row];
+  // row = n_kv_heads * head_dim.
+  virtual void KvWrite(const float* k, const float* v, const ForwardDesc& fwd, int row,
                        DType kv_dtype, void* k_cache, void* v_cache) = 0;
 
   // Moves K/V rows (of kv_dtype) within one layer's cache: cache[dst[i]] = cache[src[i]] for
-  // i < n, in order (host arrays of physical slots). Used to compact an accepted tree path.
+  // i < n, in order. src, dst: host arrays of physical slots (once per step after
+  // verification, not part of a forward; a device backend uploads them).
   virtual void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
                       void* k_cache, void* v_cache) = 0;
 
-  // Attention over the paged KV cache; see AttentionArgs. Host arrays: block_tables,
-  // token_seq, visible_prefix, tree_mask, tree_start.
+  // Attention over the paged KV cache; see AttentionArgs. Its tables come from args.fwd.
   virtual void Attention(const AttentionArgs& args) = 0;
 
-  // MoE routing: for each row of logits[n, e], the k largest (ties: lower index first),
-  // sorted by decreasing logit, and their softmax over those k only (fp32).
-  // idx, weight: host, [n, k].
-  virtual void TopKSoftmax(const float* logits, int n, int e, int k, int32_t* idx,
-                           float* weight) = 0;
+  // out[i, :] = x[fwd.logit_rows[i], :] for i < fwd.n_logit_rows (fwd: taken); x, out:
+  // [.., cols]. out may alias x (the rows are strictly increasing, so row i is read before
+  // it is overwritten).
+  virtual void GatherRows(const float* x, const ForwardDesc& fwd, int cols, float* out) = 0;
 
-  // Mixture of experts FFN: y[t] = scale * sum_{j<k} weight[t,j] * Expert_{idx[t,j]}(x[t]),
-  // Expert(x) = down(silu(gate x) * up x). x, y: [n, hidden]; idx, weight: host [n, k];
-  // experts: host array of num_experts. The sum runs in j order for every token, so a token's
-  // result does not depend on the other tokens in the batch.
-  virtual void MoeExperts(const float* x, int n, int hidden, const int32_t* idx,
-                          const float* weight, int k, const ExpertWeights* experts,
-                          int num_experts, float scale, float* y) = 0;
+  // MoE routing: for each row of logits[n, e], the k largest (ties: lower index first),
+  // sorted by decreasing logit, and their softmax over those k only (fp32), written to
+  // routing.idx and routing.weight [n, k]; then routing.counts[x] = number of pairs routed to
+  // expert x, routing.offsets[x] = sum of counts below x, and
+  // routing.pairs[offsets[x] .. offsets[x + 1]) = those pairs t * k + j in increasing order.
+  virtual void TopKSoftmax(const float* logits, int n, int e, int k,
+                           const MoeRouting& routing) = 0;
+
+  // Mixture of experts FFN over the routing TopKSoftmax wrote for the same n and k:
+  // y[t] = scale * sum_{j<k} weight[t,j] * Expert_{idx[t,j]}(x[t]),
+  // Expert(x) = down(silu(gate x) * up x). x, y: [n, hidden]; experts: host array of
+  // num_experts. The sum runs in j order for every token, so a token's result does not depend
+  // on the other tokens in the batch.
+  virtual void MoeExperts(const float* x, int n, int hidden, const MoeRouting& routing, int k,
+                          const ExpertWeights* experts, int num_experts, float scale,
+                          float* y) = 0;
+
+  // --- Reductions of logits where they are (DESIGN §5): only their results come back. ---
+
+  // out[r] = the argmax of row r of logits[rows, vocab] after the repetition penalty
+  // penalties[r] (ties: lowest id; kernels/cpu/sampling.h ArgmaxRow). penalties: host
+  // [rows], or null for none; out: host [rows].
+  virtual void ArgmaxRows(const float* logits, int rows, int vocab, const RowPenalty* penalties,
+                          int32_t* out) = 0;
+
+  // The first NaN or infinite value of logits[rows, vocab] in row-major order: true and
+  // *out (host) set, or false when every value is finite.
+  virtual bool FindNonFinite(const float* logits, int rows, int vocab, NonFiniteValue* out) = 0;
+
+  // probs[vocab] (host) := the processed distribution of one row of logits [vocab]: penalty,
+  // then temperature, top-k, top-p and softmax (kernels/cpu/sampling.h ProcessLogitsRow,
+  // with its tie rules).
+  virtual void ProcessedDistribution(const float* logits, int vocab, const RowPenalty& penalty,
+                                     const LogitsProcessing& processing, float* probs) = 0;
+
+  // ids[min(k, vocab)] (host) := the k largest ids of one row of logits [vocab] after the
+  // penalty, in descending order, ties lower id first (kernels/cpu/sampling.h TopKRow): a
+  // greedy tree's children.
+  virtual void TopKIds(const float* logits, int vocab, int k, const RowPenalty& penalty,
+                       int32_t* ids) = 0;
 };
 
 // The CPU backend (kernels/cpu): its own batch-invariant kernels for every row count (no

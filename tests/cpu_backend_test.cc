@@ -1,11 +1,14 @@
 // tests/cpu_backend_test.cc — the CPU backend (kernels/cpu) against naive double-precision
 // references written here, and bit-exact batch invariance of MatMul, Attention and
-// MoeExperts (DESIGN §5, §8). Label: cpu.
+// MoeExperts (DESIGN §5, §8); the forward's description (BeginForward, GatherRows), the MoE
+// routing kept in backend buffers, and the logits reductions (ArgmaxRows, FindNonFinite,
+// ProcessedDistribution, TopKIds) against scalar references. Label: cpu.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -18,6 +21,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/bandwidth.h"
 #include "kernels/cpu/f16.h"
+#include "kernels/cpu/sampling.h"
 #include "kernels/cpu/thread_pool.h"
 
 #if defined(__F16C__)
@@ -86,6 +90,29 @@ void RefMatMul(const std::vector<float>& x, int n, const TestWeight& t, std::vec
     }
   }
 }
+
+// A description of n tokens with only the arrays an op reads set (the CPU backend keeps
+// host pointers).
+ForwardDesc TokensDesc(int n, const int32_t* tokens, const int32_t* positions,
+                       const int32_t* slots) {
+  ForwardDesc d;
+  d.n_tokens = n;
+  d.tokens = tokens;
+  d.positions = positions;
+  d.slots = slots;
+  return d;
+}
+
+// MoE routing buffers for n tokens, k choices, e experts (host vectors: CPU backend memory).
+struct Routing {
+  std::vector<int32_t> idx, pairs, counts, offsets;
+  std::vector<float> weight;
+  MoeRouting r;
+  Routing(int n, int k, int e)
+      : idx(n * k, -7), pairs(n * k, -7), counts(e, -7), offsets(e + 1, -7), weight(n * k, NAN) {
+    r = MoeRouting{idx.data(), weight.data(), counts.data(), offsets.data(), pairs.data()};
+  }
+};
 
 class CpuBackendTest : public ::testing::Test {
  protected:
@@ -207,7 +234,8 @@ TEST_F(CpuBackendTest, EmbeddingConvertsRows) {
     const TestWeight t = MakeWeight(dtype, 50, 19, 3);
     const int32_t ids[] = {49, 0, 7, 7};
     std::vector<float> out(4 * 19);
-    backend_->Embedding(ids, 4, t.w, out.data());
+    backend_->Embedding(*backend_->BeginForward(TokensDesc(4, ids, nullptr, nullptr)), t.w,
+                        out.data());
     for (int i = 0; i < 4; ++i) {
       for (int j = 0; j < 19; ++j) {
         ASSERT_EQ(out[i * 19 + j], static_cast<float>(t.values[ids[i] * 19 + j]));
@@ -247,7 +275,8 @@ TEST_F(CpuBackendTest, RopeMatchesHuggingFaceFormula) {
     for (float theta : {10000.0f, 500000.0f}) {
       std::vector<float> x = RandomVector(n * n_heads * head_dim, 6);
       const std::vector<float> original = x;
-      backend_->Rope(x.data(), n, n_heads, head_dim, pos, theta);
+      backend_->Rope(x.data(), *backend_->BeginForward(TokensDesc(n, nullptr, pos, nullptr)),
+                     n_heads, head_dim, theta);
       const int half = head_dim / 2;
       for (int t = 0; t < n; ++t) {
         for (int h = 0; h < n_heads; ++h) {
@@ -305,8 +334,8 @@ TEST_F(CpuBackendTest, KvWriteAndMove) {
   std::vector<float> k_cache(slots_total * row, -1.0f), v_cache(slots_total * row, -2.0f);
   const std::vector<float> k = RandomVector(3 * row, 9), v = RandomVector(3 * row, 10);
   const int32_t slots[] = {7, 2, 9};
-  backend_->KvWrite(k.data(), v.data(), 3, row, slots, DType::kF32, k_cache.data(),
-                    v_cache.data());
+  const ForwardDesc* taken = backend_->BeginForward(TokensDesc(3, nullptr, nullptr, slots));
+  backend_->KvWrite(k.data(), v.data(), *taken, row, DType::kF32, k_cache.data(), v_cache.data());
   for (int i = 0; i < 3; ++i) {
     for (int j = 0; j < row; ++j) {
       ASSERT_EQ(k_cache[slots[i] * row + j], k[i * row + j]);
@@ -328,9 +357,10 @@ TEST_F(CpuBackendTest, KvWriteAndMove) {
 TEST_F(CpuBackendTest, TopKSoftmaxOrdersAndBreaksTiesByIndex) {
   const float logits[] = {0.5f,  2.0f,  -1.0f, 2.0f,  1.0f,  0.5f,  // row 0
                           -3.0f, -3.0f, -3.0f, -3.0f, -3.0f, -3.0f};
-  int32_t idx[6];
-  float weight[6];
-  backend_->TopKSoftmax(logits, 2, 6, 3, idx, weight);
+  Routing routing(2, 3, 6);
+  backend_->TopKSoftmax(logits, 2, 6, 3, routing.r);
+  const std::vector<int32_t>& idx = routing.idx;
+  const std::vector<float>& weight = routing.weight;
   EXPECT_EQ(idx[0], 1);
   EXPECT_EQ(idx[1], 3);
   EXPECT_EQ(idx[2], 4);
@@ -342,6 +372,32 @@ TEST_F(CpuBackendTest, TopKSoftmaxOrdersAndBreaksTiesByIndex) {
   EXPECT_EQ(idx[4], 1);
   EXPECT_EQ(idx[5], 2);
   EXPECT_FLOAT_EQ(weight[3], 1.0f / 3);
+  // Pairs t * k + j grouped by expert: expert 0 <- pair 3, 1 <- 0 and 4, 2 <- 5, 3 <- 1,
+  // 4 <- 2, 5 <- none.
+  EXPECT_EQ(routing.counts, (std::vector<int32_t>{1, 2, 1, 1, 1, 0}));
+  EXPECT_EQ(routing.offsets, (std::vector<int32_t>{0, 1, 3, 4, 5, 6, 6}));
+  EXPECT_EQ(routing.pairs, (std::vector<int32_t>{3, 0, 4, 5, 1, 2}));
+}
+
+// The routing of random gate logits against a scalar regrouping: every expert's run holds
+// exactly its pairs, in increasing order.
+TEST_F(CpuBackendTest, TopKSoftmaxGroupsPairsByExpert) {
+  const int n = 37, k = 2, e = 5;
+  const std::vector<float> logits = RandomVector(n * e, 33);
+  Routing routing(n, k, e);
+  backend_->TopKSoftmax(logits.data(), n, e, k, routing.r);
+  ASSERT_EQ(routing.offsets[0], 0);
+  for (int x = 0; x < e; ++x) {
+    std::vector<int32_t> expected;
+    for (int p = 0; p < n * k; ++p) {
+      if (routing.idx[p] == x) expected.push_back(p);
+    }
+    ASSERT_EQ(routing.counts[x], static_cast<int>(expected.size())) << x;
+    ASSERT_EQ(routing.offsets[x + 1] - routing.offsets[x], routing.counts[x]) << x;
+    const std::vector<int32_t> got(routing.pairs.begin() + routing.offsets[x],
+                                   routing.pairs.begin() + routing.offsets[x + 1]);
+    ASSERT_EQ(got, expected) << x;
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -356,6 +412,7 @@ struct AttentionSetup {
   std::vector<float> q;               // [tokens, heads, head_dim]
   std::vector<int32_t> token_seq, visible_prefix, tree_start;
   std::vector<uint64_t> tree_mask;
+  ForwardDesc fwd;  // the tables above, taken (pointers kept by the CPU backend)
 
   explicit AttentionSetup(int d) : head_dim(d) {
     const int slots = kBlocks * kBlock;
@@ -383,24 +440,33 @@ struct AttentionSetup {
 
   int tokens() const { return static_cast<int>(token_seq.size()); }
 
-  AttentionArgs Args(float* out) const {
+  // The description of tokens [first, first + n) (all of them by default).
+  ForwardDesc Desc(int first = 0, int n = -1) const {
+    ForwardDesc d;
+    d.n_tokens = n < 0 ? tokens() : n;
+    d.n_seqs = 2;
+    d.max_blocks_per_seq = kMaxBlocks;
+    d.token_seq = token_seq.data() + first;
+    d.visible_prefix = visible_prefix.data() + first;
+    d.tree_mask = tree_mask.data() + first;
+    d.tree_start = tree_start.data();
+    d.block_tables = block_tables.data();
+    return d;
+  }
+
+  // Arguments over the description `taken` (from BeginForward).
+  AttentionArgs Args(float* out, const ForwardDesc* taken) const {
     AttentionArgs a;
+    a.fwd = taken;
     a.q = q.data();
     a.out = out;
     a.k_cache = k_cache.data();
     a.v_cache = v_cache.data();
-    a.n_tokens = tokens();
     a.n_heads = kHeads;
     a.n_kv_heads = kKvHeads;
     a.head_dim = head_dim;
     a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
     a.block_size = kBlock;
-    a.block_tables = block_tables.data();
-    a.max_blocks_per_seq = kMaxBlocks;
-    a.token_seq = token_seq.data();
-    a.visible_prefix = visible_prefix.data();
-    a.tree_mask = tree_mask.data();
-    a.tree_start = tree_start.data();
     return a;
   }
 
@@ -448,7 +514,7 @@ TEST_F(CpuBackendTest, AttentionMatchesReferenceForPrefillAndTree) {
   for (int d : {64, 12}) {
     AttentionSetup setup(d);
     std::vector<float> out(setup.q.size(), NAN);
-    backend_->Attention(setup.Args(out.data()));
+    backend_->Attention(setup.Args(out.data(), backend_->BeginForward(setup.Desc())));
     const std::vector<double> ref = setup.Reference();
     for (size_t i = 0; i < out.size(); ++i)
       ASSERT_NEAR(out[i], ref[i], 1e-5) << "d=" << d << " " << i;
@@ -465,8 +531,9 @@ TEST_F(CpuBackendTest, AttentionOverAnF16CacheEqualsF32OverTheRoundedValues) {
     std::vector<int32_t> all(slots);
     for (int i = 0; i < slots; ++i) all[i] = i;
     std::vector<uint16_t> k16(setup.k_cache.size()), v16(setup.v_cache.size());
-    backend_->KvWrite(setup.k_cache.data(), setup.v_cache.data(), slots, row, all.data(),
-                      DType::kF16, k16.data(), v16.data());
+    backend_->KvWrite(setup.k_cache.data(), setup.v_cache.data(),
+                      *backend_->BeginForward(TokensDesc(slots, nullptr, nullptr, all.data())),
+                      row, DType::kF16, k16.data(), v16.data());
     for (size_t i = 0; i < k16.size(); ++i) {
       ASSERT_EQ(k16[i], F32ToF16(setup.k_cache[i])) << i;
       ASSERT_EQ(v16[i], F32ToF16(setup.v_cache[i])) << i;
@@ -474,8 +541,9 @@ TEST_F(CpuBackendTest, AttentionOverAnF16CacheEqualsF32OverTheRoundedValues) {
       setup.v_cache[i] = F16ToF32(v16[i]);
     }
     std::vector<float> out32(setup.q.size(), NAN), out16(setup.q.size(), NAN);
-    backend_->Attention(setup.Args(out32.data()));
-    AttentionArgs a = setup.Args(out16.data());
+    const ForwardDesc* taken = backend_->BeginForward(setup.Desc());
+    backend_->Attention(setup.Args(out32.data(), taken));
+    AttentionArgs a = setup.Args(out16.data(), taken);
     a.k_cache = k16.data();
     a.v_cache = v16.data();
     a.kv_dtype = DType::kF16;
@@ -493,28 +561,23 @@ TEST_F(CpuBackendTest, AttentionOverAnF16CacheEqualsF32OverTheRoundedValues) {
 TEST_F(CpuBackendTest, AttentionIsBatchInvariant) {
   AttentionSetup setup(64);
   std::vector<float> batch(setup.q.size());
-  backend_->Attention(setup.Args(batch.data()));
+  backend_->Attention(setup.Args(batch.data(), backend_->BeginForward(setup.Desc())));
   const int row = AttentionSetup::kHeads * 64;
   std::unique_ptr<Backend> one_thread = CreateCpuBackend(1);
   for (int t = 0; t < setup.tokens(); ++t) {
     // The same query alone: one-token arrays, same cache and block tables.
     std::vector<float> out(row);
-    AttentionArgs a = setup.Args(out.data());
+    AttentionArgs a = setup.Args(out.data(), one_thread->BeginForward(setup.Desc(t, 1)));
     a.q = setup.q.data() + t * row;
-    a.n_tokens = 1;
-    a.token_seq = setup.token_seq.data() + t;
-    a.visible_prefix = setup.visible_prefix.data() + t;
-    a.tree_mask = setup.tree_mask.data() + t;
     one_thread->Attention(a);
     ASSERT_EQ(std::memcmp(out.data(), batch.data() + t * row, row * sizeof(float)), 0) << t;
   }
   // Without a tree mask, prefix-only tokens give the same bits as with an empty mask.
   std::vector<float> no_tree(11 * row);
-  AttentionArgs a = setup.Args(no_tree.data());
-  a.n_tokens = 11;
-  a.tree_mask = nullptr;
-  a.tree_start = nullptr;
-  backend_->Attention(a);
+  ForwardDesc prefix_only = setup.Desc(0, 11);
+  prefix_only.tree_mask = nullptr;
+  prefix_only.tree_start = nullptr;
+  backend_->Attention(setup.Args(no_tree.data(), backend_->BeginForward(prefix_only)));
   EXPECT_EQ(std::memcmp(no_tree.data(), batch.data(), no_tree.size() * sizeof(float)), 0);
 }
 
@@ -536,13 +599,14 @@ TEST_F(CpuBackendTest, MoeExpertsMatchReferenceAndAreBatchInvariant) {
     }
     const std::vector<float> x = RandomVector(n * hidden, 31);
     const std::vector<float> logits = RandomVector(n * num_experts, 32);
-    std::vector<int32_t> idx(n * k);
-    std::vector<float> weight(n * k);
-    backend_->TopKSoftmax(logits.data(), n, num_experts, k, idx.data(), weight.data());
+    Routing routing(n, k, num_experts);
+    backend_->TopKSoftmax(logits.data(), n, num_experts, k, routing.r);
+    const std::vector<int32_t>& idx = routing.idx;
+    const std::vector<float>& weight = routing.weight;
     const float scale = 1.5f;
     std::vector<float> y(n * hidden, NAN);
-    backend_->MoeExperts(x.data(), n, hidden, idx.data(), weight.data(), k, experts.data(),
-                         num_experts, scale, y.data());
+    backend_->MoeExperts(x.data(), n, hidden, routing.r, k, experts.data(), num_experts, scale,
+                         y.data());
     for (int t = 0; t < n; ++t) {
       std::vector<double> ref(hidden, 0.0);
       for (int j = 0; j < k; ++j) {
@@ -566,20 +630,225 @@ TEST_F(CpuBackendTest, MoeExpertsMatchReferenceAndAreBatchInvariant) {
         ASSERT_NEAR(y[t * hidden + o], scale * ref[o], 1e-5) << t << " " << o;
       }
     }
-    // Each token alone, and a middle slice, give the same bits as in the batch of 70.
+    // Each token alone, and a middle slice, routed on their own, give the same bits as in
+    // the batch of 70.
     for (int t = 0; t < n; ++t) {
       std::vector<float> alone(hidden);
-      backend_->MoeExperts(x.data() + t * hidden, 1, hidden, idx.data() + t * k,
-                           weight.data() + t * k, k, experts.data(), num_experts, scale,
-                           alone.data());
+      Routing one(1, k, num_experts);
+      backend_->TopKSoftmax(logits.data() + t * num_experts, 1, num_experts, k, one.r);
+      backend_->MoeExperts(x.data() + t * hidden, 1, hidden, one.r, k, experts.data(),
+                           num_experts, scale, alone.data());
       ASSERT_EQ(std::memcmp(alone.data(), y.data() + t * hidden, hidden * sizeof(float)), 0) << t;
     }
     std::vector<float> slice(20 * hidden);
-    backend_->MoeExperts(x.data() + 30 * hidden, 20, hidden, idx.data() + 30 * k,
-                         weight.data() + 30 * k, k, experts.data(), num_experts, scale,
-                         slice.data());
+    Routing middle(20, k, num_experts);
+    backend_->TopKSoftmax(logits.data() + 30 * num_experts, 20, num_experts, k, middle.r);
+    backend_->MoeExperts(x.data() + 30 * hidden, 20, hidden, middle.r, k, experts.data(),
+                         num_experts, scale, slice.data());
     EXPECT_EQ(std::memcmp(slice.data(), y.data() + 30 * hidden, slice.size() * sizeof(float)), 0);
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// The forward's description
+
+TEST_F(CpuBackendTest, BeginForwardKeepsTheHostArraysAndGatherRowsPicksLogitRows) {
+  const int32_t tokens[] = {4, 5, 6, 7, 8};
+  const int32_t rows[] = {1, 3, 4};
+  ForwardDesc host = TokensDesc(5, tokens, nullptr, nullptr);
+  host.logit_rows = rows;
+  host.n_logit_rows = 3;
+  const ForwardDesc* taken = backend_->BeginForward(host);
+  ASSERT_NE(taken, nullptr);
+  EXPECT_EQ(taken->tokens, tokens);  // CPU: no copy
+  EXPECT_EQ(taken->n_logit_rows, 3);
+  const int cols = 3;
+  const std::vector<float> x = RandomVector(5 * cols, 34);
+  std::vector<float> out(3 * cols, NAN);
+  backend_->GatherRows(x.data(), *taken, cols, out.data());
+  for (int i = 0; i < 3; ++i) {
+    for (int c = 0; c < cols; ++c) ASSERT_EQ(out[i * cols + c], x[rows[i] * cols + c]) << i;
+  }
+  std::vector<float> in_place = x;
+  backend_->GatherRows(in_place.data(), *taken, cols, in_place.data());
+  EXPECT_EQ(std::memcmp(in_place.data(), out.data(), out.size() * sizeof(float)), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Logits reductions, against scalar references written here
+
+// The repetition penalty, scalar: each distinct in-range context id once, in double.
+std::vector<float> RefPenalized(const float* row, int vocab, float penalty,
+                                const std::vector<int32_t>& context) {
+  std::vector<float> out(row, row + vocab);
+  std::vector<int32_t> distinct;
+  for (int32_t t : context) {
+    if (t < 0 || t >= vocab) continue;
+    if (std::find(distinct.begin(), distinct.end(), t) != distinct.end()) continue;
+    distinct.push_back(t);
+    const double l = row[t];
+    const double p = l > 0 ? l / penalty : l * penalty;
+    out[t] = static_cast<float>(std::clamp<double>(p, -FLT_MAX, FLT_MAX));
+  }
+  return out;
+}
+
+int32_t RefArgmax(const std::vector<float>& row) {
+  int32_t best = 0;
+  for (size_t i = 0; i < row.size(); ++i) {
+    if (row[i] > row[best]) best = static_cast<int32_t>(i);
+  }
+  return best;
+}
+
+// Ids sorted by value descending, ties lower id first (a full sort).
+template <typename T>
+std::vector<int32_t> RefOrder(const std::vector<T>& v) {
+  std::vector<int32_t> ids(v.size());
+  for (size_t i = 0; i < v.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return v[a] > v[b]; });
+  return ids;
+}
+
+// The processed distribution, scalar: penalty, /T, top-k by a full sort, softmax, top-p by a
+// full sort, renormalised.
+std::vector<double> RefDistribution(const float* row, int vocab, float penalty,
+                                    const std::vector<int32_t>& context,
+                                    const LogitsProcessing& p) {
+  const std::vector<float> l = RefPenalized(row, vocab, penalty, context);
+  std::vector<double> out(vocab, 0.0);
+  if (p.temperature == 0.0f) {
+    out[RefArgmax(l)] = 1.0;
+    return out;
+  }
+  std::vector<double> z(vocab);
+  for (int i = 0; i < vocab; ++i) z[i] = static_cast<double>(l[i]) * (1.0 / p.temperature);
+  std::vector<int32_t> kept = RefOrder(z);
+  if (p.top_k > 0 && p.top_k < vocab) kept.resize(p.top_k);
+  double m = -INFINITY;
+  for (int32_t id : kept) m = std::max(m, z[id]);
+  std::vector<double> e(vocab, 0.0);
+  double total = 0.0;
+  for (int32_t id : kept) total += (e[id] = std::exp(z[id] - m));
+  if (p.top_p < 1.0f) {
+    std::vector<int32_t> by_e = RefOrder(e);
+    double cum = 0.0;
+    std::vector<int32_t> nucleus;
+    for (int32_t id : by_e) {
+      if (e[id] <= 0.0 && !nucleus.empty()) break;
+      nucleus.push_back(id);
+      cum += e[id];
+      if (cum >= p.top_p * total) break;
+    }
+    kept = nucleus;
+    total = cum;
+  }
+  for (int32_t id : kept) out[id] = e[id] / total;
+  return out;
+}
+
+TEST_F(CpuBackendTest, ArgmaxRowsWithAndWithoutPenaltyMatchScalarReference) {
+  const int rows = 6, vocab = 301;
+  std::vector<float> logits = RandomVector(rows * vocab, 35);
+  logits[2 * vocab + 17] = logits[2 * vocab + 200] = 9.0f;  // a tie: the lower id wins
+  const std::vector<int32_t> context[rows] = {{}, {5, 5, -1, 999}, {17}, {0, 1, 2}, {}, {3}};
+  const float penalty[rows] = {1.0f, 5.0f, 2.0f, 0.5f, 3.0f, 1.0f};
+  // Make the penalty decide rows 1 and 2: their best id is in the context.
+  logits[1 * vocab + 5] = 8.0f;
+  std::vector<RowPenalty> pens(rows);
+  for (int r = 0; r < rows; ++r) {
+    pens[r] = RowPenalty{penalty[r], context[r].data(), static_cast<int>(context[r].size())};
+  }
+  std::vector<int32_t> got(rows, -1), plain(rows, -1);
+  backend_->ArgmaxRows(logits.data(), rows, vocab, pens.data(), got.data());
+  backend_->ArgmaxRows(logits.data(), rows, vocab, nullptr, plain.data());
+  for (int r = 0; r < rows; ++r) {
+    const float* row = logits.data() + r * vocab;
+    EXPECT_EQ(got[r], RefArgmax(RefPenalized(row, vocab, penalty[r], context[r]))) << r;
+    EXPECT_EQ(plain[r], RefArgmax(std::vector<float>(row, row + vocab))) << r;
+  }
+  EXPECT_EQ(plain[2], 17);
+  EXPECT_EQ(got[2], 200);  // 17 penalised below 200
+  EXPECT_EQ(plain[1], 5);
+  EXPECT_NE(got[1], 5);
+}
+
+TEST_F(CpuBackendTest, FindNonFiniteReturnsTheFirstInRowMajorOrder) {
+  const int rows = 4, vocab = 50;
+  std::vector<float> logits = RandomVector(rows * vocab, 36);
+  NonFiniteValue found{-1, -1, false};
+  EXPECT_FALSE(backend_->FindNonFinite(logits.data(), rows, vocab, &found));
+  logits[3 * vocab + 1] = NAN;
+  logits[2 * vocab + 40] = -INFINITY;
+  ASSERT_TRUE(backend_->FindNonFinite(logits.data(), rows, vocab, &found));
+  EXPECT_EQ(found.row, 2);
+  EXPECT_EQ(found.index, 40);
+  EXPECT_FALSE(found.nan);
+  ASSERT_TRUE(backend_->FindNonFinite(logits.data() + 3 * vocab, 1, vocab, &found));
+  EXPECT_EQ(found.row, 0);
+  EXPECT_EQ(found.index, 1);
+  EXPECT_TRUE(found.nan);
+  EXPECT_FALSE(backend_->FindNonFinite(logits.data(), 2, vocab, &found));
+}
+
+TEST_F(CpuBackendTest, ProcessedDistributionMatchesScalarReference) {
+  const int vocab = 1000;
+  const std::vector<float> logits = RandomVector(vocab, 37, 3.0f);
+  const std::vector<int32_t> context = {3, 3, 999, 12, -4, 4000};
+  const LogitsProcessing cases[] = {
+      {0.0f, 0, 1.0f},  {1.0f, 0, 1.0f},  {0.7f, 40, 1.0f},  {1.3f, 0, 0.9f},
+      {0.8f, 50, 0.5f}, {2.0f, 1, 1.0f},  {1.0f, 0, 1e-6f},  {0.5f, vocab, 0.99f},
+  };
+  for (float penalty : {1.0f, 1.5f}) {
+    for (const LogitsProcessing& p : cases) {
+      SCOPED_TRACE("T=" + std::to_string(p.temperature) + " k=" + std::to_string(p.top_k) +
+                   " p=" + std::to_string(p.top_p) + " penalty=" + std::to_string(penalty));
+      const RowPenalty pen{penalty, context.data(), static_cast<int>(context.size())};
+      std::vector<float> got(vocab, NAN), direct(vocab, NAN);
+      backend_->ProcessedDistribution(logits.data(), vocab, pen, p, got.data());
+      ProcessLogitsRow(logits.data(), vocab, pen, p, direct.data());
+      ASSERT_EQ(std::memcmp(got.data(), direct.data(), vocab * sizeof(float)), 0);
+      const std::vector<double> ref = RefDistribution(logits.data(), vocab, penalty, context, p);
+      for (int i = 0; i < vocab; ++i) {
+        ASSERT_EQ(got[i] > 0.0f, ref[i] > 0.0) << "support differs at " << i;
+        ASSERT_NEAR(got[i], ref[i], 1e-6) << i;
+      }
+    }
+  }
+}
+
+// Ties at the top-k boundary and inside the nucleus go to the lower id.
+TEST_F(CpuBackendTest, ProcessedDistributionBreaksTiesByLowerId) {
+  const float logits[] = {1.0f, 3.0f, 3.0f, 0.0f, 3.0f, 2.0f, -1.0f, 3.0f};
+  const RowPenalty none;
+  std::vector<float> probs(8);
+  backend_->ProcessedDistribution(logits, 8, none, LogitsProcessing{1.0f, 2, 1.0f}, probs.data());
+  EXPECT_EQ(probs, (std::vector<float>{0, 0.5f, 0.5f, 0, 0, 0, 0, 0}));
+  // Four tied at the top hold 4 e / Z; top_p = 0.3 of Z needs two of them: ids 1 and 2.
+  backend_->ProcessedDistribution(logits, 8, none, LogitsProcessing{1.0f, 0, 0.3f}, probs.data());
+  EXPECT_EQ(probs, (std::vector<float>{0, 0.5f, 0.5f, 0, 0, 0, 0, 0}));
+  backend_->ProcessedDistribution(logits, 8, none, LogitsProcessing{0.0f, 0, 1.0f}, probs.data());
+  EXPECT_EQ(probs, (std::vector<float>{0, 1, 0, 0, 0, 0, 0, 0}));
+}
+
+TEST_F(CpuBackendTest, TopKIdsWithPenaltyMatchScalarReference) {
+  const int vocab = 257;
+  std::vector<float> logits = RandomVector(vocab, 38);
+  logits[10] = logits[20] = logits[30] = 5.0f;
+  const std::vector<int32_t> context = {20, 100};
+  for (float penalty : {1.0f, 4.0f}) {
+    for (int k : {1, 3, 8, vocab, vocab + 5}) {
+      const RowPenalty pen{penalty, context.data(), static_cast<int>(context.size())};
+      std::vector<int32_t> got(std::min(k, vocab), -1);
+      backend_->TopKIds(logits.data(), vocab, k, pen, got.data());
+      std::vector<int32_t> ref = RefOrder(RefPenalized(logits.data(), vocab, penalty, context));
+      ref.resize(std::min(k, vocab));
+      ASSERT_EQ(got, ref) << "penalty " << penalty << " k " << k;
+    }
+  }
+  std::vector<int32_t> top3(3);
+  backend_->TopKIds(logits.data(), vocab, 3, RowPenalty{}, top3.data());
+  EXPECT_EQ(top3, (std::vector<int32_t>{10, 20, 30}));
 }
 
 // ---------------------------------------------------------------------------------------

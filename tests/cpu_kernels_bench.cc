@@ -152,15 +152,16 @@ void BM_MoeExperts(benchmark::State& state) {
   std::normal_distribution<float> dist;
   std::vector<float> logits(static_cast<size_t>(n) * kExperts);
   for (float& l : logits) l = dist(rng);
-  std::vector<int32_t> idx(n * kTop);
+  std::vector<int32_t> idx(n * kTop), pairs(n * kTop), counts(kExperts), offsets(kExperts + 1);
   std::vector<float> weight(n * kTop);
-  f.backend->TopKSoftmax(logits.data(), n, kExperts, kTop, idx.data(), weight.data());
+  const MoeRouting routing{idx.data(), weight.data(), counts.data(), offsets.data(), pairs.data()};
+  f.backend->TopKSoftmax(logits.data(), n, kExperts, kTop, routing);
   std::vector<bool> used(kExperts, false);
   for (int32_t e : idx) used[e] = true;
   const size_t selected = static_cast<size_t>(std::count(used.begin(), used.end(), true));
   for (auto _ : state) {
-    f.backend->MoeExperts(f.x.data(), n, kHidden, idx.data(), weight.data(), kTop, experts.data(),
-                          kExperts, 1.0f, f.y.data());
+    f.backend->MoeExperts(f.x.data(), n, kHidden, routing, kTop, experts.data(), kExperts, 1.0f,
+                          f.y.data());
     benchmark::ClobberMemory();
   }
   state.SetLabel(std::string(DTypeName(dtype)) + ", " + std::to_string(selected) +

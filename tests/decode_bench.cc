@@ -109,18 +109,14 @@ double AttentionSeconds(kernels::Backend& be, engine::Harness& g, const engine::
   batch.Add(3, context, cache.PhysicalSlot(seq.target_blocks, context), 0, context + 1, 0);
   batch.SetBlockTables({&seq.target_blocks});
   kernels::AttentionArgs a;
+  a.fwd = be.BeginForward(batch.Desc());
   a.q = q.data();
   a.out = out.data();
-  a.n_tokens = 1;
   a.n_heads = c.num_heads;
   a.n_kv_heads = c.num_kv_heads;
   a.head_dim = c.head_dim;
   a.scale = 1.0f;
   a.block_size = cache.block_size();
-  a.block_tables = batch.block_tables.data();
-  a.max_blocks_per_seq = batch.max_blocks_per_seq;
-  a.token_seq = batch.token_seq.data();
-  a.visible_prefix = batch.visible_prefix.data();
   a.kv_dtype = cache.dtype();
   return TimeIt(
       [&] {

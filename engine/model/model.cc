@@ -10,45 +10,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/check.h"
 
 namespace specmoe::engine {
-
-void ForwardBatch::Clear() {
-  tokens.clear();
-  positions.clear();
-  slots.clear();
-  token_seq.clear();
-  visible_prefix.clear();
-  tree_mask.clear();
-  tree_start.clear();
-  block_tables.clear();
-  max_blocks_per_seq = 0;
-  logit_rows.clear();
-}
-
-void ForwardBatch::Add(int32_t token, int32_t position, int32_t slot, int32_t seq,
-                       int32_t visible, uint64_t mask) {
-  tokens.push_back(token);
-  positions.push_back(position);
-  slots.push_back(slot);
-  token_seq.push_back(seq);
-  visible_prefix.push_back(visible);
-  tree_mask.push_back(mask);
-}
-
-void ForwardBatch::SetBlockTables(const std::vector<const SequenceBlocks*>& seqs) {
-  max_blocks_per_seq = 1;
-  for (const SequenceBlocks* s : seqs) {
-    max_blocks_per_seq = std::max(max_blocks_per_seq, static_cast<int>(s->blocks.size()));
-  }
-  block_tables.assign(seqs.size() * max_blocks_per_seq, 0);
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    std::copy(seqs[i]->blocks.begin(), seqs[i]->blocks.end(),
-              block_tables.begin() + i * max_blocks_per_seq);
-  }
-}
 
 Model::Model(const ModelConfig& config, const ModelWeights& weights, kernels::Backend* backend,
              int max_tokens)
@@ -84,14 +51,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config,
     for (int s : sizes) inter = std::max(inter, s);
   }
   const int experts = std::max(config.num_experts, 1);
-  auto alloc = [&](size_t floats, float** out) -> absl::Status {
-    *out = static_cast<float*>(backend->Alloc(std::max<size_t>(floats, 1) * sizeof(float)));
-    if (*out == nullptr) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("cannot allocate ", floats * 4, " bytes of activations"));
-    }
-    model->buffers_.push_back(*out);
-    return absl::OkStatus();
+  auto alloc = [&](size_t floats, float** out) {
+    return model->Allocate(floats * sizeof(float), reinterpret_cast<void**>(out));
   };
   for (auto [floats, out] : std::initializer_list<std::pair<size_t, float**>>{
            {t * config.hidden_size, &model->x_},
@@ -109,13 +70,32 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config,
     absl::Status s = alloc(floats, out);
     if (!s.ok()) return s;
   }
-  model->expert_idx_.resize(t * std::max(config.num_selects, 1));
-  model->expert_weight_.resize(t * std::max(config.num_selects, 1));
+  const size_t pairs = t * std::max(config.num_selects, 1);
+  kernels::MoeRouting& r = model->routing_;
+  for (auto [bytes, out] : std::initializer_list<std::pair<size_t, void**>>{
+           {pairs * sizeof(int32_t), reinterpret_cast<void**>(&r.idx)},
+           {pairs * sizeof(float), reinterpret_cast<void**>(&r.weight)},
+           {pairs * sizeof(int32_t), reinterpret_cast<void**>(&r.pairs)},
+           {experts * sizeof(int32_t), reinterpret_cast<void**>(&r.counts)},
+           {(experts + 1) * sizeof(int32_t), reinterpret_cast<void**>(&r.offsets)}}) {
+    absl::Status s = model->Allocate(bytes, out);
+    if (!s.ok()) return s;
+  }
   return model;
 }
 
+absl::Status Model::Allocate(size_t bytes, void** out) {
+  *out = backend_->Alloc(std::max<size_t>(bytes, 1));
+  if (*out == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", bytes, " bytes of activations"));
+  }
+  buffers_.push_back(*out);
+  return absl::OkStatus();
+}
+
 Model::~Model() {
-  for (float* b : buffers_) backend_->Free(b);
+  for (void* b : buffers_) backend_->Free(b);
 }
 
 size_t Model::bytes_per_token() const {
@@ -161,9 +141,9 @@ void Model::Ffn(const LayerWeights& layer, int n) {
   be.MatMul(xb_, n, layer.gate_w1, gate_);  // [n, E]
   be.Tanh(gate_, static_cast<size_t>(n) * e);
   be.MatMul(gate_, n, layer.gate_w2, router_);  // [n, E]
-  be.TopKSoftmax(router_, n, e, k, expert_idx_.data(), expert_weight_.data());
-  be.MoeExperts(xb_, n, config_.hidden_size, expert_idx_.data(), expert_weight_.data(), k,
-                layer.experts.data(), e, config_.score_scale_factor, ffn_);
+  be.TopKSoftmax(router_, n, e, k, routing_);  // routing stays in backend memory
+  be.MoeExperts(xb_, n, config_.hidden_size, routing_, k, layer.experts.data(), e,
+                config_.score_scale_factor, ffn_);
 }
 
 void Model::Forward(const ForwardBatch& batch, KvCache& cache, float* logits) {
@@ -174,32 +154,29 @@ void Model::Forward(const ForwardBatch& batch, KvCache& cache, float* logits) {
 }
 
 const float* Model::Forward(const ForwardBatch& batch, KvCache& cache) {
+  const absl::Status valid = Validate(batch, max_tokens_, cache.block_size(), cache.num_blocks());
+  SPECMOE_CHECK(valid.ok(), std::string(valid.message()).c_str());
   kernels::Backend& be = *backend_;
   const ModelConfig& c = config_;
-  const int n = static_cast<int>(batch.tokens.size());
+  const int n = batch.n_tokens();
+  if (n == 0) return nullptr;
   const int hidden = c.hidden_size;
   const int kv_dim = kv_row();
   const float eps = c.rms_norm_eps;
 
-  be.Embedding(batch.tokens.data(), n, weights_.embed_tokens, x_);  // [n, hidden]
+  // The description, taken into backend memory once; every op below reads it there.
+  const kernels::ForwardDesc& fwd = *be.BeginForward(batch.Desc());
+  be.Embedding(fwd, weights_.embed_tokens, x_);  // [n, hidden]
 
-  bool any_tree = false;
-  for (uint64_t m : batch.tree_mask) any_tree |= (m != 0);
   kernels::AttentionArgs att;
+  att.fwd = &fwd;
   att.q = q_;
   att.out = att_;
-  att.n_tokens = n;
   att.n_heads = c.num_heads;
   att.n_kv_heads = c.num_kv_heads;
   att.head_dim = c.head_dim;
   att.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   att.block_size = cache.block_size();
-  att.block_tables = batch.block_tables.data();
-  att.max_blocks_per_seq = batch.max_blocks_per_seq;
-  att.token_seq = batch.token_seq.data();
-  att.visible_prefix = batch.visible_prefix.data();
-  att.tree_mask = any_tree ? batch.tree_mask.data() : nullptr;
-  att.tree_start = any_tree ? batch.tree_start.data() : nullptr;
   att.kv_dtype = cache.dtype();
 
   for (int l = 0; l < c.num_layers; ++l) {
@@ -210,9 +187,9 @@ const float* Model::Forward(const ForwardBatch& batch, KvCache& cache) {
     const kernels::Weight qkv[3] = {layer.q_proj, layer.k_proj, layer.v_proj};
     float* const qkv_out[3] = {q_, k_, v_};
     be.MatMulMany(xb_, n, qkv, qkv_out, 3);
-    be.Rope(q_, n, c.num_heads, c.head_dim, batch.positions.data(), c.rope_theta);
-    be.Rope(k_, n, c.num_kv_heads, c.head_dim, batch.positions.data(), c.rope_theta);
-    be.KvWrite(k_, v_, n, kv_dim, batch.slots.data(), cache.dtype(), cache.k(l), cache.v(l));
+    be.Rope(q_, fwd, c.num_heads, c.head_dim, c.rope_theta);
+    be.Rope(k_, fwd, c.num_kv_heads, c.head_dim, c.rope_theta);
+    be.KvWrite(k_, v_, fwd, kv_dim, cache.dtype(), cache.k(l), cache.v(l));
     att.k_cache = cache.k(l);
     att.v_cache = cache.v(l);
     be.Attention(att);                      // [n, n_heads * head_dim]
@@ -225,16 +202,10 @@ const float* Model::Forward(const ForwardBatch& batch, KvCache& cache) {
   }
 
   // Final norm and lm_head only for the rows whose logits are wanted.
-  const int m = static_cast<int>(batch.logit_rows.size());
+  const int m = fwd.n_logit_rows;
   if (m == 0) return nullptr;
-  for (int i = 0; i < m; ++i) {
-    const int row = batch.logit_rows[i];
-    if (row != i) {
-      be.Copy(x_ + static_cast<size_t>(i) * hidden, x_ + static_cast<size_t>(row) * hidden,
-              hidden * sizeof(float));
-    }
-  }
-  be.RmsNorm(x_, m, hidden, weights_.norm, eps, xb_);
+  be.GatherRows(x_, fwd, hidden, xb_);  // [m, hidden]
+  be.RmsNorm(xb_, m, hidden, weights_.norm, eps, xb_);
   be.MatMul(xb_, m, weights_.lm_head, logits_);  // [m, vocab]
   return logits_;
 }

@@ -5,7 +5,8 @@
 // token trees (root + nodes with ancestor masks), for one or several sequences, writing each
 // token's K/V to the slot it is given and returning logits for the rows asked for.
 // Reference: Hugging Face transformers' LlamaForCausalLM and the LLaMA-MoE maths of DESIGN
-// §3.2; tested by tests/model_golden_test.cc against goldens from transformers.
+// §3.2; tested by tests/model_golden_test.cc against goldens from transformers (and
+// tests/forward_batch_test.cc for the validation of a batch before the forward).
 #ifndef SPECMOE_ENGINE_MODEL_MODEL_H_
 #define SPECMOE_ENGINE_MODEL_MODEL_H_
 
@@ -15,35 +16,13 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/model/forward_batch.h"
 #include "engine/model/kv_cache.h"
 #include "engine/loader/model_config.h"
 #include "engine/loader/weights.h"
 #include "kernels/backend.h"
 
 namespace specmoe::engine {
-
-// The tokens of one forward pass and where they stand. All arrays are host memory and
-// indexed by token (n = tokens.size()) unless noted; see kernels::AttentionArgs for the
-// visibility rule.
-struct ForwardBatch {
-  std::vector<int32_t> tokens;          // [n]
-  std::vector<int32_t> positions;       // [n] RoPE positions
-  std::vector<int32_t> slots;           // [n] physical KV slots written
-  std::vector<int32_t> token_seq;       // [n] index of the token's sequence
-  std::vector<int32_t> visible_prefix;  // [n]
-  std::vector<uint64_t> tree_mask;      // [n], or empty when no token uses a tree
-  std::vector<int32_t> tree_start;      // [n_seqs], or empty
-  std::vector<int32_t> block_tables;    // [n_seqs, max_blocks_per_seq]
-  int max_blocks_per_seq = 0;
-  std::vector<int32_t> logit_rows;      // token rows whose logits are wanted
-
-  void Clear();
-  // Appends one token.
-  void Add(int32_t token, int32_t position, int32_t slot, int32_t seq, int32_t visible,
-           uint64_t mask);
-  // Sets the block tables of the batch's sequences (each padded to the longest).
-  void SetBlockTables(const std::vector<const SequenceBlocks*>& seqs);
-};
 
 // Contract: holds views of the weights (owned by the WeightStore kept alongside) and its own
 // activation buffers for up to max_tokens tokens per Forward; used only by the worker thread.
@@ -65,11 +44,17 @@ class Model {
   // The same forward, leaving the logits where the backend computed them: backend memory,
   // [logit_rows.size(), vocab], valid until the next Forward (the hot path: DESIGN §5, the
   // [tokens, vocab] block is never copied to the host). Null when no logit row is asked.
+  // The batch is checked first with Validate (forward_batch.h) against max_tokens and
+  // `cache`; a batch that fails is a bug in the scheduler that built it (requests are
+  // validated long before), so it aborts with Validate's message (SPECMOE_CHECK) instead of
+  // letting a kernel read out of bounds. The description is handed to the backend once
+  // (Backend::BeginForward) and read there by every op.
   const float* Forward(const ForwardBatch& batch, KvCache& cache);
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
   int max_tokens() const { return max_tokens_; }
+  kernels::Backend* backend() const { return backend_; }
   // K/V floats per token per layer.
   int kv_row() const { return config_.num_kv_heads * config_.head_dim; }
   // Weight bytes one decode token reads (embedding row, layers with active experts, head).
@@ -79,6 +64,7 @@ class Model {
   Model(const ModelConfig& config, const ModelWeights& weights, kernels::Backend* backend,
         int max_tokens);
   void Ffn(const LayerWeights& layer, int n);
+  absl::Status Allocate(size_t bytes, void** out);
 
   ModelConfig config_;
   ModelWeights weights_;
@@ -98,10 +84,11 @@ class Model {
   float* gate_ = nullptr;    // [max_tokens, num_experts] MoE gate activations
   float* router_ = nullptr;  // [max_tokens, num_experts] MoE gate logits
   float* logits_ = nullptr;  // [max_tokens, vocab]
-  std::vector<float*> buffers_;
-  std::vector<int32_t> expert_idx_;     // host [max_tokens, num_selects]
-  std::vector<float> expert_weight_;    // host [max_tokens, num_selects]
-  std::vector<float> router_host_;      // host [max_tokens, num_experts]
+  // MoE routing (backend memory; TopKSoftmax writes it, MoeExperts reads it):
+  // idx, weight, pairs [max_tokens * num_selects]; counts [num_experts];
+  // offsets [num_experts + 1].
+  kernels::MoeRouting routing_;
+  std::vector<void*> buffers_;
 };
 
 }  // namespace specmoe::engine

@@ -26,11 +26,14 @@ double SecondsSince(Clock::time_point start) {
 }  // namespace
 
 Drafter::Drafter(Model* draft, KvCache* cache, TreePolicy* policy)
-    : runner_(draft, cache), policy_(policy), vocab_(draft->config().vocab_size) {}
+    : runner_(draft, cache),
+      policy_(policy),
+      backend_(draft->backend()),
+      vocab_(draft->config().vocab_size) {}
 
 void Drafter::NodeDistribution(const DraftJob& job, int node, const float* logits, int row,
                                std::vector<float>* dist) const {
-  const LogitsView view{nullptr, logits, row + 1, vocab_};
+  const LogitsView view{backend_, logits, row + 1, vocab_};
   const std::vector<int32_t> context = PathContext(job.tokens, job.tree, node, *job.params);
   if (job.params->greedy()) {
     RowPenalizedLogits(view, row, job.params->repetition_penalty, context, dist);
@@ -73,7 +76,7 @@ DraftTiming Drafter::Draft(std::span<DraftJob* const> jobs,
     timing.catch_up_tokens += runner_.tokens();
     for (auto [j, row] : rows) {
       DraftJob& job = *jobs[j];
-      const LogitsView view{nullptr, logits, runner_.logit_rows(), vocab_};
+      const LogitsView view{backend_, logits, runner_.logit_rows(), vocab_};
       job.non_finite = FindNonFinite(view, row, 1);
       if (job.non_finite.has_value()) continue;
       frontier_dist[j].resize(1);
@@ -162,7 +165,7 @@ DraftTiming Drafter::Draft(std::span<DraftJob* const> jobs,
     const float* logits = runner_.Run();
     timing.level_tokens += runner_.tokens();
     ++timing.levels;
-    const LogitsView view{nullptr, logits, runner_.logit_rows(), vocab_};
+    const LogitsView view{backend_, logits, runner_.logit_rows(), vocab_};
     for (auto [j, first_row] : level_rows) {
       DraftJob& job = *jobs[j];
       const int n = static_cast<int>(frontier[j].size());

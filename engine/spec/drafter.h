@@ -82,6 +82,7 @@ class Drafter {
 
   Runner runner_;
   TreePolicy* policy_;
+  kernels::Backend* backend_;
   int vocab_;
 };
 

@@ -1,9 +1,11 @@
 // engine/spec/logits.h — reading a forward's logits where the model left them (DESIGN §5):
 // the speculation layer asks only for reductions of a row (its argmax, its processed
 // distribution, whether it is finite), never for the [rows, vocab] block on the host.
-// The CPU backend's memory is host memory, so these read it in place; a device backend
-// answers them with its own reduction ops and copies back only their results.
-// Tested through tests/speculation_test.cc and tests/engine_test.cc.
+// Each is one Backend reduction op (kernels/backend.h) run where the logits are; only its
+// result (ids, one [vocab] distribution, one position) comes back to the host. The maths is
+// kernels/cpu/sampling.h, the same as sampler.h's.
+// Tested by tests/logits_test.cc (each function equals the host sampler on the same row);
+// the backend ops themselves in tests/cpu_backend_test.cc.
 #ifndef SPECMOE_ENGINE_SPEC_LOGITS_H_
 #define SPECMOE_ENGINE_SPEC_LOGITS_H_
 
@@ -44,10 +46,22 @@ int32_t RowArgmax(const LogitsView& logits, int row, float penalty,
 void RowDistribution(const LogitsView& logits, int row, const SamplingParams& params,
                      std::span<const int32_t> context, std::vector<float>* probs);
 
-// The penalised logits of `row` on the host ([vocab]): a greedy tree's children are their
-// top-k (only the draft's frontier rows are read this way).
+// The penalised logits of `row` on the host ([vocab]): a COPY of the row (on a device, a
+// device-to-host transfer of vocab floats); prefer RowTopKIds for a greedy tree's children.
 void RowPenalizedLogits(const LogitsView& logits, int row, float penalty,
                         std::span<const int32_t> context, std::vector<float>* out);
+
+// The k largest ids of `row` after the repetition penalty over `context`, descending, ties
+// lower id first (sampler.h TopKIds of the penalised row): a greedy tree's children,
+// reduced where the logits are.
+std::vector<int32_t> RowTopKIds(const LogitsView& logits, int row, int k, float penalty,
+                                std::span<const int32_t> context);
+
+// out[i] = RowArgmax of row first + i with penalties[i] over contexts[i], for
+// i < out.size(), as ONE backend op (greedy verification of a whole batch: n ints back).
+// penalties empty: no penalty (contexts then unused); else both have out.size() entries.
+void ArgmaxRows(const LogitsView& logits, int first, std::span<const float> penalties,
+                std::span<const std::span<const int32_t>> contexts, std::span<int32_t> out);
 
 }  // namespace specmoe::engine
 

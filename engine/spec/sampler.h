@@ -6,6 +6,8 @@
 // q and the target's p of speculative sampling (DESIGN §4) both come from it, so plain and
 // speculative sampling process logits identically. Sampling uses the engine's Rng with
 // one uniform per draw (inverse CDF), so a seed fixes the output on every platform.
+// The maths is kernels/cpu/sampling.h (one implementation, also behind the backends'
+// logits reductions); these functions are its host-side wrappers.
 // Tested in tests/sampler_test.cc against hand-computed values.
 #ifndef SPECMOE_ENGINE_SPEC_SAMPLER_H_
 #define SPECMOE_ENGINE_SPEC_SAMPLER_H_
@@ -16,6 +18,7 @@
 
 #include "engine/spec/params.h"
 #include "engine/spec/rng.h"
+#include "kernels/backend.h"
 
 namespace specmoe::engine {
 
@@ -43,6 +46,11 @@ std::vector<float> TopSoftmaxProbabilities(const float* logits, int vocab, int k
 // penalty > 0 keeps finite logits finite). penalty 1 changes nothing. logits: [vocab].
 void ApplyRepetitionPenalty(float* logits, int vocab, float penalty,
                             std::span<const int32_t> context);
+
+// The kernels-level forms of a request's penalty (context: a view, not copied) and its
+// processing controls, for kernels/cpu/sampling.h and the Backend's logits reductions.
+kernels::RowPenalty PenaltyOf(float penalty, std::span<const int32_t> context);
+kernels::LogitsProcessing ProcessingOf(const SamplingParams& params);
 
 // The processed distribution of one position: *probs := [vocab] probabilities.
 //   1. repetition penalty over `context` (prompt + tokens generated so far; for a tree node

@@ -78,15 +78,16 @@ inline int64_t PhysicalSlot(const int32_t* table, int block_size, int64_t logica
 // The physical slots visible to token t, in increasing logical order: [0, prefix), then
 // the tree slots tree_start + j (bit j of the mask) beyond the prefix.
 void VisibleSlots(const AttentionArgs& a, int t, std::vector<int64_t>* slots) {
-  const int seq = a.token_seq[t];
-  const int32_t* table = a.block_tables + static_cast<int64_t>(seq) * a.max_blocks_per_seq;
-  const int64_t prefix = a.visible_prefix[t];
+  const ForwardDesc& f = *a.fwd;
+  const int seq = f.token_seq[t];
+  const int32_t* table = f.block_tables + static_cast<int64_t>(seq) * f.max_blocks_per_seq;
+  const int64_t prefix = f.visible_prefix[t];
   slots->clear();
   for (int64_t i = 0; i < prefix; ++i) slots->push_back(PhysicalSlot(table, a.block_size, i));
-  if (a.tree_mask == nullptr) return;
-  const uint64_t mask = a.tree_mask[t];
+  if (f.tree_mask == nullptr) return;
+  const uint64_t mask = f.tree_mask[t];
   for (int j = 0; j < 64; ++j) {
-    const int64_t logical = static_cast<int64_t>(a.tree_start[seq]) + j;
+    const int64_t logical = static_cast<int64_t>(f.tree_start[seq]) + j;
     if (((mask >> j) & 1u) != 0 && logical >= prefix) {
       slots->push_back(PhysicalSlot(table, a.block_size, logical));
     }
@@ -149,15 +150,16 @@ void AttendHeads(const AttentionArgs& a, int t, int h0, int h1, const std::vecto
 }  // namespace
 
 void PagedAttention(const AttentionArgs& a, ThreadPool& pool) {
-  if (a.n_tokens <= 0 || a.n_heads <= 0) return;
+  const int n_tokens = a.fwd->n_tokens;
+  if (n_tokens <= 0 || a.n_heads <= 0) return;
   // Units of work: (token, range of heads). A few tokens (decode) split their heads over the
   // threads; many tokens take all heads each. Units are dealt round-robin to one interleaved
   // lane per thread, so causal prefill (later tokens see more keys) is balanced.
   const int threads = pool.num_threads();
   const int head_ranges =
-      std::clamp(threads / std::max(1, a.n_tokens) + (threads % std::max(1, a.n_tokens) != 0),
-                 1, a.n_heads);
-  const int64_t units = static_cast<int64_t>(a.n_tokens) * head_ranges;
+      std::clamp(threads / std::max(1, n_tokens) + (threads % std::max(1, n_tokens) != 0), 1,
+                 a.n_heads);
+  const int64_t units = static_cast<int64_t>(n_tokens) * head_ranges;
   const int64_t lanes = std::min<int64_t>(threads, units);
   pool.ParallelFor(lanes, [&](int64_t lane_begin, int64_t lane_end) {
     std::vector<int64_t> slots;

@@ -21,6 +21,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/f16.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/sampling.h"
 #include "kernels/cpu/thread_pool.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -75,6 +76,12 @@ class CpuBackend final : public Backend {
   void Copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   Weight Upload(const Weight& host_weight) override { return host_weight; }
 
+  // Host memory is this backend's memory: the description is kept as given.
+  const ForwardDesc* BeginForward(const ForwardDesc& host) override {
+    fwd_ = host;
+    return &fwd_;
+  }
+
   void MatMul(const float* x, int n, const Weight& w, float* y) override {
     CpuMatMul(x, n, w, y, pool_);
   }
@@ -83,8 +90,9 @@ class CpuBackend final : public Backend {
     CpuMatMulMany(x, n, w, y, count, pool_);
   }
 
-  void Embedding(const int32_t* ids, int n, const Weight& w, float* out) override {
-    for (int i = 0; i < n; ++i) {
+  void Embedding(const ForwardDesc& fwd, const Weight& w, float* out) override {
+    const int32_t* ids = fwd.tokens;
+    for (int i = 0; i < fwd.n_tokens; ++i) {
       SPECMOE_CHECK(ids[i] >= 0 && ids[i] < w.rows, "embedding id out of range");
       ConvertRowsToF32(w, ids[i], ids[i] + 1, out + static_cast<int64_t>(i) * w.cols);
     }
@@ -112,7 +120,9 @@ class CpuBackend final : public Backend {
   // HF LlamaRotaryEmbedding + apply_rotary_pos_emb, in fp32 like transformers:
   //   inv_freq_j = 1 / theta^(float(2j) / head_dim), angle = float(pos) * inv_freq_j,
   //   x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin (each product rounded, then the sum).
-  void Rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos, float theta) override {
+  void Rope(float* x, const ForwardDesc& fwd, int n_heads, int head_dim, float theta) override {
+    const int n = fwd.n_tokens;
+    const int32_t* pos = fwd.positions;
     const int half = head_dim / 2;
     std::vector<float> inv_freq(half);
     for (int j = 0; j < half; ++j) {
@@ -176,8 +186,10 @@ class CpuBackend final : public Backend {
         kMinParallelElements / 8);
   }
 
-  void KvWrite(const float* k, const float* v, int n, int row, const int32_t* slots,
-               DType kv_dtype, void* k_cache, void* v_cache) override {
+  void KvWrite(const float* k, const float* v, const ForwardDesc& fwd, int row, DType kv_dtype,
+               void* k_cache, void* v_cache) override {
+    const int n = fwd.n_tokens;
+    const int32_t* slots = fwd.slots;
     SPECMOE_CHECK(kv_dtype == DType::kF32 || kv_dtype == DType::kF16,
                   "the CPU KV cache holds f32 or f16");
     for (int i = 0; i < n; ++i) {
@@ -216,9 +228,19 @@ class CpuBackend final : public Backend {
     PagedAttention(args, pool_);
   }
 
+  void GatherRows(const float* x, const ForwardDesc& fwd, int cols, float* out) override {
+    for (int i = 0; i < fwd.n_logit_rows; ++i) {
+      const int row = fwd.logit_rows[i];
+      if (out + static_cast<size_t>(i) * cols == x + static_cast<size_t>(row) * cols) continue;
+      std::memmove(out + static_cast<size_t>(i) * cols, x + static_cast<size_t>(row) * cols,
+                   cols * sizeof(float));
+    }
+  }
+
   // Top k of each row (ties: lower index first), then softmax over the k logits:
-  // w_j = exp(l_j - l_0) / sum_i exp(l_i - l_0), summed in j order.
-  void TopKSoftmax(const float* logits, int n, int e, int k, int32_t* idx, float* weight) override {
+  // w_j = exp(l_j - l_0) / sum_i exp(l_i - l_0), summed in j order. Then the pairs grouped
+  // by expert with a counting sort (stable: increasing pair order within an expert).
+  void TopKSoftmax(const float* logits, int n, int e, int k, const MoeRouting& r) override {
     SPECMOE_CHECK(k >= 1 && k <= e, "k must be in [1, e]");
     std::vector<int32_t> order(e);
     std::vector<float> p(k);
@@ -234,43 +256,49 @@ class CpuBackend final : public Backend {
         sum += p[j];
       }
       for (int j = 0; j < k; ++j) {
-        idx[static_cast<int64_t>(t) * k + j] = order[j];
-        weight[static_cast<int64_t>(t) * k + j] = p[j] / sum;
+        r.idx[static_cast<int64_t>(t) * k + j] = order[j];
+        r.weight[static_cast<int64_t>(t) * k + j] = p[j] / sum;
       }
     }
+    const int32_t pairs = n * k;
+    std::fill(r.counts, r.counts + e, 0);
+    for (int32_t pair = 0; pair < pairs; ++pair) ++r.counts[r.idx[pair]];
+    r.offsets[0] = 0;
+    for (int x = 0; x < e; ++x) r.offsets[x + 1] = r.offsets[x] + r.counts[x];
+    std::vector<int32_t> next(r.offsets, r.offsets + e);
+    for (int32_t pair = 0; pair < pairs; ++pair) r.pairs[next[r.idx[pair]]++] = pair;
   }
 
-  // For each expert e, gathers the (token, j) pairs routed to it in increasing order,
-  // runs down(silu(gate x) * up x) with the streaming kernel (batch-invariant for any
-  // count), and parks each result at contrib[t * k + j]. Then
+  // For each expert x, its pairs (token, j) from the routing (increasing order), runs
+  // down(silu(gate x) * up x) with the streaming kernel (batch-invariant for any count), and
+  // parks each result at contrib[t * k + j]. Then
   // y[t] = scale * (sum_{j<k} weight[t, j] * contrib[t, j]) with the sum in j order.
-  void MoeExperts(const float* x, int n, int hidden, const int32_t* idx, const float* weight, int k,
+  void MoeExperts(const float* x, int n, int hidden, const MoeRouting& r, int k,
                   const ExpertWeights* experts, int num_experts, float scale, float* y) override {
     if (n <= 0) return;
     const int64_t pairs = static_cast<int64_t>(n) * k;
-    for (int64_t pair = 0; pair < pairs; ++pair) {
-      SPECMOE_CHECK(idx[pair] >= 0 && idx[pair] < num_experts, "expert id out of range");
-    }
+    SPECMOE_CHECK(r.offsets[0] == 0 && r.offsets[num_experts] == pairs,
+                  "routing does not cover n * k pairs");
     contrib_.resize(static_cast<size_t>(pairs * hidden));
-    std::vector<int64_t> routed;  // indices t * k + j routed to the current expert
     for (int e = 0; e < num_experts; ++e) {
-      routed.clear();
-      for (int64_t pair = 0; pair < pairs; ++pair) {
-        if (idx[pair] == e) routed.push_back(pair);
-      }
-      if (routed.empty()) continue;
+      const int m = r.counts[e];
+      SPECMOE_CHECK(m >= 0 && r.offsets[e + 1] - r.offsets[e] == m, "routing counts");
+      if (m == 0) continue;
+      const int32_t* routed = r.pairs + r.offsets[e];
       const ExpertWeights& ex = experts[e];
       SPECMOE_CHECK(ex.gate.cols == hidden && ex.up.cols == hidden && ex.down.rows == hidden &&
                             ex.up.rows == ex.gate.rows && ex.down.cols == ex.gate.rows,
                         "expert weight shapes");
-      const int m = static_cast<int>(routed.size());
       const int64_t size = ex.gate.rows;
       gathered_.resize(static_cast<size_t>(m) * hidden);
       gate_out_.resize(static_cast<size_t>(m * size));
       up_out_.resize(static_cast<size_t>(m * size));
       expert_out_.resize(static_cast<size_t>(m) * hidden);
       for (int i = 0; i < m; ++i) {
-        std::memcpy(gathered_.data() + static_cast<int64_t>(i) * hidden, x + routed[i] / k * hidden,
+        SPECMOE_CHECK(routed[i] >= 0 && routed[i] < pairs && r.idx[routed[i]] == e,
+                      "routing pair list");
+        std::memcpy(gathered_.data() + static_cast<int64_t>(i) * hidden,
+                    x + static_cast<int64_t>(routed[i] / k) * hidden,
                     static_cast<size_t>(hidden) * sizeof(float));
       }
       const Weight gate_up[2] = {ex.gate, ex.up};
@@ -279,11 +307,12 @@ class CpuBackend final : public Backend {
       SiluMul(gate_out_.data(), up_out_.data(), m, static_cast<int>(size), gate_out_.data());
       CpuMatMul(gate_out_.data(), m, ex.down, expert_out_.data(), pool_);
       for (int i = 0; i < m; ++i) {
-        std::memcpy(contrib_.data() + routed[i] * hidden,
+        std::memcpy(contrib_.data() + static_cast<int64_t>(routed[i]) * hidden,
                     expert_out_.data() + static_cast<int64_t>(i) * hidden,
                     static_cast<size_t>(hidden) * sizeof(float));
       }
     }
+    const float* weight = r.weight;
     pool_.ParallelFor(
         n,
         [&](int64_t begin, int64_t end) {
@@ -301,14 +330,60 @@ class CpuBackend final : public Backend {
         MinRows(static_cast<int64_t>(hidden) * k));
   }
 
+  // The reductions read the logits in place (host memory); a row is copied only when a
+  // penalty must change it.
+  void ArgmaxRows(const float* logits, int rows, int vocab, const RowPenalty* penalties,
+                  int32_t* out) override {
+    for (int r = 0; r < rows; ++r) {
+      const float* row = logits + static_cast<size_t>(r) * vocab;
+      if (penalties == nullptr || !PenaltyApplies(penalties[r])) {
+        out[r] = ArgmaxRow(row, vocab);
+        continue;
+      }
+      row_.assign(row, row + vocab);
+      ApplyRepetitionPenalty(row_.data(), vocab, penalties[r]);
+      out[r] = ArgmaxRow(row_.data(), vocab);
+    }
+  }
+
+  bool FindNonFinite(const float* logits, int rows, int vocab, NonFiniteValue* out) override {
+    const size_t count = static_cast<size_t>(rows) * vocab;
+    for (size_t i = 0; i < count; ++i) {
+      if (!std::isfinite(logits[i])) {
+        *out = NonFiniteValue{static_cast<int>(i / vocab), static_cast<int>(i % vocab),
+                              std::isnan(logits[i])};
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void ProcessedDistribution(const float* logits, int vocab, const RowPenalty& penalty,
+                             const LogitsProcessing& processing, float* probs) override {
+    ProcessLogitsRow(logits, vocab, penalty, processing, probs);
+  }
+
+  void TopKIds(const float* logits, int vocab, int k, const RowPenalty& penalty,
+               int32_t* ids) override {
+    if (!PenaltyApplies(penalty)) {
+      TopKRow(logits, vocab, k, ids);
+      return;
+    }
+    row_.assign(logits, logits + vocab);
+    ApplyRepetitionPenalty(row_.data(), vocab, penalty);
+    TopKRow(row_.data(), vocab, k, ids);
+  }
+
  private:
   ThreadPool pool_;
+  ForwardDesc fwd_;  // the current forward's description (host pointers, kept as given)
   // Scratch reused across calls (the backend is used by one thread).
   std::vector<float> contrib_;     // [n * k, hidden]
   std::vector<float> gathered_;    // [m, hidden]
   std::vector<float> gate_out_;    // [m, size]
   std::vector<float> up_out_;      // [m, size]
   std::vector<float> expert_out_;  // [m, hidden]
+  std::vector<float> row_;         // [vocab] a penalised row of logits
 };
 
 }  // namespace
