@@ -234,6 +234,10 @@ StepReport Scheduler::Step() {
       catch_ups.push_back({&seq.draft_blocks, seq.tokens, seq.draft_len, plan[i].slots});
       continue;
     }
+    if (seq.draft_skip > 0) {  // backing off (dynamic trees only)
+      --seq.draft_skip;
+      continue;
+    }
     jobs[i].blocks = &seq.draft_blocks;
     jobs[i].tokens = seq.tokens;
     jobs[i].draft_len = seq.draft_len;
@@ -325,7 +329,8 @@ StepReport Scheduler::Step() {
     Compact(*models_->backend, *models_->target_cache, seq.target_blocks, root_pos,
             result.accepted_nodes);
     seq.target_len = root_pos + 1 + static_cast<int>(result.accepted_nodes.size());
-    if (seq.speculating()) {
+    const bool drafted = job.blocks != nullptr;
+    if (drafted) {
       std::vector<int> drafted_nodes;
       for (int node : result.accepted_nodes) {
         if (job.tree.depth[node] < static_cast<int>(job.shape.size())) {
@@ -343,9 +348,15 @@ StepReport Scheduler::Step() {
     if (seq.speculating()) {
       const StepStats stats = ComputeStepStats(job.tree, result);
       seq.counter.Record(stats, static_cast<int>(out.token_ids.size()));
-      const std::vector<float> first_q = FirstTestedQ(job, result);
-      seq.acceptance.Record(stats, first_q);
-      policy_.ObserveStep(stats, first_q);
+      if (drafted) {
+        const std::vector<float> first_q = FirstTestedQ(job, result);
+        seq.acceptance.Record(stats, first_q);
+        policy_.ObserveStep(stats, first_q);
+      }
+    }
+    if (drafted && policy_.kind() == TreePolicy::Kind::kDynamic && !job.shape.empty()) {
+      seq.draft_backoff = job.tree.size() > 1 ? 0 : std::clamp(2 * seq.draft_backoff, 1, 16);
+      seq.draft_skip = seq.draft_backoff;
     }
     GenerationEvent event;
     event.token_ids = std::move(out.token_ids);

@@ -53,6 +53,12 @@ struct Sequence {
   SpeculationCounter counter;
   AcceptanceModel acceptance;
   int preemptions = 0;
+  // Dynamic trees: after a step whose policy drafted nothing, the draft sits out
+  // draft_skip steps (doubling up to 16 while it keeps drafting nothing), so a request
+  // whose trees do not pay stops paying for the draft's catch-up too; it catches up on
+  // the skipped tokens in one batched forward when it drafts again.
+  int draft_backoff = 0;
+  int draft_skip = 0;
   FinishReason finish = FinishReason::kNone;
 
   bool speculating() const { return !expansion.empty(); }
