@@ -31,8 +31,8 @@ class Runner {
   void Clear();
   // tokens[from, to) of a sequence, causally at their own positions; when want_last, the
   // last one's logits are wanted. Returns that logit row (or -1).
-  int AddCausal(const SequenceBlocks& blocks, std::span<const int32_t> tokens, int from,
-                int to, bool want_last);
+  int AddCausal(const SequenceBlocks& blocks, std::span<const int32_t> tokens, int from, int to,
+                bool want_last);
   // Tree nodes `nodes` (indices into the tree's arrays token/depth/mask) of a tree whose root
   // is at position root_pos; every node's logits are wanted, in the order of `nodes`.
   // Returns the first of their logit rows.

@@ -46,10 +46,10 @@ class EngineImpl final : public Engine {
                               models_->max_context) +
                      kTreeSlots;
     if (need > models_->kv_tokens()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "max_tokens: the request needs ", need, " KV slots (prompt + max_tokens + ",
-          kTreeSlots, " for the tree), more than the whole cache (", models_->kv_tokens(),
-          ", --kv-cache-tokens)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("max_tokens: the request needs ", need, " KV slots (prompt + max_tokens + ",
+                       kTreeSlots, " for the tree), more than the whole cache (",
+                       models_->kv_tokens(), ", --kv-cache-tokens)"));
     }
     auto handle = std::make_shared<RequestHandle>();
     auto seq = std::make_unique<Sequence>(std::move(request), std::move(sink), handle,
@@ -58,8 +58,8 @@ class EngineImpl final : public Engine {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) return absl::UnavailableError("the engine is shutting down");
-      const int waiting = static_cast<int>(queue_.size()) +
-                          stats_.queue_depth.load(std::memory_order_relaxed);
+      const int waiting =
+          static_cast<int>(queue_.size()) + stats_.queue_depth.load(std::memory_order_relaxed);
       if (waiting >= options_.max_queue) {
         return absl::ResourceExhaustedError(
             absl::StrCat("request queue full (", options_.max_queue, " waiting)"));
@@ -121,11 +121,11 @@ class EngineImpl final : public Engine {
   EngineOptions options_;
   std::unique_ptr<ModelSet> models_;
   EngineStats stats_;
-  Scheduler scheduler_;          // worker thread only
+  Scheduler scheduler_;  // worker thread only
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::unique_ptr<Sequence>> queue_;  // guarded by mu_
-  bool stopping_ = false;        // guarded by mu_
+  bool stopping_ = false;                        // guarded by mu_
   std::thread worker_;
 };
 

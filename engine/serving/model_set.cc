@@ -59,9 +59,9 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
     return absl::InvalidArgumentError(absl::StrCat("--tree: ", expansion_ok.message()));
   }
   if (options.max_step_tokens < kTreeSlots) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max-step-tokens ", options.max_step_tokens, ": at least ", kTreeSlots,
-        " (the largest tree)"));
+    return absl::InvalidArgumentError(absl::StrCat("--max-step-tokens ", options.max_step_tokens,
+                                                   ": at least ", kTreeSlots,
+                                                   " (the largest tree)"));
   }
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(options.target_dir);
   if (!tokenizer.ok()) return tokenizer.status();
@@ -73,9 +73,8 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
   m->target_store = std::move(target->store);
   if (m->target_config.vocab_size < m->tokenizer->vocab_size()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(options.target_dir, "/config.json: vocab_size ",
-                     m->target_config.vocab_size, " is smaller than tokenizer.model's ",
-                     m->tokenizer->vocab_size(), " pieces"));
+        absl::StrCat(options.target_dir, "/config.json: vocab_size ", m->target_config.vocab_size,
+                     " is smaller than tokenizer.model's ", m->tokenizer->vocab_size(), " pieces"));
   }
 
   std::optional<LoadedModel> draft;
@@ -89,9 +88,9 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
     absl::StatusOr<std::unique_ptr<Tokenizer>> draft_tok = Tokenizer::Load(options.draft_dir);
     if (!draft_tok.ok() && !absl::IsNotFound(draft_tok.status())) return draft_tok.status();
     if (draft_tok.ok()) draft_pieces = (*draft_tok)->pieces();
-    absl::Status same = CheckSameVocabulary(m->target_config.vocab_size,
-                                            draft->config.vocab_size, &target_pieces,
-                                            draft_tok.ok() ? &draft_pieces : nullptr);
+    absl::Status same =
+        CheckSameVocabulary(m->target_config.vocab_size, draft->config.vocab_size, &target_pieces,
+                            draft_tok.ok() ? &draft_pieces : nullptr);
     if (!same.ok()) return same;
   }
 
@@ -117,8 +116,8 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
     kv_source = absl::StrCat("--kv-cache-fraction ", options.kv_cache_fraction);
   }
   if (kv_tokens <= 0) {
-    kv_tokens = static_cast<int64_t>(std::max(options.max_batch, 1)) *
-                (m->max_context + kTreeSlots);
+    kv_tokens =
+        static_cast<int64_t>(std::max(options.max_batch, 1)) * (m->max_context + kTreeSlots);
     kv_source = absl::StrCat(options.max_batch, " x ", m->max_context,
                              " tokens (--max-batch x --max-context)");
   }
@@ -155,8 +154,7 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
   }
 
   // EOS from the target's config, else the tokenizer (DESIGN §3.3).
-  m->eos_ids.assign(m->target_config.eos_token_ids.begin(),
-                    m->target_config.eos_token_ids.end());
+  m->eos_ids.assign(m->target_config.eos_token_ids.begin(), m->target_config.eos_token_ids.end());
   if (m->eos_ids.empty()) m->eos_ids.push_back(m->tokenizer->eos_id());
   return m;
 }

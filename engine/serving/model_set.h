@@ -40,9 +40,9 @@ struct ModelSet {
   std::unique_ptr<WeightStore> target_store;
   std::unique_ptr<WeightStore> draft_store;
   std::unique_ptr<Model> target;
-  std::unique_ptr<Model> draft;             // null without a draft
+  std::unique_ptr<Model> draft;  // null without a draft
   std::unique_ptr<KvCache> target_cache;
-  std::unique_ptr<KvCache> draft_cache;     // null without a draft
+  std::unique_ptr<KvCache> draft_cache;  // null without a draft
   std::vector<int32_t> eos_ids;
   int max_context = 0;
   // Slots one cache holds: a request needing more can never run.

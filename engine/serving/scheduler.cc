@@ -28,8 +28,8 @@ double Seconds(Clock::time_point from, Clock::time_point to) {
 // Moves the K/V of the accepted nodes (tree slots) to their committed slots. Node
 // nodes[d-1] sits at depth d (slot root_pos + node) and belongs at root_pos + d; moving in
 // depth order is safe: node index >= depth, and indices grow along the path.
-void Compact(kernels::Backend& backend, KvCache& cache, const SequenceBlocks& blocks,
-             int root_pos, std::span<const int> nodes) {
+void Compact(kernels::Backend& backend, KvCache& cache, const SequenceBlocks& blocks, int root_pos,
+             std::span<const int> nodes) {
   std::vector<int32_t> src, dst;
   for (size_t d = 1; d <= nodes.size(); ++d) {
     if (nodes[d - 1] == static_cast<int>(d)) continue;
@@ -38,12 +38,15 @@ void Compact(kernels::Backend& backend, KvCache& cache, const SequenceBlocks& bl
   }
   if (src.empty()) return;
   for (int l = 0; l < cache.num_layers(); ++l) {
-    backend.KvMove(src.data(), dst.data(), static_cast<int>(src.size()), cache.row(),
-                   cache.dtype(), cache.k(l), cache.v(l));
+    backend.KvMove(src.data(), dst.data(), static_cast<int>(src.size()), cache.row(), cache.dtype(),
+                   cache.k(l), cache.v(l));
   }
 }
 
 int BlocksFor(int slots) { return (slots + kKvBlockSize - 1) / kKvBlockSize; }
+
+// Observations at a depth below which the server explores it with one node.
+constexpr double kExploreObservations = 4;
 
 }  // namespace
 
@@ -77,8 +80,7 @@ std::vector<int> Scheduler::StepShape(const Sequence& seq) const {
   std::vector<int> shape = seq.expansion;
   const int wanted = seq.request.max_tokens - seq.completion_tokens();
   const int room = models_->max_context - 1 - seq.root_pos();
-  const int depth =
-      std::max(0, std::min({static_cast<int>(shape.size()), wanted - 1, room - 1}));
+  const int depth = std::max(0, std::min({static_cast<int>(shape.size()), wanted - 1, room - 1}));
   shape.resize(depth);
   return shape;
 }
@@ -116,8 +118,7 @@ void Scheduler::Admit() {
   while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_batch) {
     Sequence& next = *waiting_.front();
     const int first_chunk = std::min(next.root_pos(), options_.max_step_tokens) + 1;
-    if (!running_.empty() &&
-        cache.free_blocks() - BlocksFor(first_chunk) < watermark_blocks_) {
+    if (!running_.empty() && cache.free_blocks() - BlocksFor(first_chunk) < watermark_blocks_) {
       return;
     }
     if (next.admitted < 0) next.admitted = next_admission_++;
@@ -127,9 +128,8 @@ void Scheduler::Admit() {
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
     // Keep the running set in admission order (a preempted request re-enters in its place).
-    std::stable_sort(running_.begin(), running_.end(), [](const auto& a, const auto& b) {
-      return a->admitted < b->admitted;
-    });
+    std::stable_sort(running_.begin(), running_.end(),
+                     [](const auto& a, const auto& b) { return a->admitted < b->admitted; });
   }
 }
 
@@ -188,8 +188,8 @@ void Scheduler::GrowKv(std::vector<Planned>& plan, StepReport& report) {
   std::vector<Sequence*> order;
   for (const Planned& p : plan) order.push_back(p.seq);
   for (Sequence* seq : order) {
-    auto planned = std::find_if(plan.begin(), plan.end(),
-                                [&](const Planned& p) { return p.seq == seq; });
+    auto planned =
+        std::find_if(plan.begin(), plan.end(), [&](const Planned& p) { return p.seq == seq; });
     if (planned == plan.end()) continue;  // preempted for an earlier one
     const int slots = planned->slots;
     while (true) {
@@ -211,7 +211,7 @@ StepReport Scheduler::Step() {
   // a. Admission, after ending cancelled requests (their blocks are free again).
   EndCancelled();
   Admit();
-  // b. Budget and KV growth.
+  // b. The budget (trees first, then prompt chunks) and the blocks it needs.
   int tree_room = 0;
   std::vector<Planned> plan = Budget(&tree_room);
   GrowKv(plan, report);
@@ -220,81 +220,14 @@ StepReport Scheduler::Step() {
     Publish();
     return report;
   }
+  // c-d. Every request's tree from one batched draft pass, the policy deciding per level.
   const Clock::time_point start = Clock::now();
-
-  // c-d. Trees (the policy decides as the levels are drafted) from the batched draft.
-  std::vector<DraftJob> jobs(plan.size());
-  std::vector<DraftJob*> drafting;
-  std::vector<DraftCatchUp> catch_ups;
-  for (size_t i = 0; i < plan.size(); ++i) {
-    Sequence& seq = *plan[i].seq;
-    jobs[i].tree.Reset(seq.tokens.back());
-    if (!seq.speculating()) continue;
-    if (!plan[i].decode) {
-      catch_ups.push_back({&seq.draft_blocks, seq.tokens, seq.draft_len, plan[i].slots});
-      continue;
-    }
-    if (seq.draft_skip > 0) {  // backing off (dynamic trees only)
-      --seq.draft_skip;
-      continue;
-    }
-    jobs[i].blocks = &seq.draft_blocks;
-    jobs[i].tokens = seq.tokens;
-    jobs[i].draft_len = seq.draft_len;
-    jobs[i].params = &seq.request.sampling;
-    jobs[i].rng = &seq.draft_rng;
-    jobs[i].shape = plan[i].shape;
-    jobs[i].acceptance = &seq.acceptance;
-    drafting.push_back(&jobs[i]);
-  }
-  const int decoding = static_cast<int>(std::count_if(
-      plan.begin(), plan.end(), [](const Planned& p) { return p.decode; }));
-  int prefill_tokens = 0;
-  for (const Planned& p : plan) prefill_tokens += p.chunk;
-  int draft_chunks = 0;
-  for (const DraftCatchUp& c : catch_ups) draft_chunks += c.to - c.from;
-  int draft_tokens = draft_chunks;
-  for (const DraftJob* job : drafting) draft_tokens += job->drafted_len() - job->draft_len;
-  policy_.BeginStep(decoding + prefill_tokens, draft_tokens, decoding, draft_chunks);
-  if (drafter_.has_value() && (!drafting.empty() || !catch_ups.empty())) {
-    const DraftTiming timing = drafter_->Draft(drafting, catch_ups, tree_room);
-    if (timing.catch_up_tokens > 0) {
-      policy_.ObserveDraft(timing.catch_up_tokens, timing.catch_up_seconds);
-    }
-    if (timing.levels > 0) {
-      policy_.ObserveDraft(timing.level_tokens / timing.levels,
-                           timing.level_seconds / timing.levels);
-    }
-  }
-  for (size_t i = 0; i < plan.size(); ++i) {
-    if (plan[i].seq->speculating() && !plan[i].decode) plan[i].seq->draft_len = plan[i].slots;
-  }
-
+  std::vector<DraftJob> jobs = DraftTrees(plan, tree_room);
   // e. ONE target forward over every root + tree and every prompt chunk.
   const Clock::time_point drafted = Clock::now();
-  target_runner_.Clear();
-  std::vector<int> first_row(plan.size(), -1);
-  for (size_t i = 0; i < plan.size(); ++i) {
-    Sequence& seq = *plan[i].seq;
-    if (!plan[i].decode) {
-      target_runner_.AddCausal(seq.target_blocks, seq.tokens, seq.target_len, plan[i].slots,
-                               false);
-      continue;
-    }
-    if (jobs[i].non_finite.has_value()) continue;
-    const TokenTree& tree = jobs[i].tree;
-    std::vector<int> nodes(tree.size());
-    for (int n = 0; n < tree.size(); ++n) nodes[n] = n;
-    first_row[i] = target_runner_.AddTree(seq.target_blocks, seq.root_pos(), tree.token,
-                                          tree.depth, tree.mask, nodes);
-    report.tree_tokens += tree.size();
-  }
-  const int target_tokens = target_runner_.tokens();
-  const LogitsView logits{models_->backend.get(), target_runner_.Run(),
-                          target_runner_.logit_rows(), models_->target_config.vocab_size};
+  std::vector<int> first_row;
+  const LogitsView logits = ScoreTarget(plan, jobs, &first_row, report);
   const Clock::time_point scored = Clock::now();
-  policy_.ObserveTarget(target_tokens, Seconds(drafted, scored));
-
   // f-g. Verify, compact and emit per request; prefilling requests advance.
   std::vector<Sequence*> finished;
   for (size_t i = 0; i < plan.size(); ++i) {
@@ -303,81 +236,177 @@ StepReport Scheduler::Step() {
       seq.target_len = plan[i].slots;
       ++report.prefilling;
       report.prefill_tokens += plan[i].chunk;
-      continue;
-    }
-    ++report.decoding;
-    DraftJob& job = jobs[i];
-    // A broken invariant in the models' data fails this request only (DESIGN §2.6).
-    std::optional<NonFinite> bad = job.non_finite;
-    const bool in_draft = bad.has_value();
-    if (!in_draft) bad = FindNonFinite(logits, first_row[i], job.tree.size());
-    if (bad.has_value()) {
-      GenerationEvent event;
-      event.status = absl::InternalError(absl::StrCat(
-          in_draft ? "draft model " : "target model ",
-          in_draft ? options_.draft_dir : options_.target_dir, " produced a ",
-          bad->nan ? "NaN" : "infinite", " logit (token id ", bad->token, ") at decode step ",
-          seq.completion_tokens() + 1, " (position ", seq.root_pos(),
-          "); the weights are broken"));
-      Finish(seq, std::move(event));
-      finished.push_back(&seq);
-      continue;
-    }
-    const int root_pos = seq.root_pos();
-    const VerifyResult result = VerifyTree(logits, first_row[i], job.tree, seq.tokens,
-                                           seq.request.sampling, seq.verify_rng);
-    Compact(*models_->backend, *models_->target_cache, seq.target_blocks, root_pos,
-            result.accepted_nodes);
-    seq.target_len = root_pos + 1 + static_cast<int>(result.accepted_nodes.size());
-    const bool drafted = job.blocks != nullptr;
-    if (drafted) {
-      std::vector<int> drafted_nodes;
-      for (int node : result.accepted_nodes) {
-        if (job.tree.depth[node] < static_cast<int>(job.shape.size())) {
-          drafted_nodes.push_back(node);
-        }
-      }
-      Compact(*models_->backend, *models_->draft_cache, seq.draft_blocks, root_pos,
-              drafted_nodes);
-      seq.draft_len = root_pos + 1 + static_cast<int>(drafted_nodes.size());
-    }
-    std::vector<int32_t> emitted;
-    for (int node : result.accepted_nodes) emitted.push_back(job.tree.token[node]);
-    emitted.push_back(result.bonus_token);
-    Emitted out = Commit(seq, emitted, models_->eos_ids, models_->max_context);
-    if (seq.speculating()) {
-      const StepStats stats = ComputeStepStats(job.tree, result);
-      seq.counter.Record(stats, static_cast<int>(out.token_ids.size()));
-      if (drafted) {
-        const std::vector<float> first_q = FirstTestedQ(job, result);
-        seq.acceptance.Record(stats, first_q);
-        policy_.ObserveStep(stats, first_q);
-      }
-    }
-    if (drafted && policy_.kind() == TreePolicy::Kind::kDynamic && !job.shape.empty()) {
-      seq.draft_backoff = job.tree.size() > 1 ? 0 : std::clamp(2 * seq.draft_backoff, 1, 16);
-      seq.draft_skip = seq.draft_backoff;
-    }
-    GenerationEvent event;
-    event.token_ids = std::move(out.token_ids);
-    event.text = std::move(out.text);
-    if (seq.finish != FinishReason::kNone) {
-      Finish(seq, std::move(event));
-      finished.push_back(&seq);
     } else {
-      seq.sink(std::move(event));
+      ++report.decoding;
+      if (VerifyAndEmit(seq, jobs[i], logits, first_row[i])) finished.push_back(&seq);
     }
   }
   std::erase_if(running_, [&](const std::unique_ptr<Sequence>& s) {
     return std::find(finished.begin(), finished.end(), s.get()) != finished.end();
   });
-  const Clock::time_point end = Clock::now();
   report.draft_seconds = Seconds(start, drafted);
   report.target_seconds = Seconds(drafted, scored);
-  report.verify_seconds = Seconds(scored, end);
+  report.verify_seconds = Seconds(scored, Clock::now());
+  if (report.decoding > 0) policy_.ObserveOverhead(report.verify_seconds);
   if (options_.observer != nullptr) options_.observer->OnStep(report);
   Publish();
   return report;
+}
+
+std::vector<DraftJob> Scheduler::DraftTrees(const std::vector<Planned>& plan, int tree_room) {
+  std::vector<DraftJob> jobs(plan.size());
+  std::vector<DraftJob*> drafting;
+  std::vector<DraftCatchUp> catch_ups;
+  int draft_chunks = 0;  // the catch-up forward: prompt chunks ...
+  int draft_tokens = 0;  // ... and every drafting request's catch-up
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Sequence& seq = *plan[i].seq;
+    jobs[i].tree.Reset(seq.tokens.back());
+    if (!seq.speculating()) continue;
+    if (!plan[i].decode) {  // the draft prefills the same chunk as the target
+      catch_ups.push_back({&seq.draft_blocks, seq.tokens, seq.draft_len, plan[i].slots});
+      draft_chunks += plan[i].slots - seq.draft_len;
+      seq.draft_len = plan[i].slots;
+      continue;
+    }
+    if (seq.draft_skip > 0) {  // backing off (dynamic trees only)
+      --seq.draft_skip;
+      continue;
+    }
+    DraftJob& job = jobs[i];
+    job.blocks = &seq.draft_blocks;
+    job.tokens = seq.tokens;
+    job.draft_len = seq.draft_len;
+    job.params = &seq.request.sampling;
+    job.rng = &seq.draft_rng;
+    job.shape = plan[i].shape;
+    job.acceptance = &seq.acceptance;
+    draft_tokens += job.drafted_len() - job.draft_len;
+    if (policy_.kind() == TreePolicy::Kind::kDynamic) {
+      // Probe the first depth the server knows too little about (its rates are every
+      // request's prior), a new request's depth 1, and depth 1 after a back-off.
+      for (int d = 1; d <= static_cast<int>(job.shape.size()) && job.explore_depth == 0; ++d) {
+        if (policy_.server_acceptance().weight(d) < kExploreObservations) job.explore_depth = d;
+      }
+      if (job.explore_depth == 0 &&
+          (seq.acceptance.weight(1) < 1 || seq.draft_backoff > 0)) {
+        job.explore_depth = 1;
+      }
+    }
+    drafting.push_back(&job);
+  }
+  int decoding = 0;
+  int prefill_tokens = 0;
+  for (const Planned& p : plan) {
+    decoding += p.decode ? 1 : 0;
+    prefill_tokens += p.chunk;
+  }
+  // The first node of the step pays for the drafting requests' catch-up (the chunks run
+  // anyway): when no tree pays for it, nothing is drafted, and the request backs off
+  // (skipping the catch-up) for the next steps.
+  policy_.BeginStep(decoding + prefill_tokens, draft_tokens + draft_chunks, decoding,
+                    draft_chunks);
+  if (!drafter_.has_value() || (drafting.empty() && catch_ups.empty())) return jobs;
+  const DraftTiming timing = drafter_->Draft(drafting, catch_ups, tree_room);
+  if (timing.catch_up_tokens > 0) {
+    policy_.ObserveDraft(timing.catch_up_tokens, timing.catch_up_seconds);
+  }
+  if (timing.levels > 0) {
+    policy_.ObserveDraft(timing.level_tokens / timing.levels, timing.level_seconds / timing.levels);
+  }
+  return jobs;
+}
+
+LogitsView Scheduler::ScoreTarget(const std::vector<Planned>& plan,
+                                  const std::vector<DraftJob>& jobs, std::vector<int>* first_row,
+                                  StepReport& report) {
+  target_runner_.Clear();
+  first_row->assign(plan.size(), -1);
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Sequence& seq = *plan[i].seq;
+    if (!plan[i].decode) {
+      target_runner_.AddCausal(seq.target_blocks, seq.tokens, seq.target_len, plan[i].slots, false);
+      continue;
+    }
+    if (jobs[i].non_finite.has_value()) continue;  // fails in verification
+    const TokenTree& tree = jobs[i].tree;
+    std::vector<int> nodes(tree.size());
+    for (int n = 0; n < tree.size(); ++n) nodes[n] = n;
+    (*first_row)[i] = target_runner_.AddTree(seq.target_blocks, seq.root_pos(), tree.token,
+                                             tree.depth, tree.mask, nodes);
+    report.tree_tokens += tree.size();
+  }
+  const int tokens = target_runner_.tokens();
+  const Clock::time_point start = Clock::now();
+  const float* rows = target_runner_.Run();
+  policy_.ObserveTarget(tokens, Seconds(start, Clock::now()));
+  return {models_->backend.get(), rows, target_runner_.logit_rows(),
+          models_->target_config.vocab_size};
+}
+
+bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsView& logits,
+                              int first_row) {
+  // A broken invariant in the models' data fails this request only (DESIGN §2.6).
+  std::optional<NonFinite> bad = job.non_finite;
+  const bool in_draft = bad.has_value();
+  if (!in_draft) bad = FindNonFinite(logits, first_row, job.tree.size());
+  if (bad.has_value()) {
+    GenerationEvent event;
+    event.status = absl::InternalError(absl::StrCat(
+        in_draft ? "draft model " : "target model ",
+        in_draft ? options_.draft_dir : options_.target_dir, " produced a ",
+        bad->nan ? "NaN" : "infinite", " logit (token id ", bad->token, ") at decode step ",
+        seq.completion_tokens() + 1, " (position ", seq.root_pos(), "); the weights are broken"));
+    Finish(seq, std::move(event));
+    return true;
+  }
+  const int root_pos = seq.root_pos();
+  const VerifyResult result =
+      VerifyTree(logits, first_row, job.tree, seq.tokens, seq.request.sampling, seq.verify_rng);
+  // The root is already at its slot in the target; the accepted path moves into place.
+  Compact(*models_->backend, *models_->target_cache, seq.target_blocks, root_pos,
+          result.accepted_nodes);
+  seq.target_len = root_pos + 1 + static_cast<int>(result.accepted_nodes.size());
+  const bool drafted = job.blocks != nullptr;
+  if (drafted) {
+    // A leaf was never run through the draft: it catches up on it next step.
+    std::vector<int> in_draft_cache;
+    for (int node : result.accepted_nodes) {
+      if (job.tree.depth[node] < static_cast<int>(job.shape.size())) {
+        in_draft_cache.push_back(node);
+      }
+    }
+    Compact(*models_->backend, *models_->draft_cache, seq.draft_blocks, root_pos, in_draft_cache);
+    seq.draft_len = root_pos + 1 + static_cast<int>(in_draft_cache.size());
+  }
+  std::vector<int32_t> emitted;
+  for (int node : result.accepted_nodes) emitted.push_back(job.tree.token[node]);
+  emitted.push_back(result.bonus_token);
+  Emitted out = Commit(seq, emitted, models_->eos_ids, models_->max_context);
+  // Every target pass of a speculating request is a verify step, even one whose tree was
+  // cut to the root (near max_tokens, or while the draft backs off).
+  if (seq.speculating()) {
+    const StepStats stats = ComputeStepStats(job.tree, result);
+    seq.counter.Record(stats, static_cast<int>(out.token_ids.size()));
+    if (drafted) {
+      const std::vector<float> first_q = FirstTestedQ(job, result);
+      seq.acceptance.Record(stats, first_q);
+      policy_.ObserveStep(stats, first_q);
+    }
+  }
+  if (drafted && policy_.kind() == TreePolicy::Kind::kDynamic && !job.shape.empty()) {
+    seq.draft_backoff = job.tree.size() > 1 ? 0 : std::clamp(2 * seq.draft_backoff, 1, 16);
+    seq.draft_skip = seq.draft_backoff;
+  }
+  GenerationEvent event;
+  event.token_ids = std::move(out.token_ids);
+  event.text = std::move(out.text);
+  if (seq.finish == FinishReason::kNone) {
+    seq.sink(std::move(event));
+    return false;
+  }
+  Finish(seq, std::move(event));
+  return true;
 }
 
 void Scheduler::CancelAll() {
@@ -402,8 +431,7 @@ void Scheduler::Publish() {
   stats_->preempted.store(preempted_waiting, std::memory_order_relaxed);
   stats_->preemptions_total.store(preemptions_, std::memory_order_relaxed);
   stats_->kv_blocks_free.store(cache.free_blocks(), std::memory_order_relaxed);
-  stats_->kv_blocks_used.store(cache.num_blocks() - cache.free_blocks(),
-                               std::memory_order_relaxed);
+  stats_->kv_blocks_used.store(cache.num_blocks() - cache.free_blocks(), std::memory_order_relaxed);
 }
 
 std::pair<CostCurve, CostCurve> MeasureCosts(ModelSet& models, int max_tokens) {

@@ -24,6 +24,7 @@
 #include "engine/serving/model_set.h"
 #include "engine/serving/sequence.h"
 #include "engine/spec/drafter.h"
+#include "engine/spec/logits.h"
 #include "engine/spec/tree_policy.h"
 
 namespace specmoe::engine {
@@ -52,9 +53,9 @@ class Scheduler {
   // One running request's part in this step.
   struct Planned {
     Sequence* seq = nullptr;
-    bool decode = false;    // verify a tree; otherwise prefill a chunk
-    int chunk = 0;          // prompt tokens to prefill
-    int slots = 0;          // logical KV slots the step writes up to, in both caches
+    bool decode = false;     // verify a tree; otherwise prefill a chunk
+    int chunk = 0;           // prompt tokens to prefill
+    int slots = 0;           // logical KV slots the step writes up to, in both caches
     std::vector<int> shape;  // the tree's largest expansion this step
   };
 
@@ -67,10 +68,19 @@ class Scheduler {
   // preempted ones from `plan`.
   void GrowKv(std::vector<Planned>& plan, StepReport& report);
   void Preempt(Sequence& seq);
+  // c-d: the jobs of the step's decoding requests (a root-only tree for those that do not
+  // draft), drafted together; prefilling requests' chunks go through the draft too.
+  std::vector<DraftJob> DraftTrees(const std::vector<Planned>& plan, int tree_room);
+  // e: the one target forward; (*first_row)[i]: plan[i]'s first logit row (-1: none).
+  LogitsView ScoreTarget(const std::vector<Planned>& plan, const std::vector<DraftJob>& jobs,
+                         std::vector<int>* first_row, StepReport& report);
+  // f-g for one decoding request: verify, compact both caches, commit and emit; true
+  // when the request finished (its final event delivered, its blocks released).
+  bool VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsView& logits, int first_row);
   // The request's expansion for this step: its own, cut to the context and the tokens
   // still wanted (a step emits at most depth + 1 tokens).
   std::vector<int> StepShape(const Sequence& seq) const;
-  // Compacts, commits and emits one verified request; false when it finished.
+  // Releases seq's blocks and delivers its final event.
   void Finish(Sequence& seq, GenerationEvent event);
   void Release(Sequence& seq);
   void Publish();
@@ -81,7 +91,7 @@ class Scheduler {
   TreePolicy policy_;
   std::optional<Drafter> drafter_;
   Runner target_runner_;
-  std::deque<std::unique_ptr<Sequence>> waiting_;  // preempted requests at the front
+  std::deque<std::unique_ptr<Sequence>> waiting_;   // preempted requests at the front
   std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
   int64_t next_admission_ = 0;
   size_t rotation_ = 0;  // where this step's budget starts among the running requests

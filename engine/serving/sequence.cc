@@ -6,9 +6,8 @@
 
 namespace specmoe::engine {
 
-Sequence::Sequence(GenerationRequest req, EventSink event_sink,
-                   std::shared_ptr<RequestHandle> h, const Tokenizer* tokenizer,
-                   bool has_draft, const std::vector<int>& default_tree)
+Sequence::Sequence(GenerationRequest req, EventSink event_sink, std::shared_ptr<RequestHandle> h,
+                   const Tokenizer* tokenizer, bool has_draft, const std::vector<int>& default_tree)
     : request(std::move(req)),
       sink(std::move(event_sink)),
       handle(std::move(h)),
@@ -18,8 +17,8 @@ Sequence::Sequence(GenerationRequest req, EventSink event_sink,
       detok(tokenizer, request.prompt_ids),
       stops(request.stop) {
   if (has_draft && !request.speculation.disable) {
-    expansion = request.speculation.expansion.empty() ? default_tree
-                                                      : request.speculation.expansion;
+    expansion =
+        request.speculation.expansion.empty() ? default_tree : request.speculation.expansion;
   }
   // Independent random streams (DESIGN §4): the tree's children, and verification.
   const Rng base(request.sampling.seed);
@@ -31,8 +30,8 @@ int Sequence::max_slots(int max_context, int tree_slots) const {
   return std::min(prompt_len + request.max_tokens, max_context) + tree_slots;
 }
 
-Emitted Commit(Sequence& seq, std::span<const int32_t> tokens,
-               std::span<const int32_t> eos_ids, int max_context) {
+Emitted Commit(Sequence& seq, std::span<const int32_t> tokens, std::span<const int32_t> eos_ids,
+               int max_context) {
   const GenerationRequest& req = seq.request;
   Emitted out;
   auto contains = [](std::span<const int32_t> ids, int32_t token) {

@@ -38,16 +38,16 @@ struct Sequence {
   EventSink sink;
   std::shared_ptr<RequestHandle> handle;
   std::chrono::steady_clock::time_point queued_at;
-  int64_t admitted = -1;          // admission order (preemption takes the largest)
-  std::vector<int32_t> tokens;    // prompt + emitted; the last one is the root
+  int64_t admitted = -1;        // admission order (preemption takes the largest)
+  std::vector<int32_t> tokens;  // prompt + emitted; the last one is the root
   int prompt_len = 0;
-  int target_len = 0;             // tokens with K/V in the target cache
-  int draft_len = 0;              // tokens with K/V in the draft cache
-  std::vector<int> expansion;     // the largest tree (empty: plain decoding)
+  int target_len = 0;          // tokens with K/V in the target cache
+  int draft_len = 0;           // tokens with K/V in the draft cache
+  std::vector<int> expansion;  // the largest tree (empty: plain decoding)
   SequenceBlocks target_blocks;
   SequenceBlocks draft_blocks;
-  Rng draft_rng{0};               // draws the tree's children
-  Rng verify_rng{0};              // acceptance uniforms and bonus tokens (independent)
+  Rng draft_rng{0};   // draws the tree's children
+  Rng verify_rng{0};  // acceptance uniforms and bonus tokens (independent)
   IncrementalDetokenizer detok;
   StopMatcher stops;
   SpeculationCounter counter;
@@ -77,8 +77,8 @@ struct Emitted {
 
 // Appends `tokens` (accepted path + bonus) to seq, cut at the first stop condition (EOS
 // unless ignore_eos, a stop token or string, max_tokens, the context), setting seq.finish.
-Emitted Commit(Sequence& seq, std::span<const int32_t> tokens,
-               std::span<const int32_t> eos_ids, int max_context);
+Emitted Commit(Sequence& seq, std::span<const int32_t> tokens, std::span<const int32_t> eos_ids,
+               int max_context);
 
 }  // namespace specmoe::engine
 

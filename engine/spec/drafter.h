@@ -32,13 +32,18 @@ struct DraftJob {
   std::span<const int32_t> tokens;         // committed tokens; the last one is the root
   int draft_len = 0;                       // tokens the draft cache holds
   const SamplingParams* params = nullptr;
-  Rng* rng = nullptr;                      // the draft stream (kDraftStream)
-  std::vector<int> shape;                  // this step's largest expansion (may be empty)
+  Rng* rng = nullptr;      // the draft stream (kDraftStream)
+  std::vector<int> shape;  // this step's largest expansion (may be empty)
   const AcceptanceModel* acceptance = nullptr;
+  // Exploration: at every level up to this depth, if the policy gave none of this job's
+  // frontier nodes a child, the one of highest value gets one. The acceptance models learn
+  // only from drafted nodes, so a depth with too little data (or a request retrying after
+  // backing off) is probed with one node instead of never being drafted again. 0: none.
+  int explore_depth = 0;
 
   TokenTree tree;
-  std::vector<float> node_q;    // [nodes] the draft's probability of each node (root 1)
-  std::vector<double> value;    // [nodes] estimated acceptance probability (root 1)
+  std::vector<float> node_q;            // [nodes] the draft's probability of each node (root 1)
+  std::vector<double> value;            // [nodes] estimated acceptance probability (root 1)
   std::optional<NonFinite> non_finite;  // set when a draft logit was NaN or infinite: the
                                         // tree is unusable and the request must fail
   int root_pos() const { return static_cast<int>(tokens.size()) - 1; }
@@ -75,9 +80,22 @@ class Drafter {
                     int token_room);
 
  private:
+  // One job's frontier: the nodes of its deepest level that are run through the draft,
+  // and the draft's view at each ([vocab]; see NodeDistribution).
+  struct Frontier {
+    std::vector<int> nodes;
+    std::vector<std::vector<float>> dist;
+  };
+  // The catch-up forward(s); sets each job's frontier to its root.
+  void CatchUp(std::span<DraftJob* const> jobs, std::span<const DraftCatchUp> catch_ups,
+               std::vector<Frontier>& frontier, DraftTiming& timing);
+  // Adds depth `level` to every job that still has a frontier, with one draft forward over
+  // the new nodes that are not leaves; false when no job had anything left to draft.
+  bool DraftLevel(int level, std::span<DraftJob* const> jobs, std::vector<Frontier>& frontier,
+                  int& token_room, DraftTiming& timing);
   // The draft's view at a node from its logits row: greedy requests keep the penalised
   // logits (children are their top-k), sampled ones the processed distribution q.
-  void NodeDistribution(const DraftJob& job, int node, const float* logits, int row,
+  void NodeDistribution(const DraftJob& job, int node, const LogitsView& view, int row,
                         std::vector<float>* dist) const;
 
   Runner runner_;

@@ -154,7 +154,12 @@ void TreePolicy::BeginStep(int base_tokens, int draft_base_tokens, int decoding,
   step_nodes_ = 0;
   expected_tokens_ = std::max(0, decoding);
   expected_seconds_ = (target_tokens_ > 0 ? target_.Seconds(target_tokens_) : 0.0) +
-                      (draft_fixed_tokens_ > 0 ? draft_.Seconds(draft_fixed_tokens_) : 0.0);
+                      (draft_fixed_tokens_ > 0 ? draft_.Seconds(draft_fixed_tokens_) : 0.0) +
+                      overhead_seconds_;
+}
+
+void TreePolicy::ObserveOverhead(double seconds) {
+  overhead_seconds_ += kOverheadWeight * (std::max(0.0, seconds) - overhead_seconds_);
 }
 
 double TreePolicy::ChildValue(double parent_value, int depth, float q,

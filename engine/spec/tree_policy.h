@@ -168,6 +168,9 @@ class TreePolicy {
   // ObserveStep records into the server-wide model (the prior); each request's own model
   // is the caller's (AcceptanceModel::Record with the same arguments).
   void ObserveStep(const StepStats& stats, std::span<const float> first_q);
+  // The step's time outside the forwards (verification, sampling, emission): an EWMA that
+  // BeginStep adds to T, so E / T is the step's real throughput.
+  void ObserveOverhead(double seconds);
 
   Kind kind() const { return kind_; }
   // The step so far: E (expected emitted tokens), T (expected seconds), the target's
@@ -192,6 +195,8 @@ class TreePolicy {
   int step_nodes_ = 0;
   double expected_tokens_ = 0;
   double expected_seconds_ = 0;
+  double overhead_seconds_ = 0;
+  static constexpr double kOverheadWeight = 0.125;
 };
 
 }  // namespace specmoe::engine
