@@ -128,29 +128,27 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
                    " (lower --kv-cache-tokens, --max-batch or --max-context)"));
   if (!fits.ok()) return fits;
 
-  const int step_tokens = options.max_step_tokens;
-  absl::StatusOr<std::unique_ptr<Model>> target_model =
-      Model::Create(m->target_config, target->weights, m->backend.get(), step_tokens);
-  if (!target_model.ok()) return target_model.status();
-  m->target = *std::move(target_model);
-  absl::StatusOr<std::unique_ptr<KvCache>> target_cache =
-      KvCache::Create(m->backend.get(), m->target_config.num_layers, m->target->kv_row(),
-                      kKvBlockSize, num_blocks, options.kv_dtype);
-  if (!target_cache.ok()) return target_cache.status();
-  m->target_cache = *std::move(target_cache);
-
+  // Each model with its activations for one step's tokens and its cache of the budget.
+  auto bind = [&](const ModelConfig& config, const ModelWeights& weights,
+                  std::unique_ptr<Model>* model, std::unique_ptr<KvCache>* cache) {
+    absl::StatusOr<std::unique_ptr<Model>> made =
+        Model::Create(config, weights, m->backend.get(), options.max_step_tokens);
+    if (!made.ok()) return made.status();
+    *model = *std::move(made);
+    absl::StatusOr<std::unique_ptr<KvCache>> pools =
+        KvCache::Create(m->backend.get(), config.num_layers, (*model)->kv_row(), kKvBlockSize,
+                        num_blocks, options.kv_dtype);
+    if (!pools.ok()) return pools.status();
+    *cache = *std::move(pools);
+    return absl::OkStatus();
+  };
+  absl::Status bound = bind(m->target_config, target->weights, &m->target, &m->target_cache);
+  if (!bound.ok()) return bound;
   if (draft.has_value()) {
     m->draft_config = draft->config;
     m->draft_store = std::move(draft->store);
-    absl::StatusOr<std::unique_ptr<Model>> draft_model =
-        Model::Create(m->draft_config, draft->weights, m->backend.get(), step_tokens);
-    if (!draft_model.ok()) return draft_model.status();
-    m->draft = *std::move(draft_model);
-    absl::StatusOr<std::unique_ptr<KvCache>> draft_cache =
-        KvCache::Create(m->backend.get(), m->draft_config.num_layers, m->draft->kv_row(),
-                        kKvBlockSize, num_blocks, options.kv_dtype);
-    if (!draft_cache.ok()) return draft_cache.status();
-    m->draft_cache = *std::move(draft_cache);
+    bound = bind(m->draft_config, draft->weights, &m->draft, &m->draft_cache);
+    if (!bound.ok()) return bound;
   }
 
   // EOS from the target's config, else the tokenizer (DESIGN §3.3).
