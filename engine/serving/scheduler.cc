@@ -435,6 +435,9 @@ void Scheduler::Publish() {
 }
 
 std::pair<CostCurve, CostCurve> MeasureCosts(ModelSet& models, int max_tokens) {
+  // Up to the largest tree (a 7B target's 256-token forward takes tens of seconds on a
+  // CPU); past it the curves extend along their last segment and live steps refine them.
+  max_tokens = std::min(max_tokens, kTreeSlots);
   std::vector<std::pair<int, double>> target_points, draft_points;
   std::vector<int32_t> tokens(max_tokens);
   for (int i = 0; i < max_tokens; ++i) tokens[i] = i % models.target_config.vocab_size;
@@ -444,7 +447,7 @@ std::pair<CostCurve, CostCurve> MeasureCosts(ModelSet& models, int max_tokens) {
     Runner runner(&model, &cache);
     for (int n = 1;; n = std::min(2 * n, max_tokens)) {
       double best = 1e30;
-      for (int rep = 0; rep < 2; ++rep) {  // the first also pages the weights in
+      for (int rep = 0; rep < (n == 1 ? 2 : 1); ++rep) {  // the first also pages weights in
         runner.Clear();
         runner.AddCausal(blocks, tokens, 0, n, true);
         const Clock::time_point t0 = Clock::now();

@@ -99,8 +99,9 @@ class Scheduler {
   int watermark_blocks_ = 1;
 };
 
-// The cost curves of one target forward and one draft forward over 1..max_tokens tokens,
-// measured on the loaded models (the dynamic tree policy's start-up calibration).
+// The cost curves of one target forward and one draft forward over 1, 2, 4 ... 64 tokens
+// (at most max_tokens), measured on the loaded models: the dynamic tree policy's start-up
+// calibration.
 std::pair<CostCurve, CostCurve> MeasureCosts(ModelSet& models, int max_tokens);
 
 }  // namespace specmoe::engine
