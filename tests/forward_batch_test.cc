@@ -5,6 +5,7 @@
 // batch before any op runs. Label: cpu.
 #include "engine/model/forward_batch.h"
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <string>
@@ -78,6 +79,44 @@ TEST(ForwardBatchTest, DescViewsTheArraysAndDropsTreesWhenUnused) {
   EXPECT_EQ(d.tree_mask, nullptr);
   EXPECT_EQ(d.tree_start, nullptr);
   EXPECT_TRUE(Check(b).ok()) << Check(b);
+}
+
+// A recorded forward's bucket (model.h PadForRecording): every array padded to a power of
+// two with padding that writes and sees nothing, the real entries untouched, and one key
+// per bucket whatever the batch inside it.
+TEST(ForwardBatchTest, PaddingForARecordingKeepsTheBatchAndKeysTheBucket) {
+  const ForwardBatch b = ValidBatch();  // 8 tokens, 2 sequences x 3 blocks, 4 logit rows
+  ForwardBatch p;
+  const uint64_t key = PadForRecording(b, kMaxTokens, 7, &p);
+  EXPECT_EQ(p.n_tokens(), 8);
+  EXPECT_EQ(p.n_seqs(), 2);
+  EXPECT_EQ(p.max_blocks_per_seq, 4);
+  EXPECT_EQ(p.block_tables, (std::vector<int32_t>{6, 1, -1, -1, 2, 0, 5, -1}));
+  EXPECT_EQ(p.logit_rows, b.logit_rows);
+
+  ForwardBatch c = b;
+  c.Add(1, 9, 3, 1, 6, 0);  // a 9th token: the 16-token bucket
+  c.logit_rows.push_back(8);
+  ForwardBatch q;
+  const uint64_t key16 = PadForRecording(c, kMaxTokens, 7, &q);
+  EXPECT_NE(key16, key);
+  ASSERT_EQ(q.n_tokens(), 16);
+  EXPECT_TRUE(std::equal(c.tokens.begin(), c.tokens.end(), q.tokens.begin()));
+  EXPECT_TRUE(std::equal(c.slots.begin(), c.slots.end(), q.slots.begin()));
+  for (int t = 9; t < 16; ++t) {
+    EXPECT_EQ(q.slots[t], -1) << t;
+    EXPECT_EQ(q.visible_prefix[t], 0) << t;
+    EXPECT_EQ(q.tree_mask[t], 0u) << t;
+  }
+  EXPECT_EQ(q.logit_rows, (std::vector<int32_t>{4, 5, 6, 7, 8, 8, 8, 8}));
+  EXPECT_EQ(q.tree_start.size(), 2u);
+
+  c.tokens[0] = 99;  // a different batch in the same bucket: the same key
+  EXPECT_EQ(PadForRecording(c, kMaxTokens, 7, &q), key16);
+  EXPECT_NE(PadForRecording(c, kMaxTokens, 8, &q), key16);  // another cache or model
+  EXPECT_EQ(PadForRecording(c, 12, 7, &q), PadForRecording(c, 12, 7, &q));
+  EXPECT_EQ(q.n_tokens(), 12);  // never beyond the model's max_tokens
+  EXPECT_EQ(q.logit_rows.size(), 8u);
 }
 
 struct BadCase {

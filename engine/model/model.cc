@@ -153,19 +153,84 @@ void Model::Forward(const ForwardBatch& batch, KvCache& cache, float* logits) {
                        batch.logit_rows.size() * config_.vocab_size * sizeof(float));
 }
 
+namespace {
+
+int NextPowerOfTwo(int n) {
+  int p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+}  // namespace
+
+uint64_t PadForRecording(const ForwardBatch& batch, int max_tokens, uint64_t salt,
+                         ForwardBatch* padded) {
+  const int n = batch.n_tokens();
+  const int tokens = std::min(NextPowerOfTwo(n), std::max(max_tokens, n));
+  const int seqs = NextPowerOfTwo(std::max(batch.n_seqs(), 1));
+  const int width = NextPowerOfTwo(std::max(batch.max_blocks_per_seq, 1));
+  const int m = static_cast<int>(batch.logit_rows.size());
+  const int rows = m == 0 ? 0 : std::min(NextPowerOfTwo(m), tokens);
+  *padded = batch;
+  padded->tokens.resize(tokens, 0);
+  padded->positions.resize(tokens, 0);
+  padded->slots.resize(tokens, -1);
+  padded->token_seq.resize(tokens, 0);
+  padded->visible_prefix.resize(tokens, 0);
+  padded->tree_mask.resize(tokens, 0);
+  padded->tree_start.resize(seqs, 0);
+  padded->block_tables.assign(static_cast<size_t>(seqs) * width, ForwardBatch::kNoBlock);
+  for (int s = 0; s < batch.n_seqs(); ++s) {
+    std::copy_n(batch.block_tables.begin() + static_cast<size_t>(s) * batch.max_blocks_per_seq,
+                batch.max_blocks_per_seq,
+                padded->block_tables.begin() + static_cast<size_t>(s) * width);
+  }
+  padded->max_blocks_per_seq = width;
+  if (m > 0) padded->logit_rows.resize(rows, batch.logit_rows.back());
+  uint64_t key = salt;
+  for (uint64_t part : {uint64_t(tokens), uint64_t(seqs), uint64_t(width), uint64_t(rows)}) {
+    key = key * 0x100000001b3ull ^ part;
+  }
+  return key;
+}
+
 const float* Model::Forward(const ForwardBatch& batch, KvCache& cache) {
   const absl::Status valid = Validate(batch, max_tokens_, cache.block_size(), cache.num_blocks());
   SPECMOE_CHECK(valid.ok(), std::string(valid.message()).c_str());
   kernels::Backend& be = *backend_;
+  if (batch.n_tokens() == 0) return nullptr;
+  if (!recording_ || !be.CanRecord()) {
+    // The description, taken into backend memory once; every op reads it there.
+    Layers(*be.BeginForward(batch.Desc()), cache);
+  } else {
+    // One recording per (model, cache, bucket): its kernels point at this cache's pools.
+    const uint64_t salt =
+        reinterpret_cast<uintptr_t>(&cache) * 31 ^ reinterpret_cast<uintptr_t>(this);
+    const uint64_t key = PadForRecording(batch, max_tokens_, salt, &padded_);
+    kernels::ForwardDesc desc = padded_.Desc();
+    desc.tree_mask = padded_.tree_mask.data();  // present even when no token uses a tree
+    desc.tree_start = padded_.tree_start.data();
+    const kernels::ForwardDesc& fwd = *be.BeginForward(desc);
+    if (!be.Replay(key)) {
+      if (eager_.insert(key).second) {
+        Layers(fwd, cache);
+      } else {
+        be.BeginRecording(key);
+        Layers(fwd, cache);
+        be.EndRecording();
+      }
+    }
+  }
+  return batch.logit_rows.empty() ? nullptr : logits_;
+}
+
+void Model::Layers(const kernels::ForwardDesc& fwd, KvCache& cache) {
+  kernels::Backend& be = *backend_;
   const ModelConfig& c = config_;
-  const int n = batch.n_tokens();
-  if (n == 0) return nullptr;
+  const int n = fwd.n_tokens;
   const int hidden = c.hidden_size;
   const int kv_dim = kv_row();
   const float eps = c.rms_norm_eps;
-
-  // The description, taken into backend memory once; every op below reads it there.
-  const kernels::ForwardDesc& fwd = *be.BeginForward(batch.Desc());
   be.Embedding(fwd, weights_.embed_tokens, x_);  // [n, hidden]
 
   kernels::AttentionArgs att;
@@ -203,11 +268,10 @@ const float* Model::Forward(const ForwardBatch& batch, KvCache& cache) {
 
   // Final norm and lm_head only for the rows whose logits are wanted.
   const int m = fwd.n_logit_rows;
-  if (m == 0) return nullptr;
+  if (m == 0) return;
   be.GatherRows(x_, fwd, hidden, xb_);  // [m, hidden]
   be.RmsNorm(xb_, m, hidden, weights_.norm, eps, xb_);
   be.MatMul(xb_, m, weights_.lm_head, logits_);  // [m, vocab]
-  return logits_;
 }
 
 }  // namespace specmoe::engine

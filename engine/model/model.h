@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -49,7 +50,14 @@ class Model {
   // validated long before), so it aborts with Validate's message (SPECMOE_CHECK) instead of
   // letting a kernel read out of bounds. The description is handed to the backend once
   // (Backend::BeginForward) and read there by every op.
+  // On a backend that records (CUDA graphs; Backend::CanRecord) the batch is first padded to
+  // a bucket (PadForRecording) and the layers run as one recording per bucket and cache: the
+  // first forward of a bucket runs eagerly (it sizes the backend's scratch), the second
+  // records, later ones replay.
   const float* Forward(const ForwardBatch& batch, KvCache& cache);
+
+  // Whether forwards may be recorded and replayed where the backend can (default true).
+  void set_recording(bool on) { recording_ = on; }
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
@@ -64,6 +72,8 @@ class Model {
   Model(const ModelConfig& config, const ModelWeights& weights, kernels::Backend* backend,
         int max_tokens);
   void Ffn(const LayerWeights& layer, int n);
+  // Every layer and the head of one forward whose description `fwd` was taken.
+  void Layers(const kernels::ForwardDesc& fwd, KvCache& cache);
   absl::Status Allocate(size_t bytes, void** out);
 
   ModelConfig config_;
@@ -89,7 +99,21 @@ class Model {
   // offsets [num_experts + 1].
   kernels::MoeRouting routing_;
   std::vector<void*> buffers_;
+
+  bool recording_ = true;
+  ForwardBatch padded_;                  // the bucket-padded batch of a recorded forward
+  std::unordered_set<uint64_t> eager_;   // buckets that ran once eagerly (next: record)
 };
+
+// Pads `batch` for a recorded forward of at most `max_tokens` tokens (DESIGN §5): tokens,
+// sequences, block-table width and logit rows each to the next power of two (tokens and rows
+// at most max_tokens), so that a few recordings serve every step. Padding tokens write no
+// K/V (slot -1) and see nothing; padding sequences have no blocks; padding logit rows repeat
+// the last real row. The tree mask and tree starts are always present (zeros where unused),
+// so a recording's kernels see the same arrays whatever the batch. Returns the key of the
+// bucket (with `salt`, e.g. the cache, mixed in).
+uint64_t PadForRecording(const ForwardBatch& batch, int max_tokens, uint64_t salt,
+                         ForwardBatch* padded);
 
 }  // namespace specmoe::engine
 
