@@ -1,6 +1,10 @@
 // kernels/backend.cc — dtype helpers shared by every backend.
 #include "kernels/backend.h"
 
+#include <cstring>
+
+#include "kernels/cpu/f16.h"
+
 namespace specmoe::kernels {
 
 size_t DTypeBytes(DType dtype) {
@@ -24,6 +28,32 @@ const char* DTypeName(DType dtype) {
       return "BF16";
   }
   return "?";
+}
+
+void WidenRow(const Weight& w, int64_t r, float* out) {
+  const size_t bytes = DTypeBytes(w.dtype);
+  const auto* row = static_cast<const uint8_t*>(w.data) + static_cast<size_t>(r * w.cols) * bytes;
+  for (int64_t i = 0; i < w.cols; ++i) {
+    if (w.dtype == DType::kF32) {
+      std::memcpy(&out[i], row + i * 4, 4);  // the data may be unaligned
+      continue;
+    }
+    uint16_t h;
+    std::memcpy(&h, row + i * 2, 2);
+    out[i] = w.dtype == DType::kF16 ? F16ToF32(h) : Bf16ToF32(h);
+  }
+}
+
+void NarrowRow(const float* x, int64_t n, DType dtype, void* out) {
+  auto* bytes = static_cast<uint8_t*>(out);
+  for (int64_t i = 0; i < n; ++i) {
+    if (dtype == DType::kF32) {
+      std::memcpy(bytes + i * 4, &x[i], 4);
+      continue;
+    }
+    const uint16_t h = dtype == DType::kF16 ? F32ToF16(x[i]) : F32ToBf16(x[i]);
+    std::memcpy(bytes + i * 2, &h, 2);
+  }
 }
 
 }  // namespace specmoe::kernels

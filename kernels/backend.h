@@ -48,6 +48,12 @@ struct Weight {
   size_t bytes() const { return static_cast<size_t>(rows * cols) * DTypeBytes(dtype); }
 };
 
+// Host conversions of weights (--dtype at load, tests): row r of a host weight widened to
+// f32 (exact), out[w.cols]; and n floats narrowed to `dtype` (round to nearest even) into
+// out (unaligned is fine).
+void WidenRow(const Weight& w, int64_t r, float* out);
+void NarrowRow(const float* x, int64_t n, DType dtype, void* out);
+
 // One expert of a mixture-of-experts FFN: down(silu(gate x) * up x).
 // gate, up: [size, hidden]; down: [hidden, size].
 struct ExpertWeights {
@@ -178,7 +184,9 @@ class Backend {
   // Copies within backend memory (regions must not overlap).
   virtual void Copy(void* dst, const void* src, size_t bytes) = 0;
   // Makes a weight stored in host memory (an mmap) usable by this backend. The CPU backend
-  // returns it unchanged; a device backend uploads it.
+  // returns it unchanged; a device backend uploads it into memory it owns until it is
+  // destroyed, and returns a Weight with null data when the device is out of memory (the
+  // model then fails its Create with a Status naming the tensor).
   virtual Weight Upload(const Weight& host_weight) = 0;
 
   // Takes the description of the next forward into backend memory: `host`'s arrays are

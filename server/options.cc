@@ -106,7 +106,9 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
   text("--draft", &options.draft_dir, "DIR", "draft model folder; enables speculative decoding");
   text("--listen", &options.listen, "HOST:PORT", "address to serve on (port 0 picks a free port)");
   text("--port-file", &options.port_file, "PATH", "write the bound port to PATH once listening");
-  text("--device", &options.device, "cpu|cuda", "compute device")->check(OneOf({"cpu", "cuda"}));
+  text("--device", &options.device, "cpu|cuda|auto",
+       "compute device (auto: cuda when this build has it and a GPU is visible, else cpu)")
+      ->check(OneOf({"cpu", "cuda", "auto"}));
   app.add_option("--tree", tree_text,
                  "default expansion <k1,...,km>: children per node at each depth")
       ->option_text("K1,K2,...")
@@ -143,9 +145,14 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
        "dynamic: each step sizes every request's tree to the load (--tree is the most it "
        "holds); static: every request gets its full expansion")
       ->check(OneOf({"static", "dynamic"}));
-  text("--kv-dtype", &options.kv_dtype, "f32|f16",
-       "KV cache element type (f16: half the KV bytes, logits within rounding of f32)")
-      ->check(OneOf({"f32", "f16"}));
+  text("--kv-dtype", &options.kv_dtype, "auto|f32|f16",
+       "KV cache element type (f16: half the KV bytes, logits within rounding of f32; "
+       "auto: f32 on the cpu, f16 on cuda)")
+      ->check(OneOf({"auto", "f32", "f16"}));
+  text("--dtype", &options.dtype, "auto|f32|f16|bf16",
+       "weight type served, converted at load when the checkpoint stores another (auto: as "
+       "stored)")
+      ->check(OneOf({"auto", "f32", "f16", "bf16"}));
   integer("--default-max-tokens", &options.default_max_tokens,
           "max_tokens of a request that leaves it unset", 1);
   integer("--max-tokens-limit", &options.max_tokens_limit,
@@ -247,10 +254,6 @@ absl::StatusOr<ServerOptions> ParseServerOptions(int argc, const char* const* ar
     return absl::InvalidArgumentError(
         "--kv-cache-tokens and --kv-cache-fraction both set the KV budget: give one");
   }
-  if (options.device == "cuda") {
-    return absl::InvalidArgumentError(
-        "--device cuda: this build has no CUDA backend yet; use --device cpu");
-  }
   return options;
 }
 
@@ -278,8 +281,13 @@ engine::EngineOptions ToEngineOptions(const ServerOptions& options) {
   engine_options.tree_policy = options.tree_policy == "static"
                                    ? engine::EngineOptions::TreePolicy::kStatic
                                    : engine::EngineOptions::TreePolicy::kDynamic;
-  engine_options.kv_dtype =
-      options.kv_dtype == "f16" ? kernels::DType::kF16 : kernels::DType::kF32;
+  if (options.kv_dtype != "auto") {
+    engine_options.kv_dtype =
+        options.kv_dtype == "f16" ? kernels::DType::kF16 : kernels::DType::kF32;
+  }
+  if (options.dtype == "f32") engine_options.weight_dtype = kernels::DType::kF32;
+  if (options.dtype == "f16") engine_options.weight_dtype = kernels::DType::kF16;
+  if (options.dtype == "bf16") engine_options.weight_dtype = kernels::DType::kBF16;
   engine_options.limits.default_max_tokens = options.default_max_tokens;
   engine_options.limits.max_tokens_limit = options.max_tokens_limit;
   engine_options.limits.max_prompt_tokens = options.max_prompt_tokens;

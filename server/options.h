@@ -17,7 +17,7 @@ struct ServerOptions {
   std::string draft_dir;                           // --draft
   std::string listen = "127.0.0.1:50051";          // --listen (port 0: a free port)
   std::string port_file;                           // --port-file
-  std::string device = "cpu";                      // --device
+  std::string device = "auto";                     // --device cpu|cuda|auto
   std::vector<int> tree = {1, 1, 3, 1, 1, 1, 1, 1};  // --tree
   int threads = 0;                                 // --threads (0: all cores; at most the cores)
   int max_queue = 64;                              // --max-queue
@@ -28,7 +28,8 @@ struct ServerOptions {
                                                    //   else --max-batch full contexts)
   double kv_cache_fraction = 0;                    // --kv-cache-fraction (0: unset)
   std::string tree_policy = "dynamic";             // --tree-policy static|dynamic
-  std::string kv_dtype = "f32";                    // --kv-dtype f32|f16
+  std::string kv_dtype = "auto";                   // --kv-dtype auto|f32|f16
+  std::string dtype = "auto";                      // --dtype auto|f32|f16|bf16 (weights)
   int default_max_tokens = 128;                    // --default-max-tokens
   int max_tokens_limit = 4096;                     // --max-tokens-limit
   int max_prompt_tokens = 0;                       // --max-prompt-tokens (0: the context)

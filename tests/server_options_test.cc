@@ -26,7 +26,7 @@ TEST(ServerOptionsTest, DefaultsMatchTheDesign) {
   EXPECT_EQ(options->target_dir, "/models/t");
   EXPECT_EQ(options->draft_dir, "");
   EXPECT_EQ(options->listen, "127.0.0.1:50051");
-  EXPECT_EQ(options->device, "cpu");
+  EXPECT_EQ(options->device, "auto");
   EXPECT_THAT(options->tree, ElementsAre(1, 1, 3, 1, 1, 1, 1, 1));
   EXPECT_EQ(options->default_max_tokens, 128);
   EXPECT_EQ(options->max_tokens_limit, 4096);
@@ -71,9 +71,9 @@ TEST(ServerOptionsTest, ErrorsNameTheFlag) {
       {{"--target", "/t", "--tree", "1,0,2"}, "--tree"},
       {{"--target", "/t", "--tree", "1,,2"}, "--tree"},
       {{"--target", "/t", "--log-format", "xml"}, "--log-format: expected one of text|json"},
-      {{"--target", "/t", "--device", "cuda"}, "--device cuda"},
-      {{"--target", "/t", "--device", "tpu"}, "--device: expected one of cpu|cuda"},
-      {{"--target", "/t", "--kv-dtype", "bf16"}, "--kv-dtype: expected one of f32|f16"},
+      {{"--target", "/t", "--device", "tpu"}, "--device: expected one of cpu|cuda|auto"},
+      {{"--target", "/t", "--kv-dtype", "bf16"}, "--kv-dtype: expected one of auto|f32|f16"},
+      {{"--target", "/t", "--dtype", "f8"}, "--dtype: expected one of auto|f32|f16|bf16"},
       {{"--target", "/t", "--tls-cert", "c.pem"}, "--tls-cert and --tls-key"},
       {{"--target", "/t", "--tls-client-ca", "ca.pem"}, "--tls-client-ca needs --tls-cert"},
       {{"--target", "/t", "--default-max-tokens", "500", "--max-tokens-limit", "100"},
@@ -105,14 +105,22 @@ TEST(ServerOptionsTest, ErrorsNameTheFlag) {
   }
 }
 
-TEST(ServerOptionsTest, KvDtypeDefaultsToF32AndReachesTheEngine) {
+TEST(ServerOptionsTest, DtypesDefaultToTheDevicesAndReachTheEngine) {
   absl::StatusOr<ServerOptions> options = Parse({"--target", "/t"});
   ASSERT_TRUE(options.ok()) << options.status();
-  EXPECT_EQ(options->kv_dtype, "f32");
-  EXPECT_EQ(ToEngineOptions(*options).kv_dtype, kernels::DType::kF32);
-  options = Parse({"--target", "/t", "--kv-dtype", "f16"});
+  EXPECT_EQ(options->kv_dtype, "auto");
+  EXPECT_EQ(options->dtype, "auto");
+  EXPECT_FALSE(ToEngineOptions(*options).kv_dtype.has_value());  // the device decides
+  EXPECT_FALSE(ToEngineOptions(*options).weight_dtype.has_value());  // as stored
+  options = Parse({"--target", "/t", "--kv-dtype", "f16", "--dtype", "bf16"});
   ASSERT_TRUE(options.ok()) << options.status();
   EXPECT_EQ(ToEngineOptions(*options).kv_dtype, kernels::DType::kF16);
+  EXPECT_EQ(ToEngineOptions(*options).weight_dtype, kernels::DType::kBF16);
+  options = Parse({"--target", "/t", "--kv-dtype", "f32", "--dtype", "f16", "--device", "cpu"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(ToEngineOptions(*options).kv_dtype, kernels::DType::kF32);
+  EXPECT_EQ(ToEngineOptions(*options).weight_dtype, kernels::DType::kF16);
+  EXPECT_EQ(ToEngineOptions(*options).device, "cpu");
 }
 
 TEST(ServerOptionsTest, SchedulerFlagsDefaultAndReachTheEngine) {
@@ -171,7 +179,7 @@ TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
        {"--target DIR", "--draft DIR", "--listen HOST:PORT", "--port-file PATH", "--device",
         "--tree", "--threads", "--max-queue", "--max-batch", "--max-context",
         "--max-step-tokens N", "--kv-cache-tokens N", "--kv-cache-fraction F",
-        "--tree-policy static|dynamic", "--kv-dtype",
+        "--tree-policy static|dynamic", "--kv-dtype", "--dtype auto|f32|f16|bf16",
         "--default-max-tokens",
         "--max-tokens-limit", "--max-prompt-tokens", "--max-prompt-bytes",
         "--max-message-bytes", "--api-key-file",

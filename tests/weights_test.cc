@@ -14,6 +14,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "engine/loader/safetensors.h"
 #include "engine/loader/torch_pickle.h"
 #include "engine/text/vocab_check.h"
+#include "kernels/cpu/f16.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -370,6 +372,49 @@ TEST(WeightStoreTest, TiedEmbeddingsWithAndWithoutLmHead) {
   TempDir with;
   WriteModel(with, config, [](auto& t) { t["lm_head.weight"].shape = {16, 8}; });
   EXPECT_TRUE(LoadAndBind(with.path()).ok()) << LoadAndBind(with.path());
+}
+
+// --dtype: every view converted once (a tied lm_head shares the embedding's copy), each value
+// rounded the way kernels/cpu/f16.h rounds, and widening back exact.
+TEST(WeightStoreTest, ConvertWeightsRoundsEveryViewOnce) {
+  Json config = TinyLlamaConfig();
+  config["tie_word_embeddings"] = true;
+  TempDir dir;
+  WriteModel(dir, config);
+  auto store = WeightStore::Open(dir.path());
+  ASSERT_TRUE(store.ok());
+  auto weights = BindModelWeights(*ParseModelConfig(config.dump(), "c"), **store);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  const ModelWeights original = *weights;
+  std::vector<std::unique_ptr<uint8_t[]>> owned;
+  ConvertWeights(kernels::DType::kF16, *weights, owned);
+  EXPECT_EQ(weights->dtype, kernels::DType::kF16);
+  EXPECT_EQ(weights->lm_head.data, weights->embed_tokens.data);
+  int views = 0;
+  ForEachWeight(*weights, [&](kernels::Weight&) { ++views; });
+  EXPECT_EQ(static_cast<int>(owned.size()), views - 1);  // the tied head is not copied twice
+
+  std::vector<kernels::Weight> before, after;
+  ModelWeights copy = original;
+  ForEachWeight(copy, [&](kernels::Weight& w) { before.push_back(w); });
+  ForEachWeight(*weights, [&](kernels::Weight& w) { after.push_back(w); });
+  ASSERT_EQ(before.size(), after.size());
+  for (size_t i = 0; i < before.size(); ++i) {
+    ASSERT_EQ(after[i].dtype, kernels::DType::kF16);
+    std::vector<float> src(before[i].cols), got(before[i].cols);
+    for (int64_t r = 0; r < before[i].rows; ++r) {
+      kernels::WidenRow(before[i], r, src.data());
+      kernels::WidenRow(after[i], r, got.data());
+      for (int64_t c = 0; c < before[i].cols; ++c) {
+        const float want = kernels::F16ToF32(kernels::F32ToF16(src[c]));
+        ASSERT_TRUE(std::memcmp(&got[c], &want, 4) == 0) << i << " " << r << " " << c;
+      }
+    }
+  }
+  std::vector<std::unique_ptr<uint8_t[]>> back;
+  ModelWeights widened = *weights;
+  ConvertWeights(kernels::DType::kF32, widened, back);
+  ForEachWeight(widened, [&](kernels::Weight& w) { EXPECT_EQ(w.dtype, kernels::DType::kF32); });
 }
 
 TEST(WeightStoreTest, SyntheticMoeWithIgnoredBuffers) {

@@ -295,4 +295,51 @@ absl::StatusOr<ModelWeights> BindModelWeights(const ModelConfig& config,
   return m;
 }
 
+void ForEachWeight(ModelWeights& weights, const std::function<void(kernels::Weight&)>& fn) {
+  auto visit = [&](kernels::Weight& w) {
+    if (w.data != nullptr) fn(w);
+  };
+  visit(weights.embed_tokens);
+  visit(weights.norm);
+  for (LayerWeights& layer : weights.layers) {
+    for (kernels::Weight* w : {&layer.input_norm, &layer.q_proj, &layer.k_proj, &layer.v_proj,
+                               &layer.o_proj, &layer.post_norm, &layer.mlp.gate, &layer.mlp.up,
+                               &layer.mlp.down, &layer.gate_w1, &layer.gate_w2}) {
+      visit(*w);
+    }
+    for (kernels::ExpertWeights& e : layer.experts) {
+      visit(e.gate);
+      visit(e.up);
+      visit(e.down);
+    }
+  }
+  visit(weights.lm_head);
+}
+
+void ConvertWeights(kernels::DType dtype, ModelWeights& weights,
+                    std::vector<std::unique_ptr<uint8_t[]>>& owned) {
+  std::map<const void*, const void*> converted;  // source -> converted (a tied lm_head)
+  ForEachWeight(weights, [&](kernels::Weight& w) {
+    if (w.dtype == dtype) return;
+    if (auto it = converted.find(w.data); it != converted.end()) {
+      w.data = it->second;
+      w.dtype = dtype;
+      return;
+    }
+    const size_t count = static_cast<size_t>(w.rows * w.cols);
+    auto out = std::make_unique<uint8_t[]>(count * kernels::DTypeBytes(dtype));
+    std::vector<float> row(static_cast<size_t>(w.cols));
+    for (int64_t r = 0; r < w.rows; ++r) {
+      kernels::WidenRow(w, r, row.data());
+      kernels::NarrowRow(row.data(), w.cols, dtype,
+                         out.get() + static_cast<size_t>(r) * w.cols * kernels::DTypeBytes(dtype));
+    }
+    converted[w.data] = out.get();
+    w.data = out.get();
+    w.dtype = dtype;
+    owned.push_back(std::move(out));
+  });
+  weights.dtype = dtype;
+}
+
 }  // namespace specmoe::engine

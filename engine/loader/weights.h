@@ -12,6 +12,7 @@
 #define SPECMOE_ENGINE_LOADER_WEIGHTS_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -83,6 +84,17 @@ struct ModelWeights {
 
 // Checks the store against `config` and returns host views of every tensor.
 absl::StatusOr<ModelWeights> BindModelWeights(const ModelConfig& config, const WeightStore& store);
+
+// Calls fn(weight) for every tensor view of `weights` that is set (embedding, norms, every
+// layer's matrices and experts, lm_head), in that order. A tied lm_head is visited too.
+void ForEachWeight(ModelWeights& weights, const std::function<void(kernels::Weight&)>& fn);
+
+// Serves `weights` in `dtype` (--dtype): every view stored in another dtype is converted
+// (f16 / bf16 rounded to nearest even, widening exact) into memory appended to `owned`, and
+// pointed there; ModelWeights::dtype becomes `dtype`. Cost: one pass over the converted
+// weights and their bytes in host memory (the mapped files stay as they are).
+void ConvertWeights(kernels::DType dtype, ModelWeights& weights,
+                    std::vector<std::unique_ptr<uint8_t[]>>& owned);
 
 }  // namespace specmoe::engine
 

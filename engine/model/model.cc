@@ -26,21 +26,18 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config,
                                                      kernels::Backend* backend,
                                                      int max_tokens) {
   std::unique_ptr<Model> model(new Model(config, weights, backend, max_tokens));
-  auto upload = [&](kernels::Weight& w) { w = backend->Upload(w); };
-  upload(model->weights_.embed_tokens);
-  upload(model->weights_.norm);
-  upload(model->weights_.lm_head);
-  for (LayerWeights& layer : model->weights_.layers) {
-    for (kernels::Weight* w : {&layer.input_norm, &layer.q_proj, &layer.k_proj, &layer.v_proj,
-                               &layer.o_proj, &layer.post_norm, &layer.mlp.gate, &layer.mlp.up,
-                               &layer.mlp.down, &layer.gate_w1, &layer.gate_w2}) {
-      if (w->data != nullptr) upload(*w);
+  std::string failed;
+  ForEachWeight(model->weights_, [&](kernels::Weight& w) {
+    const kernels::Weight uploaded = backend->Upload(w);
+    if (uploaded.data == nullptr && failed.empty()) {
+      failed = absl::StrCat(w.rows, " x ", w.cols, " ", kernels::DTypeName(w.dtype));
     }
-    for (kernels::ExpertWeights& e : layer.experts) {
-      upload(e.gate);
-      upload(e.up);
-      upload(e.down);
-    }
+    w = uploaded;
+  });
+  if (!failed.empty()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot upload the weights to the ", backend->name(), " backend: out of memory at a ",
+        failed, " tensor (", model->weights_.layers.size(), " layers)"));
   }
 
   const size_t t = static_cast<size_t>(max_tokens);

@@ -81,7 +81,7 @@ class EngineImpl final : public Engine {
   const std::vector<int>& default_expansion() const override { return options_.expansion; }
   std::string target_name() const override { return options_.target_dir; }
   std::string draft_name() const override { return options_.draft_dir; }
-  std::string device() const override { return "cpu"; }
+  std::string device() const override { return models_->device; }
   std::string dtype() const override {
     return kernels::DTypeName(models_->target->weights().dtype);
   }
@@ -132,10 +132,6 @@ class EngineImpl final : public Engine {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
-  if (options.device != "cpu") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--device ", options.device, ": only the cpu backend is built so far"));
-  }
   absl::StatusOr<std::unique_ptr<ModelSet>> models = ModelSet::Create(options);
   if (!models.ok()) return models.status();
   return std::unique_ptr<Engine>(new EngineImpl(options, *std::move(models)));

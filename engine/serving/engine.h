@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,8 @@ struct EngineStats {
 struct EngineOptions {
   std::string target_dir;             // Hugging Face model folder (required)
   std::string draft_dir;              // optional: enables speculation
+  // "cpu", "cuda", or "auto": cuda when this build has the CUDA backend and a device is
+  // visible, else cpu (ModelSet::device says which was taken).
   std::string device = "cpu";
   int threads = 0;                    // 0: all cores
   std::vector<int> expansion = {1, 1, 3, 1, 1, 1, 1, 1};  // default tree
@@ -78,7 +81,11 @@ struct EngineOptions {
   enum class TreePolicy { kStatic, kDynamic };
   TreePolicy tree_policy = TreePolicy::kDynamic;
   // KV cache element type of both models: kF32 (bit-exact tests) or kF16 (half the bytes).
-  kernels::DType kv_dtype = kernels::DType::kF32;
+  // Unset: kF32 on the CPU, kF16 on a GPU (where 7B's f32 KV would cost 1 MiB per token).
+  std::optional<kernels::DType> kv_dtype;
+  // Weight type the models are served in, converted at load (round to nearest even) when it
+  // differs from the stored one. Unset: as stored.
+  std::optional<kernels::DType> weight_dtype;
   std::shared_ptr<EngineObserver> observer;  // optional
   RequestLimits limits;               // checked by Submit (engine/serving/request_validator.h)
 };

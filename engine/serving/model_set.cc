@@ -10,6 +10,10 @@
 #include "engine/loader/memory_check.h"
 #include "engine/spec/token_tree.h"
 #include "engine/text/vocab_check.h"
+#if SPECMOE_WITH_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/device.h"
+#endif
 
 namespace specmoe::engine {
 namespace {
@@ -40,6 +44,52 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, const char* role) 
 size_t KvBytesPerToken(const ModelConfig& c, kernels::DType dtype) {
   return static_cast<size_t>(2) * c.num_layers * c.num_kv_heads * c.head_dim *
          kernels::DTypeBytes(dtype);
+}
+
+// "13.48" for 13.48e9 bytes.
+std::string Gigabytes(size_t bytes) { return absl::StrCat(bytes / 10000000 / 100.0); }
+
+// The backend `requested` names ("cpu", "cuda" or "auto": cuda when this build has it and a
+// device is visible), with its name in *device.
+absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(const std::string& requested,
+                                                                 int threads,
+                                                                 std::string* device) {
+  if (requested != "cpu" && requested != "cuda" && requested != "auto") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device ", requested, ": expected cpu, cuda or auto"));
+  }
+#if SPECMOE_WITH_CUDA
+  if (requested != "cpu" && kernels::cuda::DeviceCount() > 0) {
+    *device = "cuda";
+    return kernels::cuda::CreateCudaBackend(0);
+  }
+  if (requested == "cuda") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device cuda: no CUDA device is visible (", kernels::cuda::DeviceName(), ")"));
+  }
+#else
+  if (requested == "cuda") {
+    return absl::InvalidArgumentError(
+        "--device cuda: this build has no CUDA backend (configure with -DSPECMOE_CUDA=ON)");
+  }
+#endif
+  *device = "cpu";
+  return kernels::CreateCpuBackend(threads);
+}
+
+// The bytes the backend of `device` can hold: the device's free memory on a GPU, the
+// physical memory on the CPU.
+size_t BackendMemoryBytes(const std::string& device) {
+#if SPECMOE_WITH_CUDA
+  if (device == "cuda") return kernels::cuda::DeviceFreeBytes();
+#endif
+  return PhysicalMemoryBytes();
+}
+
+size_t WeightBytes(ModelWeights& weights) {
+  size_t bytes = 0;
+  ForEachWeight(weights, [&](kernels::Weight& w) { bytes += w.bytes(); });
+  return bytes;
 }
 
 }  // namespace
@@ -94,23 +144,34 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
     if (!same.ok()) return same;
   }
 
-  m->backend = kernels::CreateCpuBackend(options.threads);
+  absl::StatusOr<std::unique_ptr<kernels::Backend>> backend =
+      CreateBackend(options.device, options.threads, &m->device);
+  if (!backend.ok()) return backend.status();
+  m->backend = *std::move(backend);
+  if (options.weight_dtype.has_value()) {
+    ConvertWeights(*options.weight_dtype, target->weights, m->converted_weights);
+    if (draft.has_value()) {
+      ConvertWeights(*options.weight_dtype, draft->weights, m->converted_weights);
+    }
+  }
+  const kernels::DType kv_dtype = options.kv_dtype.value_or(
+      m->device == "cuda" ? kernels::DType::kF16 : kernels::DType::kF32);
   m->max_context = options.max_context > 0
                        ? std::min(options.max_context, m->target_config.max_position_embeddings)
                        : m->target_config.max_position_embeddings;
 
   // The KV budget, in slots per cache, counting both caches' bytes.
-  size_t weight_bytes = m->target_store->total_bytes();
-  size_t kv_per_token = KvBytesPerToken(m->target_config, options.kv_dtype);
+  size_t weight_bytes = WeightBytes(target->weights);
+  size_t kv_per_token = KvBytesPerToken(m->target_config, kv_dtype);
   if (draft.has_value()) {
-    weight_bytes += draft->store->total_bytes();
-    kv_per_token += KvBytesPerToken(draft->config, options.kv_dtype);
+    weight_bytes += WeightBytes(draft->weights);
+    kv_per_token += KvBytesPerToken(draft->config, kv_dtype);
   }
+  const size_t memory = BackendMemoryBytes(m->device);
   int64_t kv_tokens = options.kv_cache_tokens;
   std::string kv_source = absl::StrCat("--kv-cache-tokens ", kv_tokens);
   if (kv_tokens <= 0 && options.kv_cache_fraction > 0) {
-    const size_t physical = PhysicalMemoryBytes();
-    const size_t left = physical > weight_bytes ? physical - weight_bytes : 0;
+    const size_t left = memory > weight_bytes ? memory - weight_bytes : 0;
     kv_tokens = static_cast<int64_t>(options.kv_cache_fraction * static_cast<double>(left) /
                                      static_cast<double>(kv_per_token));
     kv_source = absl::StrCat("--kv-cache-fraction ", options.kv_cache_fraction);
@@ -122,10 +183,17 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
                              " tokens (--max-batch x --max-context)");
   }
   const int num_blocks = static_cast<int>((kv_tokens + kKvBlockSize - 1) / kKvBlockSize);
+  const size_t kv_bytes = static_cast<size_t>(num_blocks) * kKvBlockSize * kv_per_token;
+  const std::string lower = "(lower --kv-cache-tokens, --max-batch or --max-context)";
+  if (m->device == "cuda" && weight_bytes + kv_bytes > memory) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the models (", Gigabytes(weight_bytes), " GB of weights) and a KV cache of ",
+        kv_source, " (", Gigabytes(kv_bytes), " GB) do not fit in the CUDA device's ",
+        Gigabytes(memory), " GB of free memory ", lower));
+  }
   absl::Status fits = CheckFitsInMemory(
-      weight_bytes + static_cast<size_t>(num_blocks) * kKvBlockSize * kv_per_token,
-      absl::StrCat("the models and a KV cache of ", kv_source,
-                   " (lower --kv-cache-tokens, --max-batch or --max-context)"));
+      weight_bytes + kv_bytes, memory,
+      absl::StrCat("the models and a KV cache of ", kv_source, " ", lower));
   if (!fits.ok()) return fits;
 
   // Each model with its activations for one step's tokens and its cache of the budget.
@@ -137,7 +205,7 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
     *model = *std::move(made);
     absl::StatusOr<std::unique_ptr<KvCache>> pools =
         KvCache::Create(m->backend.get(), config.num_layers, (*model)->kv_row(), kKvBlockSize,
-                        num_blocks, options.kv_dtype);
+                        num_blocks, kv_dtype);
     if (!pools.ok()) return pools.status();
     *cache = *std::move(pools);
     return absl::OkStatus();

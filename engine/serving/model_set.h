@@ -9,7 +9,9 @@
 #ifndef SPECMOE_ENGINE_SERVING_MODEL_SET_H_
 #define SPECMOE_ENGINE_SERVING_MODEL_SET_H_
 
+#include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -34,6 +36,9 @@ struct ModelSet {
   ~ModelSet();
 
   std::unique_ptr<kernels::Backend> backend;
+  std::string device;  // "cpu" or "cuda": the backend taken for EngineOptions::device
+  // Host copies of weights converted for EngineOptions::weight_dtype (the views point here).
+  std::vector<std::unique_ptr<uint8_t[]>> converted_weights;
   std::unique_ptr<Tokenizer> tokenizer;
   ModelConfig target_config;
   ModelConfig draft_config;

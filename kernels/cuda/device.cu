@@ -24,4 +24,13 @@ std::string DeviceName() {
          std::to_string(prop.minor) + ", " + std::to_string(prop.totalGlobalMem >> 30) + " GiB)";
 }
 
+size_t DeviceFreeBytes() {
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaSetDevice(0) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return free_bytes;
+}
+
 }  // namespace specmoe::kernels::cuda

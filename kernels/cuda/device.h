@@ -3,6 +3,7 @@
 #ifndef SPECMOE_KERNELS_CUDA_DEVICE_H_
 #define SPECMOE_KERNELS_CUDA_DEVICE_H_
 
+#include <cstddef>
 #include <string>
 
 namespace specmoe::kernels::cuda {
@@ -12,6 +13,8 @@ namespace specmoe::kernels::cuda {
 int DeviceCount();
 // "NVIDIA H200 (sm_90, 139 GiB)" for device 0, or the runtime's error text.
 std::string DeviceName();
+// Free memory of device 0 in bytes (cudaMemGetInfo), 0 when the runtime reports an error.
+size_t DeviceFreeBytes();
 
 // y[n, d] = w[d] * x * rsqrt(mean(x^2) + eps) in fp32, on the device (device pointers; w is
 // f32 [d]). One block per row; synchronous.
