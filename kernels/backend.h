@@ -178,7 +178,9 @@ class Backend {
   // Copies within backend memory (regions must not overlap).
   virtual void Copy(void* dst, const void* src, size_t bytes) = 0;
   // Makes a weight stored in host memory (an mmap) usable by this backend. The CPU backend
-  // returns it unchanged; a device backend uploads it.
+  // returns it unchanged; a device backend uploads it into memory it owns and frees when it
+  // is destroyed, and returns a Weight with data == nullptr (same dtype and shape) when the
+  // device is out of memory: the caller checks data and reports the failure.
   virtual Weight Upload(const Weight& host_weight) = 0;
 
   // Takes the description of the next forward into backend memory: `host`'s arrays are
@@ -283,6 +285,19 @@ class Backend {
   // greedy tree's children.
   virtual void TopKIds(const float* logits, int vocab, int k, const RowPenalty& penalty,
                        int32_t* ids) = 0;
+
+  // --- Recorded forwards (DESIGN §5): a backend that can record the ops of a forward and
+  // replay them (CUDA graphs) says so; the CPU backend cannot and runs every op eagerly.
+  // A recording spans the ops after BeginForward up to (not including) the logits
+  // reductions; those ops must not write host memory. Replays read the description
+  // BeginForward took last, which must have had the same counts as the recording's.
+  virtual bool CanRecord() const { return false; }
+  // Records the ops issued from now on under `key` (nothing runs until EndRecording).
+  virtual void BeginRecording(uint64_t key) {}
+  // Ends the recording and runs it once.
+  virtual void EndRecording() {}
+  // Runs recording `key` and returns true, or returns false when there is none.
+  virtual bool Replay(uint64_t key) { return false; }
 };
 
 // The CPU backend (kernels/cpu): its own batch-invariant kernels for every row count (no
