@@ -5,19 +5,19 @@
 #ifndef SPECMOE_KERNELS_CUDA_CUBLAS_CHECK_H_
 #define SPECMOE_KERNELS_CUDA_CUBLAS_CHECK_H_
 
+#include <cublas_v2.h>
+
 #include <cstdio>
 #include <cstdlib>
 
-#include <cublas_v2.h>
-
-#define SPECMOE_CUBLAS_CHECK(call)                                                  \
-  do {                                                                              \
-    cublasStatus_t specmoe_status_ = (call);                                        \
-    if (specmoe_status_ != CUBLAS_STATUS_SUCCESS) {                                 \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call,     \
-                   cublasGetStatusString(specmoe_status_));                         \
-      std::abort();                                                                 \
-    }                                                                               \
+#define SPECMOE_CUBLAS_CHECK(call)                                              \
+  do {                                                                          \
+    cublasStatus_t specmoe_status_ = (call);                                    \
+    if (specmoe_status_ != CUBLAS_STATUS_SUCCESS) {                             \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call, \
+                   cublasGetStatusString(specmoe_status_));                     \
+      std::abort();                                                             \
+    }                                                                           \
   } while (0)
 
 #endif  // SPECMOE_KERNELS_CUDA_CUBLAS_CHECK_H_

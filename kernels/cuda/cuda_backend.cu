@@ -67,9 +67,9 @@ struct DescLayout {
 };
 
 DescLayout LayoutFor(const ForwardDesc& d) {
-  SPECMOE_CHECK(d.n_tokens >= 0 && d.n_seqs >= 0 && d.max_blocks_per_seq >= 0 &&
-                    d.n_logit_rows >= 0,
-                "negative count in a forward description");
+  SPECMOE_CHECK(
+      d.n_tokens >= 0 && d.n_seqs >= 0 && d.max_blocks_per_seq >= 0 && d.n_logit_rows >= 0,
+      "negative count in a forward description");
   DescLayout l;
   size_t end = 0;
   auto take = [&end](size_t bytes) {
@@ -98,8 +98,8 @@ std::string CudaError(const char* call, cudaError_t err) {
 }
 
 std::string CublasError(const char* call, cublasStatus_t status) {
-  return absl::StrCat(call, ": ", cublasGetStatusName(status), " (",
-                      cublasGetStatusString(status), ")");
+  return absl::StrCat(call, ": ", cublasGetStatusName(status), " (", cublasGetStatusString(status),
+                      ")");
 }
 
 // Contract: see cuda_backend.h. Owns its stream, cuBLAS handle and workspace, the uploaded
@@ -147,8 +147,8 @@ class CudaBackend final : public Backend {
           absl::StrCat("no CUDA device: ", CudaError("cudaGetDeviceCount", err)));
     }
     if (device_ < 0 || device_ >= count) {
-      return absl::NotFoundError(absl::StrCat("CUDA device ", device_, " does not exist (",
-                                              count, " visible)"));
+      return absl::NotFoundError(
+          absl::StrCat("CUDA device ", device_, " does not exist (", count, " visible)"));
     }
     if ((err = cudaSetDevice(device_)) != cudaSuccess) {
       cudaGetLastError();
@@ -223,8 +223,7 @@ class CudaBackend final : public Backend {
   void CopyFromHost(void* dst, const void* host_src, size_t bytes) override {
     SPECMOE_CHECK(!ctx_.capturing, "CopyFromHost inside a recording");
     if (bytes == 0) return;
-    SPECMOE_CUDA_CHECK(
-        cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
+    SPECMOE_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
     SPECMOE_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
   }
 
@@ -345,8 +344,8 @@ class CudaBackend final : public Backend {
 
   // src, dst (host [n]) go through ctx.host_staging into ctx.scratch as [src | dst]; the call
   // waits for that small copy (not for the move), so the staging is free when it returns.
-  void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
-              void* k_cache, void* v_cache) override {
+  void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype, void* k_cache,
+              void* v_cache) override {
     if (n <= 0) return;
     SPECMOE_CHECK(!ctx_.capturing, "KvMove inside a recording (its slots are host memory)");
     MakeCurrent();
@@ -470,15 +469,15 @@ class CudaBackend final : public Backend {
 
   const int device_;
   CudaContext ctx_;
-  void* cublas_workspace_ = nullptr;            // [kCublasWorkspaceBytes] device
-  std::unique_ptr<MoeExpertsOp> moe_;           // the fused experts (capturable)
-  std::unordered_set<void*> uploads_;           // device memory of uploaded weights
-  GrowingBuffer desc_host_{true};               // pinned: the packed description
-  void* desc_device_ = nullptr;                 // [desc_capacity_] device: the taken one
+  void* cublas_workspace_ = nullptr;   // [kCublasWorkspaceBytes] device
+  std::unique_ptr<MoeExpertsOp> moe_;  // the fused experts (capturable)
+  std::unordered_set<void*> uploads_;  // device memory of uploaded weights
+  GrowingBuffer desc_host_{true};      // pinned: the packed description
+  void* desc_device_ = nullptr;        // [desc_capacity_] device: the taken one
   size_t desc_capacity_ = 0;
-  cudaEvent_t desc_copied_ = nullptr;           // the last description copy is done
-  cudaEvent_t staging_copied_ = nullptr;        // KvMove's slots left ctx.host_staging
-  ForwardDesc fwd_;                             // counts + pointers into desc_device_
+  cudaEvent_t desc_copied_ = nullptr;     // the last description copy is done
+  cudaEvent_t staging_copied_ = nullptr;  // KvMove's slots left ctx.host_staging
+  ForwardDesc fwd_;                       // counts + pointers into desc_device_
   std::unordered_map<uint64_t, cudaGraphExec_t> recordings_;
   uint64_t recording_key_ = 0;
 };

@@ -27,8 +27,8 @@ __device__ inline float Widen(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 // Grid: (ceil(cols / kThreads), min(n, 65535)); tokens strided by gridDim.y.
 template <typename T>
-__global__ void EmbeddingKernel(const int32_t* tokens, int n, const T* w, int64_t vocab,
-                                int cols, float* out) {
+__global__ void EmbeddingKernel(const int32_t* tokens, int n, const T* w, int64_t vocab, int cols,
+                                float* out) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   for (int t = blockIdx.y; t < n; t += gridDim.y) {

@@ -19,8 +19,7 @@ namespace {
 constexpr unsigned int kThreads = 256;
 constexpr int kMaxRowBlocks = 65535;  // grid y limit
 
-__global__ void GatherRowsKernel(const float* x, const int32_t* rows, int n, int cols,
-                                 float* out) {
+__global__ void GatherRowsKernel(const float* x, const int32_t* rows, int n, int cols, float* out) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   for (int i = blockIdx.y; i < n; i += gridDim.y) {

@@ -70,8 +70,7 @@ void Gemm(const float* x, int n, int ldx, const Weight& w, float* y, int ldy, Cu
     const dim3 grid((cols + kThreads - 1) / kThreads,
                     n < static_cast<int>(kMaxRowBlocks) ? n : kMaxRowBlocks);
     if (w.dtype == DType::kF16) {
-      RoundRowsKernel<<<grid, kThreads, 0, ctx.stream>>>(x, n, cols, ldx,
-                                                         static_cast<__half*>(xh));
+      RoundRowsKernel<<<grid, kThreads, 0, ctx.stream>>>(x, n, cols, ldx, static_cast<__half*>(xh));
       type = CUDA_R_16F;
     } else {
       RoundRowsKernel<<<grid, kThreads, 0, ctx.stream>>>(x, n, cols, ldx,

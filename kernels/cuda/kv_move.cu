@@ -43,15 +43,15 @@ void Launch(const int32_t* src, const int32_t* dst, int n, size_t row_bytes, voi
   const size_t units = row_bytes / sizeof(U);
   const dim3 grid(Blocks(units, kThreads), 2);
   KvMoveKernel<<<grid, kThreads, 0, stream>>>(src, dst, n, units, static_cast<U*>(k_cache),
-                                             static_cast<U*>(v_cache));
+                                              static_cast<U*>(v_cache));
 }
 
 bool Aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
 
 }  // namespace
 
-void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
-            void* k_cache, void* v_cache, CudaContext& ctx) {
+void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype, void* k_cache,
+            void* v_cache, CudaContext& ctx) {
   if (n == 0 || row == 0) return;
   SPECMOE_CHECK(n > 0 && row > 0, "KvMove arguments");
   const size_t row_bytes = static_cast<size_t>(row) * DTypeBytes(kv_dtype);

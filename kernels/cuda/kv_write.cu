@@ -26,8 +26,8 @@ __device__ inline void Store(float v, float* dst) { *dst = v; }
 __device__ inline void Store(float v, __half* dst) { *dst = __float2half_rn(v); }
 
 template <typename T>
-__global__ void KvWriteKernel(const float* k, const float* v, const int32_t* slots, int n,
-                              int row, T* k_cache, T* v_cache) {
+__global__ void KvWriteKernel(const float* k, const float* v, const int32_t* slots, int n, int row,
+                              T* k_cache, T* v_cache) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= row) return;
   for (int t = blockIdx.y; t < n; t += gridDim.y) {
@@ -49,14 +49,12 @@ void KvWrite(const float* k, const float* v, const ForwardDesc& fwd, int row, DT
   SPECMOE_CHECK(row > 0 && fwd.slots != nullptr, "KvWrite arguments");
   const dim3 grid((row + kThreads - 1) / kThreads, n < kMaxTokenBlocks ? n : kMaxTokenBlocks);
   if (kv_dtype == DType::kF32) {
-    KvWriteKernel<<<grid, kThreads, 0, ctx.stream>>>(k, v, fwd.slots, n, row,
-                                                     static_cast<float*>(k_cache),
-                                                     static_cast<float*>(v_cache));
+    KvWriteKernel<<<grid, kThreads, 0, ctx.stream>>>(
+        k, v, fwd.slots, n, row, static_cast<float*>(k_cache), static_cast<float*>(v_cache));
   } else {
     SPECMOE_CHECK(kv_dtype == DType::kF16, "the CUDA KV cache holds f32 or f16");
-    KvWriteKernel<<<grid, kThreads, 0, ctx.stream>>>(k, v, fwd.slots, n, row,
-                                                     static_cast<__half*>(k_cache),
-                                                     static_cast<__half*>(v_cache));
+    KvWriteKernel<<<grid, kThreads, 0, ctx.stream>>>(
+        k, v, fwd.slots, n, row, static_cast<__half*>(k_cache), static_cast<__half*>(v_cache));
   }
   SPECMOE_CUDA_CHECK(cudaGetLastError());
 }

@@ -64,8 +64,7 @@ __global__ void RmsNormKernel(const float* x, int d, const T* w, float eps, floa
 
 }  // namespace
 
-void RmsNorm(const float* x, int n, int d, const Weight& w, float eps, float* y,
-             CudaContext& ctx) {
+void RmsNorm(const float* x, int n, int d, const Weight& w, float eps, float* y, CudaContext& ctx) {
   SPECMOE_CHECK(n >= 0 && d > 0 && w.rows * w.cols == d, "norm weight size != d");
   if (n == 0) return;
   switch (w.dtype) {
@@ -78,8 +77,8 @@ void RmsNorm(const float* x, int n, int d, const Weight& w, float eps, float* y,
                                                     y);
       break;
     case DType::kBF16:
-      RmsNormKernel<<<n, kThreads, 0, ctx.stream>>>(
-          x, d, static_cast<const __nv_bfloat16*>(w.data), eps, y);
+      RmsNormKernel<<<n, kThreads, 0, ctx.stream>>>(x, d, static_cast<const __nv_bfloat16*>(w.data),
+                                                    eps, y);
       break;
   }
   SPECMOE_CUDA_CHECK(cudaGetLastError());
