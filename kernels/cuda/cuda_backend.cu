@@ -413,6 +413,8 @@ class CudaBackend final : public Backend {
 
   bool CanRecord() const override { return true; }
 
+  // The recording remembers the layout of the description it was made on (that of the last
+  // BeginForward): a replay on a description of another layout would read wrong offsets.
   void BeginRecording(uint64_t key) override {
     SPECMOE_CHECK(!ctx_.capturing, "BeginRecording inside a recording");
     SPECMOE_CUDA_CHECK(cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeThreadLocal));
@@ -429,11 +431,11 @@ class CudaBackend final : public Backend {
     cudaGraphExec_t exec = nullptr;
     SPECMOE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     SPECMOE_CUDA_CHECK(cudaGraphDestroy(graph));
-    auto [it, inserted] = recordings_.try_emplace(recording_key_, exec);
+    auto [it, inserted] = recordings_.try_emplace(recording_key_, Recording{exec, LayoutOf(fwd_)});
     if (!inserted) {
       // Freed once a replay still in flight is done (cudaGraphExecDestroy's contract).
-      SPECMOE_CUDA_CHECK(cudaGraphExecDestroy(it->second));
-      it->second = exec;
+      SPECMOE_CUDA_CHECK(cudaGraphExecDestroy(it->second.exec));
+      it->second = Recording{exec, LayoutOf(fwd_)};
     }
     SPECMOE_CUDA_CHECK(cudaGraphLaunch(exec, ctx_.stream));
   }
@@ -442,7 +444,9 @@ class CudaBackend final : public Backend {
     SPECMOE_CHECK(!ctx_.capturing, "Replay inside a recording");
     const auto it = recordings_.find(key);
     if (it == recordings_.end()) return false;
-    SPECMOE_CUDA_CHECK(cudaGraphLaunch(it->second, ctx_.stream));
+    SPECMOE_CHECK(it->second.layout == LayoutOf(fwd_),
+                  "Replay on a description whose counts differ from the recording's");
+    SPECMOE_CUDA_CHECK(cudaGraphLaunch(it->second.exec, ctx_.stream));
     return true;
   }
 
@@ -450,7 +454,9 @@ class CudaBackend final : public Backend {
   void MakeCurrent() { SPECMOE_CUDA_CHECK(cudaSetDevice(device_)); }
 
   void DiscardRecordings() {
-    for (auto& [key, exec] : recordings_) SPECMOE_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    for (auto& [key, recording] : recordings_) {
+      SPECMOE_CUDA_CHECK(cudaGraphExecDestroy(recording.exec));
+    }
     recordings_.clear();
   }
 
@@ -478,7 +484,25 @@ class CudaBackend final : public Backend {
   cudaEvent_t desc_copied_ = nullptr;     // the last description copy is done
   cudaEvent_t staging_copied_ = nullptr;  // KvMove's slots left ctx.host_staging
   ForwardDesc fwd_;                       // counts + pointers into desc_device_
-  std::unordered_map<uint64_t, cudaGraphExec_t> recordings_;
+  // What decides where a description's arrays are: its counts and whether it has a tree.
+  struct Layout {
+    int n_tokens, n_seqs, max_blocks_per_seq, n_logit_rows;
+    bool tree;
+    bool operator==(const Layout& o) const {
+      return n_tokens == o.n_tokens && n_seqs == o.n_seqs &&
+             max_blocks_per_seq == o.max_blocks_per_seq && n_logit_rows == o.n_logit_rows &&
+             tree == o.tree;
+    }
+  };
+  static Layout LayoutOf(const ForwardDesc& d) {
+    return Layout{d.n_tokens, d.n_seqs, d.max_blocks_per_seq, d.n_logit_rows,
+                  d.tree_mask != nullptr};
+  }
+  struct Recording {
+    cudaGraphExec_t exec;
+    Layout layout;  // of the description it was recorded on
+  };
+  std::unordered_map<uint64_t, Recording> recordings_;
   uint64_t recording_key_ = 0;
 };
 
