@@ -1,5 +1,5 @@
-// kernels/cuda/device.h — CUDA device discovery and the ops implemented so far.
-// Tested by tests/cuda_kernels_test.cc (label cuda; skips when no device is visible).
+// kernels/cuda/device.h — CUDA device discovery. The CUDA tests (label cuda, e.g.
+// tests/cuda_backend_test.cc) skip at run time when DeviceCount() is 0.
 #ifndef SPECMOE_KERNELS_CUDA_DEVICE_H_
 #define SPECMOE_KERNELS_CUDA_DEVICE_H_
 
@@ -15,10 +15,6 @@ int DeviceCount();
 std::string DeviceName();
 // Free memory of device 0 in bytes (cudaMemGetInfo), 0 when the runtime reports an error.
 size_t DeviceFreeBytes();
-
-// y[n, d] = w[d] * x * rsqrt(mean(x^2) + eps) in fp32, on the device (device pointers; w is
-// f32 [d]). One block per row; synchronous.
-void RmsNorm(const float* x, int n, int d, const float* w, float eps, float* y);
 
 }  // namespace specmoe::kernels::cuda
 
