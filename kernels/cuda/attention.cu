@@ -11,11 +11,12 @@
 //   1. PartialKernel, grid (n_tokens * n_heads, splits), 4 warps per block. A block takes the
 //      split-th contiguous range of logical slots [0, end) of its token, end = the last
 //      visible slot + 1 (device data: only the work inside a block depends on it, never the
-//      launch). Warp w walks the slots begin + w, begin + w + 4, ...; for a visible slot the
-//      32 lanes compute q . k over their elements (lane + 32 i) and sum with xor shuffles
-//      (every lane gets the same bits, so the skip tests stay warp-uniform), then update an
-//      online softmax: m' = max(m, s), l = l e^(m - m') + e^(s - m'),
-//      o = o e^(m - m') + e^(s - m') v. The 4 warps merge in shared memory. With one split
+//      launch). Warp w walks steps of 4 consecutive slots (begin + 4w.., then 16 further);
+//      for the visible slots of a step the 32 lanes load K and V at their elements
+//      (lane + 32 i), compute q . k and sum it with xor shuffles (every lane gets the same
+//      bits, so the skip tests stay warp-uniform), then update an online softmax with
+//      m' = max(m, s..), l = l e^(m - m') + sum e^(s - m'), o = o e^(m - m') + sum e^(s - m') v.
+//      The 4 warps merge in shared memory. With one split
 //      the block writes out = o / l directly; otherwise (m, l, o) go to ctx scratch.
 //   2. MergeKernel, one block per (token, head): M = max m_s, w_s = e^(m_s - M),
 //      out = sum_s w_s o_s / sum_s w_s l_s.
@@ -43,6 +44,7 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
+constexpr int kKeys = 4;  // consecutive slots per warp step
 constexpr int kMaxHeadDim = 256;
 constexpr int kTargetBlocks = 264;    // 132 SMs x 2
 constexpr int kMinKeysPerSplit = 32;  // no split shorter than this at full capacity
@@ -123,34 +125,69 @@ __global__ void __launch_bounds__(kThreads)
   float m = -INFINITY;
   float l = 0.0f;
 
-  for (int64_t logical = begin + warp; logical < stop; logical += kWarps) {
-    if (logical >= prefix) {  // only tree bits beyond the prefix count (CPU VisibleSlots)
-      const int64_t j = logical - tree_start;
-      if (j < 0 || j >= 64 || ((mask >> j) & 1u) == 0) continue;
-    }
-    const int64_t physical = static_cast<int64_t>(table[logical / p.block_size]) * p.block_size +
-                             logical % p.block_size;
-    const size_t offset = static_cast<size_t>(physical) * kv_row + static_cast<size_t>(kv_head) * d;
-    const KV* k = k_cache + offset;
-    float dot = 0.0f;
+  // Each step a warp takes kKeys consecutive slots: all their K and V loads are issued
+  // before the shuffles, so several rows are in flight per warp.
+  for (int64_t base = begin + static_cast<int64_t>(warp) * kKeys; base < stop;
+       base += static_cast<int64_t>(kWarps) * kKeys) {
+    bool visible[kKeys];
+    float kr[kKeys][kPerLane];
+    float vr[kKeys][kPerLane];
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int e = lane + 32 * i;
-      if (e < d) dot = fmaf(qr[i], Widen(k[e]), dot);
-    }
+    for (int u = 0; u < kKeys; ++u) {
+      const int64_t logical = base + u;
+      visible[u] = logical < stop;
+      if (visible[u] && logical >= prefix) {  // tree bits beyond the prefix (CPU VisibleSlots)
+        const int64_t j = logical - tree_start;
+        visible[u] = j >= 0 && j < 64 && ((mask >> j) & 1u) != 0;
+      }
+      size_t offset = 0;
+      if (visible[u]) {
+        const int64_t physical =
+            static_cast<int64_t>(table[logical / p.block_size]) * p.block_size +
+            logical % p.block_size;
+        offset = static_cast<size_t>(physical) * kv_row + static_cast<size_t>(kv_head) * d;
+      }
 #pragma unroll
-    for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(kFullMask, dot, off);
-    const float s = p.scale * dot;
-    const float m_new = fmaxf(m, s);
-    if (m_new == -INFINITY) continue;  // s = -inf and nothing before it: weight 0
+      for (int i = 0; i < kPerLane; ++i) {
+        const int e = lane + 32 * i;
+        const bool load = visible[u] && e < d;
+        kr[u][i] = load ? Widen(k_cache[offset + e]) : 0.0f;
+        vr[u][i] = load ? Widen(v_cache[offset + e]) : 0.0f;
+      }
+    }
+    float score[kKeys];
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      float dot = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) dot = fmaf(qr[i], kr[u][i], dot);
+      score[u] = dot;
+    }
+    // Every lane ends with the same sums (xor butterfly, commutative adds): `visible` and
+    // the tests below are warp-uniform.
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) {
+#pragma unroll
+      for (int u = 0; u < kKeys; ++u) score[u] += __shfl_xor_sync(kFullMask, score[u], off);
+    }
+    float m_new = m;
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      score[u] *= p.scale;
+      if (visible[u]) m_new = fmaxf(m_new, score[u]);
+    }
+    if (m_new == -INFINITY) continue;  // nothing visible (or only -inf scores): weight 0
     const float correction = expf(m - m_new);  // 0 while m is -inf
-    const float weight = expf(s - m_new);
-    l = l * correction + weight;
-    const KV* v = v_cache + offset;
+    l *= correction;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int e = lane + 32 * i;
-      if (e < d) o[i] = fmaf(weight, Widen(v[e]), o[i] * correction);
+    for (int i = 0; i < kPerLane; ++i) o[i] *= correction;
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      if (!visible[u]) continue;
+      const float weight = expf(score[u] - m_new);
+      l += weight;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) o[i] = fmaf(weight, vr[u][i], o[i]);
     }
     m = m_new;
   }
