@@ -69,11 +69,12 @@ __device__ __forceinline__ float PenalizedLogit(const float* row, int i, const D
   }
   if (lo == p.n || p.ids[lo] != i) return value;
   const double l = value;
-  const double penalised = l > 0 ? l / static_cast<double>(p.penalty) : l * static_cast<double>(p.penalty);
-  const double clamped = penalised < -static_cast<double>(FLT_MAX)
-                             ? -static_cast<double>(FLT_MAX)
-                             : (static_cast<double>(FLT_MAX) < penalised ? static_cast<double>(FLT_MAX)
-                                                                         : penalised);
+  const double penalised =
+      l > 0 ? l / static_cast<double>(p.penalty) : l * static_cast<double>(p.penalty);
+  const double clamped =
+      penalised < -static_cast<double>(FLT_MAX)
+          ? -static_cast<double>(FLT_MAX)
+          : (static_cast<double>(FLT_MAX) < penalised ? static_cast<double>(FLT_MAX) : penalised);
   return static_cast<float>(clamped);
 }
 
@@ -149,8 +150,8 @@ __global__ void __launch_bounds__(kThreads)
 inline size_t SortTempBytes(int vocab) {
   size_t bytes = 0;
   SPECMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(
-      nullptr, bytes, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      vocab, 0, 64));
+      nullptr, bytes, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr), vocab,
+      0, 64));
   return bytes;
 }
 
@@ -161,11 +162,11 @@ inline void SortRowDescending(const float* row, int vocab, const DevicePenalty& 
                               uint64_t* keys, uint64_t* sorted, void* temp, size_t temp_bytes,
                               cudaStream_t stream) {
   constexpr int kThreads = 256;
-  OrderKeysKernel<kThreads><<<Blocks(vocab, kThreads), kThreads, 0, stream>>>(row, vocab,
-                                                                             penalty, keys);
+  OrderKeysKernel<kThreads>
+      <<<Blocks(vocab, kThreads), kThreads, 0, stream>>>(row, vocab, penalty, keys);
   SPECMOE_CUDA_CHECK(cudaGetLastError());
-  SPECMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(temp, temp_bytes, keys, sorted,
-                                                              vocab, 0, 64, stream));
+  SPECMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(temp, temp_bytes, keys, sorted, vocab,
+                                                              0, 64, stream));
 }
 
 }  // namespace specmoe::kernels::cuda
