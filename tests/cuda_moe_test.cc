@@ -17,7 +17,8 @@
 // round the same values the same way and differ only in fp32 summation order (and the
 // rare rounding flip it causes), so half those tolerances bound them. Every output is
 // also checked to be written (y starts as NaN) and finite. The fused path is also captured
-// in a CUDA graph with the routing and replayed on new inputs.
+// in a CUDA graph with the routing and replayed on new inputs. Links with the sequential
+// path's cuda::Gemm and cuda::SiluMul (kernels/cuda/gemm.cu, silu_mul.cu).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 

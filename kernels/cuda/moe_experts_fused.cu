@@ -20,9 +20,12 @@
 //   4. MoeCombine: y[t] = scale * sum_j weight[t, j] * sum_s parts[s, t * k + j] (j, s order).
 // Both grouped kernels: 128 threads (4 warps), a 64-row x 64-k activation tile and a
 // 64-row x 64-k weight tile per stage, 4 cp.async stages (zero-filled past the rows and the k
-// range; a scalar fallback where a row is not 16-byte aligned), WMMA m16n16k16 with fp32
-// accumulators; warp w owns rows [16 w, +16) of the tile and skips its MMAs when they are all
-// past the expert's count, so 1 token costs little more than streaming the weights.
+// range; a scalar fallback for an operand whose rows are not 16-byte aligned or whose length
+// is not a multiple of 8), WMMA m16n16k16 with fp32 accumulators; warp w owns rows
+// [16 w, +16) of the tile and skips its MMAs when they are all past the expert's count, so
+// 1 token costs little more than streaming the weights. Up to 64 tokens every selected
+// weight is read once; past that an expert's weights are read once per 64 of its rows
+// (cuBLAS, in the sequential path, may then be faster). Not yet timed on a GPU.
 // The CPU twin is Backend::MoeExperts (kernels/cpu/cpu_backend.cc); tested against it and
 // against the sequential path, eager and replayed from a CUDA graph, by tests/cuda_moe_test.cc.
 #include <cuda_bf16.h>
@@ -376,7 +379,9 @@ class FusedMoeExperts final : public MoeExpertsOp {
            const ExpertWeights* experts, int num_experts, float scale, float* y,
            CudaContext& ctx) override {
     if (n <= 0) return;
-    SPECMOE_CHECK(num_experts >= 1 && k >= 1 && k <= num_experts && hidden >= 1, "MoE sizes");
+    SPECMOE_CHECK(num_experts >= 1 && num_experts <= 65535 && k >= 1 && k <= num_experts &&
+                      hidden >= 1,
+                  "MoE sizes");
     const Table& table = FindTable(experts, num_experts, hidden, ctx);
     if (table.dtype == DType::kF32) {
       sequential_->Run(x, n, hidden, routing, k, experts, num_experts, scale, y, ctx);
