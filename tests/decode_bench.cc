@@ -18,7 +18,10 @@
 //  5. per model: a decode step at context 2000 with an f32 and with an f16 KV cache
 //     (interleaved rounds, medians), attention's time in each.
 // Everything warms up first (the first pass over freshly mmapped weights pays page faults).
-// SPECMOE_BENCH_DECODE_ONLY=1 prints table 1 only, SPECMOE_BENCH_KV_ONLY=1 table 5 only.
+//  6. per model: prefill passes of 1..512 tokens from an empty context (llama-bench's pp n).
+// A model argument may carry a weight type to serve it in: DIR@f16, DIR@bf16 (converted at
+// load). SPECMOE_BENCH_DECODE_ONLY=1 prints table 1 only, SPECMOE_BENCH_KV_ONLY=1 table 5
+// only, SPECMOE_BENCH_PREFILL_ONLY=1 table 6 only.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -254,6 +257,23 @@ void Report(Loaded& m) {
   g.Cancel(**seq);
 }
 
+// "DIR" or "DIR@f16" / "DIR@bf16" / "DIR@f32": the model folder and the weight type to serve
+// it in (converted at load, EngineOptions::weight_dtype; as stored without a suffix).
+engine::EngineOptions OptionsFor(const std::string& spec) {
+  engine::EngineOptions options;
+  const size_t at = spec.rfind('@');
+  options.target_dir = spec.substr(0, at);
+  if (at != std::string::npos) {
+    const std::string dtype = spec.substr(at + 1);
+    options.weight_dtype = dtype == "bf16"  ? kernels::DType::kBF16
+                           : dtype == "f16" ? kernels::DType::kF16
+                                            : kernels::DType::kF32;
+  }
+  options.max_context = 2048;
+  options.max_batch = 1;
+  return options;
+}
+
 // 5. A decode step at the long context with an f32 and an f16 KV cache, in interleaved rounds.
 void KvDtypeTable(const std::string& dir) {
   const kernels::DType dtypes[2] = {kernels::DType::kF32, kernels::DType::kF16};
@@ -261,10 +281,7 @@ void KvDtypeTable(const std::string& dir) {
   engine::Sequence* seqs[2] = {nullptr, nullptr};
   int long_context = 0;
   for (int i = 0; i < 2; ++i) {
-    engine::EngineOptions options;
-    options.target_dir = dir;
-    options.max_context = 2048;
-    options.max_batch = 1;
+    engine::EngineOptions options = OptionsFor(dir);
     options.kv_dtype = dtypes[i];
     absl::StatusOr<std::unique_ptr<engine::Harness>> g = engine::Harness::Create(options);
     if (!g.ok()) {
@@ -311,6 +328,51 @@ void KvDtypeTable(const std::string& dir) {
   for (int i = 0; i < 2; ++i) gens[i]->Cancel(*seqs[i]);
 }
 
+// 6. Prefill passes: one forward of n causal tokens from an empty context, the work of
+// llama.cpp's `llama-bench -p n` (prompt processing), in tokens/s beside the time of reading
+// the weights once.
+void PrefillTable(const std::string& spec) {
+  engine::EngineOptions options = OptionsFor(spec);
+  options.max_step_tokens = 512;
+  absl::StatusOr<std::unique_ptr<engine::Harness>> made = engine::Harness::Create(options);
+  if (!made.ok()) {
+    std::printf("%s: %s\n", spec.c_str(), std::string(made.status().message()).c_str());
+    return;
+  }
+  engine::Harness& g = **made;
+  engine::GenerationRequest hold;
+  hold.prompt_ids.assign(513, 5);
+  hold.prompt_ids[0] = 1;
+  hold.max_tokens = 8;
+  hold.speculation.disable = true;
+  absl::StatusOr<engine::Sequence*> seq = g.Start(hold);
+  if (!seq.ok() || !g.Hold(**seq).ok()) {
+    std::printf("cannot hold 513 tokens: %s\n", std::string(seq.status().message()).c_str());
+    return;
+  }
+  engine::Model& model = g.target();
+  engine::KvCache& cache = g.target_cache();
+  const double read_gbs = bench::ReadBandwidthGBs();
+  const double weights_ms = model.bytes_per_token() / (read_gbs * 1e9) * 1e3;
+  std::printf("\n%s (%s): prefill of n tokens from an empty context (llama-bench pp n), read "
+              "bandwidth %.1f GB/s\n\n",
+              spec.c_str(), kernels::DTypeName(model.weights().dtype), read_gbs);
+  std::printf("| n | ms (median) | tokens/s | weights-once floor ms |\n|---:|---:|---:|---:|\n");
+  std::vector<float> logits(model.config().vocab_size);
+  for (int n : {1, 2, 4, 8, 16, 32, 64, 128, 256, 512}) {
+    engine::ForwardBatch batch;
+    for (int i = 0; i < n; ++i) {
+      batch.Add(3 + i % 1000, i, cache.PhysicalSlot((*seq)->target_blocks, i), 0, i + 1, 0);
+    }
+    batch.logit_rows.push_back(n - 1);  // llama-bench keeps the last row's logits too
+    batch.SetBlockTables({&(*seq)->target_blocks});
+    const double sec =
+        TimeIt([&] { model.Forward(batch, cache, logits.data()); }, n >= 128 ? 3 : 7);
+    std::printf("| %d | %.2f | %.1f | %.2f |\n", n, sec * 1e3, n / sec, weights_ms);
+  }
+  g.Cancel(**seq);
+}
+
 std::vector<std::string> ModelDirs(int argc, char** argv) {
   std::vector<std::string> dirs;
   for (int i = 1; i < argc; ++i) dirs.push_back(argv[i]);
@@ -333,13 +395,16 @@ int Main(int argc, char** argv) {
     for (const std::string& dir : ModelDirs(argc, argv)) KvDtypeTable(dir);
     return 0;
   }
+  // SPECMOE_BENCH_PREFILL_ONLY=1 prints table 6 only.
+  const char* prefill_only = std::getenv("SPECMOE_BENCH_PREFILL_ONLY");
+  if (prefill_only != nullptr && std::string(prefill_only) == "1") {
+    for (const std::string& dir : ModelDirs(argc, argv)) PrefillTable(dir);
+    return 0;
+  }
   std::vector<Loaded> models;
   for (const std::string& dir : ModelDirs(argc, argv)) {
-    engine::EngineOptions options;
-    options.target_dir = dir;
-    options.max_context = 2048;
-    options.max_batch = 1;
-    absl::StatusOr<std::unique_ptr<engine::Harness>> g = engine::Harness::Create(options);
+    absl::StatusOr<std::unique_ptr<engine::Harness>> g =
+        engine::Harness::Create(OptionsFor(dir));
     if (!g.ok()) {
       std::fprintf(stderr, "%s: %s\n", dir.c_str(), std::string(g.status().message()).c_str());
       return 1;
@@ -373,6 +438,7 @@ int Main(int argc, char** argv) {
   if (decode_only != nullptr && std::string(decode_only) == "1") return 0;
   for (Loaded& m : models) Report(m);
   for (Loaded& m : models) KvDtypeTable(m.dir);
+  for (Loaded& m : models) PrefillTable(m.dir);
   return 0;
 }
 

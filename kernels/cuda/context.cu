@@ -26,6 +26,7 @@ void* GrowingBuffer::Get(size_t bytes, bool capturing) {
   const size_t want = grown < 256 ? 256 : grown;
   SPECMOE_CUDA_CHECK(pinned_host_ ? cudaMallocHost(&ptr_, want) : cudaMalloc(&ptr_, want));
   bytes_ = want;
+  ++generation_;
   return ptr_;
 }
 

@@ -10,6 +10,7 @@
 #define SPECMOE_KERNELS_CUDA_CONTEXT_H_
 
 #include <cstddef>
+#include <cstdint>
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -29,11 +30,15 @@ class GrowingBuffer {
   // Aborts (SPECMOE_CHECK) when it must grow during a capture or the allocation fails.
   void* Get(size_t bytes, bool capturing);
   size_t size() const { return bytes_; }
+  // Counts the reallocations: a CUDA graph recorded at an older generation points at freed
+  // memory and must not be replayed.
+  uint64_t generation() const { return generation_; }
 
  private:
   bool pinned_host_;
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+  uint64_t generation_ = 0;
 };
 
 struct CudaContext {

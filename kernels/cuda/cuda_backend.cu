@@ -431,11 +431,12 @@ class CudaBackend final : public Backend {
     cudaGraphExec_t exec = nullptr;
     SPECMOE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     SPECMOE_CUDA_CHECK(cudaGraphDestroy(graph));
-    auto [it, inserted] = recordings_.try_emplace(recording_key_, Recording{exec, LayoutOf(fwd_)});
+    const Recording recording{exec, LayoutOf(fwd_), ctx_.scratch.generation()};
+    auto [it, inserted] = recordings_.try_emplace(recording_key_, recording);
     if (!inserted) {
       // Freed once a replay still in flight is done (cudaGraphExecDestroy's contract).
       SPECMOE_CUDA_CHECK(cudaGraphExecDestroy(it->second.exec));
-      it->second = Recording{exec, LayoutOf(fwd_)};
+      it->second = recording;
     }
     SPECMOE_CUDA_CHECK(cudaGraphLaunch(exec, ctx_.stream));
   }
@@ -444,6 +445,12 @@ class CudaBackend final : public Backend {
     SPECMOE_CHECK(!ctx_.capturing, "Replay inside a recording");
     const auto it = recordings_.find(key);
     if (it == recordings_.end()) return false;
+    if (it->second.scratch_generation != ctx_.scratch.generation()) {
+      // The scratch was reallocated since (a larger op ran eagerly): record again.
+      SPECMOE_CUDA_CHECK(cudaGraphExecDestroy(it->second.exec));
+      recordings_.erase(it);
+      return false;
+    }
     SPECMOE_CHECK(it->second.layout == LayoutOf(fwd_),
                   "Replay on a description whose counts differ from the recording's");
     SPECMOE_CUDA_CHECK(cudaGraphLaunch(it->second.exec, ctx_.stream));
@@ -500,7 +507,8 @@ class CudaBackend final : public Backend {
   }
   struct Recording {
     cudaGraphExec_t exec;
-    Layout layout;  // of the description it was recorded on
+    Layout layout;                // of the description it was recorded on
+    uint64_t scratch_generation;  // of ctx_.scratch, whose memory its kernels use
   };
   std::unordered_map<uint64_t, Recording> recordings_;
   uint64_t recording_key_ = 0;

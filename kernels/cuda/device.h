@@ -15,6 +15,10 @@ int DeviceCount();
 std::string DeviceName();
 // Free memory of device 0 in bytes (cudaMemGetInfo), 0 when the runtime reports an error.
 size_t DeviceFreeBytes();
+// Device 0's READ bandwidth in GB/s (kernels/cuda/bandwidth.cu): the best of 5 streaming
+// passes over `bytes` (choose it far larger than L2, e.g. 4 GiB), bytes counted once per pass.
+// Aborts when the buffer cannot be allocated (benchmarks only).
+double MeasureDeviceReadBandwidthGBs(size_t bytes);
 
 }  // namespace specmoe::kernels::cuda
 

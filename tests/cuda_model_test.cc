@@ -1,0 +1,264 @@
+// tests/cuda_model_test.cc — whole forwards and speculation on the CUDA backend (label cuda).
+//
+// Skips at run time when no CUDA device is visible (DESIGN §5). On a GPU:
+//  - every golden model (tests/fixtures/golden: transformers' LlamaForCausalLM and the
+//    PyTorch reference of the MoE) gives the reference's logits on the CUDA backend, for the
+//    whole prompt in one forward and one token at a time through the KV cache. One token at a
+//    time runs the recorded path (CUDA graphs): the first forward of a bucket runs eagerly,
+//    the second records, the rest replay, so the replays are checked against the reference
+//    too, and against forwards with recording off;
+//  - the same logits on the CUDA and on the CPU backend;
+//  - greedy speculative output on the GPU equals plain greedy output on the GPU for several
+//    tree shapes, and plain greedy on the GPU equals the CPU's tokens wherever the CPU's
+//    top-1/top-2 margin is clear (DESIGN §8: cuBLAS is not batch-invariant, so a near-tie
+//    may go either way; the comparison stops at the first such position).
+// Tolerances (max|out - ref| <= tol * max|ref| per position): 2e-4 with f32 weights (fp32
+// cuBLAS, no TF32; only the order of the sums differs from the reference), 2e-2 with f16 /
+// bf16 weights (the GPU rounds the activations to the weights' type before each product,
+// relative error 2^-9 for bf16, through every layer).
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/loader/model_config.h"
+#include "engine/loader/weights.h"
+#include "engine/model/kv_cache.h"
+#include "engine/model/model.h"
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/device.h"
+#include "nlohmann/json.hpp"
+#include "tests/engine_harness.h"
+
+namespace specmoe::engine {
+namespace {
+
+// SPECMOE_FIXTURES in the environment overrides the build's path (deploy/gpu-check.sh runs
+// these binaries in another checkout on the GPU machine).
+const std::string kFixtures =
+    std::getenv("SPECMOE_FIXTURES") != nullptr ? std::getenv("SPECMOE_FIXTURES") : SPECMOE_FIXTURES;
+
+struct Golden {
+  nlohmann::json meta;
+  std::vector<float> logits;  // [T, vocab]
+  int vocab = 0;
+};
+
+Golden ReadGolden(const std::string& name) {
+  Golden g;
+  std::ifstream meta(kFixtures + "/golden/" + name + ".json");
+  EXPECT_TRUE(meta.good()) << name;
+  g.meta = nlohmann::json::parse(meta);
+  const auto shape = g.meta["logits_shape"].get<std::vector<int>>();
+  g.vocab = shape[1];
+  g.logits.resize(static_cast<size_t>(shape[0]) * shape[1]);
+  std::ifstream raw(kFixtures + "/golden/" + g.meta["logits_file"].get<std::string>(),
+                    std::ios::binary);
+  raw.read(reinterpret_cast<char*>(g.logits.data()), g.logits.size() * sizeof(float));
+  EXPECT_TRUE(raw.good()) << name;
+  return g;
+}
+
+// A model folder on one backend with a KV cache (f32) of `slots` tokens for one sequence.
+struct Loaded {
+  std::unique_ptr<kernels::Backend> backend;
+  std::unique_ptr<WeightStore> store;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<KvCache> cache;
+  SequenceBlocks blocks;
+};
+
+std::unique_ptr<Loaded> Load(const std::string& dir, bool cuda, int slots) {
+  auto l = std::make_unique<Loaded>();
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir);
+  EXPECT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<std::unique_ptr<WeightStore>> store = WeightStore::Open(dir);
+  EXPECT_TRUE(store.ok()) << store.status();
+  if (!config.ok() || !store.ok()) return nullptr;
+  l->store = *std::move(store);
+  absl::StatusOr<ModelWeights> weights = BindModelWeights(*config, *l->store);
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  if (!weights.ok()) return nullptr;
+  if (cuda) {
+    absl::StatusOr<std::unique_ptr<kernels::Backend>> backend = kernels::cuda::CreateCudaBackend(0);
+    EXPECT_TRUE(backend.ok()) << backend.status();
+    if (!backend.ok()) return nullptr;
+    l->backend = *std::move(backend);
+  } else {
+    l->backend = kernels::CreateCpuBackend(2);
+  }
+  absl::StatusOr<std::unique_ptr<Model>> model =
+      Model::Create(*config, *weights, l->backend.get(), std::max(slots, 64));
+  EXPECT_TRUE(model.ok()) << model.status();
+  if (!model.ok()) return nullptr;
+  l->model = *std::move(model);
+  absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(
+      l->backend.get(), config->num_layers, l->model->kv_row(), 16, (slots + 15) / 16);
+  EXPECT_TRUE(cache.ok());
+  if (!cache.ok()) return nullptr;
+  l->cache = *std::move(cache);
+  EXPECT_TRUE(l->cache->Reserve(l->blocks, slots).ok());
+  return l;
+}
+
+// Runs tokens[from, to) at their positions (causal) and returns their logits [to-from, vocab].
+std::vector<float> Forward(Loaded& l, const std::vector<int32_t>& tokens, int from, int to) {
+  ForwardBatch batch;
+  for (int pos = from; pos < to; ++pos) {
+    batch.Add(tokens[pos], pos, l.cache->PhysicalSlot(l.blocks, pos), 0, pos + 1, 0);
+    batch.logit_rows.push_back(pos - from);
+  }
+  batch.SetBlockTables({&l.blocks});
+  std::vector<float> logits(static_cast<size_t>(to - from) * l.model->config().vocab_size);
+  l.model->Forward(batch, *l.cache, logits.data());
+  return logits;
+}
+
+void ExpectClose(const float* got, const float* want, int vocab, double tol,
+                 const std::string& where) {
+  double max_ref = 0, max_err = 0;
+  for (int i = 0; i < vocab; ++i) {
+    max_ref = std::max(max_ref, std::fabs(static_cast<double>(want[i])));
+    max_err = std::max(max_err, std::fabs(static_cast<double>(got[i]) - want[i]));
+  }
+  EXPECT_LE(max_err, tol * max_ref) << where << ": max|out - ref| " << max_err
+                                    << " vs max|ref| " << max_ref;
+}
+
+bool HaveDevice() { return kernels::cuda::DeviceCount() > 0; }
+
+class CudaGoldenTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (!HaveDevice()) GTEST_SKIP() << "no CUDA device: " << kernels::cuda::DeviceName();
+  }
+};
+
+TEST_P(CudaGoldenTest, LogitsMatchTheReferenceAndTheCpuEagerAndRecorded) {
+  const Golden golden = ReadGolden(GetParam());
+  const auto prompt = golden.meta["prompt_ids"].get<std::vector<int32_t>>();
+  const std::string dtype = golden.meta["dtype"].get<std::string>();
+  const double tol = dtype == "f32" ? 2e-4 : 2e-2;
+  const int t = static_cast<int>(prompt.size());
+  const int v = golden.vocab;
+  const std::string dir =
+      kFixtures + "/models/" + golden.meta["model_dirs"][0].get<std::string>();
+  std::unique_ptr<Loaded> gpu = Load(dir, true, 64);
+  std::unique_ptr<Loaded> cpu = Load(dir, false, 64);
+  ASSERT_TRUE(gpu && cpu);
+
+  // 1. The whole prompt in one forward: the reference's logits, and the CPU's.
+  const std::vector<float> logits = Forward(*gpu, prompt, 0, t);
+  const std::vector<float> cpu_logits = Forward(*cpu, prompt, 0, t);
+  for (int pos = 0; pos < t; ++pos) {
+    ExpectClose(&logits[pos * v], &golden.logits[pos * v], v, tol,
+                "prompt position " + std::to_string(pos));
+    ExpectClose(&logits[pos * v], &cpu_logits[pos * v], v, tol,
+                "prompt position " + std::to_string(pos) + " against the CPU");
+  }
+  // 2. One token at a time, recorded (eager, record, then replays), and with recording off
+  // on a second cache: both give the reference's logits and agree with each other.
+  std::unique_ptr<Loaded> eager = Load(dir, true, 64);
+  ASSERT_NE(eager, nullptr);
+  eager->model->set_recording(false);
+  for (int pos = 0; pos < t; ++pos) {
+    const std::vector<float> recorded = Forward(*gpu, prompt, pos, pos + 1);
+    const std::vector<float> plain = Forward(*eager, prompt, pos, pos + 1);
+    ExpectClose(recorded.data(), &golden.logits[pos * v], v, tol,
+                "recorded decode position " + std::to_string(pos));
+    ExpectClose(recorded.data(), plain.data(), v, 1e-5,
+                "recorded against eager at position " + std::to_string(pos));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaGoldenTest,
+                         ::testing::Values("llama_tiny", "llama_gqa", "llama_f16", "llama_bf16",
+                                           "moe_one_expert", "moe_tiny"));
+
+const std::string kTarget = kFixtures + "/models/e2e_target";
+const std::string kDraft = kFixtures + "/models/e2e_draft";
+
+std::unique_ptr<Harness> MakeHarness(const std::string& device, const std::string& draft) {
+  EngineOptions options;
+  options.target_dir = kTarget;
+  options.draft_dir = draft;
+  options.device = device;
+  options.threads = 2;
+  options.max_context = 256;
+  options.max_batch = 3;
+  options.tree_policy = EngineOptions::TreePolicy::kStatic;
+  absl::StatusOr<std::unique_ptr<Harness>> h = Harness::Create(options);
+  EXPECT_TRUE(h.ok()) << h.status();
+  return h.ok() ? *std::move(h) : nullptr;
+}
+
+std::vector<int32_t> Generate(Harness& h, const std::vector<int32_t>& prompt, int max_tokens,
+                              bool speculate, std::vector<int> expansion = {}) {
+  GenerationRequest r;
+  r.prompt_ids = prompt;
+  r.max_tokens = max_tokens;
+  r.ignore_eos = true;
+  r.speculation.disable = !speculate;
+  r.speculation.expansion = std::move(expansion);
+  std::vector<int32_t> ids;
+  absl::StatusOr<Sequence*> seq = h.Start(std::move(r));
+  EXPECT_TRUE(seq.ok()) << seq.status();
+  if (!seq.ok()) return ids;
+  for (int guard = 0; guard < 10000; ++guard) {
+    HarnessOutput step = h.Step(**seq);
+    ids.insert(ids.end(), step.token_ids.begin(), step.token_ids.end());
+    if (step.finished) break;
+  }
+  return ids;
+}
+
+std::vector<std::vector<int32_t>> Prompts() {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int p = 0; p < 4; ++p) {
+    std::vector<int32_t> ids = {1};
+    for (int i = 0; i < 1 + 9 * p; ++i) ids.push_back(3 + (p * 977 + i * 131) % 4000);
+    prompts.push_back(ids);
+  }
+  return prompts;
+}
+
+TEST(CudaSpeculationTest, GreedySpeculativeEqualsPlainOnTheGpuAndTheCpuWhereClear) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device: " << kernels::cuda::DeviceName();
+  std::unique_ptr<Harness> gpu = MakeHarness("cuda", kDraft);
+  std::unique_ptr<Harness> cpu = MakeHarness("cpu", "");
+  ASSERT_TRUE(gpu && cpu);
+  std::unique_ptr<Loaded> reference = Load(kTarget, false, 128);
+  ASSERT_NE(reference, nullptr);
+  const int v = reference->model->config().vocab_size;
+  for (const std::vector<int32_t>& prompt : Prompts()) {
+    const std::vector<int32_t> plain = Generate(*gpu, prompt, 40, false);
+    ASSERT_EQ(plain.size(), 40u);
+    for (const std::vector<int>& shape :
+         std::vector<std::vector<int>>{{1, 1, 1, 1}, {2, 2, 1}, {1, 1, 3, 1, 1, 1, 1, 1}}) {
+      EXPECT_EQ(Generate(*gpu, prompt, 40, true, shape), plain)
+          << "tree of depth " << shape.size() << ", prompt of " << prompt.size();
+    }
+    // Plain greedy on the CPU: equal up to the first position where the CPU's own top-1/top-2
+    // gap is below 1e-2 (f16 KV on the GPU), if any.
+    const std::vector<int32_t> cpu_ids = Generate(*cpu, prompt, 40, false);
+    std::vector<int32_t> seq = prompt;
+    seq.insert(seq.end(), cpu_ids.begin(), cpu_ids.end());
+    const std::vector<float> logits =
+        Forward(*reference, seq, 0, static_cast<int>(seq.size()) - 1);
+    for (size_t i = 0; i < cpu_ids.size(); ++i) {
+      const float* row = &logits[(prompt.size() - 1 + i) * v];
+      std::vector<float> sorted(row, row + v);
+      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
+      if (sorted[0] - sorted[1] < 1e-2f) break;  // a near-tie: either token is right
+      ASSERT_EQ(plain[i], cpu_ids[i]) << "token " << i << ", prompt of " << prompt.size();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace specmoe::engine
