@@ -300,8 +300,10 @@ class Backend {
   virtual bool CanRecord() const { return false; }
   // Records the ops issued from now on under `key` (nothing runs until EndRecording).
   virtual void BeginRecording(uint64_t key) {}
-  // Ends the recording and runs it once.
-  virtual void EndRecording() {}
+  // Ends the recording and runs it once: true. False when an op could not be recorded (it
+  // would have to sync the host): then nothing of it ran, and the caller issues the ops again
+  // eagerly.
+  virtual bool EndRecording() { return true; }
   // Runs recording `key` and returns true, or returns false when there is none.
   virtual bool Replay(uint64_t key) { return false; }
 };

@@ -209,12 +209,17 @@ const float* Model::Forward(const ForwardBatch& batch, KvCache& cache) {
     desc.tree_start = padded_.tree_start.data();
     const kernels::ForwardDesc& fwd = *be.BeginForward(desc);
     if (!be.Replay(key)) {
-      if (eager_.insert(key).second) {
+      int& eager_runs = eager_runs_[key];
+      if (eager_runs == 0 || eager_runs == kNeverRecord) {
+        if (eager_runs == 0) eager_runs = 1;
         Layers(fwd, cache);
       } else {
         be.BeginRecording(key);
         Layers(fwd, cache);
-        be.EndRecording();
+        if (!be.EndRecording()) {  // an op of this model cannot be recorded: stay eager
+          eager_runs = kNeverRecord;
+          Layers(fwd, cache);
+        }
       }
     }
   }

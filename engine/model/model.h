@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -102,7 +102,10 @@ class Model {
 
   bool recording_ = true;
   ForwardBatch padded_;                  // the bucket-padded batch of a recorded forward
-  std::unordered_set<uint64_t> eager_;   // buckets that ran once eagerly (next: record)
+  // Per bucket: 1 once it ran eagerly (the next forward records), kNeverRecord when its
+  // recording failed (an op that cannot be captured; Backend::EndRecording).
+  static constexpr int kNeverRecord = -1;
+  std::unordered_map<uint64_t, int> eager_runs_;
 };
 
 // Pads `batch` for a recorded forward of at most `max_tokens` tokens (DESIGN §5): tokens,

@@ -45,6 +45,10 @@ struct CudaContext {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   bool capturing = false;             // a CUDA graph is being recorded on `stream`
+  // Set by an op asked to run inside a capture that it cannot be part of (it must sync the
+  // host, e.g. the sequential MoE); the op does nothing then, and the backend's EndRecording
+  // discards the recording and reports it, so the caller runs the ops eagerly.
+  bool capture_failed = false;
   GrowingBuffer scratch{false};       // device workspace of the op being run
   GrowingBuffer host_staging{true};   // pinned host memory for uploads and read-backs
 

@@ -422,12 +422,18 @@ class CudaBackend final : public Backend {
     recording_key_ = key;
   }
 
-  void EndRecording() override {
+  bool EndRecording() override {
     SPECMOE_CHECK(ctx_.capturing, "EndRecording without BeginRecording");
     cudaGraph_t graph = nullptr;
     const cudaError_t err = cudaStreamEndCapture(ctx_.stream, &graph);
     ctx_.capturing = false;
     SPECMOE_CUDA_CHECK(err);
+    if (ctx_.capture_failed) {
+      // An op could not be captured: nothing of this recording ran; the caller reruns eagerly.
+      ctx_.capture_failed = false;
+      SPECMOE_CUDA_CHECK(cudaGraphDestroy(graph));
+      return false;
+    }
     cudaGraphExec_t exec = nullptr;
     SPECMOE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     SPECMOE_CUDA_CHECK(cudaGraphDestroy(graph));
@@ -439,6 +445,7 @@ class CudaBackend final : public Backend {
       it->second = recording;
     }
     SPECMOE_CUDA_CHECK(cudaGraphLaunch(exec, ctx_.stream));
+    return true;
   }
 
   bool Replay(uint64_t key) override {

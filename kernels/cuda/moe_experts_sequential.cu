@@ -64,7 +64,12 @@ class SequentialMoeExperts final : public MoeExpertsOp {
            const ExpertWeights* experts, int num_experts, float scale, float* y,
            CudaContext& ctx) override {
     if (n <= 0) return;
-    SPECMOE_CHECK(!ctx.capturing, "the sequential MoE path syncs the host: not capturable");
+    if (ctx.capturing) {
+      // It reads the counts back (a host sync), which a capture forbids: the recording fails
+      // and its forward runs eagerly instead (CudaContext::capture_failed).
+      ctx.capture_failed = true;
+      return;
+    }
     SPECMOE_CHECK(k >= 1 && k <= num_experts && hidden >= 1, "MoE sizes");
     const int64_t pairs = static_cast<int64_t>(n) * k;
     SPECMOE_CHECK(pairs <= INT32_MAX, "pair count");
