@@ -34,100 +34,25 @@
 #include "kernels/cuda/device.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine_harness.h"
+#include "tests/golden_util.h"
 
 namespace specmoe::engine {
 namespace {
 
-// SPECMOE_FIXTURES in the environment overrides the build's path (deploy/gpu-check.sh runs
-// these binaries in another checkout on the GPU machine).
-const std::string kFixtures =
-    std::getenv("SPECMOE_FIXTURES") != nullptr ? std::getenv("SPECMOE_FIXTURES") : SPECMOE_FIXTURES;
+const std::string kFixtures = FixturesDir();
 
-struct Golden {
-  nlohmann::json meta;
-  std::vector<float> logits;  // [T, vocab]
-  int vocab = 0;
-};
-
-Golden ReadGolden(const std::string& name) {
-  Golden g;
-  std::ifstream meta(kFixtures + "/golden/" + name + ".json");
-  EXPECT_TRUE(meta.good()) << name;
-  g.meta = nlohmann::json::parse(meta);
-  const auto shape = g.meta["logits_shape"].get<std::vector<int>>();
-  g.vocab = shape[1];
-  g.logits.resize(static_cast<size_t>(shape[0]) * shape[1]);
-  std::ifstream raw(kFixtures + "/golden/" + g.meta["logits_file"].get<std::string>(),
-                    std::ios::binary);
-  raw.read(reinterpret_cast<char*>(g.logits.data()), g.logits.size() * sizeof(float));
-  EXPECT_TRUE(raw.good()) << name;
-  return g;
+// A model folder on the CUDA (or the CPU) backend with an f32 KV cache of `slots` tokens.
+std::unique_ptr<LoadedModel> Load(const std::string& dir, bool cuda, int slots) {
+  if (!cuda) return LoadModelOn(dir, kernels::CreateCpuBackend(2), slots);
+  absl::StatusOr<std::unique_ptr<kernels::Backend>> backend = kernels::cuda::CreateCudaBackend(0);
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  if (!backend.ok()) return nullptr;
+  return LoadModelOn(dir, *std::move(backend), slots);
 }
 
-// A model folder on one backend with a KV cache (f32) of `slots` tokens for one sequence.
-struct Loaded {
-  std::unique_ptr<kernels::Backend> backend;
-  std::unique_ptr<WeightStore> store;
-  std::unique_ptr<Model> model;
-  std::unique_ptr<KvCache> cache;
-  SequenceBlocks blocks;
-};
-
-std::unique_ptr<Loaded> Load(const std::string& dir, bool cuda, int slots) {
-  auto l = std::make_unique<Loaded>();
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir);
-  EXPECT_TRUE(config.ok()) << config.status();
-  absl::StatusOr<std::unique_ptr<WeightStore>> store = WeightStore::Open(dir);
-  EXPECT_TRUE(store.ok()) << store.status();
-  if (!config.ok() || !store.ok()) return nullptr;
-  l->store = *std::move(store);
-  absl::StatusOr<ModelWeights> weights = BindModelWeights(*config, *l->store);
-  EXPECT_TRUE(weights.ok()) << weights.status();
-  if (!weights.ok()) return nullptr;
-  if (cuda) {
-    absl::StatusOr<std::unique_ptr<kernels::Backend>> backend = kernels::cuda::CreateCudaBackend(0);
-    EXPECT_TRUE(backend.ok()) << backend.status();
-    if (!backend.ok()) return nullptr;
-    l->backend = *std::move(backend);
-  } else {
-    l->backend = kernels::CreateCpuBackend(2);
-  }
-  absl::StatusOr<std::unique_ptr<Model>> model =
-      Model::Create(*config, *weights, l->backend.get(), std::max(slots, 64));
-  EXPECT_TRUE(model.ok()) << model.status();
-  if (!model.ok()) return nullptr;
-  l->model = *std::move(model);
-  absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(
-      l->backend.get(), config->num_layers, l->model->kv_row(), 16, (slots + 15) / 16);
-  EXPECT_TRUE(cache.ok());
-  if (!cache.ok()) return nullptr;
-  l->cache = *std::move(cache);
-  EXPECT_TRUE(l->cache->Reserve(l->blocks, slots).ok());
-  return l;
-}
-
-// Runs tokens[from, to) at their positions (causal) and returns their logits [to-from, vocab].
-std::vector<float> Forward(Loaded& l, const std::vector<int32_t>& tokens, int from, int to) {
-  ForwardBatch batch;
-  for (int pos = from; pos < to; ++pos) {
-    batch.Add(tokens[pos], pos, l.cache->PhysicalSlot(l.blocks, pos), 0, pos + 1, 0);
-    batch.logit_rows.push_back(pos - from);
-  }
-  batch.SetBlockTables({&l.blocks});
-  std::vector<float> logits(static_cast<size_t>(to - from) * l.model->config().vocab_size);
-  l.model->Forward(batch, *l.cache, logits.data());
-  return logits;
-}
-
-void ExpectClose(const float* got, const float* want, int vocab, double tol,
-                 const std::string& where) {
-  double max_ref = 0, max_err = 0;
-  for (int i = 0; i < vocab; ++i) {
-    max_ref = std::max(max_ref, std::fabs(static_cast<double>(want[i])));
-    max_err = std::max(max_err, std::fabs(static_cast<double>(got[i]) - want[i]));
-  }
-  EXPECT_LE(max_err, tol * max_ref) << where << ": max|out - ref| " << max_err
-                                    << " vs max|ref| " << max_ref;
+std::vector<float> Forward(LoadedModel& l, const std::vector<int32_t>& tokens, int from,
+                           int to) {
+  return ForwardRange(l, tokens, from, to);
 }
 
 bool HaveDevice() { return kernels::cuda::DeviceCount() > 0; }
@@ -148,8 +73,8 @@ TEST_P(CudaGoldenTest, LogitsMatchTheReferenceAndTheCpuEagerAndRecorded) {
   const int v = golden.vocab;
   const std::string dir =
       kFixtures + "/models/" + golden.meta["model_dirs"][0].get<std::string>();
-  std::unique_ptr<Loaded> gpu = Load(dir, true, 64);
-  std::unique_ptr<Loaded> cpu = Load(dir, false, 64);
+  std::unique_ptr<LoadedModel> gpu = Load(dir, true, 64);
+  std::unique_ptr<LoadedModel> cpu = Load(dir, false, 64);
   ASSERT_TRUE(gpu && cpu);
 
   // 1. The whole prompt in one forward: the reference's logits, and the CPU's.
@@ -163,7 +88,7 @@ TEST_P(CudaGoldenTest, LogitsMatchTheReferenceAndTheCpuEagerAndRecorded) {
   }
   // 2. One token at a time, recorded (eager, record, then replays), and with recording off
   // on a second cache: both give the reference's logits and agree with each other.
-  std::unique_ptr<Loaded> eager = Load(dir, true, 64);
+  std::unique_ptr<LoadedModel> eager = Load(dir, true, 64);
   ASSERT_NE(eager, nullptr);
   eager->model->set_recording(false);
   for (int pos = 0; pos < t; ++pos) {
@@ -232,7 +157,7 @@ TEST(CudaSpeculationTest, GreedySpeculativeEqualsPlainOnTheGpuAndTheCpuWhereClea
   std::unique_ptr<Harness> gpu = MakeHarness("cuda", kDraft);
   std::unique_ptr<Harness> cpu = MakeHarness("cpu", "");
   ASSERT_TRUE(gpu && cpu);
-  std::unique_ptr<Loaded> reference = Load(kTarget, false, 128);
+  std::unique_ptr<LoadedModel> reference = Load(kTarget, false, 128);
   ASSERT_NE(reference, nullptr);
   const int v = reference->model->config().vocab_size;
   for (const std::vector<int32_t>& prompt : Prompts()) {

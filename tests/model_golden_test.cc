@@ -26,89 +26,21 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "nlohmann/json.hpp"
+#include "tests/golden_util.h"
 
 namespace specmoe::engine {
 namespace {
 
-const std::string kFixtures = SPECMOE_FIXTURES;
+const std::string kFixtures = FixturesDir();
 
-struct Golden {
-  nlohmann::json meta;
-  std::vector<float> logits;  // [T, vocab]
-  int vocab = 0;
-};
-
-Golden ReadGolden(const std::string& name) {
-  Golden g;
-  std::ifstream meta(kFixtures + "/golden/" + name + ".json");
-  EXPECT_TRUE(meta.good()) << name;
-  g.meta = nlohmann::json::parse(meta);
-  const auto shape = g.meta["logits_shape"].get<std::vector<int>>();
-  g.vocab = shape[1];
-  g.logits.resize(static_cast<size_t>(shape[0]) * shape[1]);
-  std::ifstream raw(kFixtures + "/golden/" + g.meta["logits_file"].get<std::string>(),
-                    std::ios::binary);
-  raw.read(reinterpret_cast<char*>(g.logits.data()), g.logits.size() * sizeof(float));
-  EXPECT_TRUE(raw.good()) << name;
-  return g;
+// A model folder on the CPU backend with room for `slots` tokens.
+std::unique_ptr<LoadedModel> Load(const std::string& dir, int slots) {
+  return LoadModelOn(dir, kernels::CreateCpuBackend(2), slots);
 }
 
-// A model folder loaded onto the CPU backend with room for `slots` tokens.
-struct Loaded {
-  std::unique_ptr<kernels::Backend> backend;
-  std::unique_ptr<WeightStore> store;
-  std::unique_ptr<Model> model;
-  std::unique_ptr<KvCache> cache;
-  SequenceBlocks blocks;
-};
-
-std::unique_ptr<Loaded> Load(const std::string& dir, int slots) {
-  auto l = std::make_unique<Loaded>();
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir);
-  EXPECT_TRUE(config.ok()) << config.status();
-  absl::StatusOr<std::unique_ptr<WeightStore>> store = WeightStore::Open(dir);
-  EXPECT_TRUE(store.ok()) << store.status();
-  if (!config.ok() || !store.ok()) return nullptr;
-  l->store = *std::move(store);
-  absl::StatusOr<ModelWeights> weights = BindModelWeights(*config, *l->store);
-  EXPECT_TRUE(weights.ok()) << weights.status();
-  if (!weights.ok()) return nullptr;
-  l->backend = kernels::CreateCpuBackend(2);
-  absl::StatusOr<std::unique_ptr<Model>> model =
-      Model::Create(*config, *weights, l->backend.get(), 64);
-  EXPECT_TRUE(model.ok()) << model.status();
-  l->model = *std::move(model);
-  absl::StatusOr<std::unique_ptr<KvCache>> cache =
-      KvCache::Create(l->backend.get(), config->num_layers, l->model->kv_row(), 16,
-                      (slots + 15) / 16);
-  EXPECT_TRUE(cache.ok());
-  l->cache = *std::move(cache);
-  EXPECT_TRUE(l->cache->Reserve(l->blocks, slots).ok());
-  return l;
-}
-
-// Runs tokens[from, to) at their positions (causal) and returns their logits [to-from, vocab].
-std::vector<float> Forward(Loaded& l, const std::vector<int32_t>& tokens, int from, int to) {
-  ForwardBatch batch;
-  for (int pos = from; pos < to; ++pos) {
-    batch.Add(tokens[pos], pos, l.cache->PhysicalSlot(l.blocks, pos), 0, pos + 1, 0);
-    batch.logit_rows.push_back(pos - from);
-  }
-  batch.SetBlockTables({&l.blocks});
-  std::vector<float> logits(static_cast<size_t>(to - from) * l.model->config().vocab_size);
-  l.model->Forward(batch, *l.cache, logits.data());
-  return logits;
-}
-
-void ExpectClose(const float* got, const float* want, int vocab, double tol,
-                 const std::string& where) {
-  double max_ref = 0, max_err = 0;
-  for (int i = 0; i < vocab; ++i) {
-    max_ref = std::max(max_ref, std::fabs(static_cast<double>(want[i])));
-    max_err = std::max(max_err, std::fabs(static_cast<double>(got[i]) - want[i]));
-  }
-  EXPECT_LE(max_err, tol * max_ref) << where << ": max|out - ref| " << max_err
-                                    << " vs max|ref| " << max_ref;
+std::vector<float> Forward(LoadedModel& l, const std::vector<int32_t>& tokens, int from,
+                           int to) {
+  return ForwardRange(l, tokens, from, to);
 }
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
@@ -127,7 +59,7 @@ TEST_P(GoldenTest, LogitsDecodeAndGreedyMatchTheReference) {
   std::vector<float> first_format_logits;
   for (const std::string& dir : golden.meta["model_dirs"].get<std::vector<std::string>>()) {
     SCOPED_TRACE(dir);
-    std::unique_ptr<Loaded> l = Load(kFixtures + "/models/" + dir, 64);
+    std::unique_ptr<LoadedModel> l = Load(kFixtures + "/models/" + dir, 64);
     ASSERT_NE(l, nullptr);
     ASSERT_EQ(l->model->config().vocab_size, v);
 
@@ -171,8 +103,8 @@ INSTANTIATE_TEST_SUITE_P(Models, GoldenTest,
 // time (the small-batch kernel): the next token's logits agree within tolerance.
 TEST(ModelTest, LongPrefillMatchesTokenByTokenDecode) {
   const std::string dir = kFixtures + "/models/llama_gqa";
-  std::unique_ptr<Loaded> a = Load(dir, 160);
-  std::unique_ptr<Loaded> b = Load(dir, 160);
+  std::unique_ptr<LoadedModel> a = Load(dir, 160);
+  std::unique_ptr<LoadedModel> b = Load(dir, 160);
   ASSERT_TRUE(a && b);
   std::vector<int32_t> tokens = {1};
   for (int i = 1; i < 150; ++i) tokens.push_back(3 + (i * 373) % 4000);
