@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 
@@ -86,9 +87,13 @@ size_t BackendMemoryBytes(const std::string& device) {
   return PhysicalMemoryBytes();
 }
 
+// Bytes of the weights as served (a tied lm_head counted once).
 size_t WeightBytes(ModelWeights& weights) {
   size_t bytes = 0;
-  ForEachWeight(weights, [&](kernels::Weight& w) { bytes += w.bytes(); });
+  std::set<const void*> seen;
+  ForEachWeight(weights, [&](kernels::Weight& w) {
+    if (seen.insert(w.data).second) bytes += w.bytes();
+  });
   return bytes;
 }
 
