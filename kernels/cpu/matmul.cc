@@ -388,8 +388,12 @@ void ConvertSegment(const Weight& w, int64_t o, int64_t k0, int64_t count, float
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // kFirst: the first K-block of the panel, whose accumulators start at +0.0 in registers
 // (the same value a zero-filled parked buffer would give, so the same bits).
+// Each step also prefetches up to two lines of `pf` (pf_count of them), so that the reads
+// for the next pack are spread over the arithmetic (a burst of prefetches would stall on
+// the line-fill buffers).
 template <int RP, int RN, bool kFirst>
-SPECMOE_AVX512_TARGET inline void PairKernel(const float* x, int64_t in, const float* pw, int64_t steps, float* acc) {
+SPECMOE_AVX512_TARGET inline void PairKernel(const float* x, int64_t in, const float* pw, int64_t steps, float* acc,
+                                             const char* const* pf, int64_t pf_count) {
   __m512 a[RP][RN];
 #pragma GCC unroll 8
   for (int q = 0; q < RP; ++q) {
@@ -401,6 +405,8 @@ SPECMOE_AVX512_TARGET inline void PairKernel(const float* x, int64_t in, const f
   }
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t k = s * kLanes;
+    if (2 * s < pf_count) _mm_prefetch(pf[2 * s], _MM_HINT_T1);
+    if (2 * s + 1 < pf_count) _mm_prefetch(pf[2 * s + 1], _MM_HINT_T1);
     __m512 wv[RP];
 #pragma GCC unroll 8
     for (int q = 0; q < RP; ++q) {
@@ -426,16 +432,16 @@ SPECMOE_AVX512_TARGET inline void PairKernel(const float* x, int64_t in, const f
 
 template <int RP, bool kFirst>
 SPECMOE_AVX512_TARGET inline void PairKernelAnyRows(const float* x, int rn, int64_t in, const float* pw, int64_t steps,
-                              float* acc) {
+                              float* acc, const char* const* pf, int64_t pf_count) {
   switch (rn) {
-    case 8: PairKernel<RP, 8, kFirst>(x, in, pw, steps, acc); break;
-    case 7: PairKernel<RP, 7, kFirst>(x, in, pw, steps, acc); break;
-    case 6: PairKernel<RP, 6, kFirst>(x, in, pw, steps, acc); break;
-    case 5: PairKernel<RP, 5, kFirst>(x, in, pw, steps, acc); break;
-    case 4: PairKernel<RP, 4, kFirst>(x, in, pw, steps, acc); break;
-    case 3: PairKernel<RP, 3, kFirst>(x, in, pw, steps, acc); break;
-    case 2: PairKernel<RP, 2, kFirst>(x, in, pw, steps, acc); break;
-    default: PairKernel<RP, 1, kFirst>(x, in, pw, steps, acc); break;
+    case 8: PairKernel<RP, 8, kFirst>(x, in, pw, steps, acc, pf, pf_count); break;
+    case 7: PairKernel<RP, 7, kFirst>(x, in, pw, steps, acc, pf, pf_count); break;
+    case 6: PairKernel<RP, 6, kFirst>(x, in, pw, steps, acc, pf, pf_count); break;
+    case 5: PairKernel<RP, 5, kFirst>(x, in, pw, steps, acc, pf, pf_count); break;
+    case 4: PairKernel<RP, 4, kFirst>(x, in, pw, steps, acc, pf, pf_count); break;
+    case 3: PairKernel<RP, 3, kFirst>(x, in, pw, steps, acc, pf, pf_count); break;
+    case 2: PairKernel<RP, 2, kFirst>(x, in, pw, steps, acc, pf, pf_count); break;
+    default: PairKernel<RP, 1, kFirst>(x, in, pw, steps, acc, pf, pf_count); break;
   }
 }
 
@@ -443,22 +449,31 @@ constexpr int kPairXRows = 8;
 constexpr int kPairGroup = 3;  // pairs per micro-kernel
 
 // Software prefetch of the weights the next pack will read (the next K-block of the panel,
-// or the next panel's first one) into L2, spread over the micro-kernel calls of the current
-// K-block so that the loads from memory overlap the arithmetic instead of stalling the pack
-// (a K-block touches kPanelRows different 4 KiB pages, where the hardware prefetchers start
-// cold). Prefetching changes no value.
+// or the next panel's first one) into L2, a line or two per micro-kernel step, so that the
+// loads from memory overlap the arithmetic instead of stalling the pack (a K-block touches
+// kPanelRows different 4 KiB pages, where the hardware prefetchers start cold). Prefetching
+// changes no value.
 struct WeightPrefetch {
-  const char* base = nullptr;  // first byte of row 0's segment
-  int64_t row_bytes = 0;       // stride between rows
-  int64_t lines_per_row = 0;   // cache lines of one row's segment
-  int64_t total = 0;           // rows * lines_per_row
-  int64_t next = 0;
+  static constexpr int kMaxLines = kPanelRows * kPanelK * 4 / 64;
+  const char* lines[kMaxLines];
+  int64_t count = 0;  // lines to prefetch
+  int64_t next = 0;   // the first not yet handed to a micro-kernel
 
-  SPECMOE_AVX512_TARGET void Issue(int64_t count) {
-    for (const int64_t end = std::min(total, next + count); next < end; ++next) {
-      const int64_t row = next / lines_per_row;
-      _mm_prefetch(base + row * row_bytes + (next - row * lines_per_row) * 64, _MM_HINT_T1);
+  // Lists rows [o0, o0 + rows) x inputs [k0, k0 + kc) of w.
+  void Set(const Weight& w, int64_t o0, int rows, int64_t k0, int64_t kc) {
+    const int64_t bytes = DTypeBytes(w.dtype);
+    const int64_t per_row = (kc * bytes + 63) / 64;
+    const char* row = static_cast<const char*>(w.data) + (o0 * w.cols + k0) * bytes;
+    for (int i = 0; i < rows; ++i, row += w.cols * bytes) {
+      for (int64_t l = 0; l < per_row; ++l) lines[count++] = row + l * 64;
     }
+  }
+  // The share of one micro-kernel call of `steps` steps (two lines a step at most).
+  int64_t Take(int64_t steps, const char* const** first) {
+    *first = lines + next;
+    const int64_t n = std::min(count - next, 2 * steps);
+    next += n;
+    return n;
   }
 };
 
@@ -466,23 +481,23 @@ struct WeightPrefetch {
 template <bool kFirst>
 SPECMOE_AVX512_TARGET void PairBlock(const float* x, int rows, int64_t in, const float* pw, int pairs,
                                      int64_t steps, float* acc, WeightPrefetch& prefetch) {
-  const int64_t calls = static_cast<int64_t>((rows + kPairXRows - 1) / kPairXRows) *
-                        ((pairs + kPairGroup - 1) / kPairGroup);
-  const int64_t per_call = (prefetch.total + calls - 1) / calls;
+  const char* const* pf;
   for (int r = 0; r < rows; r += kPairXRows) {
     const int rn = std::min(kPairXRows, rows - r);
     const float* xr = x + static_cast<int64_t>(r) * in;
     float* ar = acc + static_cast<int64_t>(r) * kPanelRows * kLanes;
     int p = 0;
     for (; p + kPairGroup <= pairs; p += kPairGroup) {
-      prefetch.Issue(per_call);
-      PairKernelAnyRows<kPairGroup, kFirst>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes);
+      const int64_t pn = prefetch.Take(steps, &pf);
+      PairKernelAnyRows<kPairGroup, kFirst>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes,
+                                            pf, pn);
     }
-    prefetch.Issue(per_call);
     if (pairs - p == 2) {
-      PairKernelAnyRows<2, kFirst>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes);
+      const int64_t pn = prefetch.Take(steps, &pf);
+      PairKernelAnyRows<2, kFirst>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes, pf, pn);
     } else if (pairs - p == 1) {
-      PairKernelAnyRows<1, kFirst>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes);
+      const int64_t pn = prefetch.Take(steps, &pf);
+      PairKernelAnyRows<1, kFirst>(xr, rn, in, pw + p * steps * 16, steps, ar + 2 * p * kLanes, pf, pn);
     }
   }
 }
@@ -537,29 +552,17 @@ void PanelOutput(const float* x, const float* xp, int n, int r0, int rows, const
   const int64_t in_vec = in / kLanes * kLanes;
   const float* xr = x + static_cast<int64_t>(r0) * in;
   if (CpuHasAvx512()) {
-    const int64_t bytes = DTypeBytes(w.dtype);
-    const char* wbytes = static_cast<const char*>(w.data);
     for (int64_t k0 = 0; k0 < in_vec; k0 += kPanelK) {
       const int64_t kc = std::min(kPanelK, in_vec - k0);
       const float* xb = xp + ((k0 / kPanelK) * n + r0) * kPanelK;
       // What the next pack reads: this panel's next K-block, else (when asked) the next
       // panel's first one.
       WeightPrefetch prefetch;
-      int64_t next_o0 = o0, next_k0 = k0 + kc;
-      int next_rows = ro;
-      if (next_k0 >= in_vec) {
-        next_o0 = o0 + ro;
-        next_k0 = 0;
-        next_rows = prefetch_next_panel
-                        ? static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - next_o0))
-                        : 0;
-      }
-      if (next_rows > 0 && next_k0 < in_vec) {
-        const int64_t next_kc = std::min(kPanelK, in_vec - next_k0);
-        prefetch.base = wbytes + (next_o0 * in + next_k0) * bytes;
-        prefetch.row_bytes = in * bytes;
-        prefetch.lines_per_row = (next_kc * bytes + 63) / 64;
-        prefetch.total = next_rows * prefetch.lines_per_row;
+      if (k0 + kc < in_vec) {
+        prefetch.Set(w, o0, ro, k0 + kc, std::min(kPanelK, in_vec - k0 - kc));
+      } else if (prefetch_next_panel) {
+        const int next_rows = static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - o0 - ro));
+        prefetch.Set(w, o0 + ro, next_rows, 0, std::min(kPanelK, in_vec));
       }
       PackPairs(w, o0, ro, k0, kc, pw);
       if (k0 == 0) {
