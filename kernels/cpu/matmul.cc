@@ -20,7 +20,13 @@
 // weight rows x 8 rows in 24 zmm registers (a zmm holds two outputs' 8 lanes); with AVX2,
 // 3 weight rows x 4 rows in 12 ymm. Lane l of output (r, o) still sums w[o, 8i + l] *
 // x[r, 8i + l] over i in increasing order, parked between K-blocks, then reduced and the
-// tail added exactly as in the streaming kernel: the same bits for every row count.
+// tail added exactly as in the streaming kernel: the same bits for every row count. With
+// AVX-512 the first K-block's accumulators start at +0.0 in registers (what a zero-filled
+// parked buffer gives), the pack converts and interleaves in one pass over the weights, and
+// the micro-kernel steps prefetch what the next pack reads (the next K-block, or the next
+// panel's first) into L2, so the weight reads from memory overlap the arithmetic; none of
+// this changes a value or the order (measured on the demo target, 2 vCPUs: 16-row pass
+// ~25% faster, 32-512 rows 5-15%).
 #include "kernels/cpu/matmul.h"
 
 #include <algorithm>
