@@ -209,18 +209,16 @@ const float* Model::Forward(const ForwardBatch& batch, KvCache& cache) {
     desc.tree_start = padded_.tree_start.data();
     const kernels::ForwardDesc& fwd = *be.BeginForward(desc);
     if (!be.Replay(key)) {
-      int& eager_runs = eager_runs_[key];
-      if (eager_runs == 0 || eager_runs == kNeverRecord) {
-        if (eager_runs == 0) eager_runs = 1;
-        Layers(fwd, cache);
-      } else {
+      BucketState& state = buckets_[key];
+      bool ran = false;
+      if (state == BucketState::kRanEagerly) {
         be.BeginRecording(key);
         Layers(fwd, cache);
-        if (!be.EndRecording()) {  // an op of this model cannot be recorded: stay eager
-          eager_runs = kNeverRecord;
-          Layers(fwd, cache);
-        }
+        ran = be.EndRecording();
+        if (!ran) state = BucketState::kNeverRecord;  // an op cannot be recorded: stay eager
       }
+      if (state == BucketState::kNew) state = BucketState::kRanEagerly;
+      if (!ran) Layers(fwd, cache);
     }
   }
   return batch.logit_rows.empty() ? nullptr : logits_;

@@ -102,10 +102,10 @@ class Model {
 
   bool recording_ = true;
   ForwardBatch padded_;                  // the bucket-padded batch of a recorded forward
-  // Per bucket: 1 once it ran eagerly (the next forward records), kNeverRecord when its
-  // recording failed (an op that cannot be captured; Backend::EndRecording).
-  static constexpr int kNeverRecord = -1;
-  std::unordered_map<uint64_t, int> eager_runs_;
+  // Per bucket of recorded forwards: new, ran once eagerly (the next forward records), or
+  // never recorded (its recording failed: an op that cannot be captured, EndRecording).
+  enum class BucketState { kNew, kRanEagerly, kNeverRecord };
+  std::unordered_map<uint64_t, BucketState> buckets_;
 };
 
 // Pads `batch` for a recorded forward of at most `max_tokens` tokens (DESIGN §5): tokens,
