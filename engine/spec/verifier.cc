@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <span>
+#include <vector>
 
 #include "engine/spec/sampler.h"
 #include "kernels/check.h"
@@ -170,11 +172,20 @@ VerifyResult VerifyTree(const LogitsView& logits, int first_row, const TokenTree
                         std::span<const int32_t> tokens, const SamplingParams& params,
                         Rng& verify_rng) {
   if (params.greedy()) {
-    std::vector<int32_t> argmax(tree.size());
-    for (int i = 0; i < tree.size(); ++i) {
-      argmax[i] = RowArgmax(logits, first_row + i, params.repetition_penalty,
-                            PathContext(tokens, tree, i, params));
+    // Every node's argmax in ONE backend op (on a device: the tree's ids come back in one
+    // copy), each row penalised over its own path.
+    const int n = tree.size();
+    std::vector<float> penalties;
+    std::vector<std::vector<int32_t>> contexts;
+    std::vector<std::span<const int32_t>> views;
+    if (params.repetition_penalty != 1.0f) {
+      penalties.assign(n, params.repetition_penalty);
+      contexts.resize(n);
+      for (int i = 0; i < n; ++i) contexts[i] = PathContext(tokens, tree, i, params);
+      views.assign(contexts.begin(), contexts.end());
     }
+    std::vector<int32_t> argmax(n);
+    ArgmaxRows(logits, first_row, penalties, views, argmax);
     return VerifyGreedy(tree, argmax);
   }
   // The target's processed distribution, computed only at the nodes the walk visits.
