@@ -124,15 +124,8 @@ void ProcessedDistribution(const float* logits, int vocab, const RowPenalty& pen
   auto* cum = reinterpret_cast<double*>(sort_base + 2 * keys_bytes + weights_bytes);
   void* temp = sort_base + 2 * keys_bytes + 2 * weights_bytes;
 
-  DevicePenalty device_penalty;
-  if (!context.empty()) {
-    std::memcpy(staging, context.data(), context.size() * sizeof(int32_t));
-    SPECMOE_CUDA_CHECK(cudaMemcpyAsync(d_context, staging, context.size() * sizeof(int32_t),
-                                       cudaMemcpyHostToDevice, ctx.stream));
-    device_penalty.ids = d_context;
-    device_penalty.n = static_cast<int>(context.size());
-    device_penalty.penalty = penalty.penalty;
-  }
+  const DevicePenalty device_penalty =
+      UploadPenalty(context, penalty.penalty, staging, d_context, ctx.stream);
   SPECMOE_CUDA_CHECK(cudaMemsetAsync(d_probs, 0, static_cast<size_t>(vocab) * sizeof(float),
                                      ctx.stream));
   if (greedy) {

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -52,6 +53,21 @@ struct DevicePenalty {
   int n = 0;
   float penalty = 1.0f;
 };
+
+// Uploads a row's packed penalty ids (PackPenaltyIds) through `staging` (pinned) into
+// `d_ids` (device) on `stream` and returns the device view; no penalty when `ids` is empty.
+inline DevicePenalty UploadPenalty(const std::vector<int32_t>& ids, float penalty,
+                                   void* staging, int32_t* d_ids, cudaStream_t stream) {
+  DevicePenalty p;
+  if (ids.empty()) return p;
+  std::memcpy(staging, ids.data(), ids.size() * sizeof(int32_t));
+  SPECMOE_CUDA_CHECK(cudaMemcpyAsync(d_ids, staging, ids.size() * sizeof(int32_t),
+                                     cudaMemcpyHostToDevice, stream));
+  p.ids = d_ids;
+  p.n = static_cast<int>(ids.size());
+  p.penalty = penalty;
+  return p;
+}
 
 // row[i] after the penalty (row: device [vocab]).
 __device__ __forceinline__ float PenalizedLogit(const float* row, int i, const DevicePenalty& p) {

@@ -57,15 +57,8 @@ void TopKIds(const float* logits, int vocab, int k, const RowPenalty& penalty, i
   auto* d_ids = reinterpret_cast<int32_t*>(scratch + context_bytes + 2 * keys_bytes);
   void* temp = scratch + context_bytes + 2 * keys_bytes + ids_bytes;
 
-  DevicePenalty device_penalty;
-  if (!context.empty()) {
-    std::memcpy(staging, context.data(), context.size() * sizeof(int32_t));
-    SPECMOE_CUDA_CHECK(cudaMemcpyAsync(d_context, staging, context.size() * sizeof(int32_t),
-                                       cudaMemcpyHostToDevice, ctx.stream));
-    device_penalty.ids = d_context;
-    device_penalty.n = static_cast<int>(context.size());
-    device_penalty.penalty = penalty.penalty;
-  }
+  const DevicePenalty device_penalty =
+      UploadPenalty(context, penalty.penalty, staging, d_context, ctx.stream);
   SortRowDescending(logits, vocab, device_penalty, keys, sorted, temp, temp_bytes, ctx.stream);
   KeyIdsKernel<<<Blocks(k, kThreads), kThreads, 0, ctx.stream>>>(sorted, k, d_ids);
   SPECMOE_CUDA_CHECK(cudaGetLastError());
