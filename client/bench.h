@@ -1,4 +1,4 @@
-// client/bench.h — `specmoe-cli bench`: the load tester (DESIGN §7), modelled on
+// client/bench.h — `specmoe-cli bench`: the load tester (client/README.md), modelled on
 // `vllm bench serve` (load shapes, metrics and result field names) and ghz (gRPC habits).
 // N streaming CompleteStream calls from a dataset (JSONL prompts, ShareGPT JSON, random token
 // prompts), at a fixed concurrency or a Poisson/gamma arrival rate, after a warm-up; per

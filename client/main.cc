@@ -1,4 +1,4 @@
-// client/main.cc — specmoe-cli: command-line client for specmoe.v1.Completion (DESIGN §7).
+// client/main.cc — specmoe-cli: command-line client for specmoe.v1.Completion (client/README.md).
 //   specmoe-cli complete|stream [flags] "prompt"      (or --prompt-ids 1,2,3)
 //   specmoe-cli info | tokenize "text" | health
 //   specmoe-cli bench [bench flags]             (the load tester: client/bench.h)

@@ -4,8 +4,8 @@
 Usage:
   make_demo_models.py --out DIR [--dtype f32|f16] [--preset demo|e2e] [--check]
 
-Writes DIR/target (LlamaForCausalLM, DESIGN.md section 3.1) and DIR/draft
-(LlamaMoEForCausalLM, section 3.2) as Hugging Face folders: config.json, model.safetensors
+Writes DIR/target (LlamaForCausalLM, engine/README.md, LLaMA) and DIR/draft
+(LlamaMoEForCausalLM, LLaMA-MoE) as Hugging Face folders: config.json, model.safetensors
 (written by the small writer below) and tokenizer.model (copied from deploy/demo). Needs only
 python3, numpy and sentencepiece (Debian python3-numpy, python3-sentencepiece); no torch.
 --check runs both models with a numpy forward pass and prints their greedy agreement and the
@@ -405,7 +405,7 @@ def write_folder(path, config, tensors, dtype):
 
 
 class NumpyModel:
-    """Reference forward pass of DESIGN sections 3.1-3.2 in float32 with a KV cache.
+    """Reference forward pass of engine/README.md, Models, in float32 with a KV cache.
     Not thread-safe; cost: one read of every weight per call."""
 
     def __init__(self, t, cfg):

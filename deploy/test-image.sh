@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Deployment tests (DESIGN §7), run by deploy/test.sh after the build:
+# Deployment tests (deploy/README.md), run by deploy/test.sh after the build:
 #  1. static: renders deploy/k8s and its overlays with kubectl kustomize, validates every
 #     object against the Kubernetes schemas offline (kubernetes-validate), validates the
 #     compose file against the compose-spec schema and through podman-compose, checks that

@@ -1,4 +1,4 @@
-// kernels/backend.h — the op table every compute backend implements (DESIGN.md §5).
+// kernels/backend.h — the op table every compute backend implements (kernels/README.md).
 //
 // A Backend is a small set of math ops over non-owning views of memory that the backend
 // itself allocated (host memory for the CPU backend, device memory for CUDA). It knows
@@ -62,7 +62,7 @@ struct ExpertWeights {
   Weight down;
 };
 
-// The description of one forward pass (DESIGN §5): which tokens run, where they stand and
+// The description of one forward pass (kernels/README.md): which tokens run, where they stand and
 // which rows' logits are wanted. The host builds it once per forward and hands it to
 // Backend::BeginForward, which takes it into backend memory ONCE; every op of that forward
 // that needs a per-token or per-sequence array (Embedding, Rope, KvWrite, Attention,
@@ -107,7 +107,7 @@ struct ForwardDesc {
 // when tree_mask is not null, logical slot tree_start[s] + j for every bit j set in
 // tree_mask[t] (j < 64). Keys are visited in increasing logical slot order and invisible keys
 // contribute nothing, so a token's output does not depend on which other tokens are in the
-// batch (batch invariance, DESIGN §5).
+// batch (batch invariance, kernels/README.md).
 // out[t, h, :] = softmax(scale * q[t,h,:] . K[visible, h / (n_heads / n_kv_heads), :]) V[...]
 struct AttentionArgs {
   const ForwardDesc* fwd = nullptr;  // taken by BeginForward: the tokens and their tables
@@ -125,7 +125,7 @@ struct AttentionArgs {
 
 // MoE routing of up to max_tokens tokens with k experts each, in backend memory (buffers the
 // caller allocates with Alloc): written by TopKSoftmax, read where it is by MoeExperts, so
-// the routing never leaves the backend between the gate and the experts (DESIGN §5).
+// the routing never leaves the backend between the gate and the experts (kernels/README.md).
 // A pair p = t * k + j is token t's j-th choice.
 struct MoeRouting {
   int32_t* idx = nullptr;      // [max_tokens * k] expert of pair p
@@ -197,7 +197,7 @@ class Backend {
   virtual const ForwardDesc* BeginForward(const ForwardDesc& host) = 0;
 
   // y[n, w.rows] = x[n, w.cols] . w^T, fp32 accumulation. On the CPU the result of each
-  // row is bit-identical whatever n is, for every n (batch invariance, DESIGN §5).
+  // row is bit-identical whatever n is, for every n (batch invariance, kernels/README.md).
   virtual void MatMul(const float* x, int n, const Weight& w, float* y) = 0;
 
   // y[i][n, w[i].rows] = x[n, cols] . w[i]^T for i < count (count <= 4; every w[i] has the
@@ -268,7 +268,7 @@ class Backend {
                           const ExpertWeights* experts, int num_experts, float scale,
                           float* y) = 0;
 
-  // --- Reductions of logits where they are (DESIGN §5): only their results come back. ---
+  // --- Reductions of logits where they are (kernels/README.md): only their results come back. ---
 
   // out[r] = the argmax of row r of logits[rows, vocab] after the repetition penalty
   // penalties[r] (ties: lowest id; kernels/cpu/sampling.h ArgmaxRow). penalties: host
@@ -292,7 +292,7 @@ class Backend {
   virtual void TopKIds(const float* logits, int vocab, int k, const RowPenalty& penalty,
                        int32_t* ids) = 0;
 
-  // --- Recorded forwards (DESIGN §5): a backend that can record the ops of a forward and
+  // --- Recorded forwards (kernels/README.md): a backend that can record the ops of a forward and
   // replay them (CUDA graphs) says so; the CPU backend cannot and runs every op eagerly.
   // A recording spans the ops after BeginForward up to (not including) the logits
   // reductions; those ops must not write host memory. Replays read the description

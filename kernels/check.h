@@ -1,5 +1,5 @@
-// kernels/check.h — SPECMOE_CHECK: abort on a broken invariant (DESIGN §8), naming the
-// condition, a message, the file and the line. Never for anything a request or a file can
+// kernels/check.h — SPECMOE_CHECK: abort on a broken invariant (kernels/README.md, Errors), naming
+// the condition, a message, the file and the line. Never for anything a request or a file can
 // cause: those are validated first and answered with a Status.
 #ifndef SPECMOE_KERNELS_CHECK_H_
 #define SPECMOE_KERNELS_CHECK_H_

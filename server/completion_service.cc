@@ -3,7 +3,8 @@
 // and queues it; gRPC callbacks (OnWriteDone, OnCancel, OnDone) take the same lock. At most
 // one write is in flight and at most one chunk waits behind it (later events merge into
 // it), so a slow reader costs O(generated tokens); a write the client has not taken within
-// --stream-stall-seconds (an alarm armed per write) cancels the call and the request. Finish is called exactly once, after the queued chunk is written.
+// --stream-stall-seconds (an alarm armed per write) cancels the call and the request. Finish is
+// called exactly once, after the queued chunk is written.
 #include "server/completion_service.h"
 
 #include <grpc/grpc.h>
@@ -51,8 +52,8 @@ std::string LoggedId(const std::string& id) {
   return absl::StrCat(id.substr(0, 32), "...(", id.size(), " bytes)");
 }
 
-// One line per refused request (DESIGN §7): id, rpc, code, peer and the reason; never the
-// key (no refusal message holds it).
+// One line per refused request (server/README.md, Logs): id, rpc, code, peer and the reason; never
+// the key (no refusal message holds it).
 // In JSON, rpc, peer, status and error are fields of their own too.
 void LogRefused(const char* rpc, const std::string& request_id, const std::string& peer,
                 const grpc::Status& status) {
@@ -118,7 +119,7 @@ double Round(double value, int digits) {
   return std::round(value * scale) / scale;
 }
 
-// One line per finished request (DESIGN §7). `deadline`: the call's deadline ended it;
+// One line per finished request (server/README.md, Logs). `deadline`: the call's deadline ended it;
 // `ttft_seconds` < 0: no token was generated. In JSON every figure is a field of its own.
 void LogFinished(const std::string& rpc, const std::string& request_id, const std::string& peer,
                  const engine::GenerationEvent& event, double seconds, double ttft_seconds,

@@ -1,7 +1,7 @@
 // server/main.cc — specmoe-server: parse flags, start the gRPC server (health NOT_SERVING),
-// load the engine, serve (health SERVING), drain on SIGTERM/SIGINT and exit 0 (DESIGN §7).
-// Exit codes: 0 after a drain, 1 when the models or the listening port fail, 2 for bad flags.
-// Tested by tests/server_e2e_test.cc, which runs this binary.
+// load the engine, serve (health SERVING), drain on SIGTERM/SIGINT and exit 0 (server/README.md,
+// Drain). Exit codes: 0 after a drain, 1 when the models or the listening port fail, 2 for bad
+// flags. Tested by tests/server_e2e_test.cc, which runs this binary.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>

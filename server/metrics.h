@@ -1,5 +1,5 @@
-// server/metrics.h — Prometheus metrics of specmoe-server (DESIGN §7): a fixed set of
-// counters, gauges and histograms updated with atomics from the RPC handlers and the engine's
+// server/metrics.h — Prometheus metrics of specmoe-server (server/README.md, Metrics): a fixed set
+// of counters, gauges and histograms updated with atomics from the RPC handlers and the engine's
 // worker thread, rendered in the Prometheus text exposition format (0.0.4), and served at
 // /metrics by cpp-httplib. Names follow Prometheus' naming guide (specmoe_ prefix, _total
 // counters, _seconds histograms); labels are bounded (rpc, gRPC code, phase, depth).
@@ -104,8 +104,9 @@ class MetricsHttpServer {
   explicit MetricsHttpServer(const Metrics* metrics);
   ~MetricsHttpServer();
 
-  // `listen` is HOST:PORT or PORT (the loopback, 127.0.0.1; port 0: a free one); `api_key` empty: no authentication, else
-  // requests need 'Authorization: Bearer <key>'. UNAVAILABLE when the port cannot be bound.
+  // `listen` is HOST:PORT or PORT (the loopback, 127.0.0.1; port 0: a free one); `api_key` empty:
+  // no authentication, else requests need 'Authorization: Bearer <key>'. UNAVAILABLE when the port
+  // cannot be bound.
   absl::Status Start(const std::string& listen, const std::string& api_key);
   int port() const { return port_; }
   void Stop();

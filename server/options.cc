@@ -1,4 +1,4 @@
-// server/options.cc — the flag table of specmoe-server (DESIGN §7) on CLI11: "--flag value"
+// server/options.cc — the flag table of specmoe-server (server/README.md) on CLI11: "--flag value"
 // and "--flag=value"; every error names the flag; --help shows each flag with its default.
 // Tested by tests/server_options_test.cc.
 #include "server/options.h"

@@ -1,4 +1,4 @@
-// server/options.h — specmoe-server command-line flags (DESIGN §7), parsed by CLI11.
+// server/options.h — specmoe-server command-line flags (server/README.md), parsed by CLI11.
 // Tested by tests/server_options_test.cc.
 #ifndef SPECMOE_SERVER_OPTIONS_H_
 #define SPECMOE_SERVER_OPTIONS_H_

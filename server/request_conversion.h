@@ -1,6 +1,7 @@
 // server/request_conversion.h — wire message -> engine request, field by field and nothing
-// more (DESIGN §2.1: the transport only converts; engine/serving/request_validator.h checks and
-// applies the defaults, once). Shared by the service and tests/fuzz_request.cc.
+// more (engine/README.md, One request end to end: the transport only converts;
+// engine/serving/request_validator.h checks and applies the defaults, once). Shared by the service
+// and tests/fuzz_request.cc.
 #ifndef SPECMOE_SERVER_REQUEST_CONVERSION_H_
 #define SPECMOE_SERVER_REQUEST_CONVERSION_H_
 

@@ -1,6 +1,6 @@
 // server/status_map.h — the one place where engine statuses become gRPC statuses
-// (DESIGN §6: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, CANCELLED,
-// UNAUTHENTICATED, UNAVAILABLE, INTERNAL). Tested by tests/server_e2e_test.cc.
+// (server/README.md, Status codes: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED,
+// CANCELLED, UNAUTHENTICATED, UNAVAILABLE, INTERNAL). Tested by tests/server_e2e_test.cc.
 #ifndef SPECMOE_SERVER_STATUS_MAP_H_
 #define SPECMOE_SERVER_STATUS_MAP_H_
 

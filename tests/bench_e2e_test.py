@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""e2e test of `specmoe-cli bench` (issue 9) against the real server on 127.0.0.1.
+"""e2e test of `specmoe-cli bench` against the real server on 127.0.0.1.
 
 The JSON report parses; completed + failed = requested; latencies are positive and
 ordered (p50 <= p90 <= p99); a dataset line over the server's --max-tokens-limit shows up

@@ -1,7 +1,7 @@
 // tests/bench_util.h — what the benchmark programs share (decode_bench, serving_bench): a
 // steady clock, medians and percentiles, the measured read bandwidth and the bytes a decode
-// token reads, so that every "floor" figure is computed one way (DESIGN §5: bytes a token
-// must read over a measured READ bandwidth).
+// token reads, so that every "floor" figure is computed one way (kernels/README.md, CPU kernels:
+// bytes a token must read over a measured READ bandwidth).
 // Header-only; the benchmarks are not tests, they are run by hand (README, Benchmarks).
 #ifndef SPECMOE_TESTS_BENCH_UTIL_H_
 #define SPECMOE_TESTS_BENCH_UTIL_H_

@@ -1,4 +1,4 @@
-// tests/chunked_prefill_test.cc — the whole CPU forward is batch-invariant (DESIGN §5): a
+// tests/chunked_prefill_test.cc — the whole CPU forward is batch-invariant (kernels/README.md): a
 // 320-token prompt run whole or in chunks of 1, 7, 64 or 256 tokens gives bit-identical logits at
 // every position and bit-identical K/V bytes in every layer, for f32, f16 and bf16 weights,
 // GQA and the MoE draft architecture, with an f32 and with an f16 KV cache. The f16 KV

@@ -1,8 +1,8 @@
 // tests/cpu_backend_test.cc — the CPU backend (kernels/cpu) against naive double-precision
 // references written here, and bit-exact batch invariance of MatMul, Attention and
-// MoeExperts (DESIGN §5, §8); the forward's description (BeginForward, GatherRows), the MoE
-// routing kept in backend buffers, and the logits reductions (ArgmaxRows, FindNonFinite,
-// ProcessedDistribution, TopKIds) against scalar references. Label: cpu.
+// MoeExperts (kernels/README.md, Batch invariance); the forward's description (BeginForward,
+// GatherRows), the MoE routing kept in backend buffers, and the logits reductions (ArgmaxRows,
+// FindNonFinite, ProcessedDistribution, TopKIds) against scalar references. Label: cpu.
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -1,5 +1,5 @@
 // tests/cpu_kernels_bench.cc — the CPU backend's MatMul against OpenBLAS and the bandwidth
-// floor, and the MoE expert op (issues 2 and 7, DESIGN §5). Not a test: a Google Benchmark
+// floor, and the MoE expert op (kernels/README.md, CPU kernels). Not a test: a Google Benchmark
 // program,
 //   ninja -C build cpu_kernels_bench && build/tests/cpu_kernels_bench
 //

@@ -1,7 +1,7 @@
 // tests/cuda_backend_test.cc — the CUDA backend (kernels/cuda/cuda_backend.h) op by op against
 // the CPU backend, the reference (label cuda). Every test but MissingDeviceIsAnError (which
 // checks that a missing device is an error Status, not an abort) skips at run time when no
-// CUDA device is visible (DESIGN §5).
+// CUDA device is visible (kernels/README.md).
 //
 // Comparisons are |gpu - cpu| <= atol + rtol * |cpu| per element, with tolerances from the
 // rounding each op is allowed to differ by:

@@ -1,6 +1,6 @@
 // tests/cuda_model_test.cc — whole forwards and speculation on the CUDA backend (label cuda).
 //
-// Skips at run time when no CUDA device is visible (DESIGN §5). On a GPU:
+// Skips at run time when no CUDA device is visible (kernels/README.md). On a GPU:
 //  - every golden model (tests/fixtures/golden: transformers' LlamaForCausalLM and the
 //    PyTorch reference of the MoE) gives the reference's logits on the CUDA backend, for the
 //    whole prompt in one forward and one token at a time through the KV cache. One token at a
@@ -10,7 +10,8 @@
 //  - the same logits on the CUDA and on the CPU backend;
 //  - greedy speculative output on the GPU equals plain greedy output on the GPU for several
 //    tree shapes, and plain greedy on the GPU equals the CPU's tokens wherever the CPU's
-//    top-1/top-2 margin is clear (DESIGN §8: cuBLAS is not batch-invariant, so a near-tie
+//    top-1/top-2 margin is clear (tests/README.md, Conventions: cuBLAS is not batch-invariant, so a
+// near-tie
 //    may go either way; the comparison stops at the first such position).
 // Tolerances (max|out - ref| <= tol * max|ref| per position): 2e-4 with f32 weights (fp32
 // cuBLAS, no TF32; only the order of the sums differs from the reference), 2e-2 with f16 /

@@ -1,5 +1,5 @@
 // tests/cuda_moe_test.cc — the CUDA MoE ops (kernels/cuda/moe.h) against the CPU backend
-// (label cuda; skips at run time when no CUDA device is visible, DESIGN §5).
+// (label cuda; skips at run time when no CUDA device is visible, kernels/README.md).
 //
 // TopKSoftmax: idx, counts, offsets and pairs exactly equal to the CPU's, weights within
 // 1e-6 relative (expf may differ from glibc's in the last ulp), over n in {1, 3, 8, 33, 128,
@@ -429,7 +429,7 @@ TEST_F(CudaMoeTest, ExpertsOneExpertTakesAllTokensAndSplitK) {
 }
 
 TEST_F(CudaMoeTest, ExpertsSeedShapes) {
-  // The draft's MoE layer: hidden 2048, 8 experts of 8192, top-2 (DESIGN §3.2).
+  // The draft's MoE layer: hidden 2048, 8 experts of 8192, top-2 (engine/README.md, LLaMA-MoE).
   MoeCase c;
   c.name = "hidden 2048, 8 x 8192, top-2";
   c.hidden = 2048;

@@ -1,5 +1,5 @@
 // tests/decode_bench.cc — CPU decode beside its bandwidth floor, and where a token's time
-// goes (issues 2 and 7). Not a test: run it by hand,
+// goes. Not a test: run it by hand,
 //   build/tests/decode_bench [model_dir ...]    (default: <build>/demo/target and
 //                                                 <build>/demo-f16/target)
 // Prints Markdown tables:

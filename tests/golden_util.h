@@ -2,7 +2,7 @@
 // cuda_model_test on the GPU): the goldens of tests/fixtures/golden (made by
 // tests/fixtures/make_fixtures.py from transformers and a PyTorch MoE reference), a model
 // folder loaded onto a backend with a one-sequence KV cache, a causal forward of a token
-// range, and the per-position tolerance check of DESIGN §8.
+// range, and the per-position tolerance check of tests/README.md, Conventions.
 #ifndef SPECMOE_TESTS_GOLDEN_UTIL_H_
 #define SPECMOE_TESTS_GOLDEN_UTIL_H_
 

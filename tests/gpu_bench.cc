@@ -1,4 +1,4 @@
-// tests/gpu_bench.cc — the GPU benchmark of issue 11, on random weights with the real shapes
+// tests/gpu_bench.cc — the GPU benchmark, on random weights with the real shapes
 // (no 13 GB file to carry): a LLaMA-7B target and the 8x265M MoE draft in f16 on the CUDA
 // backend. Not a test: deploy/gpu-check.sh runs it on a machine with a GPU, and it prints
 // Markdown tables, each figure beside its floor and its goal:

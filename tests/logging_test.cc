@@ -1,6 +1,6 @@
 // tests/logging_test.cc — server/logging.h: text lines escape control characters (no log
 // injection through a request id), JSON lines stay valid JSON for invalid UTF-8 and carry
-// the request id as a field of its own (issue 6 items 6 and 9).
+// the request id as a field of its own.
 #include "server/logging.h"
 
 #include <gmock/gmock.h>

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""e2e test of the Prometheus metrics and the JSON request log (issue 9) on the real server.
+"""e2e test of the Prometheus metrics and the JSON request log on the real server.
 
 After a known workload the counters move by exactly what the responses say (requests by RPC
 and code, prompt and generated tokens, drafted and accepted tokens = the sums of the

@@ -1,5 +1,5 @@
 // tests/model_config_test.cc — ParseModelConfig / LoadModelConfig (engine/loader/model_config.h):
-// defaults, GQA, eos lists, MoE sizes, and every refusal by name (DESIGN §3).
+// defaults, GQA, eos lists, MoE sizes, and every refusal by name (engine/README.md, Models).
 #include "engine/loader/model_config.h"
 
 #include <unistd.h>
@@ -31,7 +31,8 @@ Json Llama7b() {
     "transformers_version": "4.28.0.dev0", "use_cache": true, "vocab_size": 32000})");
 }
 
-// The seed draft JuncaiL/llama-8x265m-moe (DESIGN §3.2), harmless training keys included.
+// The seed draft JuncaiL/llama-8x265m-moe (engine/README.md, LLaMA-MoE), harmless training keys
+// included.
 Json SeedMoe() {
   Json j = Json::parse(R"({
     "architectures": ["LlamaMoEForCausalLM"], "model_type": "llama_moe",
@@ -152,8 +153,8 @@ TEST(ModelConfigTest, MoeUnevenExpertSizesAndDefaults) {
   EXPECT_TRUE(c->multiply_gate_scores);
 }
 
-// Issue 6 item 3: every MoE key that changes the maths is refused by key and value
-// (DESIGN §3.2); the training-only keys are accepted with any value.
+// Every MoE key that changes the maths is refused by key and value
+// (engine/README.md, LLaMA-MoE); the training-only keys are accepted with any value.
 TEST(ModelConfigTest, RefusesMoeMathsKeysByKeyAndValue) {
   const std::vector<std::pair<const char*, Json>> refused = {
       {"multiply_gate_scores", false},

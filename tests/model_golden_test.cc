@@ -4,7 +4,7 @@
 // logits and 16 greedy tokens from Hugging Face transformers' LlamaForCausalLM (llama_*,
 // GQA and rope_theta 500000 among them; the one-expert MoE through the identity
 // MoE(1 expert) == LLaMA with down_proj * score_scale_factor) and from a PyTorch reference
-// of DESIGN §3.2 (moe_tiny). Checks, per DESIGN §8:
+// of engine/README.md, LLaMA-MoE (moe_tiny). Checks, per tests/README.md, Conventions:
 //  - logits of every prompt position: max|out - ref| <= 1e-4 * max|ref| per position;
 //  - decoding one token at a time with the KV cache gives the same logits (same tolerance);
 //  - greedy tokens equal the reference's, accepting either token where its top-1/top-2 gap

@@ -1,5 +1,5 @@
-// tests/request_validator_test.cc — the one request validator (engine/serving/request_validator.h,
-// issue 6 item 10): one table over every rule, each case naming the field its error must
+// tests/request_validator_test.cc — the one request validator (engine/serving/request_validator.h):
+// one table over every rule, each case naming the field its error must
 // name, plus the defaults it applies and the token limit that stops tokenizing early.
 #include "engine/serving/request_validator.h"
 

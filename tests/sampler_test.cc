@@ -318,7 +318,7 @@ TEST(SamplerTest, SameSeedSameDraws) {
   EXPECT_NE(da, dc);
 }
 
-// Issue 6 item 1: a tiny penalty divides a positive logit past FLT_MAX; the result must stay
+// A tiny penalty divides a positive logit past FLT_MAX; the result must stay
 // finite (clamped), so the distribution is a valid one instead of NaN.
 TEST(SamplerTest, TinyRepetitionPenaltyKeepsTheDistributionFinite) {
   const std::vector<float> logits = {5.0f, 3.0f, -2.0f, 1.0f};

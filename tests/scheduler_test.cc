@@ -1,4 +1,4 @@
-// tests/scheduler_test.cc — many requests in one step (engine/serving/scheduler.h, DESIGN
+// tests/scheduler_test.cc — many requests in one step (engine/serving/scheduler.h,
 // §2.2-2.3). On the CPU every kernel is batch-invariant, so what a request produces must not
 // depend on what else runs: batched (submitted together or staggered), chunked and
 // preempted outputs equal the request alone, token for token and byte for byte.

@@ -1,5 +1,5 @@
-// tests/server_e2e_test.cc — end-to-end tests of the real specmoe-server binary (DESIGN §6-7;
-// issue 2 item 8, issue 3 item 5): each suite starts the binary on 127.0.0.1 port 0 with
+// tests/server_e2e_test.cc — end-to-end tests of the real specmoe-server binary (server/README.md):
+// each suite starts the binary on 127.0.0.1 port 0 with
 // tiny committed models, waits for grpc.health.v1 SERVING, then talks gRPC to it (and runs
 // specmoe-cli against it). The server is stopped with SIGTERM and must exit 0.
 #include <fcntl.h>
@@ -235,7 +235,7 @@ grpc::Status RawUnary(const std::shared_ptr<grpc::Channel>& channel, const std::
   return done.get_future().get();
 }
 
-// Issue 6's B1 reproducer: sampling with a tiny repetition penalty, plain decoding.
+// The tiny-penalty reproducer: sampling with a tiny repetition penalty, plain decoding.
 v1::CompleteRequest B1Request() {
   v1::CompleteRequest request;
   request.set_prompt("In the beginning");
@@ -620,8 +620,8 @@ TEST_F(ServerE2eTest, ControlCharactersInTheRequestIdCannotForgeLogLines) {
   }
 }
 
-// DESIGN §6: with a stop string, token_ids and usage.completion_tokens agree with text; the
-// token that completed the stop string is returned only if some of its text is.
+// server/README.md, Wire contract: with a stop string, token_ids and usage.completion_tokens agree
+// with text; the token that completed the stop string is returned only if some of its text is.
 TEST_F(ServerE2eTest, StopStringTokensAgreeWithTheText) {
   // Each token's own text: greedy output is deterministic, so the completion of n + 1
   // tokens extends that of n by token n's text.
@@ -662,7 +662,7 @@ TEST_F(ServerE2eTest, StopStringTokensAgreeWithTheText) {
   EXPECT_EQ(stopped.usage().completion_tokens(), static_cast<uint32_t>(k));
 }
 
-// Issue 6 item 8: requests gRPC cannot parse are INVALID_ARGUMENT naming the problem, and
+// Requests gRPC cannot parse are INVALID_ARGUMENT naming the problem, and
 // protobuf's own complaint is a line in the server's log format.
 TEST_F(ServerE2eTest, UnparseableRequestsAreInvalidArgumentNamingTheProblem) {
   // CompleteRequest.prompt (field 1) holding the bytes ff fe: not UTF-8.
@@ -819,9 +819,9 @@ TEST(ServerProcessTest, ApiKeyWithoutTlsOnANonLoopbackAddressWarns) {
   std::filesystem::remove(key_file);
 }
 
-// DESIGN §2.6: no request and no model file ends the process. The target is llama_tiny, on
-// which the B1 request (tiny repetition penalty) used to abort the server; the draft has an
-// all-NaN lm_head, so every speculating request meets a NaN (INTERNAL naming the model and
+// engine/README.md, Errors: no request and no model file ends the process. The target is
+// llama_tiny, on which the B1 request (tiny repetition penalty) used to abort the server; the draft
+// has an all-NaN lm_head, so every speculating request meets a NaN (INTERNAL naming the model and
 // the step) while plain decoding (target only) is unaffected: afterwards health is SERVING
 // and a normal request gives exactly the tokens of a server without the broken draft.
 TEST(ServerProcessTest, NanModelsFailTheRequestAndTheServerKeepsServing) {
@@ -894,7 +894,7 @@ TEST(ServerProcessTest, NanModelsFailTheRequestAndTheServerKeepsServing) {
   EXPECT_EQ(broken.Terminate(), 0) << broken.log();
 }
 
-// Issue 6 item 4: a stream whose client stops reading is cancelled once a write has waited
+// A stream whose client stops reading is cancelled once a write has waited
 // --stream-stall-seconds behind flow control, is logged, and the server keeps serving.
 TEST(ServerProcessTest, AStreamLeftUnreadIsCancelledAndLogged) {
   ServerProcess server({"--stream-stall-seconds", "1"});

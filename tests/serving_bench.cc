@@ -1,7 +1,7 @@
-// tests/serving_bench.cc — many requests at once through the engine (issue 8, "Benchmark,
-// not a timed test"): aggregate output tokens/s and per-request inter-token times at 1, 2,
+// tests/serving_bench.cc — many requests at once through the engine (a benchmark,
+// not a timed test): aggregate output tokens/s and per-request inter-token times at 1, 2,
 // 4, 8 and 16 concurrent requests, with speculation off, static trees and dynamic trees,
-// beside the bandwidth floor; then the issue's goals as ratios, each met or not met.
+// beside the bandwidth floor; then the goals as ratios, each met or not met.
 //
 // Not a test: run it by hand (README, Benchmarks),
 //   build/tests/serving_bench [--quick] [--target DIR --draft DIR] [--rounds R] ...
@@ -35,7 +35,7 @@
 //  - tok/step: output tokens over the verify steps the engine reports; preempted: the
 //    engine's counter (EngineStats::preempted) across the configuration's rounds; peak KV:
 //    the most target KV blocks in use at any token event, as a share of the cache.
-// Goals (issue 8, on the 2-core VM): output tokens/s at 8 concurrent >= 3x at 1; dynamic
+// Goals (on the 2-core VM): output tokens/s at 8 concurrent >= 3x at 1; dynamic
 // trees >= 0.95x speculation off at every concurrency and >= 1.6x at 1; dynamic trees >= the
 // best static tree at every concurrency. Printed as ratios with met / not met.
 // Defaults: static trees <1,1>, <1,1,1> (the CPU's best, README Speculation) and SpecInfer's
@@ -309,7 +309,7 @@ const char* Met(bool met) { return met ? "met" : "NOT MET"; }
 
 int Main(int argc, char** argv) {
   Flags flags;
-  CLI::App app("Serving benchmark: concurrent requests through the engine (issue 8).",
+  CLI::App app("Serving benchmark: concurrent requests through the engine.",
                "serving_bench");
   app.option_defaults()->always_capture_default();
   app.add_option("--target", flags.target_dir, "target model folder");

@@ -1,4 +1,4 @@
-// tests/speculation_bench.cc — what token-tree speculation buys on the CPU (issue 3).
+// tests/speculation_bench.cc — what token-tree speculation buys on the CPU.
 //
 // Measures, with the demo pair (deploy/make_demo_models.py; default <build>/demo):
 //  1. the verify cost curve: one target pass over n tree tokens, n = 1, 2, 4, ..., 64;

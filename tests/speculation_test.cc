@@ -1,4 +1,4 @@
-// tests/speculation_test.cc — token-tree speculation is lossless (DESIGN §4, §8).
+// tests/speculation_test.cc — token-tree speculation is lossless (engine/README.md, Verification).
 //
 // On the CPU the small-batch kernels and attention are batch-invariant, so a token's logits
 // are bit-identical whether it is scored alone (plain decoding) or inside a tree: greedy

@@ -1,6 +1,6 @@
 // tests/stats_util.h — Pearson's chi-square goodness-of-fit test shared by the statistical
-// tests of sampling (DESIGN §8: fixed seeds, a threshold at p = 1e-9). Checked against table
-// values in tests/verifier_stat_test.cc.
+// tests of sampling (tests/README.md, Conventions: fixed seeds, a threshold at p = 1e-9). Checked
+// against table values in tests/verifier_stat_test.cc.
 #ifndef SPECMOE_TESTS_STATS_UTIL_H_
 #define SPECMOE_TESTS_STATS_UTIL_H_
 

@@ -1,4 +1,4 @@
-// tests/token_tree_test.cc — token-tree layout (engine/spec/token_tree.h, DESIGN §4): the
+// tests/token_tree_test.cc — token-tree layout (engine/spec/token_tree.h): the
 // breadth-first layouts of the expansion shapes the speculation tests use, with their
 // parents, depths, positions and ancestor masks written out by hand; ValidateExpansion's
 // limits and messages; level expansion for greedy and sampled trees.

@@ -1,6 +1,6 @@
 // tests/tree_policy_test.cc — the tree policy as a pure function (engine/spec/tree_policy.h,
-// DESIGN §4), against synthetic cost curves (a memory-bound target: flat up to 64 tokens,
-// then linear; a compute-bound one: linear from 1 token) and synthetic acceptance:
+// engine/README.md, Tree policy), against synthetic cost curves (a memory-bound target: flat up to
+// 64 tokens, then linear; a compute-bound one: linear from 1 token) and synthetic acceptance:
 //   - trees shrink as the batch's base tokens grow (total nodes non-increasing over base
 //     tokens 1..512), down to plain decoding where extra tokens cannot pay;
 //   - no step's tree has a lower expected tokens per second (E / T recomputed here from the

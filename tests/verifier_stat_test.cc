@@ -1,4 +1,5 @@
-// tests/verifier_stat_test.cc — exactness of stochastic tree verification (DESIGN §4, §8).
+// tests/verifier_stat_test.cc — exactness of stochastic tree verification (engine/README.md,
+// Verification).
 //
 // The verifier runs as a pure function on a tiny language model: 8 tokens, target and
 // draft logits that depend on the last token of the context, processed by ProcessLogits
@@ -12,9 +13,9 @@
 // A chi-square test (cells with expected count < 5 pooled; any draw of a zero-probability
 // token is an outright failure) must NOT reject at p = 1e-9 for the engine's verifier, for
 // the first token and for the pair. The same test must reject each of the three wrong
-// variants DESIGN §4 warns about, kept below as deliberately wrong node rules. The same
-// cases run again with dynamic trees (the tree policy's per-node counts, fixed before the
-// children are drawn), and a policy that drops drawn children must be rejected.
+// variants engine/README.md (Verification) warns about, kept below as deliberately wrong node
+// rules. The same cases run again with dynamic trees (the tree policy's per-node counts, fixed
+// before the children are drawn), and a policy that drops drawn children must be rejected.
 // The chi-square survival function is the regularized upper incomplete gamma function,
 // computed here (series / Legendre continued fraction) and checked on known values.
 #include <algorithm>
@@ -137,8 +138,8 @@ std::vector<double> Normalized(const std::vector<float>& v) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Deliberately WRONG verifiers (DESIGN §4). Each is one node rule: given the target p and
-// the stored draft q at a node (both normalized, modified in place) and the children's
+// Deliberately WRONG verifiers (engine/README.md, Verification). Each is one node rule: given the
+// target p and the stored draft q at a node (both normalized, modified in place) and the children's
 // tokens in draw order, return the index of the accepted child or -1, leaving in p the
 // distribution the bonus would be drawn from.
 
@@ -436,7 +437,7 @@ TEST(WrongVerifierTest, TestingChildrenOutOfDrawOrderIsDetected) {
 // server-wide prior learn from every verified trial (live calibration), so values, and
 // with them shapes, change along the run. The first token and the pair must still have
 // exactly the target's distribution; a policy that draws the full k_d and then drops the
-// drawn children whose probability does not pay (DESIGN §4) must be rejected.
+// drawn children whose probability does not pay (engine/README.md, Tree policy) must be rejected.
 
 struct DynamicState {
   TreePolicy policy{TreePolicy::Kind::kDynamic, CostCurve({{1, 0.010}, {12, 0.010}, {20, 0.030}}),

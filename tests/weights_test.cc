@@ -1,5 +1,5 @@
 // tests/weights_test.cc — WeightStore / BindModelWeights (engine/loader/weights.h), the safetensors
-// and torch.save readers, and the start-up checks of issue 2 item 3: one test per loader
+// and torch.save readers, and the start-up checks: one test per loader
 // error (missing, unexpected, wrong shape, unsupported dtype, truncated, corrupt header, bad
 // JSON, unknown architecture, unsupported config feature, different vocabularies, too large
 // for memory), each checking the message names the file and the tensor or field.
@@ -426,7 +426,7 @@ TEST(WeightStoreTest, SyntheticMoeWithIgnoredBuffers) {
   EXPECT_TRUE(LoadAndBind(dir.path()).ok()) << LoadAndBind(dir.path());
 }
 
-// ---- One test per loader error (issue 2 item 3) ------------------------------------------
+// ---- One test per loader error ------------------------------------------------------------
 
 TEST(LoaderErrorTest, MissingTensor) {
   TempDir dir;

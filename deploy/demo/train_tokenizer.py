@@ -4,7 +4,7 @@
 What: produces deploy/demo/corpus.txt (the King James Bible, public domain, from
 the Debian package bible-kjv-text, see SOURCE.md) and trains
 deploy/demo/tokenizer.model on it with LLaMA's SentencePiece conventions
-(DESIGN.md section 3.3): BPE, <unk>=0, <s>=1, </s>=2, no pad, byte fallback,
+(engine/README.md, Tokenizer): BPE, <unk>=0, <s>=1, </s>=2, no pad, byte fallback,
 split digits, identity normalisation, dummy prefix, no whitespace folding.
 
 Both outputs are committed, so the demo is the same on every machine; this

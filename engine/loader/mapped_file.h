@@ -1,6 +1,6 @@
 // engine/loader/mapped_file.h — a read-only memory map of one file (POSIX mmap).
 //
-// Weights are used in place from the map (DESIGN §3: "Load by mmap"), so a 13.5 GB
+// Weights are used in place from the map (engine/README.md, Models: "Load by mmap"), so a 13.5 GB
 // checkpoint costs page cache, not a copy. Tested through tests/weights_test.cc.
 #ifndef SPECMOE_ENGINE_LOADER_MAPPED_FILE_H_
 #define SPECMOE_ENGINE_LOADER_MAPPED_FILE_H_

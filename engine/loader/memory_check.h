@@ -1,5 +1,6 @@
 // engine/loader/memory_check.h — refuse at start-up a model whose weights cannot fit in RAM
-// (DESIGN §3: "refuse clearly when a model cannot fit"). Tested by tests/weights_test.cc.
+// (engine/README.md, Models: "refuse clearly when a model cannot fit"). Tested by
+// tests/weights_test.cc.
 #ifndef SPECMOE_ENGINE_LOADER_MEMORY_CHECK_H_
 #define SPECMOE_ENGINE_LOADER_MEMORY_CHECK_H_
 

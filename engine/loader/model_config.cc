@@ -105,7 +105,7 @@ class ConfigReader {
     }                                        \
   } while (0)
 
-// Refuses the config features DESIGN §3 lists as not implemented.
+// Refuses the config features engine/README.md, Models lists as not implemented.
 absl::Status CheckUnsupportedFeatures(const ConfigReader& r) {
   if (r.Find("rope_scaling") != nullptr) return r.Unsupported("rope_scaling", "(non-null)");
   for (const char* key : {"attention_bias", "mlp_bias"}) {
@@ -127,9 +127,9 @@ absl::Status ReadMoe(const ConfigReader& r, ModelConfig* c) {
                                                 c->num_experts, ")"));
   }
   SPECMOE_RETURN_IF_ERROR_CFG(r.Float("score_scale_factor", &c->score_scale_factor));
-  // The keys that select the MoE's maths (DESIGN §3.2), each with the one value this engine
-  // implements (the seed's own); any other value is refused by key and value. Absent keys
-  // take that value. Training-only keys (gate_add_noise, gate_noise_epsilon,
+  // The keys that select the MoE's maths (engine/README.md, LLaMA-MoE), each with the one value
+  // this engine implements (the seed's own); any other value is refused by key and value. Absent
+  // keys take that value. Training-only keys (gate_add_noise, gate_noise_epsilon,
   // gate_use_balance, gate_balance_loss_weight, capacity_factor, drop_tokens,
   // dropped_padding) are not read: they do not change inference.
   for (const auto& [key, implemented] :

@@ -1,5 +1,5 @@
 // engine/loader/model_config.h — the parts of a Hugging Face config.json the engine runs on
-// (DESIGN.md §3.1 LlamaForCausalLM, §3.2 LlamaMoEForCausalLM).
+// (engine/README.md, Models).
 //
 // Parsing refuses, by name, every config feature the engine does not implement (a non-null
 // rope_scaling, attention_bias / mlp_bias true, hidden_act other than silu, an unknown
@@ -33,7 +33,7 @@ struct ModelConfig {
   float rope_theta = 10000.0f;  // absent key: 10000
   bool tie_word_embeddings = false;
   std::vector<int> eos_token_ids;  // from eos_token_id (int or list); may be empty
-  int bos_token_id = -1;           // informational only (DESIGN §3.3)
+  int bos_token_id = -1;           // informational only (engine/README.md, Tokenizer)
 
   // LLaMA-MoE (llama_moe) only.
   int num_experts = 0;             // num_experts

@@ -1,7 +1,7 @@
 // engine/loader/weights.cc — see weights.h. Formats: safetensors.h, torch_pickle.h; sharded
 // checkpoints follow transformers' *.index.json ({"weight_map": {tensor: shard file}}).
 // Tensor names follow transformers' modeling_llama.py and LLaMA-MoE's modeling_llama_moe.py
-// (DESIGN §3.1-3.2).
+// (engine/README.md, Models).
 #include "engine/loader/weights.h"
 
 #include <sys/stat.h>
@@ -264,7 +264,7 @@ absl::StatusOr<ModelWeights> BindModelWeights(const ModelConfig& config,
       SPECMOE_ASSIGN_OR_RETURN_W(l.mlp.down, b.Matrix(p + "mlp.down_proj.weight", hidden, inter, true));
       continue;
     }
-    // LLaMA-MoE (DESIGN §3.2): gate g = W2 tanh(W1 x), W1 [E, hidden], W2 [E, E];
+    // LLaMA-MoE (engine/README.md, LLaMA-MoE): gate g = W2 tanh(W1 x), W1 [E, hidden], W2 [E, E];
     // expert e: gate/up [size_e, hidden], down [hidden, size_e].
     const int64_t experts = config.num_experts;
     SPECMOE_ASSIGN_OR_RETURN_W(l.gate_w1, b.Matrix(p + "mlp.gate.gate_network.0.weight", experts, hidden, true));

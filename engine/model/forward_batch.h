@@ -1,5 +1,5 @@
-// engine/model/forward_batch.h — the host description of one forward pass (DESIGN §2.2, §5)
-// and its ONE validator.
+// engine/model/forward_batch.h — the host description of one forward pass (kernels/README.md, Op
+// table) and its ONE validator.
 //
 // A ForwardBatch lists the tokens of one multi-sequence forward (prefill chunks, decode
 // tokens, token trees of several sequences) with where each stands; Model::Forward hands its

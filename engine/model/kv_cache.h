@@ -1,4 +1,5 @@
-// engine/model/kv_cache.h — a paged KV cache for one model (DESIGN §2, §4).
+// engine/model/kv_cache.h — a paged KV cache for one model (engine/README.md, KV cache and
+// preemption).
 //
 // Every layer has K and V pools of [num_blocks * block_size, n_kv_heads * head_dim] in
 // backend memory, of f32 (the default) or f16 (half the bytes; results differ from f32 by

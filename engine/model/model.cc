@@ -1,10 +1,11 @@
 // engine/model/model.cc — LLaMA / LLaMA-MoE forward pass over the Backend op table.
 //
-// Per layer (DESIGN §3.1):  h += o_proj(attn(rope(q_proj(x)), rope(k_proj(x)), v_proj(x)))
-// with x = rms1(h), then h += FFN(rms2(h)); logits = lm_head(norm(h)).
+// Per layer (engine/README.md, LLaMA):  h += o_proj(attn(rope(q_proj(x)), rope(k_proj(x)),
+// v_proj(x))) with x = rms1(h), then h += FFN(rms2(h)); logits = lm_head(norm(h)).
 // FFN, llama:      down(silu(gate x) * up x)
 // FFN, llama_moe:  g = W2 tanh(W1 x); top-k of g, softmax over those k;
-//                  y = score_scale_factor * sum_j softmax_j * Expert_j(x)     (DESIGN §3.2)
+//                  y = score_scale_factor * sum_j softmax_j * Expert_j(x)     (engine/README.md,
+// LLaMA-MoE)
 #include "engine/model/model.h"
 
 #include <algorithm>

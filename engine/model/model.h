@@ -1,11 +1,11 @@
-// engine/model/model.h — the LLaMA (DESIGN §3.1) and LLaMA-MoE (§3.2) forward passes, composed
-// from the Backend op table.
+// engine/model/model.h — the LLaMA and LLaMA-MoE forward passes (engine/README.md, Models),
+// composed from the Backend op table.
 //
 // One Forward() runs any mix of tokens: prefill chunks (causal), single decode tokens and
 // token trees (root + nodes with ancestor masks), for one or several sequences, writing each
 // token's K/V to the slot it is given and returning logits for the rows asked for.
-// Reference: Hugging Face transformers' LlamaForCausalLM and the LLaMA-MoE maths of DESIGN
-// §3.2; tested by tests/model_golden_test.cc against goldens from transformers (and
+// Reference: Hugging Face transformers' LlamaForCausalLM and the LLaMA-MoE maths of
+// engine/README.md; tested by tests/model_golden_test.cc against goldens from transformers (and
 // tests/forward_batch_test.cc for the validation of a batch before the forward).
 #ifndef SPECMOE_ENGINE_MODEL_MODEL_H_
 #define SPECMOE_ENGINE_MODEL_MODEL_H_
@@ -43,7 +43,7 @@ class Model {
   // [logit_rows.size(), vocab]).
   void Forward(const ForwardBatch& batch, KvCache& cache, float* logits);
   // The same forward, leaving the logits where the backend computed them: backend memory,
-  // [logit_rows.size(), vocab], valid until the next Forward (the hot path: DESIGN §5, the
+  // [logit_rows.size(), vocab], valid until the next Forward (the hot path: kernels/README.md, the
   // [tokens, vocab] block is never copied to the host). Null when no logit row is asked.
   // The batch is checked first with Validate (forward_batch.h) against max_tokens and
   // `cache`; a batch that fails is a bug in the scheduler that built it (requests are
@@ -108,7 +108,7 @@ class Model {
   std::unordered_map<uint64_t, BucketState> buckets_;
 };
 
-// Pads `batch` for a recorded forward of at most `max_tokens` tokens (DESIGN §5): tokens,
+// Pads `batch` for a recorded forward of at most `max_tokens` tokens (kernels/README.md): tokens,
 // sequences, block-table width and logit rows each to the next power of two (tokens and rows
 // at most max_tokens), so that a few recordings serve every step. Padding tokens write no
 // K/V (slot -1) and see nothing; padding sequences have no blocks; padding logit rows repeat

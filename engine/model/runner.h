@@ -1,9 +1,9 @@
 // engine/model/runner.h — one multi-sequence forward: segments of several sequences (prompt
 // chunks and catch-up tokens run causally, token trees with ancestor masks) collected into
-// one ForwardBatch and run through the model in one pass (DESIGN §2.2 d-e).
+// one ForwardBatch and run through the model in one pass (engine/README.md, The step, d-e).
 //
 // Each Add call is one sequence's segment (a sequence appears at most once per forward)
-// and returns the index of its first logit row. Slot layout (DESIGN §4): a causal token at
+// and returns the index of its first logit row. Slot layout (engine/README.md): a causal token at
 // logical position p is written at logical slot p and sees [0, p]; tree node i of a tree
 // rooted at position r is written at slot r + i, has position r + depth(i), and sees
 // [0, r) plus its ancestor mask.

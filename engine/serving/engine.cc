@@ -1,5 +1,5 @@
 // engine/serving/engine.cc — the worker thread and request queue around the Scheduler
-// (DESIGN §1-2).
+// (engine/README.md, One request end to end).
 //
 // The transport calls Submit() from any thread: it validates, then pushes onto a bounded
 // queue. The worker moves queued requests into the scheduler and runs one step of the
@@ -41,7 +41,8 @@ class EngineImpl final : public Engine {
                                                         EventSink sink) override {
     absl::Status valid = PrepareRequest(request, options_.limits, model_limits());
     if (!valid.ok()) return valid;
-    // DESIGN §2.3: a request that could never fit the KV cache is refused now.
+    // engine/README.md, KV cache and preemption: a request that could never fit the KV cache is
+    // refused now.
     const int need = std::min(static_cast<int>(request.prompt_ids.size()) + request.max_tokens,
                               models_->max_context) +
                      kTreeSlots;

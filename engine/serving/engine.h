@@ -1,5 +1,5 @@
-// engine/serving/engine.h — the engine as the transport sees it: load models, take requests, deliver
-// results through per-request channels (DESIGN §1-2).
+// engine/serving/engine.h — the engine as the transport sees it: load models, take requests,
+// deliver results through per-request channels (engine/README.md, One request end to end).
 //
 // One worker thread owns the backend, the models and the KV caches and runs the step loop;
 // Submit() and Cancel() only touch a bounded request queue and an atomic flag, so the
@@ -23,7 +23,8 @@
 
 namespace specmoe::engine {
 
-// What one scheduler step did (DESIGN §2.2): for the observer, the metrics and the tests.
+// What one scheduler step did (engine/README.md, The step): for the observer, the metrics and the
+// tests.
 struct StepReport {
   int decoding = 0;        // requests that verified a tree (or decoded one token)
   int prefilling = 0;      // requests that prefilled a prompt chunk
@@ -76,8 +77,8 @@ struct EngineOptions {
   // too, room for max_batch sequences of the full context.
   int kv_cache_tokens = 0;
   double kv_cache_fraction = 0;
-  // kDynamic: the load-adaptive tree policy (DESIGN §4); kStatic: every request's fixed
-  // expansion.
+  // kDynamic: the load-adaptive tree policy (engine/README.md, Tree policy); kStatic: every
+  // request's fixed expansion.
   enum class TreePolicy { kStatic, kDynamic };
   TreePolicy tree_policy = TreePolicy::kDynamic;
   // KV cache element type of both models: kF32 (bit-exact tests) or kF16 (half the bytes).

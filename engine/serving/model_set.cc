@@ -137,7 +137,8 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
     absl::StatusOr<LoadedModel> d = LoadModel(options.draft_dir, "draft");
     if (!d.ok()) return d.status();
     draft = *std::move(d);
-    // DESIGN §3.3: same vocabulary size and, where both folders have one, the same pieces.
+    // engine/README.md, Tokenizer: same vocabulary size and, where both folders have one, the same
+    // pieces.
     std::vector<std::string> target_pieces = m->tokenizer->pieces();
     std::vector<std::string> draft_pieces;
     absl::StatusOr<std::unique_ptr<Tokenizer>> draft_tok = Tokenizer::Load(options.draft_dir);
@@ -224,7 +225,7 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
     if (!bound.ok()) return bound;
   }
 
-  // EOS from the target's config, else the tokenizer (DESIGN §3.3).
+  // EOS from the target's config, else the tokenizer (engine/README.md, Tokenizer).
   m->eos_ids.assign(m->target_config.eos_token_ids.begin(), m->target_config.eos_token_ids.end());
   if (m->eos_ids.empty()) m->eos_ids.push_back(m->tokenizer->eos_id());
   return m;

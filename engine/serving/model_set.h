@@ -1,6 +1,7 @@
 // engine/serving/model_set.h — what the engine serves with: the backend, the tokenizer, the
 // target and optional draft models with their weights and paged KV caches, loaded and
-// checked at start-up (DESIGN §3), and the KV budget (DESIGN §2.3).
+// checked at start-up (engine/README.md, Models), and the KV budget (engine/README.md, KV cache and
+// preemption).
 //
 // The KV budget is a number of token slots per cache (`--kv-cache-tokens`, or a fraction of
 // the memory left after the weights, or by default room for max_batch sequences of the

@@ -1,5 +1,5 @@
 // engine/serving/request.h — what a generation request asks for and what it gets back, in engine
-// terms (no protobuf here: the server translates the wire messages, DESIGN §1).
+// terms (no protobuf here: the server translates the wire messages, engine/README.md, Layers).
 #ifndef SPECMOE_ENGINE_SERVING_REQUEST_H_
 #define SPECMOE_ENGINE_SERVING_REQUEST_H_
 
@@ -18,7 +18,7 @@ struct SpeculationParams {
   std::vector<int> expansion;       // empty: the engine's default tree
 };
 
-// As the transport converts it from the wire (DESIGN §6), then completed by
+// As the transport converts it from the wire (server/README.md, Wire contract), then completed by
 // PrepareRequest (engine/serving/request_validator.h): a text prompt is tokenized into prompt_ids
 // (BOS first), and the wire's zeros become the defaults.
 struct GenerationRequest {

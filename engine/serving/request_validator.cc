@@ -1,5 +1,6 @@
-// engine/serving/request_validator.cc — see request_validator.h. Every rule of DESIGN §6 in one
-// function, in the order: sizes, prompt, lengths, sampling, stops, speculation.
+// engine/serving/request_validator.cc — see request_validator.h. Every rule of server/README.md,
+// Wire contract, in one function, in the order: sizes, prompt, lengths, sampling, stops,
+// speculation.
 #include "engine/serving/request_validator.h"
 
 #include <algorithm>
@@ -123,7 +124,7 @@ absl::Status PrepareRequest(GenerationRequest& r, const RequestLimits& limits,
   }
   if (r.max_tokens == 0) r.max_tokens = limits.default_max_tokens;
 
-  // 4. Sampling (unset = 0 means the default; DESIGN §6).
+  // 4. Sampling (unset = 0 means the default).
   SamplingParams& s = r.sampling;
   if (!(s.temperature >= 0.0f) || std::isinf(s.temperature)) {
     return Invalid(absl::StrCat("sampling.temperature must be finite and >= 0 (got ",

@@ -1,5 +1,5 @@
 // engine/serving/request_validator.h — the ONE place where a generation request is checked and its
-// defaults applied (DESIGN §2.1, §6; issue 6 item 10). The transport only converts wire
+// defaults applied (server/README.md, Wire contract). The transport only converts wire
 // messages into a GenerationRequest; Engine::Submit calls PrepareRequest once. Size limits
 // come first (request_id, stop strings, prompt bytes), so no heavy work is done for an
 // oversized request; tokenizing stops once the prompt passes its token limit.
@@ -26,7 +26,7 @@ inline constexpr size_t kMaxStopBytes = 256;
 // Default --max-prompt-bytes: this many bytes per token of context.
 inline constexpr int kPromptBytesPerContextToken = 16;
 
-// The server's request limits (flags of DESIGN §7).
+// The server's request limits (server/README.md, Limits).
 struct RequestLimits {
   int default_max_tokens = 128;  // max_tokens 0 means this
   int max_tokens_limit = 4096;   // larger max_tokens is INVALID_ARGUMENT

@@ -1,4 +1,4 @@
-// engine/serving/scheduler.cc — the step (scheduler.h), in the order of DESIGN §2.2.
+// engine/serving/scheduler.cc — the step (scheduler.h), in the order of engine/README.md, The step.
 //
 // Slot layout of a decoding request whose root is at position r: the target holds
 // committed tokens at logical slots [0, r); tree node i (node 0 is the root) is written at
@@ -346,7 +346,7 @@ LogitsView Scheduler::ScoreTarget(const std::vector<Planned>& plan,
 
 bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsView& logits,
                               int first_row) {
-  // A broken invariant in the models' data fails this request only (DESIGN §2.6).
+  // A broken invariant in the models' data fails this request only (engine/README.md, Errors).
   std::optional<NonFinite> bad = job.non_finite;
   const bool in_draft = bad.has_value();
   if (!in_draft) bad = FindNonFinite(logits, first_row, job.tree.size());

@@ -1,4 +1,4 @@
-// engine/serving/scheduler.h — one step for all running requests (DESIGN §2.2-2.3):
+// engine/serving/scheduler.h — one step for all running requests (engine/README.md, The step):
 // admission above a KV watermark, the step's token budget (trees first, then prompt
 // chunks), KV growth with recompute preemption of the most recently admitted request, one
 // batched draft pass (catch-up, then one forward per tree level), ONE target forward over

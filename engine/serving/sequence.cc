@@ -20,7 +20,8 @@ Sequence::Sequence(GenerationRequest req, EventSink event_sink, std::shared_ptr<
     expansion =
         request.speculation.expansion.empty() ? default_tree : request.speculation.expansion;
   }
-  // Independent random streams (DESIGN §4): the tree's children, and verification.
+  // Independent random streams (engine/README.md, Verification): the tree's children, and
+  // verification.
   const Rng base(request.sampling.seed);
   draft_rng = base.Split(kDraftStream);
   verify_rng = base.Split(kVerifyStream);
@@ -50,8 +51,8 @@ Emitted Commit(Sequence& seq, std::span<const int32_t> tokens, std::span<const i
     StopMatcher::Result matched = seq.stops.Push(seq.detok.Add(token));
     out.text += matched.emit;
     if (matched.stopped) {
-      // DESIGN §6: the token that completed the stop string is returned (and counted) only
-      // if some of its own text is, so text, token_ids and completion_tokens agree.
+      // server/README.md, Wire contract: the token that completed the stop string is returned (and
+      // counted) only if some of its own text is, so text, token_ids and completion_tokens agree.
       if (matched.emit.size() > held_back) {
         seq.tokens.push_back(token);
         out.token_ids.push_back(token);

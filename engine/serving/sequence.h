@@ -1,5 +1,5 @@
 // engine/serving/sequence.h — the state of one request in the scheduler, from admission to
-// its last event, across preemptions (DESIGN §2).
+// its last event, across preemptions (engine/README.md, KV cache and preemption).
 //
 // tokens = prompt + emitted tokens; the last one is the root (not yet in the target's
 // cache). target_len / draft_len count the tokens whose K/V each cache holds; a request is

@@ -1,6 +1,6 @@
 // engine/spec/drafter.cc — drafting the trees of many sequences level by level (drafter.h).
 //
-// Slot layout (DESIGN §4): the draft holds committed tokens at logical slots [0, r] after
+// Slot layout (engine/README.md): the draft holds committed tokens at logical slots [0, r] after
 // its catch-up (the root r included); tree node i is written at slot r + i. Leaves are
 // never run through the draft: when the accepted path ends at a leaf, the draft catches up
 // on it together with the bonus token next step.

@@ -1,5 +1,5 @@
 // engine/spec/drafter.h — the draft model's part of a step for many sequences at once
-// (DESIGN §2.2 d, §4): ONE draft forward for every sequence's catch-up (the committed
+// (engine/README.md, The step, d): ONE draft forward for every sequence's catch-up (the committed
 // tokens the draft has not seen, ending at the root, whose logits start the tree; prompt
 // chunks the target already prefilled ride along without logits), then ONE draft forward
 // per tree level over every sequence's new frontier nodes, with tree attention. The tree

@@ -1,4 +1,4 @@
-// engine/spec/logits.h — reading a forward's logits where the model left them (DESIGN §5):
+// engine/spec/logits.h — reading a forward's logits where the model left them (kernels/README.md):
 // the speculation layer asks only for reductions of a row (its argmax, its processed
 // distribution, whether it is finite), never for the [rows, vocab] block on the host.
 // Each is one Backend reduction op (kernels/backend.h) run where the logits are; only its

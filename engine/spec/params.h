@@ -1,6 +1,7 @@
 // engine/spec/params.h — what speculation reads from a request and reports back: the
-// sampling controls (DESIGN §6 defaults) and the per-request speculation statistics (§4).
-// Plain data, shared by the sampler, the verifier and serving's request types.
+// sampling controls (server/README.md, Wire contract defaults) and the per-request speculation
+// statistics (engine/README.md, Verification). Plain data, shared by the sampler, the verifier and
+// serving's request types.
 #ifndef SPECMOE_ENGINE_SPEC_PARAMS_H_
 #define SPECMOE_ENGINE_SPEC_PARAMS_H_
 
@@ -9,7 +10,8 @@
 
 namespace specmoe::engine {
 
-// Sampling controls, already defaulted (DESIGN §6: unset wire fields mean the defaults).
+// Sampling controls, already defaulted (server/README.md, Wire contract: unset wire fields mean the
+// defaults).
 struct SamplingParams {
   float temperature = 0.0f;         // 0: greedy
   float top_p = 1.0f;               // (0, 1]; 0 from the wire means 1

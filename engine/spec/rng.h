@@ -5,8 +5,8 @@
 // machine and compiler (only 64-bit integer arithmetic; Uniform() uses the top 53 bits).
 // Independent streams come from Split(stream), which hashes this generator's state and
 // the stream number through splitmix64 into a fresh seed. Speculative sampling needs two
-// such streams per request (DESIGN §4): one draws the tree's children, another the
-// acceptance uniforms and bonus tokens. Tested in tests/sampler_test.cc.
+// such streams per request (engine/README.md, Verification): one draws the tree's children, another
+// the acceptance uniforms and bonus tokens. Tested in tests/sampler_test.cc.
 #ifndef SPECMOE_ENGINE_SPEC_RNG_H_
 #define SPECMOE_ENGINE_SPEC_RNG_H_
 

@@ -3,8 +3,8 @@
 // ProcessLogits turns one row of logits into the distribution a request samples from, in
 // Hugging Face's default logits-processor order: repetition penalty (CTRL, Keskar et al.
 // 2019), temperature, top-k, top-p (nucleus, Holtzman et al. 2019), softmax. The draft's
-// q and the target's p of speculative sampling (DESIGN §4) both come from it, so plain and
-// speculative sampling process logits identically. Sampling uses the engine's Rng with
+// q and the target's p of speculative sampling (engine/README.md, Verification) both come from it,
+// so plain and speculative sampling process logits identically. Sampling uses the engine's Rng with
 // one uniform per draw (inverse CDF), so a seed fixes the output on every platform.
 // The maths is kernels/cpu/sampling.h (one implementation, also behind the backends'
 // logits reductions); these functions are its host-side wrappers.
@@ -26,7 +26,8 @@ namespace specmoe::engine {
 int32_t Argmax(const float* logits, int vocab);
 
 // The `k` ids with the largest logits, in descending order of logit, ties lower id first
-// (greedy tree children, DESIGN §4). Returns min(k, vocab) ids. logits: [vocab].
+// (greedy tree children, engine/README.md, Tree policy). Returns min(k, vocab) ids. logits:
+// [vocab].
 std::vector<int32_t> TopKIds(const float* logits, int vocab, int k);
 
 // The `k` largest entries of probs ([vocab]), descending: min(k, vocab) values (zeros

@@ -1,5 +1,5 @@
-// engine/spec/token_tree.h — the speculated token tree of one request for one step (DESIGN §4,
-// SpecInfer, arXiv 2305.09781 §3-4).
+// engine/spec/token_tree.h — the speculated token tree of one request for one step
+// (engine/README.md, Token trees; SpecInfer, arXiv 2305.09781 §3-4).
 //
 // Node 0 is the root: the last committed token, not yet in the target's KV cache. The
 // other nodes are draft tokens in breadth-first order; each has a parent, a depth
@@ -7,8 +7,8 @@
 // mask of one uint64 (bit j set iff node j is the node itself or one of its ancestors),
 // which is the tree-attention mask of the node over the tree part of the KV cache.
 // A sampled tree also keeps, per internal node, the draft distribution q its children were
-// drawn from: the verifier must use that very q (DESIGN §4).
-// Tested in tests/token_tree_test.cc (layouts of the DESIGN's expansion shapes).
+// drawn from: the verifier must use that very q (engine/README.md, Token trees).
+// Tested in tests/token_tree_test.cc (layouts of the guide's expansion shapes).
 #ifndef SPECMOE_ENGINE_SPEC_TOKEN_TREE_H_
 #define SPECMOE_ENGINE_SPEC_TOKEN_TREE_H_
 

@@ -1,5 +1,6 @@
 // engine/spec/tree_policy.cc — cost curves, live acceptance and the batch-wide marginal rule
-// of the tree policy (see tree_policy.h for the contracts and the maths; DESIGN §4).
+// of the tree policy (see tree_policy.h for the contracts and the maths; engine/README.md, Tree
+// policy).
 #include "engine/spec/tree_policy.h"
 
 #include <algorithm>

@@ -1,5 +1,5 @@
-// engine/spec/tree_policy.h — dynamic, load-adaptive token trees (DESIGN §4, the tree
-// policy): how many children each frontier node of each speculating request gets, level by
+// engine/spec/tree_policy.h — dynamic, load-adaptive token trees (engine/README.md, Tree policy;
+// the tree policy): how many children each frontier node of each speculating request gets, level by
 // level, so that the whole batch maximises expected emitted tokens per second.
 //
 // value(node) = product along its path of the calibrated acceptance of each node, where a
@@ -10,9 +10,9 @@
 // with E the step's expected emitted tokens and T its expected seconds so far, a node of
 // value v and marginal cost dT is worth adding iff (E + v) / (T + dT) > E / T, applied to
 // whole prefixes of the batch's ranking so that a forward's fixed cost can be shared (see
-// Expand). dT comes from the cost curves (target forward and draft forward vs total tokens), measured at start-up
-// and refreshed from live step times, so trees shrink smoothly to plain decoding as the
-// batch grows and the target's forward turns compute-bound.
+// Expand). dT comes from the cost curves (target forward and draft forward vs total tokens),
+// measured at start-up and refreshed from live step times, so trees shrink smoothly to plain
+// decoding as the batch grows and the target's forward turns compute-bound.
 //
 // Exactness: the number of children is decided from what is known before they are drawn
 // (the parent's value and the draft's top probabilities at the parent), and the drafter

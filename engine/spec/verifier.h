@@ -1,5 +1,6 @@
-// engine/spec/verifier.h — token-tree verification (DESIGN §4): which draft nodes the target
-// accepts and the bonus token it adds, plus the per-request speculation statistics.
+// engine/spec/verifier.h — token-tree verification (engine/README.md, Verification): which draft
+// nodes the target accepts and the bonus token it adds, plus the per-request speculation
+// statistics.
 //
 // Greedy: SpecInfer's verification (arXiv 2305.09781 §4): descend while a child equals the
 // target's argmax. Sampling: recursive rejection sampling over the children of each node in
@@ -94,7 +95,7 @@ struct StepStats {
 };
 StepStats ComputeStepStats(const TokenTree& tree, const VerifyResult& result);
 
-// Accumulates one request's steps into engine::SpeculationStats (DESIGN §4):
+// Accumulates one request's steps into engine::SpeculationStats (engine/README.md, Verification):
 // acceptance_by_depth[d-1] = sum accepted_d / sum reached_d (0 where never reached),
 // mean_tokens_per_step = emitted tokens / verify steps (bonus counted). Plain value type,
 // not thread-safe; Record is O(depth).

@@ -1,5 +1,5 @@
-// engine/text/stop_matcher.h — stop strings over streamed text (DESIGN §2e, §4: the output is
-// cut at the first stop string, which is not itself emitted, as in vLLM / OpenAI).
+// engine/text/stop_matcher.h — stop strings over streamed text (engine/README.md, The step, g: the
+// output is cut at the first stop string, which is not itself emitted, as in vLLM / OpenAI).
 //
 // The caller feeds the detokenized text deltas in order (one per token, so it knows which
 // token completed a stop string). A stop string may span several deltas, so text that

@@ -1,4 +1,5 @@
-// engine/text/tokenizer.cc — SentencePiece wrapper and incremental detokenizer (DESIGN §3.3, §2.3).
+// engine/text/tokenizer.cc — SentencePiece wrapper and incremental detokenizer (engine/README.md,
+// Tokenizer).
 //
 // Encode/Decode follow SentencePiece exactly (LLaMA's tokenizer.model: dummy-prefix space,
 // byte fallback). The incremental detokenizer follows the windowed scheme of Hugging Face

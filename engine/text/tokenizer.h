@@ -43,7 +43,7 @@ class Tokenizer {
   int bos_id() const;
   int eos_id() const;
   std::string piece(int id) const;
-  // All pieces in id order (compared between draft and target, DESIGN §3.3).
+  // All pieces in id order (compared between draft and target, engine/README.md, Tokenizer).
   std::vector<std::string> pieces() const;
 
  private:

@@ -1,4 +1,5 @@
-// engine/text/vocab_check.h — the draft and the target must share one vocabulary (DESIGN §3.3).
+// engine/text/vocab_check.h — the draft and the target must share one vocabulary (engine/README.md,
+// Tokenizer).
 //
 // Compares vocab_size and, when both folders have a tokenizer.model, the pieces id by id.
 // The configs' special-token ids are deliberately not compared (the seed MoE config says

@@ -1,4 +1,4 @@
-// kernels/cpu/bandwidth.h — measured memory READ bandwidth, the CPU's roofline (DESIGN §5).
+// kernels/cpu/bandwidth.h — measured memory READ bandwidth, the CPU's roofline (kernels/README.md).
 //
 // The decode bandwidth floor is (bytes a token must read) / MeasureReadBandwidthGBs(...).
 // Exercised by tests/cpu_kernels_bench.cc and the decode benchmark; tested for sanity

@@ -5,7 +5,7 @@
 // 16 and more rows) converts each K-block of a panel of weight rows to f32 once and runs a
 // register-blocked micro-kernel over it. Both follow the same per-output summation order,
 // which depends only on the input length, so each row's result is bit-identical whatever n
-// is (batch invariance, DESIGN §5); CpuMatMul picks between them. Tested by
+// is (batch invariance, kernels/README.md); CpuMatMul picks between them. Tested by
 // tests/cpu_backend_test.cc against a double-precision reference and bit-exactly across
 // n = 1..300; timed by tests/cpu_kernels_bench.cc against OpenBLAS.
 #ifndef SPECMOE_KERNELS_CPU_MATMUL_H_

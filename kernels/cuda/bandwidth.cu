@@ -1,5 +1,5 @@
 // kernels/cuda/bandwidth.cu — the device's measured READ bandwidth, the GPU's roofline
-// (DESIGN §5), the twin of kernels/cpu/bandwidth.cc: a streaming sum of a buffer far larger
+// (kernels/README.md), the twin of kernels/cpu/bandwidth.cc: a streaming sum of a buffer far larger
 // than L2, 16-byte loads, every byte read once per pass. Used by tests/gpu_bench.cc.
 #include <cuda_runtime.h>
 

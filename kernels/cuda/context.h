@@ -1,5 +1,5 @@
 // kernels/cuda/context.h — what every CUDA op runs with: the backend's one stream, its cuBLAS
-// handle and its growing scratch buffers (DESIGN §5).
+// handle and its growing scratch buffers (kernels/README.md).
 //
 // Contract: one CudaContext per CudaBackend, used by the engine's worker thread only. Ops
 // enqueue on `stream` and return without waiting, except those that write host memory

@@ -1,7 +1,7 @@
 // kernels/cuda/cublas_check.h — SPECMOE_CUBLAS_CHECK: aborts naming the call, file, line and
 // cuBLAS status when a cuBLAS call that cannot fail on a healthy device with valid arguments
-// fails (a broken invariant; DESIGN §8). Errors a caller can cause (creating a handle) are
-// returned as a Status instead (kernels/cuda/cuda_backend.cu).
+// fails (a broken invariant; kernels/README.md, Errors). Errors a caller can cause (creating a
+// handle) are returned as a Status instead (kernels/cuda/cuda_backend.cu).
 #ifndef SPECMOE_KERNELS_CUDA_CUBLAS_CHECK_H_
 #define SPECMOE_KERNELS_CUDA_CUBLAS_CHECK_H_
 

@@ -1,5 +1,5 @@
 // kernels/cuda/cuda_backend.h — the CUDA implementation of the Backend op table
-// (kernels/backend.h; DESIGN §5): device memory from plain cudaMalloc, one non-blocking
+// (kernels/backend.h; kernels/README.md): device memory from plain cudaMalloc, one non-blocking
 // stream, cuBLAS for the linear layers, the kernels of kernels/cuda for every other op, the
 // forward's description uploaded once per forward, and recorded forwards as CUDA graphs.
 // Implemented in kernels/cuda/cuda_backend.cu; tested against the CPU backend op by op by

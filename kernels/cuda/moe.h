@@ -1,5 +1,5 @@
 // kernels/cuda/moe.h — MoE routing and experts on the device (kernels/backend.h TopKSoftmax,
-// MoeExperts; DESIGN §3.2, §5). Implemented in kernels/cuda/top_k_softmax.cu,
+// MoeExperts; kernels/README.md). Implemented in kernels/cuda/top_k_softmax.cu,
 // moe_experts_fused.cu and moe_experts_sequential.cu; tested by tests/cuda_moe_test.cc
 // (label cuda): routing and both expert paths against the CPU backend, fused against
 // sequential.
