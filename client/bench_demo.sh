@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's load benchmark: the demo pair served as the quickstart serves it (--tree 1,1,1),
+# The load sweep of tests/README.md (Benchmarks): the demo pair served as the quickstart
+# serves it (--tree 1,1,1),
 # `specmoe-cli bench --ab --sweep-concurrency 1,2,4,8,16` RUNS times, the medians as a
 # Markdown table and a picture (client/bench_median.py, client/plot_bench.py).
 # Usage: client/bench_demo.sh [OUT_DIR]   (RUNS=3 REQUESTS=16 OUTPUT_LEN=32 SWEEP=1,2,4,8,16)

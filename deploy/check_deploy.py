@@ -4,13 +4,15 @@
 Usage: check_deploy.py --server-help FILE --cli-help FILE [--bench-help FILE]
                        --k8s NAME=RENDERED.yaml ... --compose deploy/compose.yaml
                        --dockerfile deploy/docker/Dockerfile.cpu ... --adapter-rules FILE
-                       [--guide deploy/README.md]
+                       [--guide deploy/README.md] [--readme README.md]
 
 Every SPECMOE_* variable in the rendered Kubernetes objects, the compose file and the
 Dockerfiles must name a flag that `specmoe-server --help` lists (the entrypoint turns
 SPECMOE_MAX_BATCH into --max-batch); every specmoe-cli call a command and flags that
 `specmoe-cli --help` lists; ports, probes, drain and grace periods must agree with each
-other and with the server's defaults; the operator's guide must name every server flag. Prints one line per finding and exits 1 on any.
+other and with the server's defaults; the operator's guide must name every server flag; the README's flag table (the first table
+after a heading that names flags) must have one row for every flag `specmoe-server --help`
+lists and none other, each with the default --help shows. Prints one line per finding and exits 1 on any.
 """
 import argparse
 import io
@@ -261,6 +263,50 @@ def check_compose(path, flags, image_env, server_defaults):
     print(f"check: compose: {len(compose['services'])} services")
 
 
+TABLE_FLAG_RE = re.compile(r"`--([a-z][a-z0-9-]*)")
+
+
+def readme_flag_table(path):
+    """{flag: default cell} of the first Markdown table after a heading naming flags."""
+    rows, in_section, in_table = {}, False, False
+    with open(path) as f:
+        for line in f:
+            if line.startswith("#"):
+                if in_table:
+                    break
+                in_section = "flags" in line.lower()
+                continue
+            if not in_section:
+                continue
+            if line.startswith("|"):
+                in_table = True
+                cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+                for flag in TABLE_FLAG_RE.findall(cells[0]):
+                    rows[flag] = cells[1] if len(cells) > 1 else ""
+            elif in_table:
+                break
+    return rows
+
+
+def check_readme(path, server):
+    rows = readme_flag_table(path)
+    if not rows:
+        fail(path, "no flag table (a Markdown table after a heading that names flags)")
+        return
+    for flag, default in sorted(server.items()):
+        if flag == "help":
+            continue
+        if flag not in rows:
+            fail(path, f"the flag table has no row for --{flag}")
+            continue
+        shown = rows[flag].replace("`", "").split(" ")[0] if rows[flag] else ""
+        if default is not None and shown != default:
+            fail(path, f"--{flag}: the table's default '{rows[flag]}' is not --help's '{default}'")
+    for flag in sorted(set(rows) - set(server)):
+        fail(path, f"the flag table lists --{flag}, which specmoe-server --help does not")
+    print(f"check: {path}: the flag table lists {len(rows)} flags")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--server-help", required=True)
@@ -271,6 +317,7 @@ def main():
     p.add_argument("--dockerfile", action="append", default=[])
     p.add_argument("--adapter-rules", required=True)
     p.add_argument("--guide", help="the operator's guide, which must name every server flag")
+    p.add_argument("--readme", help="the README, whose flag table must match --help")
     args = p.parse_args()
     server = parse_help(args.server_help)
     cli = parse_help(args.cli_help)
@@ -302,6 +349,8 @@ def main():
             variable = "SPECMOE_" + flag.upper().replace("-", "_")
             if flag != "help" and variable not in guide:
                 fail(args.guide, f"{variable} (--{flag}) is not in the variables table")
+    if args.readme:
+        check_readme(args.readme, server)
     for note in notes:
         print(f"check: note: {note}")
     for error in errors:

@@ -34,7 +34,7 @@ BUILD_PACKAGES=(
 )
 TEST_PACKAGES=(
   sentencepiece
-  clang "libclang-rt-${clang_version}-dev"
+  clang "libclang-rt-${clang_version}-dev" "clang-format-${clang_version}"
   python3 python3-numpy python3-sentencepiece python3-venv
   # deploy/test-image.sh: builds and runs the CPU image, checks compose and Kubernetes files
   buildah podman runc debootstrap podman-compose

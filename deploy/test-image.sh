@@ -93,7 +93,7 @@ echo "test-image: podman-compose $(podman-compose version 2>/dev/null | sed -n '
     --cli-help "$WORK/cli-help.txt" "${bench_help[@]}" "${k8s_args[@]}" \
     --compose deploy/compose.yaml --dockerfile deploy/docker/Dockerfile.cpu \
     --dockerfile deploy/docker/Dockerfile.cuda --adapter-rules deploy/k8s/prometheus-adapter-rules.yaml \
-    --guide deploy/README.md
+    --guide deploy/README.md --readme README.md
 if command -v buildah >/dev/null; then
   # buildah parses the whole file before pulling the base; no registry is reachable here,
   # so the CUDA build must stop exactly at pulling nvidia/cuda.

@@ -27,6 +27,10 @@ phase() {
 ./deploy/setup.sh
 phase "setup"
 
+# The files listed in deploy/format-clean.txt are as .clang-format formats them (seconds).
+./deploy/check_format.sh
+phase "format check"
+
 cuda_flag=-DSPECMOE_CUDA=OFF
 if [ -z "${CUDACXX:-}" ] && ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDACXX=/usr/local/cuda/bin/nvcc

@@ -7,7 +7,7 @@
 // mask of one uint64 (bit j set iff node j is the node itself or one of its ancestors),
 // which is the tree-attention mask of the node over the tree part of the KV cache.
 // A sampled tree also keeps, per internal node, the draft distribution q its children were
-// drawn from: the verifier must use that very q (engine/README.md, Token trees).
+// drawn from: the verifier must use that very q (engine/README.md, Verification).
 // Tested in tests/token_tree_test.cc (layouts of the guide's expansion shapes).
 #ifndef SPECMOE_ENGINE_SPEC_TOKEN_TREE_H_
 #define SPECMOE_ENGINE_SPEC_TOKEN_TREE_H_

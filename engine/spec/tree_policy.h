@@ -1,5 +1,5 @@
-// engine/spec/tree_policy.h — dynamic, load-adaptive token trees (engine/README.md, Tree policy;
-// the tree policy): how many children each frontier node of each speculating request gets, level by
+// engine/spec/tree_policy.h — dynamic, load-adaptive token trees (engine/README.md,
+// Tree policy): how many children each frontier node of each speculating request gets, level by
 // level, so that the whole batch maximises expected emitted tokens per second.
 //
 // value(node) = product along its path of the calibrated acceptance of each node, where a
