@@ -10,9 +10,10 @@ Every SPECMOE_* variable in the rendered Kubernetes objects, the compose file an
 Dockerfiles must name a flag that `specmoe-server --help` lists (the entrypoint turns
 SPECMOE_MAX_BATCH into --max-batch); every specmoe-cli call a command and flags that
 `specmoe-cli --help` lists; ports, probes, drain and grace periods must agree with each
-other and with the server's defaults; the operator's guide must name every server flag; the README's flag table (the first table
-after a heading that names flags) must have one row for every flag `specmoe-server --help`
-lists and none other, each with the default --help shows. Prints one line per finding and exits 1 on any.
+other and with the server's defaults; the operator's guide must name every server flag; the
+README's flag table (the first table after a heading that names flags) must have one row for
+every flag `specmoe-server --help` lists and none other, each with the default --help shows.
+Prints one line per finding and exits 1 on any.
 """
 import argparse
 import io

@@ -12,12 +12,16 @@ if [ -z "$tool" ]; then
   if command -v clang-format >/dev/null && clang-format --version | grep -q "version 14\."; then
     tool=$(command -v clang-format)
   else
-    echo "check_format: clang-format 14 is not installed (deploy/setup.sh installs it on Debian 12);" \
-         "skipped: other versions format differently"
+    echo "check_format: clang-format 14 is not installed (deploy/setup.sh installs it on" \
+         "Debian 12); skipped: other versions format differently"
     exit 0
   fi
 fi
-if [ $# -gt 0 ]; then files=("$@"); else mapfile -t files < <(grep -v '^#' deploy/format-clean.txt); fi
+if [ $# -gt 0 ]; then
+  files=("$@")
+else
+  mapfile -t files < <(grep -v '^#' deploy/format-clean.txt)
+fi
 bad=0
 for f in "${files[@]}"; do
   if ! "$tool" --dry-run --Werror "$f" >/dev/null 2>&1; then

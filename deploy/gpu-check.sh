@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check (kernels/README.md, CUDA backend): the CUDA tests and the GPU benchmark, built on the CPU machine and
-# run on a machine with one NVIDIA GPU (an H100 or H200).
+# The GPU check (kernels/README.md, CUDA backend): the CUDA tests and the GPU benchmark, built
+# on the CPU machine and run on a machine with one NVIDIA GPU (an H100 or H200).
 #
 #   deploy/gpu-check.sh build   on the CPU machine (nvcc 13, sm_90): configures build-gpu/
 #                               without gRPC (-DSPECMOE_SERVER=OFF; the GPU machine has none of

@@ -104,7 +104,10 @@ def main():
         extract_corpus(CORPUS)
         print(f"wrote {CORPUS} ({os.path.getsize(CORPUS)} bytes)")
         return 0
-    train(CORPUS, MODEL_PREFIX)
+    # The trainer records its input and prefix in the model: paths relative to the repository
+    # root, so the model does not depend on where the repository was checked out.
+    os.chdir(os.path.dirname(os.path.dirname(HERE)))
+    train(os.path.relpath(CORPUS), os.path.relpath(MODEL_PREFIX))
     print(f"wrote {MODEL_PREFIX}.model")
     return 0
 
