@@ -298,7 +298,7 @@ TEST_F(CudaBackendTest, NameAndRecordingSupport) {
   EXPECT_EQ(gpu_->name(), "cuda");
   EXPECT_TRUE(gpu_->CanRecord());
   EXPECT_FALSE(cpu_->CanRecord());
-  EXPECT_FALSE(gpu_->Replay(12345));
+  EXPECT_FALSE(gpu_->Replay(RecordingKey{NewRecordingId(), 12345}));
 }
 
 TEST_F(CudaBackendTest, Copies) {
@@ -816,27 +816,69 @@ TEST_F(CudaBackendTest, RecordingReplaysWithNewInputs) {
   // Record on a's inputs: EndRecording runs it once.
   gpu_->CopyFromHost(p.residual, res_a.data(), res_a.size() * sizeof(float));
   const ForwardDesc* fwd = gpu_->BeginForward(a.View());
-  gpu_->BeginRecording(7);
+  const RecordingKey key{NewRecordingId(), 7};
+  gpu_->BeginRecording(key);
   p.Run(*gpu_, *fwd);
-  gpu_->EndRecording();
+  ASSERT_TRUE(gpu_->EndRecording());
   EXPECT_TRUE(AllNear(ToHost(p.logits, logit_count), eager_a, 1e-5f, 1e-5f)) << "recording run";
 
   // Replay on b's inputs: the description BeginForward took last and the new residual.
   gpu_->CopyFromHost(p.residual, res_b.data(), res_b.size() * sizeof(float));
   gpu_->BeginForward(b.View());
-  EXPECT_TRUE(gpu_->Replay(7));
+  EXPECT_TRUE(gpu_->Replay(key));
   EXPECT_TRUE(AllNear(ToHost(p.logits, logit_count), eager_b, 1e-5f, 1e-5f)) << "replay on b";
 
   // And back to a.
   gpu_->CopyFromHost(p.residual, res_a.data(), res_a.size() * sizeof(float));
   gpu_->BeginForward(a.View());
-  EXPECT_TRUE(gpu_->Replay(7));
+  EXPECT_TRUE(gpu_->Replay(key));
   EXPECT_TRUE(AllNear(ToHost(p.logits, logit_count), eager_a, 1e-5f, 1e-5f)) << "replay on a";
-  EXPECT_FALSE(gpu_->Replay(8));
+  EXPECT_FALSE(gpu_->Replay(RecordingKey{key.owner, 8}));
+  EXPECT_FALSE(gpu_->Replay(RecordingKey{NewRecordingId(), 7}));
+
+  // The logits reductions have a scratch buffer of their own (issue 22): a sampled row of a
+  // large vocabulary (the sort's workspace is far larger than this forward's scratch) must
+  // not invalidate the recording.
+  const int big_vocab = 1 << 20;
+  const std::vector<float> big = RandomFloats(big_vocab, 2408);
+  float* d_big = Device<float>(big_vocab);
+  gpu_->CopyFromHost(d_big, big.data(), big.size() * sizeof(float));
+  std::vector<float> probs(big_vocab);
+  gpu_->ProcessedDistribution(d_big, big_vocab, RowPenalty{},
+                              LogitsProcessing{1.0f, 0, 0.9f}, probs.data());
+  std::vector<int32_t> ids(64);
+  gpu_->TopKIds(d_big, big_vocab, 64, RowPenalty{}, ids.data());
+  int32_t argmax = -1;
+  gpu_->ArgmaxRows(d_big, 1, big_vocab, nullptr, &argmax);
+  EXPECT_EQ(argmax, ids[0]);
+  gpu_->CopyFromHost(p.residual, res_b.data(), res_b.size() * sizeof(float));
+  gpu_->BeginForward(b.View());
+  EXPECT_TRUE(gpu_->Replay(key)) << "a logits reduction discarded the recording";
+  EXPECT_TRUE(AllNear(ToHost(p.logits, logit_count), eager_b, 1e-5f, 1e-5f))
+      << "replay after the reductions";
 
   // A description that outgrows the device buffer moves it: the recordings are discarded.
   ExpectRoundTrip(*gpu_, TreeDesc(256, 200, 1000, 2407));
-  EXPECT_FALSE(gpu_->Replay(7));
+  EXPECT_FALSE(gpu_->Replay(key));
+
+  // Recordings of two owners with the same bucket (two models on one backend): dropping one
+  // owner's (a Model's destructor) leaves the other's.
+  const RecordingKey other{NewRecordingId(), 7};
+  for (const RecordingKey& k : {key, other}) {
+    gpu_->CopyFromHost(p.residual, res_a.data(), res_a.size() * sizeof(float));
+    const ForwardDesc* fwd_a = gpu_->BeginForward(a.View());
+    gpu_->BeginRecording(k);
+    p.Run(*gpu_, *fwd_a);
+    ASSERT_TRUE(gpu_->EndRecording());
+  }
+  gpu_->DropRecordings(key.owner);
+  gpu_->CopyFromHost(p.residual, res_b.data(), res_b.size() * sizeof(float));
+  gpu_->BeginForward(b.View());
+  EXPECT_FALSE(gpu_->Replay(key));
+  EXPECT_TRUE(gpu_->Replay(other));
+  EXPECT_TRUE(AllNear(ToHost(p.logits, logit_count), eager_b, 1e-5f, 1e-5f)) << "other owner";
+  gpu_->DropRecordings(other.owner);
+  EXPECT_FALSE(gpu_->Replay(other));
 }
 
 }  // namespace

@@ -519,9 +519,14 @@ class FusedMoeExperts final : public MoeExpertsOp {
       SPECMOE_CUDA_CHECK(cudaFree(it->second.device));
       tables_.erase(it);
     }
+    // The copy is ordered on the backend's stream, before the kernels that read the table
+    // (a plain cudaMemcpy runs on the legacy stream, which the non-blocking ctx.stream does
+    // not wait for); the wait keeps `rows` alive until the copy has left it.
     SPECMOE_CUDA_CHECK(cudaMalloc(&fresh.device, rows.size() * sizeof(ExpertTable)));
-    SPECMOE_CUDA_CHECK(cudaMemcpy(fresh.device, rows.data(), rows.size() * sizeof(ExpertTable),
-                                  cudaMemcpyHostToDevice));
+    SPECMOE_CUDA_CHECK(cudaMemcpyAsync(fresh.device, rows.data(),
+                                       rows.size() * sizeof(ExpertTable),
+                                       cudaMemcpyHostToDevice, ctx.stream));
+    SPECMOE_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
     return tables_.emplace(experts, std::move(fresh)).first->second;
   }
 

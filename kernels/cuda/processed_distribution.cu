@@ -111,8 +111,8 @@ void ProcessedDistribution(const float* logits, int vocab, const RowPenalty& pen
                                                    static_cast<double*>(nullptr), kept));
   const size_t temp_bytes = greedy ? 0 : AlignUp(std::max(SortTempBytes(vocab), scan_bytes));
   const size_t sort_part = greedy ? 0 : 2 * keys_bytes + 2 * weights_bytes + temp_bytes;
-  char* scratch =
-      static_cast<char*>(ctx.Scratch(context_bytes + probs_bytes + nucleus_bytes + sort_part));
+  char* scratch = static_cast<char*>(
+      ctx.SideScratch(context_bytes + probs_bytes + nucleus_bytes + sort_part));
   char* staging = static_cast<char*>(ctx.Staging(context_bytes + probs_bytes));
   auto* d_context = reinterpret_cast<int32_t*>(scratch);
   auto* d_probs = reinterpret_cast<float*>(scratch + context_bytes);
