@@ -235,15 +235,13 @@ class CudaAttentionTest : public ::testing::Test {
     }
   }
 
-  // The CUDA op alone on `f` with the given q [n_tokens, n_heads, head_dim] and caches (host
-  // bytes of s.kv_dtype); returns out.
+  // The CUDA op alone on `f` with the given q [n_tokens, n_heads, head_dim] and device
+  // caches k, v of s.kv_dtype; returns out.
   std::vector<float> Gpu(const HostForward& f, const std::vector<float>& q, const void* k,
-                         const void* v, size_t kv_bytes, const Shape& s) {
+                         const void* v, const Shape& s) {
     DeviceBuffer d_seq(f.token_seq), d_prefix(f.visible_prefix), d_mask(f.tree_mask),
         d_start(f.tree_start), d_tables(f.block_tables), d_q(q);
-    DeviceBuffer d_k(kv_bytes), d_v(kv_bytes), d_out(q.size() * sizeof(float));
-    EXPECT_EQ(cudaMemcpy(d_k.get<void>(), k, kv_bytes, cudaMemcpyHostToDevice), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(d_v.get<void>(), v, kv_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    DeviceBuffer d_out(q.size() * sizeof(float));
     EXPECT_EQ(cudaMemset(d_out.get<void>(), 0xff, q.size() * sizeof(float)), cudaSuccess);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     ForwardDesc desc = f.Desc();
@@ -256,8 +254,8 @@ class CudaAttentionTest : public ::testing::Test {
     a.fwd = &desc;
     a.q = d_q.get<float>();
     a.out = d_out.get<float>();
-    a.k_cache = d_k.get<void>();
-    a.v_cache = d_v.get<void>();
+    a.k_cache = k;
+    a.v_cache = v;
     a.n_heads = s.n_heads;
     a.n_kv_heads = s.n_kv_heads;
     a.head_dim = s.head_dim;
@@ -435,10 +433,17 @@ TEST_F(CudaAttentionTest, OutputOfATokenDoesNotDependOnItsBatch) {
         v16[i] = F32ToF16(v32[i]);
       }
     }
-    const void* k = f16 ? static_cast<const void*>(k16.data()) : k32.data();
-    const void* v = f16 ? static_cast<const void*>(v16.data()) : v32.data();
     const size_t kv_bytes = kv_count * (f16 ? 2 : 4);
-    const std::vector<float> batch = Gpu(f, q, k, v, kv_bytes, s);
+    DeviceBuffer d_k(kv_bytes), d_v(kv_bytes);  // uploaded once for every run below
+    ASSERT_EQ(cudaMemcpy(d_k.get<void>(), f16 ? static_cast<const void*>(k16.data()) : k32.data(),
+                         kv_bytes, cudaMemcpyHostToDevice),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(d_v.get<void>(), f16 ? static_cast<const void*>(v16.data()) : v32.data(),
+                         kv_bytes, cudaMemcpyHostToDevice),
+              cudaSuccess);
+    const void* k = d_k.get<void>();
+    const void* v = d_v.get<void>();
+    const std::vector<float> batch = Gpu(f, q, k, v, s);
 
     for (int t = 0; t < n; ++t) {
       const std::vector<float> q_t(q.begin() + t * row, q.begin() + (t + 1) * row);
@@ -467,9 +472,9 @@ TEST_F(CudaAttentionTest, OutputOfATokenDoesNotDependOnItsBatch) {
       const std::vector<float> want(batch.begin() + t * row, batch.begin() + (t + 1) * row);
       ASSERT_FALSE(std::isnan(want[0])) << "token " << t << " not written";
       const std::pair<std::string, std::vector<float>> runs[] = {
-          {"alone", Gpu(alone, q_t, k, v, kv_bytes, s)},
-          {"wide table", Gpu(wide, q_t, k, v, kv_bytes, s)},
-          {"400 copies", Gpu(copies, q_copies, k, v, kv_bytes, s)}};
+          {"alone", Gpu(alone, q_t, k, v, s)},
+          {"wide table", Gpu(wide, q_t, k, v, s)},
+          {"400 copies", Gpu(copies, q_copies, k, v, s)}};
       for (const auto& [name, got] : runs) {
         for (size_t c = 0; c < got.size() / row; ++c) {
           ASSERT_EQ(std::memcmp(got.data() + c * row, want.data(), row * sizeof(float)), 0)
