@@ -17,7 +17,10 @@
 // round the same values the same way and differ only in fp32 summation order (and the
 // rare rounding flip it causes), so half those tolerances bound them. Every output is
 // also checked to be written (y starts as NaN) and finite. The fused path is also captured
-// in a CUDA graph with the routing and replayed on new inputs. Links with the sequential
+// in a CUDA graph with the routing and replayed on new inputs. Issue 22: NaN gate rows route
+// to k distinct experts exactly as the CPU's (NaN ranks last) and leave every other token's
+// output exact; the first fused call on a fresh expert array (its table uploaded then) is
+// right at once. The stream is non-blocking, as the backend's. Links with the sequential
 // path's cuda::Gemm and cuda::SiluMul (kernels/cuda/gemm.cu, silu_mul.cu).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
