@@ -10,7 +10,11 @@
 #     Dockerfile.cpu with buildah, runs it with podman on the e2e fixture pair mounted
 #     read-only, waits for its HEALTHCHECK to report SERVING, checks the token ids of a
 #     completion sent from the host's specmoe-cli against the host's own server on the same
-#     models, that the server runs as non-root, and that SIGTERM drains with exit 0.
+#     models, that the server runs as non-root, and that SIGTERM drains with exit 0;
+#  3. CUDA image (when the host server was built with CUDA): Dockerfile.cuda-bundle on the same
+#     base with the host binaries and their libraries, the redistributable CUDA ones included
+#     (bundle.sh --cuda); started with --device auto and no driver, its log must say it fell
+#     back to the CPU and its tokens must equal the CPU image's.
 # Usage: deploy/test-image.sh [--static-only]
 # Environment: BUILD_DIR (default build: the host binaries), SPECMOE_TOOLS_VENV (default
 # ~/.cache/specmoe/tools-venv, made by setup.sh), SPECMOE_IMAGE_CACHE (default
@@ -233,5 +237,70 @@ finished_line=$(grep -n "completion_tokens=252 finish=length" "$WORK/container.l
 [ -n "$signal_line" ] && [ -n "$finished_line" ] && [ "$signal_line" -lt "$finished_line" ] ||
   { cat "$WORK/container.log"; die "the log does not show the request finishing after the SIGTERM"; }
 echo "test-image: SIGTERM during a streamed completion: all 252 tokens delivered, then exit 0"
+podman_run rm -f "$CONTAINER" >/dev/null 2>&1 || true
+CONTAINER=""
 phase "container run"
+
+# --- 3. the CUDA image from the host's CUDA build, run without a GPU -----------------
+# Dockerfile.cuda's NVIDIA base cannot be pulled here: Dockerfile.cuda-bundle puts the host
+# binaries (built with -DSPECMOE_CUDA=ON by deploy/test.sh when nvcc is there) and their
+# libraries, the redistributable CUDA ones included (bundle.sh --cuda), on the same debootstrap
+# base. No driver here: started with --device auto it must fall back to the CPU, say so in
+# its log, and serve the same tokens as the CPU image.
+if ! ldd "$SERVER" | grep -q "libcublas"; then
+  echo "test-image: CUDA image skipped: $SERVER was built without CUDA (no nvcc)"
+  echo "test-image: passed"
+  exit 0
+fi
+CUDA_IMAGE=localhost/specmoe:cuda-test
+mkdir -p "$WORK/cuda-context"
+deploy/docker/bundle.sh --cuda "$WORK/cuda-context/bundle" "$SERVER" "$CLI" >"$WORK/cuda-bundle.log" ||
+  { cat "$WORK/cuda-bundle.log"; die "bundle.sh --cuda failed"; }
+cp deploy/docker/entrypoint.sh deploy/docker/healthcheck.sh "$WORK/cuda-context/"
+cuda_libs=$(ls "$WORK/cuda-context/bundle/lib" | grep -E '^lib(cudart|cublas|cublasLt)\.so' | tr '\n' ' ')
+[ -n "$cuda_libs" ] || die "the CUDA bundle holds no CUDA library"
+[ ! -e "$WORK/cuda-context/bundle/lib/libcuda.so.1" ] || die "the CUDA bundle holds the driver"
+[ -s "$WORK/cuda-context/bundle/share/doc/nvidia-cuda/EULA.txt" ] ||
+  die "the CUDA bundle lacks NVIDIA's license terms"
+buildah bud --isolation chroot --pull=never --format docker \
+    -f deploy/docker/Dockerfile.cuda-bundle -t "$CUDA_IMAGE" "$WORK/cuda-context" \
+    >"$WORK/cuda-build.log" 2>&1 ||
+  { tail -40 "$WORK/cuda-build.log"; die "buildah bud deploy/docker/Dockerfile.cuda-bundle failed"; }
+echo "test-image: built $CUDA_IMAGE ($(podman image inspect --format '{{.Size}}' "$CUDA_IMAGE" |
+    awk '{printf "%.0f MB", $1/1e6}'); CUDA libraries: $cuda_libs; $(cat "$WORK/cuda-bundle.log"))"
+phase "CUDA image build"
+PORT=$(free_port)
+CONTAINER=$(podman_run run -d --network=host --health-interval=disable \
+    -v "$MODELS/e2e_target:/models/target:ro" -v "$MODELS/e2e_draft:/models/draft:ro" \
+    -e SPECMOE_LISTEN="0.0.0.0:$PORT" -e SPECMOE_METRICS_LISTEN= -e SPECMOE_DEVICE=auto \
+    -e SPECMOE_THREADS=2 "$CUDA_IMAGE" 2>"$WORK/podman.err") ||
+  { cat "$WORK/podman.err"; die "podman run $CUDA_IMAGE failed"; }
+mapfile -t health_cmd < <(podman image inspect --format '{{json .HealthCheck.Test}}' "$CUDA_IMAGE" |
+    python3 -c 'import json,sys; t=json.load(sys.stdin); assert t[0]=="CMD", t; print("\n".join(t[1:]))')
+health=""
+for _ in $(seq 1 240); do
+  health=$(podman_run exec "$CONTAINER" "${health_cmd[@]}" 2>/dev/null || true)
+  [ "$health" = SERVING ] && break
+  [ "$(podman_run inspect --format '{{.State.Running}}' "$CONTAINER")" = true ] ||
+    { podman_run logs "$CONTAINER"; die "the CUDA container stopped while starting"; }
+  sleep 0.5
+done
+[ "$health" = SERVING ] || { podman_run logs "$CONTAINER"; die "the CUDA container never reported SERVING"; }
+"$CLI" "${request[@]}" --server "127.0.0.1:$PORT" >"$WORK/cuda.json" ||
+  die "the completion against the CUDA container failed"
+podman_run logs "$CONTAINER" >"$WORK/cuda-container.log" 2>&1
+grep -q -- "--device auto: no CUDA device is visible (.*); falling back to the CPU" "$WORK/cuda-container.log" ||
+  { cat "$WORK/cuda-container.log"; die "the CUDA container's log does not say it fell back to the CPU"; }
+grep -q "serving: .* on cpu," "$WORK/cuda-container.log" ||
+  { cat "$WORK/cuda-container.log"; die "the CUDA container does not serve on the CPU"; }
+cuda_ids=$(ids "$WORK/cuda.json")
+[ "$cuda_ids" = "$container_ids" ] ||
+  die "token ids differ: CUDA image on the CPU $cuda_ids, CPU image $container_ids"
+echo "test-image: the CUDA image with --device auto and no driver logs:" \
+     "$(grep -o -- "--device auto: .*CPU" "$WORK/cuda-container.log" | head -1)"
+echo "test-image: and its 48 token ids equal the CPU image's"
+podman_run rm -f "$CONTAINER" >/dev/null 2>&1 || true
+CONTAINER=""
+podman rmi "$CUDA_IMAGE" >/dev/null 2>&1 || true  # ~0.6 GB, rebuilt from the bundle each run
+phase "CUDA container run"
 echo "test-image: passed"

@@ -1,11 +1,17 @@
-// kernels/backend.cc — dtype helpers shared by every backend.
+// kernels/backend.cc — dtype helpers shared by every backend, and the recording ids.
 #include "kernels/backend.h"
 
+#include <atomic>
 #include <cstring>
 
 #include "kernels/cpu/f16.h"
 
 namespace specmoe::kernels {
+
+uint64_t NewRecordingId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
 
 size_t DTypeBytes(DType dtype) {
   switch (dtype) {

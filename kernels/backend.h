@@ -105,9 +105,10 @@ struct ForwardDesc {
 //
 // Query token t (of sequence s = token_seq[t]) sees logical slots [0, visible_prefix[t]) and,
 // when tree_mask is not null, logical slot tree_start[s] + j for every bit j set in
-// tree_mask[t] (j < 64). Keys are visited in increasing logical slot order and invisible keys
-// contribute nothing, so a token's output does not depend on which other tokens are in the
-// batch (batch invariance, kernels/README.md).
+// tree_mask[t] (j < 64). Invisible keys contribute nothing, and the order in which a token's
+// keys are summed depends only on their logical slots (CPU: increasing slot order; CUDA:
+// fixed chunks of slots merged in order), so a token's output does not depend on which other
+// tokens are in the batch (batch invariance, kernels/README.md; see "Reproducibility" below).
 // out[t, h, :] = softmax(scale * q[t,h,:] . K[visible, h / (n_heads / n_kv_heads), :]) V[...]
 struct AttentionArgs {
   const ForwardDesc* fwd = nullptr;  // taken by BeginForward: the tokens and their tables
@@ -162,6 +163,43 @@ struct NonFiniteValue {
   bool nan = false;
 };
 
+// The key of a recorded forward: `owner` is the id of what owns the recording (a Model) and
+// `bucket` tells its recordings apart (engine/model: the padded shape and the KvCache's id).
+// Both ids come from NewRecordingId, so a new model or cache that happens to live at a freed
+// one's address never meets a recording made for the freed one.
+struct RecordingKey {
+  uint64_t owner = 0;
+  uint64_t bucket = 0;
+  bool operator==(const RecordingKey& o) const {
+    return owner == o.owner && bucket == o.bucket;
+  }
+};
+
+// A process-wide id, never 0 and never returned twice (an atomic counter; thread-safe).
+uint64_t NewRecordingId();
+
+// Reproducibility (kernels/README.md, Batch invariance), what each backend guarantees and its
+// tests check:
+//  - CPU: every op is batch-invariant bit for bit: a row's result does not depend on which
+//    other rows or tokens are in the call, for every n (tests/cpu_backend_test.cc), so
+//    batched, chunked, cached and speculative outputs equal one-at-a-time outputs exactly.
+//  - CUDA: every op is deterministic: the same call on the same data gives the same bits
+//    (no atomics in any floating-point sum; cuBLAS, on one stream with a fixed workspace,
+//    is run-to-run reproducible for a given shape). These ops are also batch-invariant bit
+//    for bit: Embedding, RmsNorm, Rope, SiluMul, Add, Tanh, KvWrite, KvMove, GatherRows,
+//    TopKSoftmax, the logits reductions, and Attention (keys split by a fixed chunk of
+//    logical slots, merged in order: a token's output bits do not depend on the other
+//    tokens, the head count or the block table's width). MatMul / MatMulMany are NOT:
+//    cuBLAS picks its algorithm (tile shape, split-K) by the shape, so a row's sums may run
+//    in another order when n changes; nor is MoeExperts (the fused kernel's split-K count
+//    follows the number of routed pairs; the sequential path uses cuBLAS). A forward's
+//    logits on the GPU are therefore reproducible for the same batch (and recording
+//    bucket) and differ between batch compositions by fp32 rounding only (about 1e-6
+//    relative with f32 weights): a greedy token can differ only where its top-2 logits
+//    are that close. Tested by tests/cuda_attention_test.cc (exact invariance),
+//    tests/cuda_backend_test.cc (exact invariance of the per-row ops, run-to-run equality)
+//    and tests/cuda_model_test.cc (speculative equals plain greedy up to such a near-tie).
+//
 // The op table. All pointers are backend memory from Alloc() (or a taken ForwardDesc) unless
 // marked "host". Thread safety: a Backend is used by one thread (the engine's worker); it may
 // use its own threads inside an op. Ops are synchronous from the caller's point of view on
@@ -297,15 +335,21 @@ class Backend {
   // A recording spans the ops after BeginForward up to (not including) the logits
   // reductions; those ops must not write host memory. Replays read the description
   // BeginForward took last, which must have had the same counts as the recording's.
+  // A recording holds the addresses of the buffers its ops used, so it is keyed by ids that
+  // are never reused (RecordingKey), never by heap addresses, and its owner drops it before
+  // those buffers are freed (DropRecordings).
   virtual bool CanRecord() const { return false; }
   // Records the ops issued from now on under `key` (nothing runs until EndRecording).
-  virtual void BeginRecording(uint64_t key) {}
+  virtual void BeginRecording(const RecordingKey& key) {}
   // Ends the recording and runs it once: true. False when an op could not be recorded (it
   // would have to sync the host): then nothing of it ran, and the caller issues the ops again
   // eagerly.
   virtual bool EndRecording() { return true; }
   // Runs recording `key` and returns true, or returns false when there is none.
-  virtual bool Replay(uint64_t key) { return false; }
+  virtual bool Replay(const RecordingKey& key) { return false; }
+  // Destroys every recording of `owner` (not inside a recording). A Model calls it when it is
+  // destroyed; a replay still in flight completes first.
+  virtual void DropRecordings(uint64_t owner) {}
 };
 
 // The CPU backend (kernels/cpu): its own batch-invariant kernels for every row count (no

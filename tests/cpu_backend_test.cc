@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <ctime>
+#include <limits>
 #include <memory>
 #include <random>
 #include <thread>
@@ -377,6 +378,33 @@ TEST_F(CpuBackendTest, TopKSoftmaxOrdersAndBreaksTiesByIndex) {
   EXPECT_EQ(routing.counts, (std::vector<int32_t>{1, 2, 1, 1, 1, 0}));
   EXPECT_EQ(routing.offsets, (std::vector<int32_t>{0, 1, 3, 4, 5, 6, 6}));
   EXPECT_EQ(routing.pairs, (std::vector<int32_t>{3, 0, 4, 5, 1, 2}));
+}
+
+// NaN gate logits rank after every number (kernels/routing_order.h): every row routes to k
+// distinct experts in a fixed order, and a row with a NaN among its choices gets NaN weights.
+TEST_F(CpuBackendTest, TopKSoftmaxRanksNanLastAndPicksDistinctExperts) {
+  const float nan = std::nanf("");
+  const float inf = std::numeric_limits<float>::infinity();
+  const int n = 5, e = 4, k = 3;
+  const float logits[] = {nan,  1.0f, nan,  0.5f,   // NaN at experts 0 and 2
+                          nan,  nan,  nan,  nan,    // all NaN
+                          -inf, nan,  2.0f, -inf,   // -inf still before NaN
+                          0.0f, 1.0f, 2.0f, 3.0f,   // no NaN
+                          nan,  nan,  nan,  -1.0f};
+  Routing routing(n, k, e);
+  backend_->TopKSoftmax(logits, n, e, k, routing.r);
+  EXPECT_EQ(routing.idx, (std::vector<int32_t>{1, 3, 0, 0, 1, 2, 2, 0, 3, 3, 2, 1, 3, 0, 1}));
+  for (int t = 0; t < n; ++t) {
+    const bool nan_chosen = t == 0 || t == 1 || t == 4;  // rows 2 and 3 choose only numbers
+    for (int j = 0; j < k; ++j) {
+      EXPECT_EQ(std::isnan(routing.weight[t * k + j]), nan_chosen) << t << " " << j;
+    }
+  }
+  EXPECT_FLOAT_EQ(routing.weight[6], 1.0f);  // row 2: exp(2 - 2) against two exp(-inf)
+  EXPECT_EQ(routing.weight[7], 0.0f);
+  // Every expert's run holds its pairs; the counts cover all n * k pairs.
+  EXPECT_EQ(routing.counts, (std::vector<int32_t>{4, 4, 3, 4}));
+  EXPECT_EQ(routing.offsets[e], n * k);
 }
 
 // The routing of random gate logits against a scalar regrouping: every expert's run holds

@@ -7,6 +7,8 @@
 // slots too, so a leak shows), runs the CPU backend on the host arrays and the CUDA op on a
 // copy of them in device memory, and compares every output element:
 //   |gpu - cpu| <= 2e-5 * (1 + |cpu|).
+// And batch invariance, exactly: a token's output bits alone, in a mixed batch, among 400
+// copies of itself and with a wider block table are the same (backend.h's GPU guarantee).
 // Both sides accumulate in fp32 but in different orders (the CPU: 8-lane dots and one
 // sequential softmax sum; the GPU: 32-lane shuffled dots, per-warp online softmax, merged
 // over warps and splits), which over 4096 keys moves outputs of magnitude <= ~1 by a few
@@ -16,10 +18,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -123,7 +127,8 @@ class CudaAttentionTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device: " << cuda::DeviceName();
-    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
+    // Non-blocking, as the backend's stream (the uploads below synchronize the device).
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), cudaSuccess);
     ctx_ = std::make_unique<cuda::CudaContext>();
     ctx_->stream = stream_;
     cpu_ = CreateCpuBackend(0);  // attention's result does not depend on the thread count
@@ -212,6 +217,9 @@ class CudaAttentionTest : public ::testing::Test {
     gpu_args.out = d_out.get<float>();
     gpu_args.k_cache = d_k.get<void>();
     gpu_args.v_cache = d_v.get<void>();
+    // The legacy-stream copies and memset above must be done before the non-blocking stream
+    // (which does not wait for them) starts.
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     cuda::Attention(gpu_args, *ctx_);
     ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
     std::vector<float> got(q_count);
@@ -225,6 +233,42 @@ class CudaAttentionTest : public ::testing::Test {
           << "token " << row / s.n_heads << " head " << row % s.n_heads << " element "
           << i % s.head_dim << ": gpu " << got[i] << " cpu " << want[i];
     }
+  }
+
+  // The CUDA op alone on `f` with the given q [n_tokens, n_heads, head_dim] and device
+  // caches k, v of s.kv_dtype; returns out.
+  std::vector<float> Gpu(const HostForward& f, const std::vector<float>& q, const void* k,
+                         const void* v, const Shape& s) {
+    DeviceBuffer d_seq(f.token_seq), d_prefix(f.visible_prefix), d_mask(f.tree_mask),
+        d_start(f.tree_start), d_tables(f.block_tables), d_q(q);
+    DeviceBuffer d_out(q.size() * sizeof(float));
+    EXPECT_EQ(cudaMemset(d_out.get<void>(), 0xff, q.size() * sizeof(float)), cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    ForwardDesc desc = f.Desc();
+    desc.token_seq = d_seq.get<int32_t>();
+    desc.visible_prefix = d_prefix.get<int32_t>();
+    desc.tree_mask = f.trees ? d_mask.get<uint64_t>() : nullptr;
+    desc.tree_start = f.trees ? d_start.get<int32_t>() : nullptr;
+    desc.block_tables = d_tables.get<int32_t>();
+    AttentionArgs a;
+    a.fwd = &desc;
+    a.q = d_q.get<float>();
+    a.out = d_out.get<float>();
+    a.k_cache = k;
+    a.v_cache = v;
+    a.n_heads = s.n_heads;
+    a.n_kv_heads = s.n_kv_heads;
+    a.head_dim = s.head_dim;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+    a.block_size = s.block_size;
+    a.kv_dtype = s.kv_dtype;
+    cuda::Attention(a, *ctx_);
+    EXPECT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+    std::vector<float> out(q.size());
+    EXPECT_EQ(cudaMemcpy(out.data(), d_out.get<void>(), out.size() * sizeof(float),
+                         cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    return out;
   }
 
   cudaStream_t stream_ = nullptr;
@@ -352,6 +396,92 @@ TEST_F(CudaAttentionTest, ManyTreeTokensAtLongContext) {
     const int seqs = s.n_heads == 32 ? 1 : 4;  // keep the CPU reference short
     for (int seq = 0; seq < seqs; ++seq) f.AddTree(seq, 4000 + 20 * seq, 4000 + 20 * seq, 64, gen);
     Check("many tree tokens", f, num_blocks, s, gen);
+  }
+}
+
+// Batch invariance (kernels/backend.h, issue 22): a token's attention output is bit for bit
+// the same alone, in a mixed batch, in a batch of 400 copies of itself, and with a wider
+// block table (more key splits launched), because the keys are split by a fixed chunk size and
+// merged in chunk order whatever the launch.
+TEST_F(CudaAttentionTest, OutputOfATokenDoesNotDependOnItsBatch) {
+  std::mt19937 gen(8);
+  for (const Shape& s : {Shape{32, 8, 128, 16, DType::kF32}, Shape{4, 2, 33, 8, DType::kF16},
+                         Shape{8, 8, 64, 32, DType::kF16}}) {
+    SCOPED_TRACE(ShapeName(s));
+    HostForward f;
+    int num_blocks = 0;
+    Tables(3, 3100, s.block_size, gen, &f, &num_blocks);
+    f.AddToken(0, 3000, 0);
+    f.AddTree(1, 200, 200, 32, gen);
+    f.AddPrefill(2, 10, 50);
+    f.AddToken(2, 2999, 0);
+    const int n = f.n_tokens();
+    const size_t row = static_cast<size_t>(s.n_heads) * s.head_dim;
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> q(n * row);
+    for (float& v : q) v = normal(gen);
+    const size_t kv_count =
+        static_cast<size_t>(num_blocks) * s.block_size * s.n_kv_heads * s.head_dim;
+    const bool f16 = s.kv_dtype == DType::kF16;
+    std::vector<float> k32(kv_count), v32(kv_count);
+    std::vector<uint16_t> k16(f16 ? kv_count : 0), v16(f16 ? kv_count : 0);
+    for (size_t i = 0; i < kv_count; ++i) {
+      k32[i] = normal(gen);
+      v32[i] = normal(gen);
+      if (f16) {
+        k16[i] = F32ToF16(k32[i]);
+        v16[i] = F32ToF16(v32[i]);
+      }
+    }
+    const size_t kv_bytes = kv_count * (f16 ? 2 : 4);
+    DeviceBuffer d_k(kv_bytes), d_v(kv_bytes);  // uploaded once for every run below
+    ASSERT_EQ(cudaMemcpy(d_k.get<void>(), f16 ? static_cast<const void*>(k16.data()) : k32.data(),
+                         kv_bytes, cudaMemcpyHostToDevice),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(d_v.get<void>(), f16 ? static_cast<const void*>(v16.data()) : v32.data(),
+                         kv_bytes, cudaMemcpyHostToDevice),
+              cudaSuccess);
+    const void* k = d_k.get<void>();
+    const void* v = d_v.get<void>();
+    const std::vector<float> batch = Gpu(f, q, k, v, s);
+
+    for (int t = 0; t < n; ++t) {
+      const std::vector<float> q_t(q.begin() + t * row, q.begin() + (t + 1) * row);
+      // Alone, with its sequence's table only (one split at most for short prefixes).
+      HostForward alone;
+      alone.n_seqs = 1;
+      alone.max_blocks_per_seq = f.max_blocks_per_seq;
+      const int seq = f.token_seq[t];
+      alone.block_tables.assign(f.block_tables.begin() + seq * f.max_blocks_per_seq,
+                                f.block_tables.begin() + (seq + 1) * f.max_blocks_per_seq);
+      alone.tree_start = {f.tree_start[seq]};
+      alone.trees = f.tree_mask[t] != 0;
+      alone.AddToken(0, f.visible_prefix[t], f.tree_mask[t]);
+      // The same, with a table 4x as wide (padding blocks never visible).
+      HostForward wide = alone;
+      wide.max_blocks_per_seq = 4 * f.max_blocks_per_seq;
+      wide.block_tables.resize(wide.max_blocks_per_seq, 0);
+      // 400 copies of the token (with 32 heads and 13 splits the partial results take two
+      // passes through the scratch).
+      HostForward copies = alone;
+      std::vector<float> q_copies;
+      for (int c = 0; c < 400; ++c) {
+        if (c > 0) copies.AddToken(0, f.visible_prefix[t], f.tree_mask[t]);
+        q_copies.insert(q_copies.end(), q_t.begin(), q_t.end());
+      }
+      const std::vector<float> want(batch.begin() + t * row, batch.begin() + (t + 1) * row);
+      ASSERT_FALSE(std::isnan(want[0])) << "token " << t << " not written";
+      const std::pair<std::string, std::vector<float>> runs[] = {
+          {"alone", Gpu(alone, q_t, k, v, s)},
+          {"wide table", Gpu(wide, q_t, k, v, s)},
+          {"400 copies", Gpu(copies, q_copies, k, v, s)}};
+      for (const auto& [name, got] : runs) {
+        for (size_t c = 0; c < got.size() / row; ++c) {
+          ASSERT_EQ(std::memcmp(got.data() + c * row, want.data(), row * sizeof(float)), 0)
+              << "token " << t << " " << name << " (copy " << c << ") differs from the batch";
+        }
+      }
+    }
   }
 }
 

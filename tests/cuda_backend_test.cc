@@ -298,7 +298,7 @@ TEST_F(CudaBackendTest, NameAndRecordingSupport) {
   EXPECT_EQ(gpu_->name(), "cuda");
   EXPECT_TRUE(gpu_->CanRecord());
   EXPECT_FALSE(cpu_->CanRecord());
-  EXPECT_FALSE(gpu_->Replay(12345));
+  EXPECT_FALSE(gpu_->Replay(RecordingKey{NewRecordingId(), 12345}));
 }
 
 TEST_F(CudaBackendTest, Copies) {
@@ -779,6 +779,90 @@ struct Pipeline {
   }
 };
 
+// backend.h's GPU guarantee, checked exactly: the per-row ops give a row the same bits
+// whatever else is in the call (rows run alone or in a slice against the same rows inside a
+// call of 37), and every op, MatMul included, gives the same bits when run twice.
+TEST_F(CudaBackendTest, PerRowOpsAreBatchInvariantAndDeterministic) {
+  const int n = 37, d = 4096 + 3, heads = 8, head_dim = 64, vocab = 300, experts = 16, k = 4;
+  const int rope_width = heads * head_dim;
+  const HostWeight norm = MakeWeight(DType::kBF16, 1, d, 3000, 0.1f, 1.0f);
+  const HostWeight embed = MakeWeight(DType::kF16, vocab, d, 3001);
+  const HostWeight proj = MakeWeight(DType::kF16, 96, d, 3002);
+  const Weight dnorm = Upload(norm);
+  const Weight dembed = Upload(embed);
+  const Weight dproj = Upload(proj);
+  const std::vector<float> x = RandomFloats(static_cast<size_t>(n) * d, 3003, 2.0f);
+  const std::vector<float> up = RandomFloats(static_cast<size_t>(n) * d, 3004);
+  const std::vector<float> rot = RandomFloats(static_cast<size_t>(n) * rope_width, 3005);
+  const std::vector<float> gate = RandomFloats(static_cast<size_t>(n) * experts, 3006);
+  const HostDesc all = MakeDesc(n, vocab, 4097, 64, 3007);
+  float* dx = ToDevice(x);
+  float* dup = ToDevice(up);
+  float* dgate = ToDevice(gate);
+  float* out = Device<float>(static_cast<size_t>(n) * d);
+  float* drot = Device<float>(rot.size());
+  MoeRouting routing{Device<int32_t>(n * k), Device<float>(n * k), Device<int32_t>(experts),
+                     Device<int32_t>(experts + 1), Device<int32_t>(n * k)};
+
+  // Each op's output for rows [first, first + count), [count, width] per op.
+  auto run = [&](int first, int count) {
+    std::vector<std::vector<float>> outputs;
+    const size_t rows = static_cast<size_t>(count);
+    gpu_->RmsNorm(dx + first * d, count, d, dnorm, 1e-5f, out);
+    outputs.push_back(ToHost(out, rows * d));
+    gpu_->SiluMul(dx + first * d, dup + first * d, count, d, out);
+    outputs.push_back(ToHost(out, rows * d));
+    gpu_->Copy(out, dx + first * d, rows * d * sizeof(float));
+    gpu_->Tanh(out, rows * d);
+    outputs.push_back(ToHost(out, rows * d));
+    HostDesc sub;
+    sub.max_blocks_per_seq = all.max_blocks_per_seq;
+    sub.block_tables = all.block_tables;
+    for (auto [from, to] : {std::pair{&all.tokens, &sub.tokens}, {&all.positions, &sub.positions},
+                            {&all.slots, &sub.slots}, {&all.token_seq, &sub.token_seq},
+                            {&all.visible_prefix, &sub.visible_prefix}}) {
+      to->assign(from->begin() + first, from->begin() + first + count);
+    }
+    const ForwardDesc* fwd = gpu_->BeginForward(sub.View());
+    gpu_->Embedding(*fwd, dembed, out);
+    outputs.push_back(ToHost(out, rows * d));
+    gpu_->CopyFromHost(drot, rot.data() + static_cast<size_t>(first) * rope_width,
+                       rows * rope_width * sizeof(float));
+    gpu_->Rope(drot, *fwd, heads, head_dim, 500000.0f);
+    outputs.push_back(ToHost(drot, rows * rope_width));
+    gpu_->TopKSoftmax(dgate + first * experts, count, experts, k, routing);
+    std::vector<float> idx;
+    for (int32_t i : ToHost(routing.idx, rows * k)) idx.push_back(static_cast<float>(i));
+    outputs.push_back(idx);
+    outputs.push_back(ToHost(routing.weight, rows * k));
+    std::vector<int32_t> argmax(count);
+    gpu_->ArgmaxRows(dx + first * d, count, d, nullptr, argmax.data());
+    outputs.push_back(std::vector<float>(argmax.begin(), argmax.end()));
+    return outputs;
+  };
+  const char* names[] = {"RmsNorm", "SiluMul",     "Tanh",           "Embedding",
+                         "Rope",    "TopK experts", "TopK weights", "ArgmaxRows"};
+  const std::vector<std::vector<float>> full = run(0, n);
+  EXPECT_EQ(run(0, n), full) << "two runs of the same calls differ";
+  for (auto [first, count] : {std::pair{0, 1}, {5, 1}, {36, 1}, {10, 20}}) {
+    const std::vector<std::vector<float>> part = run(first, count);
+    for (size_t op = 0; op < full.size(); ++op) {
+      const size_t width = full[op].size() / n;
+      ASSERT_EQ(part[op].size(), width * count);
+      EXPECT_EQ(std::memcmp(part[op].data(), full[op].data() + first * width,
+                            part[op].size() * sizeof(float)),
+                0)
+          << names[op] << " of rows [" << first << ", " << first + count
+          << ") differs from the same rows among " << n;
+    }
+  }
+  float* y = Device<float>(static_cast<size_t>(n) * 96);
+  gpu_->MatMul(dx, n, dproj, y);
+  const std::vector<float> y1 = ToHost(y, static_cast<size_t>(n) * 96);
+  gpu_->MatMul(dx, n, dproj, y);
+  EXPECT_EQ(ToHost(y, static_cast<size_t>(n) * 96), y1) << "MatMul twice differs";
+}
+
 TEST_F(CudaBackendTest, RecordingReplaysWithNewInputs) {
   const int vocab = 500, hidden = 256 + 3, out = 130, n = 13;
   const HostWeight embed = MakeWeight(DType::kBF16, vocab, hidden, 2400);
@@ -816,27 +900,69 @@ TEST_F(CudaBackendTest, RecordingReplaysWithNewInputs) {
   // Record on a's inputs: EndRecording runs it once.
   gpu_->CopyFromHost(p.residual, res_a.data(), res_a.size() * sizeof(float));
   const ForwardDesc* fwd = gpu_->BeginForward(a.View());
-  gpu_->BeginRecording(7);
+  const RecordingKey key{NewRecordingId(), 7};
+  gpu_->BeginRecording(key);
   p.Run(*gpu_, *fwd);
-  gpu_->EndRecording();
+  ASSERT_TRUE(gpu_->EndRecording());
   EXPECT_TRUE(AllNear(ToHost(p.logits, logit_count), eager_a, 1e-5f, 1e-5f)) << "recording run";
 
   // Replay on b's inputs: the description BeginForward took last and the new residual.
   gpu_->CopyFromHost(p.residual, res_b.data(), res_b.size() * sizeof(float));
   gpu_->BeginForward(b.View());
-  EXPECT_TRUE(gpu_->Replay(7));
+  EXPECT_TRUE(gpu_->Replay(key));
   EXPECT_TRUE(AllNear(ToHost(p.logits, logit_count), eager_b, 1e-5f, 1e-5f)) << "replay on b";
 
   // And back to a.
   gpu_->CopyFromHost(p.residual, res_a.data(), res_a.size() * sizeof(float));
   gpu_->BeginForward(a.View());
-  EXPECT_TRUE(gpu_->Replay(7));
+  EXPECT_TRUE(gpu_->Replay(key));
   EXPECT_TRUE(AllNear(ToHost(p.logits, logit_count), eager_a, 1e-5f, 1e-5f)) << "replay on a";
-  EXPECT_FALSE(gpu_->Replay(8));
+  EXPECT_FALSE(gpu_->Replay(RecordingKey{key.owner, 8}));
+  EXPECT_FALSE(gpu_->Replay(RecordingKey{NewRecordingId(), 7}));
+
+  // The logits reductions have a scratch buffer of their own (issue 22): a sampled row of a
+  // large vocabulary (the sort's workspace is far larger than this forward's scratch) must
+  // not invalidate the recording.
+  const int big_vocab = 1 << 20;
+  const std::vector<float> big = RandomFloats(big_vocab, 2408);
+  float* d_big = Device<float>(big_vocab);
+  gpu_->CopyFromHost(d_big, big.data(), big.size() * sizeof(float));
+  std::vector<float> probs(big_vocab);
+  gpu_->ProcessedDistribution(d_big, big_vocab, RowPenalty{},
+                              LogitsProcessing{1.0f, 0, 0.9f}, probs.data());
+  std::vector<int32_t> ids(64);
+  gpu_->TopKIds(d_big, big_vocab, 64, RowPenalty{}, ids.data());
+  int32_t argmax = -1;
+  gpu_->ArgmaxRows(d_big, 1, big_vocab, nullptr, &argmax);
+  EXPECT_EQ(argmax, ids[0]);
+  gpu_->CopyFromHost(p.residual, res_b.data(), res_b.size() * sizeof(float));
+  gpu_->BeginForward(b.View());
+  EXPECT_TRUE(gpu_->Replay(key)) << "a logits reduction discarded the recording";
+  EXPECT_TRUE(AllNear(ToHost(p.logits, logit_count), eager_b, 1e-5f, 1e-5f))
+      << "replay after the reductions";
 
   // A description that outgrows the device buffer moves it: the recordings are discarded.
   ExpectRoundTrip(*gpu_, TreeDesc(256, 200, 1000, 2407));
-  EXPECT_FALSE(gpu_->Replay(7));
+  EXPECT_FALSE(gpu_->Replay(key));
+
+  // Recordings of two owners with the same bucket (two models on one backend): dropping one
+  // owner's (a Model's destructor) leaves the other's.
+  const RecordingKey other{NewRecordingId(), 7};
+  for (const RecordingKey& k : {key, other}) {
+    gpu_->CopyFromHost(p.residual, res_a.data(), res_a.size() * sizeof(float));
+    const ForwardDesc* fwd_a = gpu_->BeginForward(a.View());
+    gpu_->BeginRecording(k);
+    p.Run(*gpu_, *fwd_a);
+    ASSERT_TRUE(gpu_->EndRecording());
+  }
+  gpu_->DropRecordings(key.owner);
+  gpu_->CopyFromHost(p.residual, res_b.data(), res_b.size() * sizeof(float));
+  gpu_->BeginForward(b.View());
+  EXPECT_FALSE(gpu_->Replay(key));
+  EXPECT_TRUE(gpu_->Replay(other));
+  EXPECT_TRUE(AllNear(ToHost(p.logits, logit_count), eager_b, 1e-5f, 1e-5f)) << "other owner";
+  gpu_->DropRecordings(other.owner);
+  EXPECT_FALSE(gpu_->Replay(other));
 }
 
 }  // namespace

@@ -17,7 +17,10 @@
 // round the same values the same way and differ only in fp32 summation order (and the
 // rare rounding flip it causes), so half those tolerances bound them. Every output is
 // also checked to be written (y starts as NaN) and finite. The fused path is also captured
-// in a CUDA graph with the routing and replayed on new inputs. Links with the sequential
+// in a CUDA graph with the routing and replayed on new inputs. Issue 22: NaN gate rows route
+// to k distinct experts exactly as the CPU's (NaN ranks last) and leave every other token's
+// output exact; the first fused call on a fresh expert array (its table uploaded then) is
+// right at once. The stream is non-blocking, as the backend's. Links with the sequential
 // path's cuda::Gemm and cuda::SiluMul (kernels/cuda/gemm.cu, silu_mul.cu).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -30,6 +33,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -60,6 +64,9 @@ class DeviceBuffer {
   }
   void Upload(const void* host, size_t bytes) {
     ASSERT_EQ(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    // A pageable copy may return before its DMA is done, and the ops run on a non-blocking
+    // stream that does not wait for the legacy stream.
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
 
  private:
@@ -144,7 +151,9 @@ class CudaMoeTest : public ::testing::Test {
   void SetUp() override {
     if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device: " << cuda::DeviceName();
     ctx_ = std::make_unique<cuda::CudaContext>();
-    ASSERT_EQ(cudaStreamCreate(&ctx_->stream), cudaSuccess);
+    // Non-blocking, as the backend's stream: it does not wait for legacy-stream work, so an
+    // op that uploads with a plain cudaMemcpy would race here as it would in the backend.
+    ASSERT_EQ(cudaStreamCreateWithFlags(&ctx_->stream, cudaStreamNonBlocking), cudaSuccess);
     ASSERT_EQ(cublasCreate(&ctx_->cublas), CUBLAS_STATUS_SUCCESS);
     ASSERT_EQ(cublasSetStream(ctx_->cublas, ctx_->stream), CUBLAS_STATUS_SUCCESS);
     cpu_ = CreateCpuBackend(0);
@@ -174,6 +183,10 @@ void ExpectSameRouting(HostRouting& want, const DeviceRouting& got, const std::s
   EXPECT_EQ(Download<int32_t>(got.pairs.as<void>(), pairs), want.pairs) << what << ": pairs";
   const std::vector<float> weight = Download<float>(got.weight.as<void>(), pairs);
   for (size_t p = 0; p < pairs; ++p) {
+    if (std::isnan(want.weight[p])) {
+      ASSERT_TRUE(std::isnan(weight[p])) << what << ": weight of pair " << p;
+      continue;
+    }
     ASSERT_LE(std::fabs(weight[p] - want.weight[p]), 1e-6f * std::fabs(want.weight[p]) + 1e-30f)
         << what << ": weight of pair " << p;
   }
@@ -218,6 +231,45 @@ TEST_F(CudaMoeTest, TopKSoftmaxManyPairsAndIdleExperts) {
   bias[7] = 8.0f;
   CheckTopK(*cpu_, *ctx_, 257, 8, 2, false, bias, 103);
   CheckTopK(*cpu_, *ctx_, 1, 8, 8, true, {}, 104);
+}
+
+// NaN gate rows in a batch (issue 22): NaN ranks after every number, so each row still routes
+// to k DISTINCT experts, exactly the CPU's (kernels/routing_order.h). A NaN that made later
+// choices fall back to expert 0 would route one token to expert 0 twice and break the
+// expert runs that the fused kernels tile.
+std::vector<float> NanRows(int n, int e, uint32_t seed) {
+  std::vector<float> logits = MakeLogits(n, e, false, {}, seed);
+  const float nan = std::nanf("");
+  auto row = [&](int t) { return logits.begin() + static_cast<size_t>(t) * e; };
+  std::fill(row(0), row(0) + e, nan);           // all NaN
+  row(3)[0] = nan;                               // NaN at the first expert
+  for (int x = 1; x + 1 < e; ++x) row(7)[x] = nan;  // only the first and last are numbers
+  row(12)[e - 1] = nan;                          // NaN at the last expert
+  std::fill(row(13), row(13) + e - 1, nan);      // one number, then NaNs
+  return logits;
+}
+
+TEST_F(CudaMoeTest, TopKSoftmaxNanRowsPickDistinctExpertsAsTheCpu) {
+  for (int k : {1, 2, 4}) {
+    const int n = 40, e = 8;
+    const std::string what = "NaN rows, k=" + std::to_string(k);
+    const std::vector<float> logits = NanRows(n, e, 70u + k);
+    HostRouting want(n, e, k);
+    cpu_->TopKSoftmax(logits.data(), n, e, k, want.view());
+    DeviceBuffer d_logits(logits.size() * 4);
+    d_logits.Upload(logits.data(), logits.size() * 4);
+    DeviceRouting got(n, e, k);
+    cuda::TopKSoftmax(d_logits.as<float>(), n, e, k, got.view(), *ctx_);
+    Sync();
+    ExpectSameRouting(want, got, what);
+    const std::vector<int32_t> idx = Download<int32_t>(got.idx.as<void>(), got.pairs_count);
+    for (int t = 0; t < n; ++t) {
+      std::vector<int32_t> chosen(idx.begin() + t * k, idx.begin() + (t + 1) * k);
+      std::sort(chosen.begin(), chosen.end());
+      EXPECT_EQ(std::adjacent_find(chosen.begin(), chosen.end()), chosen.end())
+          << what << ": token " << t << " routes to one expert twice";
+    }
+  }
 }
 
 // --- MoeExperts ---
@@ -352,6 +404,7 @@ void RunMoeCase(Backend& cpu, cuda::CudaContext& ctx, const MoeCase& c) {
     d_logits.Upload(logits.data(), logits.size() * 4);
     ASSERT_EQ(cudaMemset(d_fused.as<void>(), 0xff, x.size() * 4), cudaSuccess);  // NaN
     ASSERT_EQ(cudaMemset(d_sequential.as<void>(), 0xff, x.size() * 4), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // the memsets ran on the legacy stream
     DeviceRouting d_routing(n, e, c.k);
     cuda::TopKSoftmax(d_logits.as<float>(), n, e, c.k, d_routing.view(), ctx);
     fused->Run(d_x.as<float>(), n, c.hidden, d_routing.view(), c.k, fixture.device(), e, scale,
@@ -492,6 +545,7 @@ TEST_F(CudaMoeTest, FusedReplaysFromGraph) {
   for (uint32_t seed : {17u, 29u}) {
     inputs(seed, &x, &logits);
     ASSERT_EQ(cudaMemset(d_y.as<void>(), 0xff, x.size() * 4), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // the memset ran on the legacy stream
     ASSERT_EQ(cudaGraphLaunch(exec, ctx_->stream), cudaSuccess);
     Sync();
     HostRouting routing(n, e, k);
@@ -504,6 +558,106 @@ TEST_F(CudaMoeTest, FusedReplaysFromGraph) {
   }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
+}
+
+// NaN gate rows among finite ones: the NaN tokens' outputs are NaN on both backends, and every
+// other token's output equals the CPU's (no token reads another's stale scratch).
+TEST_F(CudaMoeTest, ExpertsWithNanGateRowsLeaveTheOtherTokensExact) {
+  MoeCase c;
+  c.name = "NaN gate rows";
+  c.hidden = 256;
+  c.inter = {512, 300, 512, 1024, 64, 512, 512, 200};
+  c.dtype = DType::kF16;
+  MoeFixture fixture(c, 123);
+  const int n = 40, e = 8, k = 2;
+  const float scale = 4.0f;
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n) * c.hidden);
+  for (float& v : x) v = normal(gen);
+  const std::vector<float> logits = NanRows(n, e, 77);
+  HostRouting routing(n, e, k);
+  cpu_->TopKSoftmax(logits.data(), n, e, k, routing.view());
+  std::vector<float> want(x.size());
+  cpu_->MoeExperts(x.data(), n, c.hidden, routing.view(), k, fixture.host(), e, scale,
+                   want.data());
+
+  std::unique_ptr<cuda::MoeExpertsOp> fused = cuda::CreateFusedMoeExperts();
+  std::unique_ptr<cuda::MoeExpertsOp> sequential = cuda::CreateSequentialMoeExperts();
+  DeviceBuffer d_x(x.size() * 4), d_logits(logits.size() * 4);
+  DeviceBuffer d_fused(x.size() * 4), d_sequential(x.size() * 4);
+  d_x.Upload(x.data(), x.size() * 4);
+  d_logits.Upload(logits.data(), logits.size() * 4);
+  DeviceRouting d_routing(n, e, k);
+  cuda::TopKSoftmax(d_logits.as<float>(), n, e, k, d_routing.view(), *ctx_);
+  fused->Run(d_x.as<float>(), n, c.hidden, d_routing.view(), k, fixture.device(), e, scale,
+             d_fused.as<float>(), *ctx_);
+  sequential->Run(d_x.as<float>(), n, c.hidden, d_routing.view(), k, fixture.device(), e,
+                  scale, d_sequential.as<float>(), *ctx_);
+  Sync();
+  for (const auto& [name, device] :
+       {std::pair<std::string, const DeviceBuffer*>{"fused", &d_fused},
+        std::pair<std::string, const DeviceBuffer*>{"sequential", &d_sequential}}) {
+    const std::vector<float> got = Download<float>(device->as<void>(), x.size());
+    std::vector<float> got_finite, want_finite;
+    int nan_tokens = 0;
+    for (int t = 0; t < n; ++t) {
+      const bool nan_token = std::isnan(routing.weight[t * k]);
+      nan_tokens += nan_token;
+      for (int i = 0; i < c.hidden; ++i) {
+        const size_t at = static_cast<size_t>(t) * c.hidden + i;
+        if (nan_token) {
+          ASSERT_TRUE(std::isnan(got[at])) << name << ": token " << t << " element " << i;
+        } else {
+          got_finite.push_back(got[at]);
+          want_finite.push_back(want[at]);
+        }
+      }
+    }
+    EXPECT_EQ(nan_tokens, 2) << "tokens 0 and 13 choose a NaN with k = 2";
+    ExpectClose(got_finite, want_finite, 2e-3f, name + ": the tokens without NaN");
+  }
+}
+
+// The first fused call on a new expert array uploads its device table and launches the kernels
+// that read it at once, on a non-blocking stream: the upload must be ordered before them
+// (issue 22: a legacy-stream cudaMemcpy was not). Fresh op and fresh array every round, so
+// every round uploads a table.
+TEST_F(CudaMoeTest, FusedFirstCallOnAFreshTableMatchesTheCpu) {
+  MoeCase c;
+  c.name = "fresh tables";
+  c.hidden = 256;
+  c.inter = Repeat(512, 64);
+  c.dtype = DType::kBF16;
+  MoeFixture fixture(c, 321);
+  const int n = 16, e = 64, k = 2;
+  const float scale = 2.0f;
+  std::mt19937 gen(9);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n) * c.hidden);
+  for (float& v : x) v = normal(gen);
+  const std::vector<float> logits = MakeLogits(n, e, false, {}, 8);
+  HostRouting routing(n, e, k);
+  cpu_->TopKSoftmax(logits.data(), n, e, k, routing.view());
+  std::vector<float> want(x.size());
+  cpu_->MoeExperts(x.data(), n, c.hidden, routing.view(), k, fixture.host(), e, scale,
+                   want.data());
+  DeviceBuffer d_x(x.size() * 4), d_logits(logits.size() * 4), d_y(x.size() * 4);
+  d_x.Upload(x.data(), x.size() * 4);
+  d_logits.Upload(logits.data(), logits.size() * 4);
+  DeviceRouting d_routing(n, e, k);
+  cuda::TopKSoftmax(d_logits.as<float>(), n, e, k, d_routing.view(), *ctx_);
+  // Every array stays alive, so no two rounds share an address.
+  std::vector<std::vector<ExpertWeights>> arrays;
+  for (int round = 0; round < 24; ++round) {
+    arrays.emplace_back(fixture.device(), fixture.device() + e);
+    std::unique_ptr<cuda::MoeExpertsOp> fused = cuda::CreateFusedMoeExperts();
+    fused->Run(d_x.as<float>(), n, c.hidden, d_routing.view(), k, arrays.back().data(), e, scale,
+               d_y.as<float>(), *ctx_);
+    Sync();
+    ExpectClose(Download<float>(d_y.as<void>(), x.size()), want, 1.6e-2f,
+                "fresh table, round " + std::to_string(round));
+  }
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 // out-of-range ids). Ids must match exactly (argmax, top-k, the first non-finite value);
 // probabilities within |gpu - cpu| <= 1e-6 * cpu + 1e-12 with the same support: both sides
 // compute in double and round once to f32, only the order of the double sums differs.
+// ProcessedDistribution's cases cover both of its sampling paths: top-k 0 with top-p 1
+// (whole vocabulary: no sort, one reduction) and every other combination (sorted).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -55,6 +57,7 @@ class CudaSamplingTest : public ::testing::Test {
     EXPECT_EQ(cudaMemcpy(device_, host.data(), host.size() * sizeof(float),
                          cudaMemcpyHostToDevice),
               cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // a pageable copy may still be in flight
     return static_cast<const float*>(device_);
   }
 

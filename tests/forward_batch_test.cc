@@ -204,6 +204,37 @@ TEST(ForwardBatchTest, TreeStartOfAMasklessSequenceIsIgnored) {
   EXPECT_TRUE(Check(b).ok()) << Check(b);
 }
 
+// Recorded forwards are keyed by ids, not addresses (issue 22): a model and a cache destroyed
+// and made again (typically at the same host addresses) get ids never seen before, so a
+// recording made for the old ones can never be replayed for the new ones.
+TEST(ForwardBatchTest, ModelsAndCachesMadeAgainGetNewRecordingIds) {
+  const std::string dir = std::string(SPECMOE_FIXTURES) + "/models/llama_tiny";
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<std::unique_ptr<WeightStore>> store = WeightStore::Open(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  absl::StatusOr<ModelWeights> weights = BindModelWeights(*config, **store);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  std::unique_ptr<kernels::Backend> backend = kernels::CreateCpuBackend(1);
+  std::vector<uint64_t> ids;
+  for (int round = 0; round < 4; ++round) {
+    absl::StatusOr<std::unique_ptr<Model>> model =
+        Model::Create(*config, *weights, backend.get(), kMaxTokens);
+    ASSERT_TRUE(model.ok()) << model.status();
+    absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(
+        backend.get(), config->num_layers, (*model)->kv_row(), kBlockSize, kNumBlocks);
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    ids.push_back((*model)->recording_id());
+    ids.push_back((*cache)->recording_id());
+    ForwardBatch b = ValidBatch();
+    EXPECT_NE((*model)->Forward(b, **cache), nullptr);  // destroyed after a forward
+  }
+  for (uint64_t id : ids) EXPECT_NE(id, 0u);
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(std::adjacent_find(ids.begin(), ids.end()), ids.end());
+  EXPECT_NE(kernels::NewRecordingId(), kernels::NewRecordingId());
+}
+
 // Model::Forward validates first: a broken batch aborts with the validator's message, before
 // any op reads out of bounds.
 TEST(ForwardBatchDeathTest, ModelForwardRefusesABrokenBatch) {

@@ -251,7 +251,12 @@ std::vector<MoeFigures> MoeTable(double read_gbs) {
   auto device = [&](size_t bytes, const void* host) {
     void* p = nullptr;
     SPECMOE_CUDA_CHECK(cudaMalloc(&p, bytes));
-    if (host != nullptr) SPECMOE_CUDA_CHECK(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice));
+    if (host != nullptr) {
+      // On ctx.stream (non-blocking: it would not wait for a legacy-stream cudaMemcpy).
+      SPECMOE_CUDA_CHECK(
+          cudaMemcpyAsync(p, host, bytes, cudaMemcpyHostToDevice, ctx.stream));
+      SPECMOE_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+    }
     owned.push_back(p);
     return p;
   };

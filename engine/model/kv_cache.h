@@ -60,6 +60,10 @@ class KvCache {
   int num_blocks() const { return num_blocks_; }
   int free_blocks() const { return static_cast<int>(free_.size()); }
   int num_layers() const { return static_cast<int>(k_.size()); }
+  // An id no other cache of this process ever has (kernels::NewRecordingId): recorded
+  // forwards are keyed by it, so a cache made at a freed one's address never replays a
+  // recording that points at the freed pools.
+  uint64_t recording_id() const { return recording_id_; }
 
  private:
   KvCache(kernels::Backend* backend, int row, int block_size, int num_blocks,
@@ -72,6 +76,7 @@ class KvCache {
   std::vector<void*> k_;  // [num_layers] -> [num_blocks * block_size, row]
   std::vector<void*> v_;
   std::vector<int32_t> free_;  // free block ids (a stack)
+  const uint64_t recording_id_ = kernels::NewRecordingId();
 };
 
 }  // namespace specmoe::engine

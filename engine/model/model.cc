@@ -93,6 +93,8 @@ absl::Status Model::Allocate(size_t bytes, void** out) {
 }
 
 Model::~Model() {
+  // The recordings hold this model's buffers: drop them before the buffers are freed.
+  backend_->DropRecordings(recording_id_);
   for (void* b : buffers_) backend_->Free(b);
 }
 
@@ -201,16 +203,16 @@ const float* Model::Forward(const ForwardBatch& batch, KvCache& cache) {
     // The description, taken into backend memory once; every op reads it there.
     Layers(*be.BeginForward(batch.Desc()), cache);
   } else {
-    // One recording per (model, cache, bucket): its kernels point at this cache's pools.
-    const uint64_t salt =
-        reinterpret_cast<uintptr_t>(&cache) * 31 ^ reinterpret_cast<uintptr_t>(this);
-    const uint64_t key = PadForRecording(batch, max_tokens_, salt, &padded_);
+    // One recording per (model, cache, bucket): its kernels point at this model's buffers
+    // and this cache's pools, so it is keyed by their never-reused ids, not their addresses.
+    const uint64_t bucket = PadForRecording(batch, max_tokens_, cache.recording_id(), &padded_);
+    const kernels::RecordingKey key{recording_id_, bucket};
     kernels::ForwardDesc desc = padded_.Desc();
     desc.tree_mask = padded_.tree_mask.data();  // present even when no token uses a tree
     desc.tree_start = padded_.tree_start.data();
     const kernels::ForwardDesc& fwd = *be.BeginForward(desc);
     if (!be.Replay(key)) {
-      BucketState& state = buckets_[key];
+      BucketState& state = buckets_[bucket];
       bool ran = false;
       if (state == BucketState::kRanEagerly) {
         be.BeginRecording(key);

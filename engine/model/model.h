@@ -53,7 +53,8 @@ class Model {
   // On a backend that records (CUDA graphs; Backend::CanRecord) the batch is first padded to
   // a bucket (PadForRecording) and the layers run as one recording per bucket and cache: the
   // first forward of a bucket runs eagerly (it sizes the backend's scratch), the second
-  // records, later ones replay.
+  // records, later ones replay. The recordings are keyed by this model's and the cache's
+  // recording ids (never reused) and dropped when the model is destroyed.
   const float* Forward(const ForwardBatch& batch, KvCache& cache);
 
   // Whether forwards may be recorded and replayed where the backend can (default true).
@@ -67,6 +68,9 @@ class Model {
   int kv_row() const { return config_.num_kv_heads * config_.head_dim; }
   // Weight bytes one decode token reads (embedding row, layers with active experts, head).
   size_t bytes_per_token() const;
+  // The owner id of this model's recordings (kernels::NewRecordingId: no other model of the
+  // process has it, even one created at this one's address after it is destroyed).
+  uint64_t recording_id() const { return recording_id_; }
 
  private:
   Model(const ModelConfig& config, const ModelWeights& weights, kernels::Backend* backend,
@@ -101,9 +105,11 @@ class Model {
   std::vector<void*> buffers_;
 
   bool recording_ = true;
+  const uint64_t recording_id_ = kernels::NewRecordingId();
   ForwardBatch padded_;                  // the bucket-padded batch of a recorded forward
-  // Per bucket of recorded forwards: new, ran once eagerly (the next forward records), or
-  // never recorded (its recording failed: an op that cannot be captured, EndRecording).
+  // Per bucket of recorded forwards (keyed by PadForRecording's key, the cache's id mixed
+  // in): new, ran once eagerly (the next forward records), or never recorded (its recording
+  // failed: an op that cannot be captured, EndRecording).
   enum class BucketState { kNew, kRanEagerly, kNeverRecord };
   std::unordered_map<uint64_t, BucketState> buckets_;
 };
@@ -114,7 +120,7 @@ class Model {
 // K/V (slot -1) and see nothing; padding sequences have no blocks; padding logit rows repeat
 // the last real row. The tree mask and tree starts are always present (zeros where unused),
 // so a recording's kernels see the same arrays whatever the batch. Returns the key of the
-// bucket (with `salt`, e.g. the cache, mixed in).
+// bucket (with `salt`, the cache's recording id, mixed in).
 uint64_t PadForRecording(const ForwardBatch& batch, int max_tokens, uint64_t salt,
                          ForwardBatch* padded);
 

@@ -11,6 +11,7 @@
 #include "engine/loader/memory_check.h"
 #include "engine/spec/token_tree.h"
 #include "engine/text/vocab_check.h"
+#include "spdlog/spdlog.h"
 #if SPECMOE_WITH_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/device.h"
@@ -68,10 +69,17 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(const std::strin
     return absl::FailedPreconditionError(absl::StrCat(
         "--device cuda: no CUDA device is visible (", kernels::cuda::DeviceName(), ")"));
   }
+  if (requested == "auto") {
+    spdlog::warn("--device auto: no CUDA device is visible ({}); falling back to the CPU",
+                 kernels::cuda::DeviceName());
+  }
 #else
   if (requested == "cuda") {
     return absl::InvalidArgumentError(
         "--device cuda: this build has no CUDA backend (configure with -DSPECMOE_CUDA=ON)");
+  }
+  if (requested == "auto") {
+    spdlog::info("--device auto: this build has no CUDA backend; running on the CPU");
   }
 #endif
   *device = "cpu";

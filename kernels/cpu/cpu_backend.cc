@@ -23,6 +23,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/sampling.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/routing_order.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -247,8 +248,9 @@ class CpuBackend final : public Backend {
     for (int t = 0; t < n; ++t) {
       const float* l = logits + static_cast<int64_t>(t) * e;
       std::iota(order.begin(), order.end(), 0);
+      // A strict total order even with NaN (routing_order.h): k distinct experts always.
       std::partial_sort(order.begin(), order.begin() + k, order.end(), [l](int32_t a, int32_t b) {
-        return l[a] > l[b] || (l[a] == l[b] && a < b);
+        return ExpertBefore(l[a], a, l[b], b);
       });
       float sum = 0.0f;
       for (int j = 0; j < k; ++j) {

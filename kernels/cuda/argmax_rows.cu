@@ -63,7 +63,7 @@ void ArgmaxRows(const float* logits, int rows, int vocab, const RowPenalty* pena
   const size_t upload_bytes = AlignUp(upload_words * 4);
   const size_t result_bytes = static_cast<size_t>(rows) * sizeof(int32_t);
   char* staging = static_cast<char*>(ctx.Staging(upload_bytes + result_bytes));
-  char* scratch = static_cast<char*>(ctx.Scratch(upload_bytes + result_bytes));
+  char* scratch = static_cast<char*>(ctx.SideScratch(upload_bytes + result_bytes));
 
   const int32_t* d_offsets = nullptr;
   const float* d_penalties = nullptr;

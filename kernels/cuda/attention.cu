@@ -8,10 +8,11 @@
 // tree_mask[t] with tree_start[s] + j >= visible_prefix[t] (a slot of both counts once).
 //
 // Two kernels:
-//   1. PartialKernel, grid (n_tokens * n_heads, splits), 4 warps per block. A block takes the
-//      split-th contiguous range of logical slots [0, end) of its token, end = the last
-//      visible slot + 1 (device data: only the work inside a block depends on it, never the
-//      launch). Warp w walks steps of 4 consecutive slots (begin + 4w.., then 16 further);
+//   1. PartialKernel, grid (rows of one pass, splits), 4 warps per block. A block takes the
+//      split-th chunk of kChunk logical slots, [split * kChunk, (split + 1) * kChunk), cut
+//      at its token's end = the last visible slot + 1 (device data: only the work inside a
+//      block depends on it, never the launch). Warp w walks steps of 4 consecutive slots
+//      (begin + 4w.., then 16 further);
 //      for the visible slots of a step the 32 lanes load K and V at their elements
 //      (lane + 32 i), compute q . k and sum it with xor shuffles (every lane gets the same
 //      bits, so the skip tests stay warp-uniform), then update an online softmax with
@@ -19,11 +20,19 @@
 //      The 4 warps merge in shared memory. With one split
 //      the block writes out = o / l directly; otherwise (m, l, o) go to ctx scratch.
 //   2. MergeKernel, one block per (token, head): M = max m_s, w_s = e^(m_s - M),
-//      out = sum_s w_s o_s / sum_s w_s l_s.
+//      out = sum_s w_s o_s / sum_s w_s l_s, the sums in split order.
 // s = scale * (q . k) as on the CPU; fp32 accumulation throughout. Splits that see nothing
-// have m = -inf, l = 0 and weigh 0; a token that sees nothing gets zeros (l = 0).
-// The number of splits depends only on n_tokens, n_heads and the table's capacity
-// (max_blocks_per_seq * block_size): about 264 blocks (2 per SM of an H200) for one token.
+// have m = -inf, l = 0 and weigh exactly 0; a token that sees nothing gets zeros (l = 0).
+// Batch invariance (backend.h): the chunk of a key and the warp and step that visit it
+// depend only on its logical slot, and the merge adds the splits in order with the empty
+// ones contributing exact zeros, so a token's output bits depend on its own q, keys and
+// visibility only, never on the other tokens, the head count or the table's width (which
+// set only how many splits and rows are launched). With one split the partial kernel writes
+// out = o / l itself, which is bit for bit what the merge of that split with empty ones
+// gives (w = e^0 = 1, l * 1 + 0 = l, o * 1 + 0 = o).
+// splits = ceil(capacity / kChunk), capacity = max_blocks_per_seq * block_size; the partial
+// results of rows * splits blocks go to ctx scratch in passes of at most kMaxPartialBytes
+// (long prefills run several passes; a pass's rows do not change any row's result).
 //
 // Tested by tests/cuda_attention_test.cc against the CPU backend (label cuda).
 #include "kernels/cuda/attention.h"
@@ -46,9 +55,11 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kKeys = 4;  // consecutive slots per warp step
 constexpr int kMaxHeadDim = 256;
-constexpr int kTargetBlocks = 264;    // 132 SMs x 2
-constexpr int kMinKeysPerSplit = 32;  // no split shorter than this at full capacity
-constexpr int kMaxSplits = 256;
+// Logical slots per split: 4 warps x 4 keys x 16 steps. Fixed, so that the split of a key
+// never depends on the batch (issue 22); a 4k-token decode gets 16 splits per (token, head).
+constexpr int kChunk = 256;
+// Scratch for the partial results of one pass: [rows, splits, head_dim + 2] f32.
+constexpr size_t kMaxPartialBytes = size_t{64} << 20;
 constexpr unsigned kFullMask = 0xffffffffu;
 
 __device__ __forceinline__ float Widen(float x) { return x; }
@@ -69,12 +80,13 @@ struct Params {
   int head_dim;
   int block_size;
   int splits;
+  int row_offset;  // first (token, head) row of this pass
   float scale;
 };
 
-// Grid: (n_tokens * n_heads, splits); block: kThreads. kPerLane * 32 >= head_dim.
-// q, out: [n_tokens, n_heads, head_dim]; part_o: [n_tokens * n_heads, splits, head_dim];
-// part_ml: [n_tokens * n_heads, splits, 2] (m, l). With p.splits == 1 writes out instead.
+// Grid: (rows of the pass, splits); block: kThreads. kPerLane * 32 >= head_dim.
+// q, out: [n_tokens, n_heads, head_dim]; part_o: [rows of the pass, splits, head_dim];
+// part_ml: [rows of the pass, splits, 2] (m, l). With p.splits == 1 writes out instead.
 template <typename KV, int kPerLane>
 __global__ void __launch_bounds__(kThreads)
     PartialKernel(Params p, const float* __restrict__ q, const KV* __restrict__ k_cache,
@@ -84,7 +96,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float s_m[kWarps];
   __shared__ float s_l[kWarps];
 
-  const int row = blockIdx.x;  // t * n_heads + h
+  const int local = blockIdx.x;          // row within the pass
+  const int row = p.row_offset + local;  // t * n_heads + h
   const int t = row / p.n_heads;
   const int h = row % p.n_heads;
   const int split = blockIdx.y;
@@ -105,9 +118,8 @@ __global__ void __launch_bounds__(kThreads)
     if (mask != 0) end = Max64(end, tree_start + (64 - __clzll(static_cast<long long>(mask))));
   }
   end = Min64(end, capacity);
-  const int64_t chunk = (end + p.splits - 1) / p.splits;
-  const int64_t begin = static_cast<int64_t>(split) * chunk;
-  const int64_t stop = Min64(begin + chunk, end);
+  const int64_t begin = static_cast<int64_t>(split) * kChunk;
+  const int64_t stop = Min64(begin + kChunk, end);
 
   const int32_t* table = p.block_tables + static_cast<size_t>(seq) * p.max_blocks_per_seq;
   const int kv_head = h / (p.n_heads / p.n_kv_heads);
@@ -220,36 +232,40 @@ __global__ void __launch_bounds__(kThreads)
     if (p.splits == 1) {
       out[static_cast<size_t>(row) * d + e] = block_l > 0.0f ? sum / block_l : 0.0f;
     } else {
-      part_o[(static_cast<size_t>(row) * p.splits + split) * d + e] = sum;
+      part_o[(static_cast<size_t>(local) * p.splits + split) * d + e] = sum;
     }
   }
   if (p.splits > 1 && threadIdx.x == 0) {
-    const size_t ml = (static_cast<size_t>(row) * p.splits + split) * 2;
+    const size_t ml = (static_cast<size_t>(local) * p.splits + split) * 2;
     part_ml[ml] = block_m;
     part_ml[ml + 1] = block_l;
   }
 }
 
-// Grid: n_tokens * n_heads; block: kThreads. Merges the splits of part_o / part_ml (see
-// PartialKernel) into out[row, :].
+// Grid: rows of the pass; block: kThreads. Merges the splits of part_o / part_ml (see
+// PartialKernel) into out[row_offset + row, :], in split order. Every thread computes the
+// same weights (no shared array, so any split count works).
 __global__ void __launch_bounds__(kThreads)
-    MergeKernel(int splits, int d, const float* __restrict__ part_o,
+    MergeKernel(int splits, int d, int row_offset, const float* __restrict__ part_o,
                 const float* __restrict__ part_ml, float* __restrict__ out) {
-  __shared__ float s_w[kMaxSplits];
   const size_t base = static_cast<size_t>(blockIdx.x) * splits;
   float m = -INFINITY;
   for (int s = 0; s < splits; ++s) m = fmaxf(m, part_ml[(base + s) * 2]);
-  for (int s = threadIdx.x; s < splits; s += kThreads) {
-    const float ms = part_ml[(base + s) * 2];
-    s_w[s] = ms == -INFINITY ? 0.0f : expf(ms - m);
-  }
-  __syncthreads();
   float l = 0.0f;
-  for (int s = 0; s < splits; ++s) l = fmaf(part_ml[(base + s) * 2 + 1], s_w[s], l);
+  for (int s = 0; s < splits; ++s) {
+    const float ms = part_ml[(base + s) * 2];
+    const float w = ms == -INFINITY ? 0.0f : expf(ms - m);
+    l = fmaf(part_ml[(base + s) * 2 + 1], w, l);
+  }
+  const size_t row = static_cast<size_t>(row_offset) + blockIdx.x;
   for (int e = threadIdx.x; e < d; e += kThreads) {
     float sum = 0.0f;
-    for (int s = 0; s < splits; ++s) sum = fmaf(part_o[(base + s) * d + e], s_w[s], sum);
-    out[static_cast<size_t>(blockIdx.x) * d + e] = l > 0.0f ? sum / l : 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const float ms = part_ml[(base + s) * 2];
+      const float w = ms == -INFINITY ? 0.0f : expf(ms - m);
+      sum = fmaf(part_o[(base + s) * d + e], w, sum);
+    }
+    out[row * d + e] = l > 0.0f ? sum / l : 0.0f;
   }
 }
 
@@ -285,12 +301,10 @@ void Attention(const AttentionArgs& args, CudaContext& ctx) {
   const int64_t rows = static_cast<int64_t>(f.n_tokens) * args.n_heads;
   SPECMOE_CHECK(rows <= INT_MAX, "Attention: n_tokens * n_heads exceeds the grid");
 
-  // Splits from host ints only: fill ~kTargetBlocks blocks, none shorter than
-  // kMinKeysPerSplit slots at the table's full capacity.
+  // Splits from the table's capacity only (host ints): one per kChunk slots.
   const int64_t capacity = static_cast<int64_t>(f.max_blocks_per_seq) * args.block_size;
-  int64_t splits = (kTargetBlocks + rows - 1) / rows;
-  splits = std::min<int64_t>(splits, std::max<int64_t>(1, capacity / kMinKeysPerSplit));
-  splits = std::clamp<int64_t>(splits, 1, kMaxSplits);
+  const int64_t splits = std::max<int64_t>(1, (capacity + kChunk - 1) / kChunk);
+  SPECMOE_CHECK(splits <= 65535, "Attention: the block table is too wide for the grid");
 
   Params p;
   p.token_seq = f.token_seq;
@@ -306,25 +320,33 @@ void Attention(const AttentionArgs& args, CudaContext& ctx) {
   p.splits = static_cast<int>(splits);
   p.scale = args.scale;
 
+  // Rows per pass: all of them, or as many as kMaxPartialBytes of partial results hold.
+  const size_t row_bytes = static_cast<size_t>(splits) * (p.head_dim + 2) * sizeof(float);
+  const int64_t fit = static_cast<int64_t>(kMaxPartialBytes / row_bytes);
+  const int64_t pass_rows = p.splits == 1 ? rows : std::clamp<int64_t>(fit, 1, rows);
   float* part_o = nullptr;
   float* part_ml = nullptr;
   if (p.splits > 1) {
-    // scratch: part_o [rows, splits, head_dim] then part_ml [rows, splits, 2], f32.
-    const size_t partials = static_cast<size_t>(rows) * p.splits;
-    float* scratch = static_cast<float*>(
-        ctx.Scratch(partials * (static_cast<size_t>(p.head_dim) + 2) * sizeof(float)));
+    // scratch: part_o [pass_rows, splits, head_dim] then part_ml [pass_rows, splits, 2], f32.
+    const size_t partials = static_cast<size_t>(pass_rows) * p.splits;
+    float* scratch =
+        static_cast<float*>(ctx.Scratch(static_cast<size_t>(pass_rows) * row_bytes));
     part_o = scratch;
     part_ml = scratch + partials * p.head_dim;
   }
-  if (args.kv_dtype == DType::kF16) {
-    LaunchPartial<__half>(p, static_cast<int>(rows), args, part_o, part_ml, ctx.stream);
-  } else {
-    LaunchPartial<float>(p, static_cast<int>(rows), args, part_o, part_ml, ctx.stream);
-  }
-  if (p.splits > 1) {
-    MergeKernel<<<static_cast<unsigned>(rows), kThreads, 0, ctx.stream>>>(
-        p.splits, p.head_dim, part_o, part_ml, args.out);
-    SPECMOE_CUDA_CHECK(cudaGetLastError());
+  for (int64_t first = 0; first < rows; first += pass_rows) {
+    const int count = static_cast<int>(std::min<int64_t>(pass_rows, rows - first));
+    p.row_offset = static_cast<int>(first);
+    if (args.kv_dtype == DType::kF16) {
+      LaunchPartial<__half>(p, count, args, part_o, part_ml, ctx.stream);
+    } else {
+      LaunchPartial<float>(p, count, args, part_o, part_ml, ctx.stream);
+    }
+    if (p.splits > 1) {
+      MergeKernel<<<static_cast<unsigned>(count), kThreads, 0, ctx.stream>>>(
+          p.splits, p.head_dim, p.row_offset, part_o, part_ml, args.out);
+      SPECMOE_CUDA_CHECK(cudaGetLastError());
+    }
   }
 }
 

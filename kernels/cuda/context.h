@@ -49,11 +49,17 @@ struct CudaContext {
   // host, e.g. the sequential MoE); the op does nothing then, and the backend's EndRecording
   // discards the recording and reports it, so the caller runs the ops eagerly.
   bool capture_failed = false;
-  GrowingBuffer scratch{false};       // device workspace of the op being run
+  GrowingBuffer scratch{false};       // device workspace of the forward's op being run
+  // Device workspace of the ops that are never part of a recording (the logits reductions,
+  // KvMove): growing it must not invalidate the recorded forwards, whose kernels point into
+  // `scratch` (the first sampled request would otherwise discard every recording).
+  GrowingBuffer side_scratch{false};
   GrowingBuffer host_staging{true};   // pinned host memory for uploads and read-backs
 
-  // Convenience: scratch.Get / host_staging.Get with this context's capture state.
+  // Convenience: scratch.Get / side_scratch.Get / host_staging.Get with this context's
+  // capture state.
   void* Scratch(size_t bytes) { return scratch.Get(bytes, capturing); }
+  void* SideScratch(size_t bytes) { return side_scratch.Get(bytes, capturing); }
   void* Staging(size_t bytes) { return host_staging.Get(bytes, capturing); }
 };
 

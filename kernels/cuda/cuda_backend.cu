@@ -15,7 +15,9 @@
 // description does not fit, and then every recording is discarded. The pinned buffer is
 // rewritten only after the previous copy from it is done (an event).
 // Recordings: stream capture (thread-local mode) of the ops between BeginRecording and
-// EndRecording, instantiated as a cudaGraphExec_t per key; ctx.capturing is set meanwhile so
+// EndRecording, instantiated as a cudaGraphExec_t per RecordingKey (never-reused ids, not
+// addresses), ordered by owner so that DropRecordings(owner) destroys an owner's recordings
+// when it is destroyed; ctx.capturing is set meanwhile so
 // that scratch buffers refuse to grow. cuBLAS gets a fixed workspace so that it never
 // allocates inside a capture.
 // Tested against the CPU backend by tests/cuda_backend_test.cc.
@@ -26,11 +28,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <string>
 #include <type_traits>
-#include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -342,7 +345,7 @@ class CudaBackend final : public Backend {
     cuda::KvWrite(k, v, fwd, row, kv_dtype, k_cache, v_cache, ctx_);
   }
 
-  // src, dst (host [n]) go through ctx.host_staging into ctx.scratch as [src | dst]; the call
+  // src, dst (host [n]) go through ctx.host_staging into ctx.side_scratch as [src | dst]; the call
   // waits for that small copy (not for the move), so the staging is free when it returns.
   void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype, void* k_cache,
               void* v_cache) override {
@@ -351,7 +354,7 @@ class CudaBackend final : public Backend {
     MakeCurrent();
     const size_t bytes = 2 * static_cast<size_t>(n) * sizeof(int32_t);
     int32_t* staged = static_cast<int32_t*>(ctx_.Staging(bytes));
-    int32_t* slots = static_cast<int32_t*>(ctx_.Scratch(bytes));  // [2, n]
+    int32_t* slots = static_cast<int32_t*>(ctx_.SideScratch(bytes));  // [2, n]
     std::memcpy(staged, src, n * sizeof(int32_t));
     std::memcpy(staged + n, dst, n * sizeof(int32_t));
     SPECMOE_CUDA_CHECK(cudaMemcpyAsync(slots, staged, bytes, cudaMemcpyHostToDevice, ctx_.stream));
@@ -415,11 +418,11 @@ class CudaBackend final : public Backend {
 
   // The recording remembers the layout of the description it was made on (that of the last
   // BeginForward): a replay on a description of another layout would read wrong offsets.
-  void BeginRecording(uint64_t key) override {
+  void BeginRecording(const RecordingKey& key) override {
     SPECMOE_CHECK(!ctx_.capturing, "BeginRecording inside a recording");
     SPECMOE_CUDA_CHECK(cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeThreadLocal));
     ctx_.capturing = true;
-    recording_key_ = key;
+    recording_key_ = {key.owner, key.bucket};
   }
 
   bool EndRecording() override {
@@ -448,9 +451,9 @@ class CudaBackend final : public Backend {
     return true;
   }
 
-  bool Replay(uint64_t key) override {
+  bool Replay(const RecordingKey& key) override {
     SPECMOE_CHECK(!ctx_.capturing, "Replay inside a recording");
-    const auto it = recordings_.find(key);
+    const auto it = recordings_.find({key.owner, key.bucket});
     if (it == recordings_.end()) return false;
     if (it->second.scratch_generation != ctx_.scratch.generation()) {
       // The scratch was reallocated since (a larger op ran eagerly): record again.
@@ -462,6 +465,16 @@ class CudaBackend final : public Backend {
                   "Replay on a description whose counts differ from the recording's");
     SPECMOE_CUDA_CHECK(cudaGraphLaunch(it->second.exec, ctx_.stream));
     return true;
+  }
+
+  // Freed once a replay still in flight is done (cudaGraphExecDestroy's contract).
+  void DropRecordings(uint64_t owner) override {
+    SPECMOE_CHECK(!ctx_.capturing, "DropRecordings inside a recording");
+    auto it = recordings_.lower_bound({owner, 0});
+    while (it != recordings_.end() && it->first.first == owner) {
+      SPECMOE_CUDA_CHECK(cudaGraphExecDestroy(it->second.exec));
+      it = recordings_.erase(it);
+    }
   }
 
  private:
@@ -517,8 +530,9 @@ class CudaBackend final : public Backend {
     Layout layout;                // of the description it was recorded on
     uint64_t scratch_generation;  // of ctx_.scratch, whose memory its kernels use
   };
-  std::unordered_map<uint64_t, Recording> recordings_;
-  uint64_t recording_key_ = 0;
+  // (owner, bucket) -> recording; ordered so that an owner's recordings are one range.
+  std::map<std::pair<uint64_t, uint64_t>, Recording> recordings_;
+  std::pair<uint64_t, uint64_t> recording_key_{0, 0};
 };
 
 }  // namespace

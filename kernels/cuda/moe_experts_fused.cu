@@ -1,23 +1,28 @@
 // kernels/cuda/moe_experts_fused.cu — CreateFusedMoeExperts (moe.h): all selected experts of
 // a MoE FFN in two grouped tensor-core kernels that read the routing (counts, offsets, pairs)
-// where TopKSoftmax left it on the device, so one call is a fixed sequence of four launches
+// where TopKSoftmax left it on the device, so one call is a fixed sequence of five launches
 // whose grids depend only on host ints (n, k, sizes): no host sync, capturable in a CUDA graph.
 //
 // x: f32 [n, hidden]; experts: host array whose weights are device memory, all f16 or all
 // bf16 (f32 experts run the sequential path, which is not capturable), gate/up
 // [inter_x, hidden], down [hidden, inter_x] (inter_x may differ per expert); y: f32 [n, hidden].
 // Scratch (ctx.scratch): xh [n, hidden] and h [n * k, ldh] in the weights' dtype, split-K
-// partials [splits, n * k, hidden] f32.
+// partials [splits, n * k, hidden] f32, the tile list [tile bound] int2.
 //   1. xh = x rounded to the weights' dtype (nearest even, as cuda::Gemm rounds).
-//   2. GateUpKernel, grid (ceil(max inter / 32), ceil(n / 64), experts): the tile of rows
-//      [64 * y, +64) of expert z's run in `pairs` (at most n rows: a token picks an expert once)
+//   2. TileListKernel (one thread): the list of active (expert, row tile) pairs from the
+//      device counts, in expert then tile order, -1 past its end. The grids below are sized by
+//      a host bound on its length, min(E, n k) + ceil(n k / 64) (sum_x ceil(c_x / 64) over
+//      the experts that got pairs), not by all E experts: one token's top-2 of 8 experts
+//      launches 3 row tiles, not 8.
+//   3. GateUpKernel, grid (ceil(max inter / 32), tile bound): list entry y = (z, m), the rows
+//      [64 m, +64) of expert z's run in `pairs` (at most n rows: a token picks an expert once)
 //      and columns [32 * x, +32) of its inter: h[offsets[z] + r, c] = rounded(silu(g) * u),
-//      g = xh[pairs[.] / k] . gate_z[c], u = the same with up_z; tiles past the expert's count
-//      or inter exit at once.
-//   3. DownKernel, grid (ceil(hidden / 64), ceil(n / 64), experts * splits): the same rows,
-//      64 columns of hidden, over split s of the expert's inter (split-K so that one token's
-//      two experts still fill the GPU): parts[s, pair, c] = h[row, ks] . down_z[c, ks].
-//   4. MoeCombine: y[t] = scale * sum_j weight[t, j] * sum_s parts[s, t * k + j] (j, s order).
+//      g = xh[pairs[.] / k] . gate_z[c], u = the same with up_z; entries past the list's end
+//      and column tiles past the expert's inter exit at once.
+//   4. DownKernel, grid (ceil(hidden / 64), tile bound, splits): the same rows, 64 columns
+//      of hidden, over split s of the expert's inter (split-K so that one token's two experts
+//      still fill the GPU): parts[s, pair, c] = h[row, ks] . down_z[c, ks].
+//   5. MoeCombine: y[t] = scale * sum_j weight[t, j] * sum_s parts[s, t * k + j] (j, s order).
 // Both grouped kernels: 128 threads (4 warps), a 64-row x 64-k activation tile and a
 // 64-row x 64-k weight tile per stage, 4 cp.async stages (zero-filled past the rows and the k
 // range; a scalar fallback for an operand whose rows are not 16-byte aligned or whose length
@@ -218,17 +223,32 @@ __device__ __forceinline__ void MainLoop(uint16_t* smem, const TileSources& src,
   __syncthreads();  // the stages may now be reused as the f32 staging tile
 }
 
+// tiles[i] = (expert x, row tile m) for every m < ceil(counts[x] / kBM), experts in order;
+// (-1, -1) for i in [that many, capacity). One thread (E and the tile count are small).
+__global__ void TileListKernel(const int32_t* counts, int num_experts, int capacity,
+                               int2* tiles) {
+  int i = 0;
+  for (int x = 0; x < num_experts; ++x) {
+    const int m_tiles = (counts[x] + kBM - 1) / kBM;
+    for (int m = 0; m < m_tiles && i < capacity; ++m) tiles[i++] = make_int2(x, m);
+  }
+  for (; i < capacity; ++i) tiles[i] = make_int2(-1, -1);
+}
+
 // h[offsets[z] + r, c] = rounded(silu(xh[t] . gate_z[c]) * (xh[t] . up_z[c])),
-// t = pairs[offsets[z] + r] / k. xh: [n, hidden]; h: [n * k, ldh].
+// t = pairs[offsets[z] + r] / k, for the tile (z, m) = tiles[blockIdx.y].
+// xh: [n, hidden]; h: [n * k, ldh].
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     GateUpKernel(const uint16_t* xh, int hidden, bool x_vec, const ExpertTable* experts,
-                 const int32_t* counts, const int32_t* offsets, const int32_t* pairs, int k,
-                 T* h, int ldh) {
+                 const int2* tiles, const int32_t* counts, const int32_t* offsets,
+                 const int32_t* pairs, int k, T* h, int ldh) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   int* a_rows = reinterpret_cast<int*>(smem_raw + kStagesBytes);  // [kBM]
-  const int expert = blockIdx.z;
-  const int m0 = blockIdx.y * kBM;
+  const int2 tile = tiles[blockIdx.y];
+  if (tile.x < 0) return;
+  const int expert = tile.x;
+  const int m0 = tile.y * kBM;
   const int count = counts[expert];
   if (m0 >= count) return;
   const ExpertTable ex = experts[expert];
@@ -283,19 +303,22 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// parts[s, pairs[offsets[z] + r], c] = h[offsets[z] + r, ks] . down_z[c, ks] over split s of
-// expert z's inter (z = blockIdx.z / splits). h: [n * k, ldh]; parts: [splits, n * k, hidden].
+// parts[s, pairs[offsets[z] + r], c] = h[offsets[z] + r, ks] . down_z[c, ks] over split
+// s = blockIdx.z of expert z's inter, for the tile (z, m) = tiles[blockIdx.y].
+// h: [n * k, ldh]; parts: [splits, n * k, hidden].
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     DownKernel(const uint16_t* h, int ldh, int hidden, const ExpertTable* experts,
-               const int32_t* counts, const int32_t* offsets, const int32_t* pairs, int splits,
-               size_t split_stride, float* parts) {
+               const int2* tiles, const int32_t* counts, const int32_t* offsets,
+               const int32_t* pairs, int splits, size_t split_stride, float* parts) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   int* a_rows = reinterpret_cast<int*>(smem_raw + kStagesBytes);  // [kBM]
   int* pair_of_row = a_rows + kBM;                                // [kBM]
-  const int expert = blockIdx.z / splits;
-  const int split = blockIdx.z - expert * splits;
-  const int m0 = blockIdx.y * kBM;
+  const int2 tile = tiles[blockIdx.y];
+  if (tile.x < 0) return;
+  const int expert = tile.x;
+  const int split = blockIdx.z;
+  const int m0 = tile.y * kBM;
   const int count = counts[expert];
   if (m0 >= count) return;
   const ExpertTable ex = experts[expert];
@@ -388,49 +411,63 @@ class FusedMoeExperts final : public MoeExpertsOp {
       return;
     }
     const int64_t pairs = static_cast<int64_t>(n) * k;
-    const int m_tiles = (n + kBM - 1) / kBM;  // an expert has at most n of the pairs
-    SPECMOE_CHECK(pairs <= INT32_MAX && m_tiles <= 65535, "too many tokens for one MoE call");
+    // Active (expert, row tile) pairs: sum over experts x of ceil(c_x / kBM) <= (experts with
+    // pairs) + ceil(pairs / kBM), and never more than every expert's every tile (an expert
+    // has at most n of the pairs).
+    const int64_t m_tiles = (n + kBM - 1) / kBM;
+    const int64_t tile_bound =
+        std::min<int64_t>(num_experts * m_tiles,
+                          std::min<int64_t>(num_experts, pairs) + (pairs + kBM - 1) / kBM);
+    SPECMOE_CHECK(pairs <= INT32_MAX && tile_bound <= 65535, "too many tokens for one MoE call");
     const int splits = Splits(n, k, hidden, num_experts, table.max_inter);
     const int ldh = static_cast<int>(RoundUp(table.max_inter, 8));
 
-    // Scratch: xh [n, hidden], h [pairs, ldh] (16-bit), parts [splits, pairs, hidden] f32.
+    // Scratch: xh [n, hidden], h [pairs, ldh] (16-bit), parts [splits, pairs, hidden] f32,
+    // tiles [tile_bound] int2.
     const size_t xh_bytes = RoundUp(static_cast<size_t>(n) * hidden * sizeof(uint16_t), 256);
     const size_t h_bytes = RoundUp(static_cast<size_t>(pairs) * ldh * sizeof(uint16_t), 256);
     const size_t split_stride = static_cast<size_t>(pairs) * hidden;
-    const size_t parts_bytes = splits * split_stride * sizeof(float);
-    auto* base = static_cast<unsigned char*>(ctx.Scratch(xh_bytes + h_bytes + parts_bytes));
+    const size_t parts_bytes = RoundUp(splits * split_stride * sizeof(float), 256);
+    const size_t tiles_bytes = static_cast<size_t>(tile_bound) * sizeof(int2);
+    auto* base = static_cast<unsigned char*>(
+        ctx.Scratch(xh_bytes + h_bytes + parts_bytes + tiles_bytes));
     auto* xh = reinterpret_cast<uint16_t*>(base);
     auto* h = reinterpret_cast<uint16_t*>(base + xh_bytes);
     auto* parts = reinterpret_cast<float*>(base + xh_bytes + h_bytes);
+    auto* tiles = reinterpret_cast<int2*>(base + xh_bytes + h_bytes + parts_bytes);
+    TileListKernel<<<1, 1, 0, ctx.stream>>>(routing.counts, num_experts,
+                                             static_cast<int>(tile_bound), tiles);
+    SPECMOE_CUDA_CHECK(cudaGetLastError());
 
     const size_t x_count = static_cast<size_t>(n) * hidden;
-    const dim3 gate_up_grid((table.max_inter + kGateUpCols - 1) / kGateUpCols, m_tiles,
-                            num_experts);
-    const dim3 down_grid((hidden + kDownCols - 1) / kDownCols, m_tiles, num_experts * splits);
+    const dim3 gate_up_grid((table.max_inter + kGateUpCols - 1) / kGateUpCols,
+                            static_cast<unsigned>(tile_bound), 1);
+    const dim3 down_grid((hidden + kDownCols - 1) / kDownCols, static_cast<unsigned>(tile_bound),
+                         splits);
     const bool x_vec = hidden % 8 == 0;
     if (table.dtype == DType::kF16) {
       RoundKernel<__half><<<Blocks(x_count, 256), 256, 0, ctx.stream>>>(
           x, x_count, reinterpret_cast<__half*>(xh));
       SPECMOE_CUDA_CHECK(cudaGetLastError());
       GateUpKernel<__half><<<gate_up_grid, kThreads, kSmemBytes, ctx.stream>>>(
-          xh, hidden, x_vec, table.device, routing.counts, routing.offsets, routing.pairs, k,
-          reinterpret_cast<__half*>(h), ldh);
+          xh, hidden, x_vec, table.device, tiles, routing.counts, routing.offsets,
+          routing.pairs, k, reinterpret_cast<__half*>(h), ldh);
       SPECMOE_CUDA_CHECK(cudaGetLastError());
       DownKernel<__half><<<down_grid, kThreads, kSmemBytes, ctx.stream>>>(
-          h, ldh, hidden, table.device, routing.counts, routing.offsets, routing.pairs, splits,
-          split_stride, parts);
+          h, ldh, hidden, table.device, tiles, routing.counts, routing.offsets, routing.pairs,
+          splits, split_stride, parts);
       SPECMOE_CUDA_CHECK(cudaGetLastError());
     } else {
       RoundKernel<__nv_bfloat16><<<Blocks(x_count, 256), 256, 0, ctx.stream>>>(
           x, x_count, reinterpret_cast<__nv_bfloat16*>(xh));
       SPECMOE_CUDA_CHECK(cudaGetLastError());
       GateUpKernel<__nv_bfloat16><<<gate_up_grid, kThreads, kSmemBytes, ctx.stream>>>(
-          xh, hidden, x_vec, table.device, routing.counts, routing.offsets, routing.pairs, k,
-          reinterpret_cast<__nv_bfloat16*>(h), ldh);
+          xh, hidden, x_vec, table.device, tiles, routing.counts, routing.offsets,
+          routing.pairs, k, reinterpret_cast<__nv_bfloat16*>(h), ldh);
       SPECMOE_CUDA_CHECK(cudaGetLastError());
       DownKernel<__nv_bfloat16><<<down_grid, kThreads, kSmemBytes, ctx.stream>>>(
-          h, ldh, hidden, table.device, routing.counts, routing.offsets, routing.pairs, splits,
-          split_stride, parts);
+          h, ldh, hidden, table.device, tiles, routing.counts, routing.offsets, routing.pairs,
+          splits, split_stride, parts);
       SPECMOE_CUDA_CHECK(cudaGetLastError());
     }
     MoeCombine(parts, splits, n, k, hidden, routing.weight, scale, y, ctx);
@@ -457,7 +494,6 @@ class FusedMoeExperts final : public MoeExpertsOp {
                          (col_tiles * row_tiles);
     int64_t splits = std::min<int64_t>(want, kMaxSplits);
     splits = std::min<int64_t>(splits, std::max(1, max_inter / kMinSplitK));
-    splits = std::min<int64_t>(splits, 65535 / num_experts);
     return static_cast<int>(std::max<int64_t>(splits, 1));
   }
 
@@ -519,9 +555,14 @@ class FusedMoeExperts final : public MoeExpertsOp {
       SPECMOE_CUDA_CHECK(cudaFree(it->second.device));
       tables_.erase(it);
     }
+    // The copy is ordered on the backend's stream, before the kernels that read the table
+    // (a plain cudaMemcpy runs on the legacy stream, which the non-blocking ctx.stream does
+    // not wait for); the wait keeps `rows` alive until the copy has left it.
     SPECMOE_CUDA_CHECK(cudaMalloc(&fresh.device, rows.size() * sizeof(ExpertTable)));
-    SPECMOE_CUDA_CHECK(cudaMemcpy(fresh.device, rows.data(), rows.size() * sizeof(ExpertTable),
-                                  cudaMemcpyHostToDevice));
+    SPECMOE_CUDA_CHECK(cudaMemcpyAsync(fresh.device, rows.data(),
+                                       rows.size() * sizeof(ExpertTable),
+                                       cudaMemcpyHostToDevice, ctx.stream));
+    SPECMOE_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
     return tables_.emplace(experts, std::move(fresh)).first->second;
   }
 

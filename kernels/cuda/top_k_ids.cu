@@ -49,7 +49,7 @@ void TopKIds(const float* logits, int vocab, int k, const RowPenalty& penalty, i
   const size_t ids_bytes = AlignUp(static_cast<size_t>(k) * sizeof(int32_t));
   const size_t temp_bytes = SortTempBytes(vocab);
   char* scratch = static_cast<char*>(
-      ctx.Scratch(context_bytes + 2 * keys_bytes + ids_bytes + temp_bytes));
+      ctx.SideScratch(context_bytes + 2 * keys_bytes + ids_bytes + temp_bytes));
   char* staging = static_cast<char*>(ctx.Staging(context_bytes + ids_bytes));
   auto* d_context = reinterpret_cast<int32_t*>(scratch);
   auto* keys = reinterpret_cast<uint64_t*>(scratch + context_bytes);

@@ -6,7 +6,8 @@
 //
 // Two kernels on ctx.stream, no host round trip:
 // 1. TopKKernel, one thread per token: the k largest logits by repeated selection under the
-//    CPU's total order (a before b iff l[a] > l[b], or l[a] == l[b] and a < b), so the j-th
+//    CPU's total order (kernels/routing_order.h: a before b iff l[a] > l[b], or l[a] == l[b]
+//    and a < b; NaN after every number), so the k choices are distinct and the j-th
 //    choice is the largest element that comes after the (j-1)-th; then, exactly as the CPU
 //    does, p_j = expf(l_j - l_0), sum += p_j in j order, weight_j = p_j / sum (no operation
 //    of this can be contracted into an FMA, so the only difference to the CPU is expf's last
@@ -27,6 +28,7 @@
 #include "kernels/check.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/moe.h"
+#include "kernels/routing_order.h"
 
 namespace specmoe::kernels::cuda {
 namespace {
@@ -36,9 +38,9 @@ constexpr int kGroupThreads = 1024;
 constexpr int kGroupWarps = kGroupThreads / 32;
 constexpr int kMaxExperts = 256;
 
-// True when expert a comes before expert b in the routing order.
+// True when expert a comes before expert b in the routing order (routing_order.h: NaN last).
 __device__ __forceinline__ bool Before(const float* l, int a, int b) {
-  return l[a] > l[b] || (l[a] == l[b] && a < b);
+  return ExpertBefore(l[a], a, l[b], b);
 }
 
 // logits [n, e] -> idx, weight [n, k]. Grid: ceil(n / kTopKThreads) blocks.
@@ -58,7 +60,8 @@ __global__ void TopKKernel(const float* logits, int n, int e, int k, int32_t* id
       if (prev >= 0 && !Before(l, prev, a)) continue;  // already chosen or ranked higher
       if (best < 0 || Before(l, a, best)) best = a;
     }
-    // k <= e, so some expert always remains; the guard only keeps a NaN row in bounds.
+    // The order is total (NaN included) and k <= e, so an expert after `prev` always
+    // remains: the k choices are distinct. The guard only keeps memory safe.
     if (best < 0) best = 0;
     if (j == 0) top = l[best];
     const float p = expf(l[best] - top);
