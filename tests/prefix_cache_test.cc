@@ -148,6 +148,42 @@ TEST(PrefixCacheTest, EvictsTheLeastRecentTailFirstAndNeverAHeldBlock) {
   EXPECT_EQ(pools.target->free_blocks() + cache.cached_blocks(), 6);
 }
 
+TEST(PrefixCacheTest, APrefillingSequenceExtendsWithWhatAnotherHasCachedSince) {
+  Pools pools(12);
+  PrefixCache cache(pools.target.get(), pools.draft.get(), true, 7);
+  const std::vector<int32_t> tokens = Range(0, 20);
+  // Both admitted with nothing cached; the first prefills 8 tokens, then 8 more.
+  SequenceBlocks t1, d1, t2, d2;
+  PrefixChain c1, c2;
+  ASSERT_TRUE(cache.Reserve(false, t1, 8).ok());
+  ASSERT_TRUE(cache.Reserve(true, d1, 8).ok());
+  cache.Insert(tokens, 8, t1, 8, &d1, c1);
+  EXPECT_EQ(cache.Extend(tokens, 19, t2, &d2, c2), 8);
+  ASSERT_TRUE(cache.Reserve(false, t1, 16).ok());
+  ASSERT_TRUE(cache.Reserve(true, d1, 16).ok());
+  cache.Insert(tokens, 16, t1, 16, &d1, c1);
+  EXPECT_EQ(cache.Extend(tokens, 19, t2, &d2, c2), 8);
+  EXPECT_EQ(t2.blocks, t1.blocks);
+  EXPECT_EQ(d2.blocks, d1.blocks);
+  EXPECT_EQ(cache.Extend(tokens, 19, t2, &d2, c2), 0);  // nothing more cached
+  // Holding a partial block of its own, a sequence takes nothing.
+  ASSERT_TRUE(cache.Reserve(false, t2, 18).ok());
+  ASSERT_TRUE(cache.Reserve(true, d2, 18).ok());
+  SequenceBlocks t3, d3;
+  PrefixChain c3;
+  ASSERT_TRUE(cache.Reserve(false, t3, 2).ok());
+  ASSERT_TRUE(cache.Reserve(true, d3, 2).ok());
+  EXPECT_EQ(cache.Extend(tokens, 19, t3, &d3, c3), 0);
+  const SequenceBlocks* held_t[] = {&t1, &t2, &t3};
+  const SequenceBlocks* held_d[] = {&d1, &d2, &d3};
+  EXPECT_TRUE(cache.CheckInvariants(held_t, held_d).ok()) << cache.CheckInvariants(held_t, held_d);
+  cache.Release(t1, &d1, c1);
+  cache.Release(t2, &d2, c2);
+  cache.Release(t3, &d3, c3);
+  EXPECT_TRUE(cache.CheckInvariants({}, {}).ok()) << cache.CheckInvariants({}, {});
+  EXPECT_EQ(pools.target->free_blocks() + cache.cached_blocks(), 12);
+}
+
 TEST(PrefixCacheTest, DisabledItIsThePlainAllocator) {
   Pools pools(4);
   PrefixCache cache(pools.target.get(), pools.draft.get(), false, 7);
@@ -233,6 +269,20 @@ TEST(PrefixCacheTest, RandomStreamsKeepEveryHeldBlockIntactAndTheCountsRight) {
       } else if (kind <= 2 && !live.empty()) {  // compute some tokens (the draft may lag)
         Sim& s = *live[rng() % live.size()];
         if (rng() % 3 == 0) s.tokens.push_back(static_cast<int32_t>(rng() % 5));  // emitted
+        if (rng() % 3 == 0 && (!s.spec || s.draft_len == s.target_len)) {
+          // What others cached since, continuing this one's chain.
+          const int added = cache.Extend(s.tokens, static_cast<int>(s.tokens.size()) - 1, s.t,
+                                         s.spec ? &s.d : nullptr, s.chain);
+          ASSERT_EQ(added % kBlock, 0);
+          if (added > 0) ASSERT_EQ(s.target_len % kBlock, 0);
+          s.target_len += added;
+          s.draft_len += added;
+          hits += added;
+          ExpectIntact(*pools.backend, *pools.target, s.t, s.tokens, s.target_len, "extended");
+          if (s.spec) {
+            ExpectIntact(*pools.backend, *pools.draft, s.d, s.tokens, s.draft_len, "extended");
+          }
+        }
         const int to = std::min<int>(s.tokens.size(), s.target_len + 1 + rng() % 6);
         if (!cache.Reserve(false, s.t, to).ok()) continue;
         if (s.spec && !cache.Reserve(true, s.d, to).ok()) continue;
@@ -458,6 +508,34 @@ TEST(PrefixCacheSchedulerTest, HitsOfEveryLengthAreBitExact) {
   on.ExpectAllReturned();
   EXPECT_EQ(off.stats().prefix_cache_queries_total.load(), 0);
   EXPECT_EQ(off.scheduler().prefix_cache().cached_blocks(), 0);
+}
+
+TEST(PrefixCacheSchedulerTest, RequestsAdmittedTogetherShareWhatTheFirstPrefills) {
+  Driver on(Options(true));
+  Driver off(Options(false));
+  const std::vector<int32_t> system = Prompt(200, 7, on.tokenizer());
+  std::vector<Result> results(4);
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> prompt = system;
+    const std::vector<int32_t> tail = Prompt(9, 70 + i, on.tokenizer());
+    prompt.insert(prompt.end(), tail.begin() + 1, tail.end());
+    requests.push_back(Request(prompt, i));
+    on.Add(requests.back(), &results[i]);
+  }
+  int prefill_tokens = 0;
+  while (on.scheduler().has_work()) prefill_tokens += on.Step().prefill_tokens;
+  // The 64-token steps prefill the first request's chunks; the others take each chunk's
+  // whole blocks from the cache instead of computing them again.
+  EXPECT_EQ(results[0].cached_prompt_tokens, 0);
+  for (int i = 1; i < 4; ++i) {
+    EXPECT_EQ(results[i].cached_prompt_tokens, 192) << i;  // 12 blocks of the 200
+    ExpectSame(results[i], off.Alone(requests[i]), "request " + std::to_string(i));
+  }
+  ExpectSame(results[0], off.Alone(requests[0]), "request 0");
+  EXPECT_EQ(prefill_tokens, 4 * 207 - 3 * 192);
+  EXPECT_EQ(on.stats().prefix_cache_hits_total.load(), 3 * 192);
+  on.ExpectAllReturned();
 }
 
 TEST(PrefixCacheSchedulerTest, MultiTurnContinuationsHitTheirHistory) {

@@ -55,9 +55,9 @@ struct EngineStats {
   std::atomic<int64_t> preemptions_total{0};  // preemptions since start
   std::atomic<int> kv_blocks_used{0};   // target KV cache blocks (the draft's mirror them)
   std::atomic<int> kv_blocks_free{0};  // free, or cached by the prefix cache and unheld
-  // Prefix cache (issue 19): prompt tokens looked up and found at first admission (the sums
-  // of prompt_tokens and cached_prompt_tokens over admitted requests while it is on), and
-  // cached blocks nobody holds.
+  // Prefix cache (issue 19): prompt tokens looked up (at first admission) and supplied by the
+  // cache (the sums of prompt_tokens and cached_prompt_tokens over admitted requests while it
+  // is on), and cached blocks nobody holds.
   std::atomic<int64_t> prefix_cache_queries_total{0};
   std::atomic<int64_t> prefix_cache_hits_total{0};
   std::atomic<int> prefix_cache_blocks{0};

@@ -38,11 +38,15 @@ const PrefixCache::Entry* PrefixCache::Find(uint64_t parent, uint64_t hash,
 
 PrefixCache::Hit PrefixCache::Lookup(std::span<const int32_t> tokens, int limit,
                                      bool with_draft) const {
+  if (!enabled_) return {};
+  return Walk(tokens, 0, seed_, limit, with_draft);
+}
+
+PrefixCache::Hit PrefixCache::Walk(std::span<const int32_t> tokens, int start, uint64_t parent,
+                                   int limit, bool with_draft) const {
   Hit hit;
-  if (!enabled_) return hit;
   limit = std::min(limit, static_cast<int>(tokens.size()));
-  uint64_t parent = seed_;
-  for (int start = 0; start + block_size_ <= limit; start += block_size_) {
+  for (; start + block_size_ <= limit; start += block_size_) {
     const std::span<const int32_t> block = tokens.subspan(start, block_size_);
     const uint64_t hash = HashBlock(parent, block);
     const Entry* e = Find(parent, hash, block);
@@ -74,6 +78,23 @@ void PrefixCache::Acquire(const Hit& hit, SequenceBlocks& target, SequenceBlocks
     chain.hashes.push_back(e.hash);
   }
   chain.draft_blocks = draft != nullptr ? static_cast<int>(hit.entries.size()) : 0;
+}
+
+int PrefixCache::Extend(std::span<const int32_t> tokens, int limit, SequenceBlocks& target,
+                        SequenceBlocks* draft, PrefixChain& chain) {
+  const int held = static_cast<int>(target.blocks.size());
+  if (!enabled_ || static_cast<int>(chain.hashes.size()) != held ||
+      (draft != nullptr &&
+       (static_cast<int>(draft->blocks.size()) != held || chain.draft_blocks != held))) {
+    return 0;
+  }
+  const Hit hit = Walk(tokens, held * block_size_, held > 0 ? chain.hashes.back() : seed_, limit,
+                       draft != nullptr);
+  PrefixChain added;
+  Acquire(hit, target, draft, added);
+  chain.hashes.insert(chain.hashes.end(), added.hashes.begin(), added.hashes.end());
+  if (draft != nullptr) chain.draft_blocks += added.draft_blocks;
+  return hit.tokens;
 }
 
 absl::Status PrefixCache::Reserve(bool draft_side, SequenceBlocks& seq, int slots) {

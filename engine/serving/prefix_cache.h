@@ -53,10 +53,17 @@ class PrefixCache {
   };
   // with_draft: the request speculates, so every entry needs its draft block too.
   Hit Lookup(std::span<const int32_t> tokens, int limit, bool with_draft) const;
-  // Takes a reference on each of hit's entries and appends their blocks to the (empty)
-  // block lists (draft: null when the request does not speculate); `chain` starts after them.
+  // Takes a reference on each of hit's entries and appends their blocks to the block lists
+  // (draft: null when the request does not speculate); `chain` becomes their hashes.
   void Acquire(const Hit& hit, SequenceBlocks& target, SequenceBlocks* draft,
                PrefixChain& chain);
+
+  // A prefilling sequence holding exactly the whole blocks of its committed tokens (and, with
+  // `draft`, the same in the draft) takes the cached blocks that continue its chain within
+  // tokens[0, limit): requests admitted together find what the first of them prefills.
+  // Returns the tokens added (a multiple of the block size; 0 when it holds a partial block).
+  int Extend(std::span<const int32_t> tokens, int limit, SequenceBlocks& target,
+             SequenceBlocks* draft, PrefixChain& chain);
 
   // Grows `seq` (of the target's or the draft's cache) to `slots` slots, evicting cached
   // blocks nobody holds when free ones are short. RESOURCE_EXHAUSTED, nothing evicted and
@@ -104,6 +111,9 @@ class PrefixCache {
   };
 
   uint64_t HashBlock(uint64_t parent, std::span<const int32_t> tokens) const;
+  // The entries continuing the chain `parent` from token `start` within tokens[0, limit).
+  Hit Walk(std::span<const int32_t> tokens, int start, uint64_t parent, int limit,
+           bool with_draft) const;
   const Entry* Find(uint64_t parent, uint64_t hash, std::span<const int32_t> tokens) const;
   void Unref(int id);
   // Frees the LRU's oldest entry (both its blocks); false when the LRU is empty.

@@ -148,6 +148,21 @@ bool Scheduler::TakeCachedPrefix(Sequence& seq) {
   return true;
 }
 
+void Scheduler::ExtendCachedPrefixes() {
+  for (const auto& seq : running_) {
+    if (!seq->prefilling() || (seq->speculating() && seq->draft_len != seq->target_len)) continue;
+    const int added =
+        prefix_cache_.Extend(seq->tokens, seq->root_pos(), seq->target_blocks,
+                             seq->speculating() ? &seq->draft_blocks : nullptr, seq->prefix_chain);
+    seq->target_len += added;
+    seq->draft_len += added;
+    if (added > 0 && seq->preemptions == 0) {  // still the prompt's first prefill
+      seq->cached_prompt_tokens += added;
+      stats_->prefix_cache_hits_total.fetch_add(added, std::memory_order_relaxed);
+    }
+  }
+}
+
 void Scheduler::Admit() {
   while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_batch) {
     Sequence& next = *waiting_.front();
@@ -242,6 +257,7 @@ StepReport Scheduler::Step() {
   // a. Admission, after ending cancelled requests (their blocks are free again).
   EndCancelled();
   Admit();
+  ExtendCachedPrefixes();
   // b. The budget (trees first, then prompt chunks) and the blocks it needs.
   int tree_room = 0;
   std::vector<Planned> plan = Budget(&tree_room);

@@ -73,6 +73,9 @@ class Scheduler {
   // Takes the longest cached prefix of the front waiting request's tokens when its blocks
   // leave the watermark free; false (nothing taken) when they would not.
   bool TakeCachedPrefix(Sequence& seq);
+  // Prefilling requests take the cached blocks that continue their prompts (what another
+  // request admitted with them has prefilled since).
+  void ExtendCachedPrefixes();
   // Offers seq's full blocks of committed K/V to the prefix cache.
   void OfferBlocks(Sequence& seq);
   // c-d: the jobs of the step's decoding requests (a root-only tree for those that do not

@@ -49,7 +49,8 @@ struct Sequence {
   SequenceBlocks target_blocks;
   SequenceBlocks draft_blocks;
   PrefixChain prefix_chain;      // the blocks offered to the prefix cache
-  int cached_prompt_tokens = -1; // prompt tokens found cached at first admission (-1: not yet)
+  // Prompt tokens the prefix cache supplied before any preemption (-1: not admitted yet).
+  int cached_prompt_tokens = -1;
   Rng draft_rng{0};   // draws the tree's children
   Rng verify_rng{0};  // acceptance uniforms and bonus tokens (independent)
   IncrementalDetokenizer detok;
