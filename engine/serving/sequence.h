@@ -3,11 +3,11 @@
 //
 // tokens = prompt + emitted tokens; the last one is the root (not yet in the target's
 // cache). target_len / draft_len count the tokens whose K/V each cache holds; a request is
-// prefilling while target_len < root position. Preemption drops both caches' blocks and
-// sets both lengths to 0: the request is recomputed from its tokens (from the longest prefix
-// the prefix cache still holds), and everything else
-// (random streams, detokenizer, stop matcher, statistics) carries on, so its stream simply
-// continues. Tested by tests/scheduler_test.cc.
+// prefilling while target_len < root position. Preemption drops the request's references to
+// both caches' blocks and sets both lengths to 0: the request is recomputed from its tokens
+// (from the longest prefix the prefix cache still holds), and everything else (random
+// streams, detokenizer, stop matcher, statistics) carries on, so its stream simply
+// continues. Tested by tests/scheduler_test.cc and tests/prefix_cache_test.cc.
 #ifndef SPECMOE_ENGINE_SERVING_SEQUENCE_H_
 #define SPECMOE_ENGINE_SERVING_SEQUENCE_H_
 
