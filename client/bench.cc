@@ -511,7 +511,8 @@ json Summarize(const Arm& arm, const BenchOptions& options) {
   out["total_input_tokens"] = input_tokens;
   out["total_output_tokens"] = output_tokens;
   out["total_cached_prompt_tokens"] = cached_tokens;
-  out["prefix_cache_hit_rate"] = input_tokens > 0 ? static_cast<double>(cached_tokens) / input_tokens : 0.0;
+  out["prefix_cache_hit_rate"] =
+      input_tokens > 0 ? static_cast<double>(cached_tokens) / input_tokens : 0.0;
   out["request_throughput"] = completed / duration;
   out["request_goodput"] = options.slo_ms.empty() ? json(nullptr) : json(good / duration);
   out["output_throughput"] = output_tokens / duration;

@@ -360,8 +360,8 @@ class Driver {
     };
     auto handle = std::make_shared<RequestHandle>();
     scheduler_->Add(std::make_unique<Sequence>(std::move(request), sink, handle,
-                                               models_->tokenizer.get(),
-                                               models_->draft != nullptr, options_.expansion));
+                                               models_->tokenizer.get(), models_->draft != nullptr,
+                                               options_.expansion));
     return handle;
   }
   // One step, then the cache's invariants over the running requests' blocks.
@@ -475,13 +475,13 @@ TEST(PrefixCacheSchedulerTest, HitsOfEveryLengthAreBitExact) {
     int shared, len;
   };
   const Probe probes[] = {
-      {0, 30},    // nothing shared
-      {9, 30},    // within the first block: no hit
-      {16, 30},   // exactly one block
-      {40, 50},   // two blocks and a half
-      {64, 64},   // the whole prompt, a block boundary: the last block is computed
-      {65, 65},   // the whole prompt but its last token
-      {70, 75},   // all of the base's prompt and more
+      {0, 30},   // nothing shared
+      {9, 30},   // within the first block: no hit
+      {16, 30},  // exactly one block
+      {40, 50},  // two blocks and a half
+      {64, 64},  // the whole prompt, a block boundary: the last block is computed
+      {65, 65},  // the whole prompt but its last token
+      {70, 75},  // all of the base's prompt and more
   };
   int tag = 100;
   for (const Probe& probe : probes) {
@@ -551,9 +551,9 @@ TEST(PrefixCacheSchedulerTest, MultiTurnContinuationsHitTheirHistory) {
       if (turn > 0) {
         // The previous turn's prompt and reply are cached (but for a block the draft may
         // not have caught up on, and the partial last one).
-        EXPECT_GE(cached.cached_prompt_tokens,
-                  (static_cast<int>(history.size()) - 1) / kKvBlockSize * kKvBlockSize -
-                      2 * kKvBlockSize)
+        EXPECT_GE(
+            cached.cached_prompt_tokens,
+            (static_cast<int>(history.size()) - 1) / kKvBlockSize * kKvBlockSize - 2 * kKvBlockSize)
             << what;
       }
       history.insert(history.end(), cached.ids.begin(), cached.ids.end());
@@ -564,8 +564,8 @@ TEST(PrefixCacheSchedulerTest, MultiTurnContinuationsHitTheirHistory) {
   on.ExpectAllReturned();
 }
 
-// Requests sharing one of three system prompts, submitted in two halves or staggered, with a KV budget small
-// enough to preempt, and some cancelled: the rest equal the cache off with ample room.
+// Requests sharing one of three system prompts, submitted in two halves or staggered, with a KV
+// budget small enough to preempt, and some cancelled: the rest equal the cache off with ample room.
 void RunSharedStream(uint32_t seed, int kv_tokens, bool stagger) {
   Driver on(Options(true, kv_tokens));
   Driver off(Options(false));
@@ -573,10 +573,13 @@ void RunSharedStream(uint32_t seed, int kv_tokens, bool stagger) {
   const int n = 10;
   std::vector<GenerationRequest> requests;
   for (int i = 0; i < n; ++i) {
-    std::vector<int32_t> prompt = Prompt(20 + static_cast<int>(rng() % 30), static_cast<int>(rng() % 3), on.tokenizer());
-    const std::vector<int32_t> tail = Prompt(1 + static_cast<int>(rng() % 12), 500 + i, on.tokenizer());
+    std::vector<int32_t> prompt =
+        Prompt(20 + static_cast<int>(rng() % 30), static_cast<int>(rng() % 3), on.tokenizer());
+    const std::vector<int32_t> tail =
+        Prompt(1 + static_cast<int>(rng() % 12), 500 + i, on.tokenizer());
     prompt.insert(prompt.end(), tail.begin() + 1, tail.end());
-    requests.push_back(Request(prompt, static_cast<int>(rng() % 4), 8 + static_cast<int>(rng() % 24)));
+    requests.push_back(
+        Request(prompt, static_cast<int>(rng() % 4), 8 + static_cast<int>(rng() % 24)));
   }
   std::vector<Result> results(n);
   std::vector<std::shared_ptr<RequestHandle>> handles;
@@ -608,7 +611,8 @@ void RunSharedStream(uint32_t seed, int kv_tokens, bool stagger) {
     hits += results[i].cached_prompt_tokens > 0 ? 1 : 0;
     EXPECT_LT(results[i].cached_prompt_tokens, results[i].prompt_tokens);
     if (cancelled[i]) continue;
-    ExpectSame(results[i], off.Alone(requests[i]), "seed " + std::to_string(seed) + " request " + std::to_string(i));
+    ExpectSame(results[i], off.Alone(requests[i]),
+               "seed " + std::to_string(seed) + " request " + std::to_string(i));
   }
   EXPECT_GT(hits, 0) << "requests should share their system prompts";
   // Every request here was admitted before it ended, so the counters are the sums.

@@ -99,14 +99,13 @@ int PrefixCache::Extend(std::span<const int32_t> tokens, int limit, SequenceBloc
 
 absl::Status PrefixCache::Reserve(bool draft_side, SequenceBlocks& seq, int slots) {
   KvCache& cache = draft_side ? *draft_ : *target_;
-  const int missing =
-      (slots + block_size_ - 1) / block_size_ - static_cast<int>(seq.blocks.size());
+  const int missing = (slots + block_size_ - 1) / block_size_ - static_cast<int>(seq.blocks.size());
   if (missing <= 0) return absl::OkStatus();
   const int evictable = draft_side ? EvictableDraft() : cached_blocks();
   if (missing > cache.free_blocks() + evictable) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("KV cache full: need ", missing, " more blocks, ", cache.free_blocks(),
-                     " free and ", evictable, " cached"));
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: need ", missing,
+                                                     " more blocks, ", cache.free_blocks(),
+                                                     " free and ", evictable, " cached"));
   }
   while (cache.free_blocks() < missing) {
     if (!(draft_side ? EvictDraft() : EvictTarget())) break;
@@ -119,8 +118,7 @@ void PrefixCache::Insert(std::span<const int32_t> tokens, int target_len,
                          PrefixChain& chain) {
   if (!enabled_) return;
   const int committed = std::min(target_len, static_cast<int>(tokens.size()));
-  const int full =
-      std::min(committed / block_size_, static_cast<int>(target.blocks.size()));
+  const int full = std::min(committed / block_size_, static_cast<int>(target.blocks.size()));
   uint64_t parent = chain.hashes.empty() ? seed_ : chain.hashes.back();
   for (int i = static_cast<int>(chain.hashes.size()); i < full; ++i) {
     const std::span<const int32_t> block = tokens.subspan(i * block_size_, block_size_);
@@ -149,10 +147,9 @@ void PrefixCache::Insert(std::span<const int32_t> tokens, int target_len,
     parent = hash;
   }
   if (draft == nullptr) return;
-  const int draft_full = std::min({std::min(draft_len, static_cast<int>(tokens.size())) /
-                                       block_size_,
-                                   static_cast<int>(chain.hashes.size()),
-                                   static_cast<int>(draft->blocks.size())});
+  const int draft_full =
+      std::min({std::min(draft_len, static_cast<int>(tokens.size())) / block_size_,
+                static_cast<int>(chain.hashes.size()), static_cast<int>(draft->blocks.size())});
   for (int i = chain.draft_blocks; i < draft_full; ++i) {
     auto it = table_.find(chain.hashes[i]);
     if (it == table_.end()) continue;
@@ -263,8 +260,8 @@ absl::Status PrefixCache::CheckInvariants(std::span<const SequenceBlocks* const>
       const Entry& e = entries_[id];
       const int refs = draft ? e.draft_refs : e.target_refs;
       if ((draft ? e.draft : e.target) != b) {
-        return absl::InternalError(absl::StrCat(side, " block ", b, " maps to entry ", id,
-                                                " which does not hold it"));
+        return absl::InternalError(
+            absl::StrCat(side, " block ", b, " maps to entry ", id, " which does not hold it"));
       }
       if (refs < 0 || refs != holders[b]) {
         return absl::InternalError(absl::StrCat(side, " block ", b, " has ", refs,
@@ -289,8 +286,8 @@ absl::Status PrefixCache::CheckInvariants(std::span<const SequenceBlocks* const>
     }
     if (e.draft_refs > e.target_refs) {
       return absl::InternalError(absl::StrCat("entry ", id, " has more draft references (",
-                                              e.draft_refs, ") than target ones (",
-                                              e.target_refs, ")"));
+                                              e.draft_refs, ") than target ones (", e.target_refs,
+                                              ")"));
     }
     if (e.in_lru != (e.target_refs == 0)) {
       return absl::InternalError(absl::StrCat("entry ", id, " with ", e.target_refs,

@@ -55,8 +55,7 @@ class PrefixCache {
   Hit Lookup(std::span<const int32_t> tokens, int limit, bool with_draft) const;
   // Takes a reference on each of hit's entries and appends their blocks to the block lists
   // (draft: null when the request does not speculate); `chain` becomes their hashes.
-  void Acquire(const Hit& hit, SequenceBlocks& target, SequenceBlocks* draft,
-               PrefixChain& chain);
+  void Acquire(const Hit& hit, SequenceBlocks& target, SequenceBlocks* draft, PrefixChain& chain);
 
   // A prefilling sequence holding exactly the whole blocks of its committed tokens (and, with
   // `draft`, the same in the draft) takes the cached blocks that continue its chain within
@@ -103,9 +102,9 @@ class PrefixCache {
     uint64_t parent = 0;
     std::vector<int32_t> tokens;  // [block_size]
     int32_t target = -1;
-    int32_t draft = -1;           // -1: the draft's K/V of these tokens is not cached
-    int target_refs = 0;          // sequences holding the target block
-    int draft_refs = 0;           // speculating sequences holding the draft block too
+    int32_t draft = -1;   // -1: the draft's K/V of these tokens is not cached
+    int target_refs = 0;  // sequences holding the target block
+    int draft_refs = 0;   // speculating sequences holding the draft block too
     bool in_lru = false;
     std::list<int>::iterator lru;
   };
@@ -131,10 +130,10 @@ class PrefixCache {
   std::vector<Entry> entries_;
   std::vector<int> free_entries_;
   absl::flat_hash_map<uint64_t, int> table_;  // hash -> entry id
-  std::vector<int> target_entry_;  // [target blocks] -> entry id or -1
-  std::vector<int> draft_entry_;   // [draft blocks] -> entry id or -1
-  std::list<int> lru_;             // entries nobody holds, least recently used first
-  int lru_draft_blocks_ = 0;       // of them, those with a draft block
+  std::vector<int> target_entry_;             // [target blocks] -> entry id or -1
+  std::vector<int> draft_entry_;              // [draft blocks] -> entry id or -1
+  std::list<int> lru_;                        // entries nobody holds, least recently used first
+  int lru_draft_blocks_ = 0;                  // of them, those with a draft block
   int64_t evictions_ = 0;
 };
 

@@ -1,9 +1,10 @@
 // engine/serving/scheduler.h — one step for all running requests (DESIGN §2.2-2.3):
-// admission above a KV watermark (from the longest cached prefix, engine/serving/prefix_cache.h), the step's token budget (trees first, then prompt
-// chunks), KV growth with recompute preemption of the most recently admitted request, one
-// batched draft pass (catch-up, then one forward per tree level), ONE target forward over
-// every request's root + tree and the prompt chunks, then verification, K/V compaction and
-// emission per request.
+// admission above a KV watermark (from the longest cached prefix, engine/serving/
+// prefix_cache.h), the step's token budget (trees first, then prompt chunks), KV growth
+// with recompute preemption of the most recently admitted request, one batched draft pass
+// (catch-up, then one forward per tree level), ONE target forward over every request's
+// root + tree and the prompt chunks, then verification, K/V compaction and emission per
+// request.
 //
 // On the CPU every kernel is batch-invariant, so each request's tokens do not depend on
 // what else is in the step: batched, chunked and preempted outputs equal the output of the
