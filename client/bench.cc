@@ -61,7 +61,9 @@ struct Outcome {
   double e2el = 0;
   std::vector<double> itl;        // one gap per token-carrying chunk after the first
   int prompt_tokens = 0;
+  int cached_prompt_tokens = 0;   // usage.cached_prompt_tokens: found in the prefix cache
   int output_tokens = 0;
+  std::vector<int32_t> output_ids;  // the completion (a multi-turn conversation resends it)
   v1::SpeculationStats speculation;
   bool ok() const { return code == grpc::StatusCode::OK; }
 };
@@ -212,8 +214,13 @@ class Runner {
         }
         last = now;
         outcome.output_tokens += chunk.token_ids_size();
+        outcome.output_ids.insert(outcome.output_ids.end(), chunk.token_ids().begin(),
+                                  chunk.token_ids().end());
       }
-      if (chunk.has_usage()) outcome.prompt_tokens = static_cast<int>(chunk.usage().prompt_tokens());
+      if (chunk.has_usage()) {
+        outcome.prompt_tokens = static_cast<int>(chunk.usage().prompt_tokens());
+        outcome.cached_prompt_tokens = static_cast<int>(chunk.usage().cached_prompt_tokens());
+      }
       if (chunk.has_speculation()) outcome.speculation = chunk.speculation();
     }
     const grpc::Status status = reader->Finish();
@@ -345,6 +352,44 @@ Arm RunLoad(const Runner& runner, const std::vector<const Job*>& jobs,
   return arm;
 }
 
+// Multi-turn load: conversation i starts with jobs[i]; turn k + 1 resends turn k's prompt and
+// completion followed by the next user message, user[(i + k) % user.size()]. At most
+// `concurrency` conversations run at once, each one turn at a time. Outcome i * turns + k is
+// conversation i's turn k.
+Arm RunConversations(const Runner& runner, const std::vector<const Job*>& jobs,
+                     const std::vector<std::vector<int32_t>>& user, int turns, bool speculate,
+                     int concurrency, Progress* progress) {
+  Arm arm;
+  arm.outcomes.resize(jobs.size() * turns);
+  const size_t workers =
+      std::min<size_t>(jobs.size(), concurrency > 0 ? static_cast<size_t>(concurrency) : 1024);
+  std::atomic<size_t> next{0};
+  std::vector<std::thread> pool;
+  const Clock::time_point start = Clock::now();
+  for (size_t w = 0; w < workers; ++w) {
+    pool.emplace_back([&] {
+      for (size_t i = next.fetch_add(1); i < jobs.size(); i = next.fetch_add(1)) {
+        Job turn = *jobs[i];
+        for (int k = 0; k < turns; ++k) {
+          Outcome& outcome = arm.outcomes[i * turns + k];
+          outcome = runner.Run(turn, speculate);
+          if (progress != nullptr) {
+            if (!outcome.ok()) progress->failed.fetch_add(1);
+            progress->done.fetch_add(1);
+          }
+          const std::vector<int32_t>& message = user[(i + k) % user.size()];
+          turn.prompt_ids.insert(turn.prompt_ids.end(), outcome.output_ids.begin(),
+                                 outcome.output_ids.end());
+          turn.prompt_ids.insert(turn.prompt_ids.end(), message.begin(), message.end());
+        }
+      }
+    });
+  }
+  for (std::thread& thread : pool) thread.join();
+  arm.duration = std::chrono::duration<double>(Clock::now() - start).count();
+  return arm;
+}
+
 // --- statistics -----------------------------------------------------------------------------
 
 double Percentile(std::vector<double> values, double p) {
@@ -407,7 +452,7 @@ double Tpot(const Outcome& o) {
 json Summarize(const Arm& arm, const BenchOptions& options) {
   json out;
   std::vector<double> ttfts, tpots, itls, e2els;
-  int completed = 0, input_tokens = 0, output_tokens = 0, good = 0;
+  int completed = 0, input_tokens = 0, output_tokens = 0, good = 0, cached_tokens = 0;
   std::map<std::string, int> errors_by_code;
   double steps = 0, emitted = 0, drafted = 0, accepted = 0;
   std::vector<double> depth_sum, depth_weight;
@@ -428,6 +473,7 @@ json Summarize(const Arm& arm, const BenchOptions& options) {
     }
     ++completed;
     input_tokens += o.prompt_tokens;
+    cached_tokens += o.cached_prompt_tokens;
     output_tokens += o.output_tokens;
     ttfts.push_back(o.ttft);
     if (o.output_tokens > 1) tpots.push_back(Tpot(o));
@@ -464,6 +510,9 @@ json Summarize(const Arm& arm, const BenchOptions& options) {
   out["num_prompts"] = arm.outcomes.size();
   out["total_input_tokens"] = input_tokens;
   out["total_output_tokens"] = output_tokens;
+  out["total_cached_prompt_tokens"] = cached_tokens;
+  out["prefix_cache_hit_rate"] =
+      input_tokens > 0 ? static_cast<double>(cached_tokens) / input_tokens : 0.0;
   out["request_throughput"] = completed / duration;
   out["request_goodput"] = options.slo_ms.empty() ? json(nullptr) : json(good / duration);
   out["output_throughput"] = output_tokens / duration;
@@ -540,6 +589,8 @@ void PrintTable(const std::vector<std::string>& headers, const std::vector<json>
   row("Benchmark duration (s):", "duration");
   row("Total input tokens:", "total_input_tokens", 0);
   row("Total generated tokens:", "total_output_tokens", 0);
+  row("Cached prompt tokens:", "total_cached_prompt_tokens", 0);
+  row("Prefix cache hit rate:", "prefix_cache_hit_rate", 3);
   row("Request throughput (req/s):", "request_throughput");
   if (!options.slo_ms.empty()) row("Request goodput (req/s):", "request_goodput");
   row("Output token throughput (tok/s):", "output_throughput");
@@ -689,6 +740,11 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
                  "--no-speculation\n";
     return 2;
   }
+  if (options.multi_turn > 1 && (options.ab || options.request_rate > 0)) {
+    std::cerr << "specmoe-cli bench: --multi-turn runs conversations at a concurrency, one arm: "
+                 "drop --ab and --request-rate\n";
+    return 2;
+  }
   // Reach the server first, with a bound, so an unreachable address is an error, not a hang.
   if (!channel->WaitForConnected(std::chrono::system_clock::now() +
                                  std::chrono::milliseconds(options.connect_timeout_ms))) {
@@ -738,6 +794,30 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
     std::cerr << "specmoe-cli bench: " << error << "\n";
     return 1;
   }
+  if (options.shared_prefix_tokens > 0 || options.multi_turn > 1) {
+    // Token ids throughout: text prompts are tokenized by the server (without BOS, which
+    // the shared prefix would otherwise sit in front of).
+    std::vector<int32_t> prefix;
+    std::uniform_int_distribution<int32_t> token(3, std::max<int32_t>(3, info.vocab_size() - 1));
+    for (int i = 0; i < options.shared_prefix_tokens; ++i) prefix.push_back(token(rng));
+    for (Job& job : dataset) {
+      if (job.prompt_ids.empty()) {
+        grpc::ClientContext context;
+        runner.Prepare(&context);
+        v1::TokenizeRequest request;
+        request.set_text(job.prompt);
+        v1::TokenizeResponse response;
+        const grpc::Status status = runner.stub().Tokenize(&context, request, &response);
+        if (!status.ok()) {
+          std::cerr << "specmoe-cli bench: Tokenize failed: " << CodeName(status.error_code())
+                    << ": " << status.error_message() << "\n";
+          return 1;
+        }
+        job.prompt_ids.assign(response.token_ids().begin(), response.token_ids().end());
+      }
+      job.prompt_ids.insert(job.prompt_ids.begin(), prefix.begin(), prefix.end());
+    }
+  }
   // N requests in file order, cycling when the file is shorter (a seed shuffles nothing, so
   // that a dataset's injected lines stay where they are).
   std::vector<const Job*> jobs;
@@ -758,6 +838,8 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
   report["request_rate"] = options.request_rate > 0 ? json(options.request_rate) : json("inf");
   report["burstiness"] = options.burstiness;
   report["seed"] = options.seed;
+  report["shared_prefix_tokens"] = options.shared_prefix_tokens;
+  report["multi_turn"] = options.multi_turn;
   report["ab"] = options.ab;
   report["percentiles"] = options.percentiles;
   json sweep = json::array();
@@ -772,11 +854,20 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
               concurrency, options.request_rate, options.burstiness, rng, nullptr);
     }
     Progress progress;
-    progress.total = options.num_requests * (options.ab ? 2 : 1);
+    progress.total = options.num_requests * (options.ab ? 2 : 1) * options.multi_turn;
     json entry;
     {
       ProgressBar bar(&progress);
-      if (!options.ab) {
+      if (options.multi_turn > 1) {
+        std::vector<std::vector<int32_t>> user;
+        for (const Job& job : dataset) {
+          user.emplace_back(job.prompt_ids.begin() + options.shared_prefix_tokens,
+                            job.prompt_ids.end());
+        }
+        entry = Summarize(RunConversations(runner, jobs, user, options.multi_turn,
+                                           !options.no_speculation, concurrency, &progress),
+                          options);
+      } else if (!options.ab) {
         const Arm arm = RunLoad(runner, jobs, std::vector<bool>(jobs.size(), !options.no_speculation),
                                 concurrency, options.request_rate, options.burstiness, rng,
                                 &progress);

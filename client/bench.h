@@ -3,7 +3,8 @@
 // N streaming CompleteStream calls from a dataset (JSONL prompts, ShareGPT JSON, random token
 // prompts), at a fixed concurrency or a Poisson/gamma arrival rate, after a warm-up; per
 // request TTFT, inter-token gaps, TPOT, end-to-end latency, tokens, status and speculation
-// statistics; a report as a table on stdout and as JSON. Tested by tests/bench_e2e_test.py.
+// statistics and the prefix cache's hit rate; shared-prefix and multi-turn workloads; a report
+// as a table on stdout and as JSON. Tested by tests/bench_e2e_test.py.
 #ifndef SPECMOE_CLIENT_BENCH_H_
 #define SPECMOE_CLIENT_BENCH_H_
 
@@ -31,6 +32,8 @@ struct BenchOptions {
   std::string dataset_path;         // --dataset-path (jsonl default: the shipped prompts)
   int input_len = 32;               // --input-len (random prompts)
   int output_len = 32;              // --output-len (max_tokens when the dataset gives none)
+  int shared_prefix_tokens = 0;     // --shared-prefix-tokens N: every prompt starts with them
+  int multi_turn = 1;               // --multi-turn T: each request is a T-turn conversation
   bool ignore_eos = false;          // --ignore-eos
   float temperature = 0.0f;         // --temperature
   std::vector<uint32_t> tree;       // --tree (empty: the server's)

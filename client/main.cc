@@ -151,6 +151,18 @@ CLI::App* AddBenchCommand(CLI::App& app, BenchOptions* bench) {
       ->option_text("N")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  command->add_option("--shared-prefix-tokens", bench->shared_prefix_tokens,
+                      "every prompt starts with the same N random tokens (a system prompt: "
+                      "measures the prefix cache)")
+      ->option_text("N")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
+  command->add_option("--multi-turn", bench->multi_turn,
+                      "each request is a conversation of T turns, each resending the history "
+                      "(prompt, completion) plus the next prompt of the dataset")
+      ->option_text("T")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
   command->add_option("--output-len", bench->output_len,
                       "max_tokens of each request (unless the dataset line gives one)")
       ->option_text("N")

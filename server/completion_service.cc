@@ -105,6 +105,7 @@ void FillStats(const engine::GenerationEvent& event, v1::Usage* usage,
                v1::SpeculationStats* stats) {
   usage->set_prompt_tokens(event.prompt_tokens);
   usage->set_completion_tokens(event.completion_tokens);
+  usage->set_cached_prompt_tokens(event.cached_prompt_tokens);
   const engine::SpeculationStats& s = event.speculation;
   stats->set_verify_steps(s.verify_steps);
   stats->set_drafted_tokens(s.drafted_tokens);
@@ -149,10 +150,12 @@ void LogFinished(const std::string& rpc, const std::string& request_id, const st
   LogRequest(
       spdlog::level::info, request_id,
       absl::StrFormat(
-          "rpc=%s peer=%s status=%s prompt_tokens=%d completion_tokens=%d finish=%s "
+          "rpc=%s peer=%s status=%s prompt_tokens=%d cached_prompt_tokens=%d "
+          "completion_tokens=%d finish=%s "
           "duration_ms=%.1f ttft_ms=%.1f tokens_per_s=%.1f verify_steps=%d drafted=%d "
           "accepted=%d mean_tokens_per_step=%.2f acceptance_by_depth=[%s]",
-          rpc, peer, code, event.prompt_tokens, event.completion_tokens, finish, seconds * 1e3,
+          rpc, peer, code, event.prompt_tokens, event.cached_prompt_tokens,
+          event.completion_tokens, finish, seconds * 1e3,
           ttft_seconds * 1e3, tokens_per_second, s.verify_steps, s.drafted_tokens,
           s.accepted_tokens, s.mean_tokens_per_step,
           absl::StrJoin(s.acceptance_by_depth, ",", [](std::string* out, float r) {
@@ -162,6 +165,7 @@ void LogFinished(const std::string& rpc, const std::string& request_id, const st
        {"peer", peer},
        {"status", code},
        {"prompt_tokens", event.prompt_tokens},
+       {"cached_prompt_tokens", event.cached_prompt_tokens},
        {"completion_tokens", event.completion_tokens},
        {"finish", finish},
        {"duration_ms", Round(seconds * 1e3, 3)},

@@ -192,8 +192,21 @@ std::string Metrics::Render() const {
          static_cast<double>(stats.preemptions_total.load(std::memory_order_relaxed)), &out);
   Scalar("specmoe_kv_cache_used_blocks", "gauge", "Target KV cache blocks in use.",
          gauge(stats.kv_blocks_used), &out);
-  Scalar("specmoe_kv_cache_free_blocks", "gauge", "Target KV cache blocks free.",
+  Scalar("specmoe_kv_cache_free_blocks", "gauge",
+         "Target KV cache blocks free (prefix-cached blocks no request holds included).",
          gauge(stats.kv_blocks_free), &out);
+  Scalar("specmoe_prefix_cache_queries_total", "counter",
+         "Prompt tokens looked up in the prefix cache (each request once, at admission).",
+         static_cast<double>(stats.prefix_cache_queries_total.load(std::memory_order_relaxed)),
+         &out);
+  Scalar("specmoe_prefix_cache_hits_total", "counter",
+         "Prompt tokens found in the prefix cache (their KV reused, not computed).",
+         static_cast<double>(stats.prefix_cache_hits_total.load(std::memory_order_relaxed)),
+         &out);
+  Scalar("specmoe_prefix_cache_blocks", "gauge",
+         "Prefix-cached target KV blocks no request holds (evicted, least recent first, when "
+         "room is needed).",
+         gauge(stats.prefix_cache_blocks), &out);
 
   Header("specmoe_time_to_first_token_seconds", "histogram",
          "Time from the request's arrival to its first generated token.", &out);

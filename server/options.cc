@@ -149,6 +149,11 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
        "KV cache element type (f16: half the KV bytes, logits within rounding of f32; "
        "auto: f32 on the cpu, f16 on cuda)")
       ->check(OneOf({"auto", "f32", "f16"}));
+  text("--prefix-cache", &options.prefix_cache, "on|off",
+       "automatic prefix caching: requests sharing a prompt prefix (a system prompt, a chat's "
+       "history, a preempted request) reuse its full 16-token blocks of target and draft KV; "
+       "outputs are bit-identical either way")
+      ->check(OneOf({"on", "off"}));
   text("--dtype", &options.dtype, "auto|f32|f16|bf16",
        "weight type served, converted at load when the checkpoint stores another (auto: as "
        "stored)")
@@ -285,6 +290,7 @@ engine::EngineOptions ToEngineOptions(const ServerOptions& options) {
     engine_options.kv_dtype =
         options.kv_dtype == "f16" ? kernels::DType::kF16 : kernels::DType::kF32;
   }
+  engine_options.prefix_cache = options.prefix_cache == "on";
   if (options.dtype == "f32") engine_options.weight_dtype = kernels::DType::kF32;
   if (options.dtype == "f16") engine_options.weight_dtype = kernels::DType::kF16;
   if (options.dtype == "bf16") engine_options.weight_dtype = kernels::DType::kBF16;

@@ -29,6 +29,7 @@ struct ServerOptions {
   double kv_cache_fraction = 0;                    // --kv-cache-fraction (0: unset)
   std::string tree_policy = "dynamic";             // --tree-policy static|dynamic
   std::string kv_dtype = "auto";                   // --kv-dtype auto|f32|f16
+  std::string prefix_cache = "on";                 // --prefix-cache on|off
   std::string dtype = "auto";                      // --dtype auto|f32|f16|bf16 (weights)
   int default_max_tokens = 128;                    // --default-max-tokens
   int max_tokens_limit = 4096;                     // --max-tokens-limit

@@ -116,6 +116,30 @@ class BenchE2eTest(unittest.TestCase):
                 self.check_latencies(entry[arm], 4)
         self.assertEqual(len([l for l in table.splitlines() if l.strip()[:1].isdigit()]), 2)
 
+    def test_shared_prefix_and_multi_turn_report_the_prefix_cache_hit_rate(self):
+        # One at a time: every request after the first finds the 48-token prefix (3 blocks).
+        r, table = self.bench("--dataset-name", "random", "--input-len", "5",
+                              "--shared-prefix-tokens", "48", "--num-requests", "4",
+                              "--concurrency", "1", "--seed", "3")
+        self.assertEqual(r["input_lens"], [53] * 4)
+        self.assertEqual(r["total_cached_prompt_tokens"], 3 * 48)
+        self.assertAlmostEqual(r["prefix_cache_hit_rate"], 3 * 48 / (4 * 53))
+        self.assertIn("Prefix cache hit rate:", table)
+        # Two conversations of three turns: each turn resends the last one's prompt and reply.
+        r, _ = self.bench("--dataset-path", self.dataset, "--num-requests", "2",
+                          "--multi-turn", "3", "--concurrency", "2")
+        self.assertEqual(r["completed"], 6)
+        self.assertEqual(r["multi_turn"], 3)
+        lens = r["input_lens"]
+        for conversation in range(2):
+            turns = lens[3 * conversation:3 * conversation + 3]
+            self.assertGreater(turns[1], turns[0] + OUTPUT_LEN - 1)
+            self.assertGreater(turns[2], turns[1] + OUTPUT_LEN - 1)
+        self.assertGreater(r["total_cached_prompt_tokens"], 0)
+        bad = e2e.cli("bench", "--server", self.server.address, "--multi-turn", "2", "--ab")
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn("--multi-turn", bad.stderr)
+
     def test_poisson_rate_with_warmup(self):
         r, _ = self.bench("--dataset-path", self.dataset, "--num-requests", "5",
                           "--request-rate", "40", "--burstiness", "0.5", "--warmup", "2")

@@ -97,6 +97,11 @@ class MetricsE2eTest(unittest.TestCase):
 
         self.assertEqual(bench_delta("specmoe_generation_tokens_total"), r["total_output_tokens"])
         self.assertEqual(bench_delta("specmoe_prompt_tokens_total"), r["total_input_tokens"])
+        # The prefix cache (on by default) looked up every prompt once.
+        self.assertEqual(bench_delta("specmoe_prefix_cache_queries_total"),
+                         r["total_input_tokens"])
+        self.assertEqual(bench_delta("specmoe_prefix_cache_hits_total"),
+                         r["total_cached_prompt_tokens"])
         self.assertEqual(bench_delta("specmoe_drafted_tokens_total"), r["total_drafted_tokens"])
         self.assertEqual(bench_delta("specmoe_accepted_tokens_total"),
                          r["total_accepted_tokens"])
@@ -119,6 +124,10 @@ class MetricsE2eTest(unittest.TestCase):
                          sum(len(f["token_ids"]) for f in finals[:2]) +
                          sum(len(c["token_ids"]) for c in chunks))
         self.assertEqual(delta("specmoe_prompt_tokens_total"), total("prompt_tokens", "usage"))
+        self.assertEqual(delta("specmoe_prefix_cache_queries_total"),
+                         total("prompt_tokens", "usage"))
+        self.assertEqual(delta("specmoe_prefix_cache_hits_total"),
+                         total("cached_prompt_tokens", "usage"))
         self.assertEqual(delta("specmoe_drafted_tokens_total"),
                          total("drafted_tokens", "speculation"))
         self.assertEqual(delta("specmoe_accepted_tokens_total"),

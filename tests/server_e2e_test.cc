@@ -342,6 +342,29 @@ TEST_F(ServerE2eTest, HealthIsServingForTheServerAndTheService) {
   EXPECT_EQ(error.error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
+TEST_F(ServerE2eTest, ASharedPromptPrefixComesFromThePrefixCacheWithTheSameTokens) {
+  // 16-token blocks: a 45-token prompt caches 2 blocks, and asking it again finds them
+  // (the last prompt token is always computed).
+  v1::CompleteRequest first;
+  first.set_max_tokens(8);
+  first.set_ignore_eos(true);
+  for (int i = 0; i < 45; ++i) first.add_prompt_token_ids(1 + (i * 37 + 11) % 250);
+  v1::CompleteResponse a, b, c;
+  ASSERT_TRUE(Complete(first, &a).ok());
+  EXPECT_EQ(a.usage().cached_prompt_tokens(), 0u);
+  ASSERT_TRUE(Complete(first, &b).ok());
+  EXPECT_EQ(b.usage().cached_prompt_tokens(), 32u);
+  EXPECT_EQ(std::vector<int32_t>(a.token_ids().begin(), a.token_ids().end()),
+            std::vector<int32_t>(b.token_ids().begin(), b.token_ids().end()));
+  EXPECT_EQ(a.text(), b.text());
+  // The same first 20 tokens, then another tail: one block found.
+  v1::CompleteRequest other = first;
+  other.set_prompt_token_ids(20, 7);
+  ASSERT_TRUE(Complete(other, &c).ok());
+  EXPECT_EQ(c.usage().cached_prompt_tokens(), 16u);
+  EXPECT_TRUE(LogHasLine({"cached_prompt_tokens=32 ", "prompt_tokens=45 "}));
+}
+
 TEST_F(ServerE2eTest, RequestWithOnlyAPromptTakesTheDefaults) {
   v1::CompleteRequest request;
   request.set_prompt("Once upon a time");
@@ -1206,6 +1229,37 @@ TEST(ServerProcessTest, SigtermWhileLoadingExitsZero) {
   EXPECT_EQ(HealthStatus(channel, ""), kNotServing);
   EXPECT_EQ(server.Terminate(), 0) << server.log();
   EXPECT_THAT(server.log(), HasSubstr("stopped while loading the models"));
+}
+
+TEST(ServerProcessTest, PrefixCacheOffServesTheSameTokensWithNothingCached) {
+  v1::CompleteRequest request;
+  request.set_max_tokens(12);
+  request.set_ignore_eos(true);
+  request.mutable_sampling()->set_temperature(0.8f);
+  request.mutable_sampling()->set_seed(5);
+  for (int i = 0; i < 40; ++i) request.add_prompt_token_ids(1 + (i * 53 + 3) % 250);
+  std::vector<std::vector<int32_t>> outputs;
+  for (const char* mode : {"on", "off"}) {
+    ServerProcess server({"--prefix-cache", mode});
+    ASSERT_TRUE(server.WaitForPort()) << server.log();
+    auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+    ASSERT_TRUE(WaitForServing(channel)) << server.log();
+    auto stub = v1::Completion::NewStub(channel);
+    for (int turn = 0; turn < 2; ++turn) {
+      grpc::ClientContext context;
+      v1::CompleteResponse response;
+      ASSERT_TRUE(stub->Complete(&context, request, &response).ok()) << server.log();
+      EXPECT_EQ(response.usage().cached_prompt_tokens(),
+                std::string(mode) == "on" && turn == 1 ? 32u : 0u)
+          << mode << " turn " << turn;
+      outputs.emplace_back(response.token_ids().begin(), response.token_ids().end());
+    }
+  }
+  for (const auto& output : outputs) EXPECT_EQ(output, outputs[0]);
+  const auto [bad_out, bad_code] =
+      RunCommand(kServerBinary + " --target " + kTarget + " --prefix-cache maybe 2>&1");
+  EXPECT_EQ(bad_code, 2);
+  EXPECT_THAT(bad_out, HasSubstr("--prefix-cache"));
 }
 
 TEST(ServerProcessTest, BadFlagsExitTwoAndBadModelsExitOne) {

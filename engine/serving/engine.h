@@ -55,7 +55,13 @@ struct EngineStats {
   std::atomic<int> preempted{0};        // preempted requests waiting to resume
   std::atomic<int64_t> preemptions_total{0};  // preemptions since start
   std::atomic<int> kv_blocks_used{0};   // target KV cache blocks (the draft's mirror them)
-  std::atomic<int> kv_blocks_free{0};
+  std::atomic<int> kv_blocks_free{0};  // free, or cached by the prefix cache and unheld
+  // Prefix cache (issue 19): prompt tokens looked up (at first admission) and supplied by the
+  // cache (the sums of prompt_tokens and cached_prompt_tokens over admitted requests while it
+  // is on), and cached blocks nobody holds.
+  std::atomic<int64_t> prefix_cache_queries_total{0};
+  std::atomic<int64_t> prefix_cache_hits_total{0};
+  std::atomic<int> prefix_cache_blocks{0};
 };
 
 struct EngineOptions {
@@ -87,6 +93,9 @@ struct EngineOptions {
   // Weight type the models are served in, converted at load (round to nearest even) when it
   // differs from the stored one. Unset: as stored.
   std::optional<kernels::DType> weight_dtype;
+  // Automatic prefix caching of full blocks of committed tokens in both caches (issue 19);
+  // bit-exact, so on by default.
+  bool prefix_cache = true;
   std::shared_ptr<EngineObserver> observer;  // optional
   RequestLimits limits;               // checked by Submit (engine/serving/request_validator.h)
 };

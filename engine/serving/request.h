@@ -45,6 +45,7 @@ struct GenerationEvent {
   FinishReason finish_reason = FinishReason::kNone;
   int prompt_tokens = 0;
   int completion_tokens = 0;
+  int cached_prompt_tokens = 0;     // prompt tokens whose K/V the prefix cache supplied
   SpeculationStats speculation;
   absl::Status status;              // non-OK: the request failed (finished is true)
 };

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <utility>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "engine/spec/logits.h"
 #include "engine/spec/token_tree.h"
@@ -58,7 +59,11 @@ Scheduler::Scheduler(ModelSet* models, const EngineOptions& options, EngineStats
                   ? TreePolicy::Kind::kDynamic
                   : TreePolicy::Kind::kStatic,
               CostCurve(), CostCurve()),
-      target_runner_(models->target.get(), models->target_cache.get()) {
+      target_runner_(models->target.get(), models->target_cache.get()),
+      // A block's K/V depends on its tokens, the model pair and the KV dtype.
+      prefix_cache_(models->target_cache.get(), models->draft_cache.get(), options.prefix_cache,
+                    absl::HashOf(options.target_dir, options.draft_dir,
+                                 static_cast<int>(models->target_cache->dtype()))) {
   if (models_->draft != nullptr) {
     if (policy_.kind() == TreePolicy::Kind::kDynamic) {
       auto [target, draft] = MeasureCosts(*models_, options_.max_step_tokens);
@@ -85,9 +90,16 @@ std::vector<int> Scheduler::StepShape(const Sequence& seq) const {
   return shape;
 }
 
+void Scheduler::OfferBlocks(Sequence& seq) {
+  prefix_cache_.Insert(seq.tokens, seq.target_len, seq.target_blocks, seq.draft_len,
+                       seq.speculating() ? &seq.draft_blocks : nullptr, seq.prefix_chain);
+}
+
 void Scheduler::Release(Sequence& seq) {
-  models_->target_cache->Release(seq.target_blocks);
-  if (models_->draft_cache != nullptr) models_->draft_cache->Release(seq.draft_blocks);
+  OfferBlocks(seq);
+  prefix_cache_.Release(seq.target_blocks,
+                        models_->draft_cache != nullptr ? &seq.draft_blocks : nullptr,
+                        seq.prefix_chain);
   seq.target_len = 0;
   seq.draft_len = 0;
 }
@@ -98,6 +110,7 @@ void Scheduler::Finish(Sequence& seq, GenerationEvent event) {
   event.finish_reason = seq.finish;
   event.prompt_tokens = seq.prompt_len;
   event.completion_tokens = seq.completion_tokens();
+  event.cached_prompt_tokens = std::max(0, seq.cached_prompt_tokens);
   event.speculation = seq.counter.Stats();
   seq.sink(std::move(event));
 }
@@ -113,14 +126,47 @@ void Scheduler::EndCancelled() {
   std::erase_if(waiting_, cancelled);
 }
 
+bool Scheduler::TakeCachedPrefix(Sequence& seq) {
+  // The root's logits are needed, so at least the root is computed.
+  const PrefixCache::Hit hit = prefix_cache_.Lookup(seq.tokens, seq.root_pos(), seq.speculating());
+  const int first_chunk = std::min(seq.root_pos() - hit.tokens, options_.max_step_tokens) + 1;
+  const int blocks = BlocksFor(hit.tokens + first_chunk) - BlocksFor(hit.tokens) + hit.revived;
+  if (!running_.empty() && prefix_cache_.available_blocks() - blocks < watermark_blocks_) {
+    return false;
+  }
+  prefix_cache_.Acquire(hit, seq.target_blocks, seq.speculating() ? &seq.draft_blocks : nullptr,
+                        seq.prefix_chain);
+  seq.target_len = hit.tokens;
+  seq.draft_len = hit.tokens;
+  if (seq.cached_prompt_tokens < 0) {  // first admission: the request's usage and the metrics
+    seq.cached_prompt_tokens = hit.tokens;
+    if (prefix_cache_.enabled()) {
+      stats_->prefix_cache_queries_total.fetch_add(seq.prompt_len, std::memory_order_relaxed);
+      stats_->prefix_cache_hits_total.fetch_add(hit.tokens, std::memory_order_relaxed);
+    }
+  }
+  return true;
+}
+
+void Scheduler::ExtendCachedPrefixes() {
+  for (const auto& seq : running_) {
+    if (!seq->prefilling() || (seq->speculating() && seq->draft_len != seq->target_len)) continue;
+    const int added =
+        prefix_cache_.Extend(seq->tokens, seq->root_pos(), seq->target_blocks,
+                             seq->speculating() ? &seq->draft_blocks : nullptr, seq->prefix_chain);
+    seq->target_len += added;
+    seq->draft_len += added;
+    if (added > 0 && seq->preemptions == 0) {  // still the prompt's first prefill
+      seq->cached_prompt_tokens += added;
+      stats_->prefix_cache_hits_total.fetch_add(added, std::memory_order_relaxed);
+    }
+  }
+}
+
 void Scheduler::Admit() {
-  KvCache& cache = *models_->target_cache;
   while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_batch) {
     Sequence& next = *waiting_.front();
-    const int first_chunk = std::min(next.root_pos(), options_.max_step_tokens) + 1;
-    if (!running_.empty() && cache.free_blocks() - BlocksFor(first_chunk) < watermark_blocks_) {
-      return;
-    }
+    if (!TakeCachedPrefix(next)) return;
     if (next.admitted < 0) next.admitted = next_admission_++;
     if (options_.observer != nullptr && next.preemptions == 0) {
       options_.observer->OnQueueWait(Seconds(next.queued_at, Clock::now()));
@@ -183,8 +229,6 @@ void Scheduler::Preempt(Sequence& seq) {
 }
 
 void Scheduler::GrowKv(std::vector<Planned>& plan, StepReport& report) {
-  KvCache& target = *models_->target_cache;
-  KvCache* draft = models_->draft_cache.get();
   std::vector<Sequence*> order;
   for (const Planned& p : plan) order.push_back(p.seq);
   for (Sequence* seq : order) {
@@ -193,8 +237,10 @@ void Scheduler::GrowKv(std::vector<Planned>& plan, StepReport& report) {
     if (planned == plan.end()) continue;  // preempted for an earlier one
     const int slots = planned->slots;
     while (true) {
-      absl::Status room = target.Reserve(seq->target_blocks, slots);
-      if (room.ok() && seq->speculating()) room = draft->Reserve(seq->draft_blocks, slots);
+      absl::Status room = prefix_cache_.Reserve(false, seq->target_blocks, slots);
+      if (room.ok() && seq->speculating()) {
+        room = prefix_cache_.Reserve(true, seq->draft_blocks, slots);
+      }
       if (room.ok()) break;
       // Out of blocks: the most recently admitted request gives its blocks back.
       Sequence* victim = running_.back().get();
@@ -211,6 +257,7 @@ StepReport Scheduler::Step() {
   // a. Admission, after ending cancelled requests (their blocks are free again).
   EndCancelled();
   Admit();
+  ExtendCachedPrefixes();
   // b. The budget (trees first, then prompt chunks) and the blocks it needs.
   int tree_room = 0;
   std::vector<Planned> plan = Budget(&tree_room);
@@ -244,6 +291,9 @@ StepReport Scheduler::Step() {
   std::erase_if(running_, [&](const std::unique_ptr<Sequence>& s) {
     return std::find(finished.begin(), finished.end(), s.get()) != finished.end();
   });
+  for (const Planned& p : plan) {
+    if (std::find(finished.begin(), finished.end(), p.seq) == finished.end()) OfferBlocks(*p.seq);
+  }
   report.draft_seconds = Seconds(start, drafted);
   report.target_seconds = Seconds(drafted, scored);
   report.verify_seconds = Seconds(scored, Clock::now());
@@ -430,8 +480,10 @@ void Scheduler::Publish() {
   stats_->running.store(static_cast<int>(running_.size()), std::memory_order_relaxed);
   stats_->preempted.store(preempted_waiting, std::memory_order_relaxed);
   stats_->preemptions_total.store(preemptions_, std::memory_order_relaxed);
-  stats_->kv_blocks_free.store(cache.free_blocks(), std::memory_order_relaxed);
-  stats_->kv_blocks_used.store(cache.num_blocks() - cache.free_blocks(), std::memory_order_relaxed);
+  const int available = prefix_cache_.available_blocks();
+  stats_->kv_blocks_free.store(available, std::memory_order_relaxed);
+  stats_->kv_blocks_used.store(cache.num_blocks() - available, std::memory_order_relaxed);
+  stats_->prefix_cache_blocks.store(prefix_cache_.cached_blocks(), std::memory_order_relaxed);
 }
 
 std::pair<CostCurve, CostCurve> MeasureCosts(ModelSet& models, int max_tokens) {

@@ -1,9 +1,10 @@
 // engine/serving/scheduler.h — one step for all running requests (engine/README.md, The step):
-// admission above a KV watermark, the step's token budget (trees first, then prompt
-// chunks), KV growth with recompute preemption of the most recently admitted request, one
-// batched draft pass (catch-up, then one forward per tree level), ONE target forward over
-// every request's root + tree and the prompt chunks, then verification, K/V compaction and
-// emission per request.
+// admission above a KV watermark (from the longest cached prefix, engine/serving/
+// prefix_cache.h), the step's token budget (trees first, then prompt chunks), KV growth
+// with recompute preemption of the most recently admitted request, one batched draft pass
+// (catch-up, then one forward per tree level), ONE target forward over every request's
+// root + tree and the prompt chunks, then verification, K/V compaction and emission per
+// request.
 //
 // On the CPU every kernel is batch-invariant, so each request's tokens do not depend on
 // what else is in the step: batched, chunked and preempted outputs equal the output of the
@@ -22,6 +23,7 @@
 #include "engine/model/runner.h"
 #include "engine/serving/engine.h"
 #include "engine/serving/model_set.h"
+#include "engine/serving/prefix_cache.h"
 #include "engine/serving/sequence.h"
 #include "engine/spec/drafter.h"
 #include "engine/spec/logits.h"
@@ -48,6 +50,7 @@ class Scheduler {
   const std::deque<std::unique_ptr<Sequence>>& waiting() const { return waiting_; }
   int64_t preemptions() const { return preemptions_; }
   TreePolicy& policy() { return policy_; }
+  const PrefixCache& prefix_cache() const { return prefix_cache_; }
 
  private:
   // One running request's part in this step.
@@ -68,6 +71,14 @@ class Scheduler {
   // preempted ones from `plan`.
   void GrowKv(std::vector<Planned>& plan, StepReport& report);
   void Preempt(Sequence& seq);
+  // Takes the longest cached prefix of the front waiting request's tokens when its blocks
+  // leave the watermark free; false (nothing taken) when they would not.
+  bool TakeCachedPrefix(Sequence& seq);
+  // Prefilling requests take the cached blocks that continue their prompts (what another
+  // request admitted with them has prefilled since).
+  void ExtendCachedPrefixes();
+  // Offers seq's full blocks of committed K/V to the prefix cache.
+  void OfferBlocks(Sequence& seq);
   // c-d: the jobs of the step's decoding requests (a root-only tree for those that do not
   // draft), drafted together; prefilling requests' chunks go through the draft too.
   std::vector<DraftJob> DraftTrees(const std::vector<Planned>& plan, int tree_room);
@@ -91,6 +102,7 @@ class Scheduler {
   TreePolicy policy_;
   std::optional<Drafter> drafter_;
   Runner target_runner_;
+  PrefixCache prefix_cache_;
   std::deque<std::unique_ptr<Sequence>> waiting_;   // preempted requests at the front
   std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
   int64_t next_admission_ = 0;

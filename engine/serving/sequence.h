@@ -3,10 +3,11 @@
 //
 // tokens = prompt + emitted tokens; the last one is the root (not yet in the target's
 // cache). target_len / draft_len count the tokens whose K/V each cache holds; a request is
-// prefilling while target_len < root position. Preemption drops both caches' blocks and
-// sets both lengths to 0: the request is recomputed from its tokens, and everything else
-// (random streams, detokenizer, stop matcher, statistics) carries on, so its stream simply
-// continues. Tested by tests/scheduler_test.cc.
+// prefilling while target_len < root position. Preemption drops the request's references to
+// both caches' blocks and sets both lengths to 0: the request is recomputed from its tokens
+// (from the longest prefix the prefix cache still holds), and everything else (random
+// streams, detokenizer, stop matcher, statistics) carries on, so its stream simply
+// continues. Tested by tests/scheduler_test.cc and tests/prefix_cache_test.cc.
 #ifndef SPECMOE_ENGINE_SERVING_SEQUENCE_H_
 #define SPECMOE_ENGINE_SERVING_SEQUENCE_H_
 
@@ -20,6 +21,7 @@
 
 #include "engine/model/kv_cache.h"
 #include "engine/serving/engine.h"
+#include "engine/serving/prefix_cache.h"
 #include "engine/serving/request.h"
 #include "engine/spec/rng.h"
 #include "engine/spec/tree_policy.h"
@@ -46,6 +48,9 @@ struct Sequence {
   std::vector<int> expansion;  // the largest tree (empty: plain decoding)
   SequenceBlocks target_blocks;
   SequenceBlocks draft_blocks;
+  PrefixChain prefix_chain;      // the blocks offered to the prefix cache
+  // Prompt tokens the prefix cache supplied before any preemption (-1: not admitted yet).
+  int cached_prompt_tokens = -1;
   Rng draft_rng{0};   // draws the tree's children
   Rng verify_rng{0};  // acceptance uniforms and bonus tokens (independent)
   IncrementalDetokenizer detok;
