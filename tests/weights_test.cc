@@ -665,7 +665,7 @@ TEST(LoaderErrorTest, DifferentVocabularies) {
   draft = target;
   draft.pop_back();
   EXPECT_THAT(Msg(CheckSameVocabulary(4, 4, &target, &draft)),
-              HasSubstr("target tokenizer.model has 4 pieces, draft tokenizer.model has 3"));
+              HasSubstr("target's has 4 pieces, draft's has 3"));
 }
 
 TEST(LoaderErrorTest, ModelTooLargeForMemory) {

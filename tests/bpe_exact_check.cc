@@ -1,0 +1,124 @@
+// tests/bpe_exact_check.cc — checks engine::Tokenizer on a tokenizer.json folder against cases
+// whose expected values come from the Hugging Face `tokenizers` package (written by
+// tests/bpe_exact_test.py, which runs this program). Usage:
+//   bpe_exact_check <cases.json>
+// cases.json: {"dir": <model folder>, "bos": <id or -1>,
+//              "encode": [{"hex": <text bytes>, "ids": [...] | null (invalid UTF-8),
+//                          "bos_ids": [...] (optional), "decoded": <text>}...],
+//              "decode": [{"ids": [...], "decoded": <text>}...]}
+// Every encode case is also streamed through the IncrementalDetokenizer: each delta must be
+// whole UTF-8 and the deltas must concatenate to the decoded text. Exit status 1 on any
+// mismatch (the first few are printed), 0 when every case agrees.
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_join.h"
+#include "engine/text/bpe_tokenizer.h"
+#include "engine/text/tokenizer.h"
+
+namespace specmoe::engine {
+namespace {
+
+int Main(const std::string& cases_path) {
+  std::ifstream in(cases_path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const nlohmann::json cases = nlohmann::json::parse(buffer.str());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> loaded =
+      Tokenizer::Load(cases["dir"].get<std::string>());
+  if (!loaded.ok()) {
+    std::cerr << "load: " << loaded.status() << "\n";
+    return 1;
+  }
+  const Tokenizer& tokenizer = **loaded;
+  int failures = 0, checked = 0;
+  auto fail = [&](const std::string& what) {
+    if (++failures <= 10) std::cerr << "MISMATCH " << what << "\n";
+  };
+  if (tokenizer.bos_id() != cases["bos"].get<int>()) {
+    fail("bos_id " + std::to_string(tokenizer.bos_id()));
+  }
+  for (const nlohmann::json& c : cases["encode"]) {
+    const std::string text = absl::HexStringToBytes(c["hex"].get<std::string>());
+    ++checked;
+    const std::string shown = absl::CHexEscape(text);
+    const absl::Status valid = tokenizer.CheckText(text);
+    if (c["ids"].is_null()) {
+      if (valid.ok()) fail("accepted invalid UTF-8 '" + shown + "'");
+      continue;
+    }
+    if (!valid.ok()) {
+      fail("refused '" + shown + "': " + std::string(valid.message()));
+      continue;
+    }
+    const std::vector<int32_t> expected = c["ids"].get<std::vector<int32_t>>();
+    const std::vector<int32_t> ids = tokenizer.Encode(text, false);
+    if (ids != expected) {
+      fail("encode '" + shown + "': got [" + absl::StrJoin(ids, ",") + "] want [" +
+           absl::StrJoin(expected, ",") + "]");
+    }
+    if (c.contains("bos_ids") &&
+        tokenizer.Encode(text, true) != c["bos_ids"].get<std::vector<int32_t>>()) {
+      fail("encode with BOS '" + shown + "'");
+    }
+    const std::string decoded = c["decoded"].get<std::string>();
+    if (tokenizer.Decode(expected) != decoded) {
+      fail("decode of '" + shown + "': got '" + absl::CHexEscape(tokenizer.Decode(expected)) + "'");
+    }
+    IncrementalDetokenizer detokenizer(&tokenizer, {});
+    std::string joined;
+    for (int32_t id : expected) {
+      const std::string delta = detokenizer.Add(id);
+      if (!CheckUtf8(delta).ok()) fail("stream delta splits a character in '" + shown + "'");
+      joined += delta;
+    }
+    // Held bytes at the very end (an unfinished character) are never emitted.
+    if (joined != decoded && !(decoded.size() > joined.size() &&
+                               decoded.compare(0, joined.size(), joined) == 0 &&
+                               EndsInsideUtf8Character(tokenizer.Decode(expected)))) {
+      fail("stream of '" + shown + "': got '" + absl::CHexEscape(joined) + "'");
+    }
+  }
+  for (const nlohmann::json& c : cases["decode"]) {
+    ++checked;
+    const std::vector<int32_t> ids = c["ids"].get<std::vector<int32_t>>();
+    const std::string got = tokenizer.Decode(ids);
+    if (got != c["decoded"].get<std::string>()) {
+      fail("decode [" + absl::StrJoin(ids, ",") + "]: got '" + absl::CHexEscape(got) + "' want '" +
+           absl::CHexEscape(c["decoded"].get<std::string>()) + "'");
+    }
+    // Streaming never splits a character and never emits more than the whole decode.
+    IncrementalDetokenizer detokenizer(&tokenizer, {});
+    std::string joined;
+    for (int32_t id : ids) {
+      const std::string delta = detokenizer.Add(id);
+      if (!CheckUtf8(delta).ok()) fail("stream delta splits a character");
+      joined += delta;
+    }
+    if (got.compare(0, joined.size(), joined) != 0) {
+      fail("stream of [" + absl::StrJoin(ids, ",") + "] is not a prefix of the decode: '" +
+           absl::CHexEscape(joined) + "'");
+    }
+  }
+  std::printf("%d cases checked, %d mismatches (%s)\n", checked, failures,
+              cases["dir"].get<std::string>().c_str());
+  return failures == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace specmoe::engine
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: bpe_exact_check <cases.json>\n");
+    return 2;
+  }
+  return specmoe::engine::Main(argv[1]);
+}
