@@ -480,9 +480,9 @@ TEST_F(CudaBackendTest, RopeMatchesCpu) {
         const std::vector<float> x =
             RandomFloats(static_cast<size_t>(n) * n_heads * head_dim, 1000 + n);
         std::vector<float> want = x;
-        cpu_->Rope(want.data(), *cpu_->BeginForward(host), n_heads, head_dim, theta);
+        cpu_->Rope(want.data(), *cpu_->BeginForward(host), n_heads, head_dim, theta, {});
         float* dx = ToDevice(x);
-        gpu_->Rope(dx, *gpu_->BeginForward(host), n_heads, head_dim, theta);
+        gpu_->Rope(dx, *gpu_->BeginForward(host), n_heads, head_dim, theta, {});
         EXPECT_TRUE(AllNear(ToHost(dx, x.size()), want, 4e-6f, 1e-5f))
             << "theta=" << theta << " heads=" << n_heads << " head_dim=" << head_dim << " n=" << n;
       }
