@@ -642,12 +642,13 @@ TEST(LoaderErrorTest, UnsupportedConfigFeature) {
   TempDir dir;
   WriteModel(dir, TinyLlamaConfig());
   Json config = TinyLlamaConfig();
-  config["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
+  config["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 8.0}};
   WriteFile(dir.file("config.json"), config.dump());
   const absl::Status s = LoadAndBind(dir.path());
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(Msg(s), HasSubstr(dir.file("config.json") +
-                                ": \"rope_scaling\" (non-null) is not supported"));
+                                ": \"rope_scaling\" of type 'dynamic' (only 'llama3' is "
+                                "implemented) is not supported"));
 }
 
 TEST(LoaderErrorTest, DifferentVocabularies) {

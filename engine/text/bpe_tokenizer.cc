@@ -189,7 +189,9 @@ bool EndsInsideUtf8Character(std::string_view bytes) {
     const size_t i = bytes.size() - back;
     const unsigned char c = bytes[i];
     if ((c & 0xC0) == 0x80) continue;
-    return InvalidSubpartLength(bytes, i) == back && c >= 0xC2 && c <= 0xF4;
+    const size_t need = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+                        : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    return back < need && InvalidSubpartLength(bytes, i) == back;
   }
   return false;
 }
