@@ -12,11 +12,10 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_join.h"
@@ -45,8 +44,8 @@ std::string Stream(const Tokenizer& tokenizer, const std::vector<int32_t>& ids,
       const bool ends_replaced =
           so_far.size() >= 3 && so_far.compare(so_far.size() - 3, 3, "\xEF\xBF\xBD") == 0;
       if (!ends_replaced && whole.compare(0, so_far.size(), so_far) == 0 && joined != so_far) {
-        fail("stream of '" + shown + "' holds text back after token " + std::to_string(k) +
-             ": '" + absl::CHexEscape(joined) + "' vs '" + absl::CHexEscape(so_far) + "'");
+        fail("stream of '" + shown + "' holds text back after token " + std::to_string(k) + ": '" +
+             absl::CHexEscape(joined) + "' vs '" + absl::CHexEscape(so_far) + "'");
       }
     }
   }
@@ -100,7 +99,8 @@ int Main(const std::string& cases_path) {
       fail("decode of '" + shown + "': got '" + absl::CHexEscape(tokenizer.Decode(expected)) + "'");
     }
     const std::string joined = Stream(tokenizer, expected, decoded, shown, fail);
-    if (joined != decoded) fail("stream of '" + shown + "': got '" + absl::CHexEscape(joined) + "'");
+    if (joined != decoded)
+      fail("stream of '" + shown + "': got '" + absl::CHexEscape(joined) + "'");
   }
   for (const nlohmann::json& c : cases["decode"]) {
     ++checked;
@@ -112,8 +112,8 @@ int Main(const std::string& cases_path) {
     }
     const std::string joined = Stream(tokenizer, ids, got, absl::StrJoin(ids, ","), fail);
     // Only an unfinished character at the very end may stay held (it decodes to U+FFFD).
-    if (joined != got && !(got.compare(0, joined.size(), joined) == 0 &&
-                           got.size() >= 3 && got.compare(got.size() - 3, 3, "\xEF\xBF\xBD") == 0)) {
+    if (joined != got && !(got.compare(0, joined.size(), joined) == 0 && got.size() >= 3 &&
+                           got.compare(got.size() - 3, 3, "\xEF\xBF\xBD") == 0)) {
       fail("stream of [" + absl::StrJoin(ids, ",") + "]: got '" + absl::CHexEscape(joined) +
            "' want '" + absl::CHexEscape(got) + "'");
     }

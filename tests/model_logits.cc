@@ -47,8 +47,8 @@ int Main(const std::string& dir, const std::string& ids_text, const std::string&
   absl::StatusOr<std::unique_ptr<Model>> model =
       Model::Create(*config, *weights, backend.get(), std::max(slots, 64));
   if (!model.ok()) return Fail(std::string(model.status().message()));
-  absl::StatusOr<std::unique_ptr<KvCache>> cache = KvCache::Create(
-      backend.get(), config->num_layers, (*model)->kv_row(), 16, (slots + 15) / 16);
+  absl::StatusOr<std::unique_ptr<KvCache>> cache =
+      KvCache::Create(backend.get(), config->num_layers, (*model)->kv_row(), 16, (slots + 15) / 16);
   if (!cache.ok()) return Fail(std::string(cache.status().message()));
   SequenceBlocks blocks;
   if (absl::Status s = (*cache)->Reserve(blocks, slots); !s.ok()) {

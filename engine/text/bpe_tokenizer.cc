@@ -9,10 +9,9 @@
 
 #include <algorithm>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <queue>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -108,7 +107,8 @@ uint32_t DecodeChar(std::string_view s, size_t i, size_t length) {
   const unsigned char c = s[i];
   if (length == 1) return c;
   uint32_t cp = c & (0x7F >> length);
-  for (size_t k = 1; k < length; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+  for (size_t k = 1; k < length; ++k)
+    cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
   return cp;
 }
 
@@ -189,8 +189,10 @@ bool EndsInsideUtf8Character(std::string_view bytes) {
     const size_t i = bytes.size() - back;
     const unsigned char c = bytes[i];
     if ((c & 0xC0) == 0x80) continue;
-    const size_t need = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
-                        : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    const size_t need = c >= 0xC2 && c <= 0xDF   ? 2
+                        : c >= 0xE0 && c <= 0xEF ? 3
+                        : c >= 0xF0 && c <= 0xF4 ? 4
+                                                 : 0;
     return back < need && InvalidSubpartLength(bytes, i) == back;
   }
   return false;
@@ -268,7 +270,7 @@ std::string WhiteSpaceAsOniguruma(const std::string& pattern) {
 }
 
 absl::StatusOr<std::unique_ptr<PreTokenizerStep>> CompileStep(const std::string& pattern,
-                                                               bool remove_matches) {
+                                                              bool remove_matches) {
   int error = 0;
   PCRE2_SIZE error_offset = 0;
   const std::string rewritten = WhiteSpaceAsOniguruma(pattern);
@@ -319,8 +321,8 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Load(const std::stri
   }
   if (json->contains("decoder") && !(*json)["decoder"].is_null() &&
       TypeOf((*json)["decoder"]) != "ByteLevel") {
-    return fail(absl::InvalidArgumentError(absl::StrCat(
-        "decoder '", TypeOf((*json)["decoder"]), "' is not supported (only ByteLevel)")));
+    return fail(absl::InvalidArgumentError(absl::StrCat("decoder '", TypeOf((*json)["decoder"]),
+                                                        "' is not supported (only ByteLevel)")));
   }
   for (const absl::Status& s :
        {t->ParseModel(&(*json)["model"]), t->ParseAddedTokens(&(*json)["added_tokens"]),
@@ -392,8 +394,8 @@ absl::Status BpeTokenizer::ParseModel(const void* json_ptr) {
       const std::string text = merge.get<std::string>();
       const size_t space = text.find(' ');
       if (space == std::string::npos || text.find(' ', space + 1) != std::string::npos) {
-        return absl::InvalidArgumentError(absl::StrCat("merge ", rank, " '", text,
-                                                       "' is not two tokens"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("merge ", rank, " '", text, "' is not two tokens"));
       }
       left = text.substr(0, space);
       right = text.substr(space + 1);
@@ -406,10 +408,11 @@ absl::Status BpeTokenizer::ParseModel(const void* json_ptr) {
     }
     auto l = vocab_.find(left), r = vocab_.find(right), m = vocab_.find(left + right);
     if (l == vocab_.end() || r == vocab_.end() || m == vocab_.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "merge ", rank, " '", left, " ", right, "' names a token outside the vocabulary"));
+      return absl::InvalidArgumentError(absl::StrCat("merge ", rank, " '", left, " ", right,
+                                                     "' names a token outside the vocabulary"));
     }
-    const uint64_t key = (static_cast<uint64_t>(l->second) << 32) | static_cast<uint32_t>(r->second);
+    const uint64_t key =
+        (static_cast<uint64_t>(l->second) << 32) | static_cast<uint32_t>(r->second);
     merges_.emplace(key, std::make_pair(rank, m->second));
     ++rank;
   }
@@ -476,7 +479,8 @@ absl::Status BpeTokenizer::ParsePreTokenizer(const void* json_ptr) {
             "ByteLevel add_prefix_space after other pre-tokenizers is not supported");
       }
       if (BoolField(*p, "use_regex", true)) {
-        absl::StatusOr<std::unique_ptr<PreTokenizerStep>> step = CompileStep(kByteLevelRegex, false);
+        absl::StatusOr<std::unique_ptr<PreTokenizerStep>> step =
+            CompileStep(kByteLevelRegex, false);
         if (!step.ok()) return step.status();
         steps_.push_back(*std::move(step));
       }
@@ -486,11 +490,12 @@ absl::Status BpeTokenizer::ParsePreTokenizer(const void* json_ptr) {
       if (!step.ok()) return step.status();
       steps_.push_back(*std::move(step));
     } else if (type == "Split") {
-      const std::string behavior =
-          p->contains("behavior") && (*p)["behavior"].is_string() ? (*p)["behavior"].get<std::string>() : "";
+      const std::string behavior = p->contains("behavior") && (*p)["behavior"].is_string()
+                                       ? (*p)["behavior"].get<std::string>()
+                                       : "";
       if (behavior != "Isolated" && behavior != "Removed") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "Split behavior '", behavior, "' is not supported (Isolated or Removed)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("Split behavior '", behavior, "' is not supported (Isolated or Removed)"));
       }
       if (BoolField(*p, "invert", false)) {
         return absl::InvalidArgumentError("Split with invert is not supported");
@@ -549,7 +554,8 @@ absl::Status BpeTokenizer::ParsePostProcessor(const void* json_ptr) {
       continue;
     }
     if (!item.contains("SpecialToken") || !item["SpecialToken"].contains("id")) {
-      return absl::InvalidArgumentError("TemplateProcessing item is neither Sequence nor SpecialToken");
+      return absl::InvalidArgumentError(
+          "TemplateProcessing item is neither Sequence nor SpecialToken");
     }
     if (seen_sequence) {
       return absl::InvalidArgumentError(
@@ -600,7 +606,8 @@ void BpeTokenizer::SplitOnAddedTokens(const std::vector<const AddedToken*>& toke
       if (best->lstrip) {  // whitespace characters before the token join it
         while (start > emitted) {
           size_t char_start = start - 1;
-          while (char_start > emitted && (static_cast<unsigned char>(text[char_start]) & 0xC0) == 0x80) {
+          while (char_start > emitted &&
+                 (static_cast<unsigned char>(text[char_start]) & 0xC0) == 0x80) {
             --char_start;
           }
           const size_t length = ValidCharLength(text, char_start);
@@ -685,7 +692,8 @@ void BpeTokenizer::EncodeWord(const std::string& word, std::vector<int32_t>& out
     return it == merges_.end() ? nullptr : &it->second;
   };
   for (int i = 0; i + 1 < n; ++i) {
-    if (const auto* m = lookup(symbols[i].id, symbols[i + 1].id)) queue.push({i, m->first, m->second});
+    if (const auto* m = lookup(symbols[i].id, symbols[i + 1].id))
+      queue.push({i, m->first, m->second});
   }
   while (!queue.empty()) {
     const Merge top = queue.top();

@@ -1,7 +1,8 @@
 // engine/text/bpe_tokenizer.h — the byte-level BPE of a Hugging Face tokenizer.json (GPT-2,
 // LLaMA-3, SmolLM): added tokens matched first, then the pre-tokenizer (Split regexes via
 // PCRE2, Digits, ByteLevel), the byte-to-unicode mapping, merges by rank; decoding maps the
-// characters back to bytes. Exact against the `tokenizers` Python package (tests/bpe_exact_test.py).
+// characters back to bytes. Exact against the `tokenizers` Python package
+// (tests/bpe_exact_test.py).
 #ifndef SPECMOE_ENGINE_TEXT_BPE_TOKENIZER_H_
 #define SPECMOE_ENGINE_TEXT_BPE_TOKENIZER_H_
 
@@ -98,8 +99,8 @@ class BpeTokenizer {
   int32_t unk_id_ = -1;
   int32_t bos_id_ = -1;
   int32_t eos_id_ = -1;
-  std::array<std::string, 256> byte_chars_;              // byte -> its character (UTF-8)
-  std::unordered_map<uint32_t, uint8_t> char_bytes_;     // character code point -> byte
+  std::array<std::string, 256> byte_chars_;           // byte -> its character (UTF-8)
+  std::unordered_map<uint32_t, uint8_t> char_bytes_;  // character code point -> byte
 };
 
 }  // namespace specmoe::engine
