@@ -4,7 +4,8 @@
 # `specmoe-cli bench --ab --sweep-concurrency 1,2,4,8,16` RUNS times, the medians as a
 # Markdown table and a picture (client/bench_median.py, client/plot_bench.py).
 # Usage: client/bench_demo.sh [OUT_DIR]   (RUNS=3 REQUESTS=16 OUTPUT_LEN=32 SWEEP=1,2,4,8,16)
-# Expects a build (build/) and the demo models (build/demo, made by deploy/quickstart.sh).
+# Expects a build (build/); creates the synthetic demo pair in build/demo if it is missing
+# (deploy/make_demo_models.py, as `SYNTHETIC=1 deploy/quickstart.sh` does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
@@ -15,6 +16,9 @@ OUTPUT_LEN=${OUTPUT_LEN:-32}
 SWEEP=${SWEEP:-1,2,4,8,16}
 DEMO=${DEMO_DIR:-$BUILD_DIR/demo}
 mkdir -p "$OUT"
+if [ ! -f "$DEMO/target/model.safetensors" ] || [ ! -f "$DEMO/draft/model.safetensors" ]; then
+  /usr/bin/python3 deploy/make_demo_models.py --out "$DEMO"
+fi
 
 "$BUILD_DIR/server/specmoe-server" --target "$DEMO/target" --draft "$DEMO/draft" \
     --listen 127.0.0.1:0 --port-file "$OUT/port" --tree 1,1,1 --max-batch 16 --max-context 512 \

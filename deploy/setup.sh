@@ -27,7 +27,7 @@ esac
 BUILD_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  libsentencepiece-dev
+  libsentencepiece-dev libpcre2-dev
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev
@@ -68,12 +68,15 @@ else
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Offline validators for deploy/test-image.sh, from PyPI into their own virtual environment.
+# Offline validators for deploy/test-image.sh, and for the model tests and tools the Hugging
+# Face tokenizers (the tokenizer.json reference), gguf, safetensors and numpy
+# (deploy/gguf_to_hf.py), from PyPI into their own virtual environment.
 if [ "$mode" = all ]; then
   venv=${SPECMOE_TOOLS_VENV:-$HOME/.cache/specmoe/tools-venv}
-  tools=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 dockerfile-parse==2.0.1 PyYAML)
+  tools=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 dockerfile-parse==2.0.1 PyYAML
+         tokenizers==0.23.3 gguf==0.19.0 safetensors==0.8.0 numpy)
   if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/check-jsonschema" ] ||
-     ! "$venv/bin/python" -c 'import dockerfile_parse, yaml' 2>/dev/null; then
+     ! "$venv/bin/python" -c 'import dockerfile_parse, yaml, tokenizers, gguf, safetensors, numpy' 2>/dev/null; then
     echo "setup: installing ${tools[*]} into $venv"
     /usr/bin/python3 -m venv "$venv"
     "$venv/bin/pip" install -q "${tools[@]}"

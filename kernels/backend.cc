@@ -2,6 +2,7 @@
 #include "kernels/backend.h"
 
 #include <atomic>
+#include <cmath>
 #include <cstring>
 
 #include "kernels/cpu/f16.h"
@@ -11,6 +12,30 @@ namespace specmoe::kernels {
 uint64_t NewRecordingId() {
   static std::atomic<uint64_t> next{1};
   return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+void RopeInverseFrequencies(int head_dim, float theta, const RopeScaling& scaling,
+                            float* inv_freq) {
+  const int half = head_dim / 2;
+  for (int j = 0; j < half; ++j) {
+    const float exponent = static_cast<float>(2 * j) / static_cast<float>(head_dim);
+    inv_freq[j] = 1.0f / std::pow(theta, exponent);
+  }
+  if (scaling.factor <= 0) return;
+  const float low_wavelength = scaling.original_max_position / scaling.low_freq_factor;
+  const float high_wavelength = scaling.original_max_position / scaling.high_freq_factor;
+  constexpr float kTwoPi = static_cast<float>(2 * M_PI);
+  for (int j = 0; j < half; ++j) {
+    const float wavelength = kTwoPi / inv_freq[j];
+    if (wavelength < high_wavelength) continue;
+    if (wavelength > low_wavelength) {
+      inv_freq[j] /= scaling.factor;
+      continue;
+    }
+    const float smooth = (scaling.original_max_position / wavelength - scaling.low_freq_factor) /
+                         (scaling.high_freq_factor - scaling.low_freq_factor);
+    inv_freq[j] = (1 - smooth) * inv_freq[j] / scaling.factor + smooth * inv_freq[j];
+  }
 }
 
 size_t DTypeBytes(DType dtype) {

@@ -54,6 +54,23 @@ struct Weight {
 void WidenRow(const Weight& w, int64_t r, float* out);
 void NarrowRow(const float* x, int64_t n, DType dtype, void* out);
 
+// RoPE frequency scaling of LLaMA-3.x (config.json rope_scaling, rope_type "llama3");
+// factor 0 means none. With wavelength w_j = 2 pi / inv_freq_j, L = original_max_position:
+// w_j < L / high_freq_factor keeps inv_freq_j; w_j > L / low_freq_factor divides it by factor;
+// between, s = (L / w_j - low) / (high - low) and inv_freq_j' = (1 - s) inv_freq_j / factor +
+// s inv_freq_j (transformers' _compute_llama3_parameters).
+struct RopeScaling {
+  float factor = 0;
+  float low_freq_factor = 1;
+  float high_freq_factor = 4;
+  float original_max_position = 8192;
+};
+
+// inv_freq[head_dim / 2] of RoPE, in f32 as transformers computes it: 1 / theta^(float(2j) /
+// head_dim), then the scaling. Every backend's Rope uses this table.
+void RopeInverseFrequencies(int head_dim, float theta, const RopeScaling& scaling,
+                            float* inv_freq);
+
 // One expert of a mixture-of-experts FFN: down(silu(gate x) * up x).
 // gate, up: [size, hidden]; down: [hidden, size].
 struct ExpertWeights {
@@ -254,10 +271,10 @@ class Backend {
 
   // In place rotary embedding, HF half-split convention: for each head of
   // x[fwd.n_tokens, n_heads, head_dim] at position fwd.positions[t] (fwd: taken), with
-  // inv_freq_j = theta^(-2j/head_dim), (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), x1 the
-  // first half of the head.
-  virtual void Rope(float* x, const ForwardDesc& fwd, int n_heads, int head_dim,
-                    float theta) = 0;
+  // inv_freq_j = RopeInverseFrequencies(head_dim, theta, scaling)[j],
+  // (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), x1 the first half of the head.
+  virtual void Rope(float* x, const ForwardDesc& fwd, int n_heads, int head_dim, float theta,
+                    const RopeScaling& scaling) = 0;
 
   // out[n, d] = silu(gate[n, d]) * up[n, d]; silu(a) = a / (1 + exp(-a)). out may alias gate.
   virtual void SiluMul(const float* gate, const float* up, int n, int d, float* out) = 0;

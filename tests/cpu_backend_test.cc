@@ -277,7 +277,7 @@ TEST_F(CpuBackendTest, RopeMatchesHuggingFaceFormula) {
       std::vector<float> x = RandomVector(n * n_heads * head_dim, 6);
       const std::vector<float> original = x;
       backend_->Rope(x.data(), *backend_->BeginForward(TokensDesc(n, nullptr, pos, nullptr)),
-                     n_heads, head_dim, theta);
+                     n_heads, head_dim, theta, {});
       const int half = head_dim / 2;
       for (int t = 0; t < n; ++t) {
         for (int h = 0; h < n_heads; ++h) {

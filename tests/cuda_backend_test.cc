@@ -479,12 +479,16 @@ TEST_F(CudaBackendTest, RopeMatchesCpu) {
         const ForwardDesc host = desc.View();
         const std::vector<float> x =
             RandomFloats(static_cast<size_t>(n) * n_heads * head_dim, 1000 + n);
-        std::vector<float> want = x;
-        cpu_->Rope(want.data(), *cpu_->BeginForward(host), n_heads, head_dim, theta);
-        float* dx = ToDevice(x);
-        gpu_->Rope(dx, *gpu_->BeginForward(host), n_heads, head_dim, theta);
-        EXPECT_TRUE(AllNear(ToHost(dx, x.size()), want, 4e-6f, 1e-5f))
-            << "theta=" << theta << " heads=" << n_heads << " head_dim=" << head_dim << " n=" << n;
+        // Without scaling and with LLaMA-3.1's llama3 scaling (original context 8192).
+        for (const RopeScaling& scaling : {RopeScaling{}, RopeScaling{8.0f, 1.0f, 4.0f, 8192.0f}}) {
+          std::vector<float> want = x;
+          cpu_->Rope(want.data(), *cpu_->BeginForward(host), n_heads, head_dim, theta, scaling);
+          float* dx = ToDevice(x);
+          gpu_->Rope(dx, *gpu_->BeginForward(host), n_heads, head_dim, theta, scaling);
+          EXPECT_TRUE(AllNear(ToHost(dx, x.size()), want, 4e-6f, 1e-5f))
+              << "theta=" << theta << " heads=" << n_heads << " head_dim=" << head_dim
+              << " n=" << n << " llama3 factor=" << scaling.factor;
+        }
       }
     }
   }

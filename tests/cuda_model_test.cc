@@ -115,7 +115,8 @@ TEST_P(CudaGoldenTest, LogitsMatchTheReferenceAndTheCpuEagerAndRecorded) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaGoldenTest,
-                         ::testing::Values("llama_tiny", "llama_gqa", "llama_f16", "llama_bf16",
+                         ::testing::Values("llama_tiny", "llama_gqa", "llama3_tiny", "llama_f16",
+                                           "llama_bf16",
                                            "moe_one_expert", "moe_tiny"));
 
 // Recordings are keyed by never-reused ids and dropped with their model (issue 22): a model

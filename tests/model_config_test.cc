@@ -190,7 +190,9 @@ TEST(ModelConfigTest, RefusesMoeMathsKeysByKeyAndValue) {
 TEST(ModelConfigTest, RefusesUnsupportedFeaturesByName) {
   Json j = Llama7b();
   j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
-  ExpectError(j, "rope_scaling");
+  ExpectError(j, "rope_scaling\" of type 'linear'");
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  ExpectError(j, "of type 'yarn'");
   j = Llama7b();
   j["attention_bias"] = true;
   ExpectError(j, "attention_bias");
@@ -326,6 +328,74 @@ TEST(ModelConfigTest, LoadModelConfigReadsFolder) {
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(missing.status().message(), HasSubstr((dir / "config.json").string()));
+  std::filesystem::remove_all(dir);
+}
+
+// Meta-Llama-3.1-8B-Instruct's config.json keys that matter (tied embeddings from 3.2's).
+TEST(ModelConfigTest, ReadsLlama3RopeScalingHeadDimAndEosList) {
+  Json j = Json::parse(R"({
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "bos_token_id": 128000,
+    "eos_token_id": [128001, 128008, 128009], "hidden_act": "silu", "hidden_size": 4096,
+    "intermediate_size": 14336, "max_position_embeddings": 131072, "num_attention_heads": 32,
+    "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "head_dim": 128,
+    "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": true, "vocab_size": 128256})");
+  const auto c = Parse(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_scaling.factor, 8.0f);
+  EXPECT_EQ(c->rope_scaling.low_freq_factor, 1.0f);
+  EXPECT_EQ(c->rope_scaling.high_freq_factor, 4.0f);
+  EXPECT_EQ(c->rope_scaling.original_max_position, 8192.0f);
+  EXPECT_EQ(c->head_dim, 128);
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int>{128001, 128008, 128009}));
+  j["rope_scaling"].erase("original_max_position_embeddings");
+  ExpectError(j, "original_max_position_embeddings");
+  j["rope_scaling"]["original_max_position_embeddings"] = 8192;
+  j["rope_scaling"]["high_freq_factor"] = 0.5;
+  ExpectError(j, "low_freq_factor");
+  j["rope_scaling"]["high_freq_factor"] = 4.0;
+  j["rope_scaling"]["factor"] = 0.5;
+  ExpectError(j, "factor");
+
+  // The llama3 table: the high frequencies unchanged, the low ones divided by the factor.
+  kernels::RopeScaling scaling = c->rope_scaling;
+  std::vector<float> plain(64), scaled(64);
+  kernels::RopeInverseFrequencies(128, 500000.0f, {}, plain.data());
+  kernels::RopeInverseFrequencies(128, 500000.0f, scaling, scaled.data());
+  EXPECT_EQ(scaled[0], plain[0]);
+  EXPECT_EQ(scaled[63], plain[63] / 8.0f);
+}
+
+// The committed LLaMA-3-shaped fixture (tests/fixtures/make_llama3_fixture.py): config.json
+// says eos 510, its generation_config.json [510, 511].
+TEST(ModelConfigTest, Llama3FixtureTakesGenerationConfigEos) {
+  const auto c = LoadModelConfig(SPECMOE_FIXTURES "/models/llama3_tiny");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int>{510, 511}));
+  EXPECT_EQ(c->head_dim, 32);
+  EXPECT_EQ(c->rope_scaling.factor, 8.0f);
+  EXPECT_EQ(c->rope_scaling.original_max_position, 64.0f);
+}
+
+TEST(ModelConfigTest, GenerationConfigEosListWins) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    ("model_config_gen_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << Llama7b().dump();
+  std::ofstream(dir / "generation_config.json")
+      << R"({"bos_token_id": 1, "eos_token_id": [2, 7], "do_sample": true})";
+  auto c = LoadModelConfig(dir.string());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int>{2, 7}));
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": [2, 32000]})";
+  c = LoadModelConfig(dir.string());
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(c.status().message(), HasSubstr("generation_config.json"));
+  EXPECT_THAT(c.status().message(), HasSubstr("32000 is outside the vocabulary"));
+  std::ofstream(dir / "generation_config.json") << "[1, 2";
+  EXPECT_THAT(LoadModelConfig(dir.string()).status().message(), HasSubstr("not a JSON object"));
   std::filesystem::remove_all(dir);
 }
 

@@ -96,7 +96,8 @@ TEST_P(GoldenTest, LogitsDecodeAndGreedyMatchTheReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, GoldenTest,
-                         ::testing::Values("llama_tiny", "llama_gqa", "llama_f16", "llama_bf16",
+                         ::testing::Values("llama_tiny", "llama_gqa", "llama3_tiny", "llama_f16",
+                                           "llama_bf16",
                                            "moe_one_expert", "moe_tiny"));
 
 // The prefill path for long prompts (OpenBLAS above 64 rows) against decoding one token at a

@@ -130,6 +130,45 @@ TEST_F(TokenizerTest, LoadNamesTheMissingFile) {
   EXPECT_THAT(loaded.status().message(), HasSubstr(dir + "/tokenizer.model"));
 }
 
+// A tokenizer.json folder (byte-level BPE): what it cannot load is refused by name, and
+// invalid UTF-8 text is refused with the offset of the bad byte. Exactness against the
+// `tokenizers` package is tests/bpe_exact_test.py's job.
+TEST(BpeTokenizerLoadTest, RefusesWhatItCannotLoadByName) {
+  const std::string dir = ::testing::TempDir() + "/bpe_refusals";
+  std::filesystem::create_directories(dir);
+  const std::string minimal =
+      R"("model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]},)"
+      R"("pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true})";
+  struct Case {
+    std::string json, message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"{not json", "not valid JSON"},
+           {"{\"normalizer\": {\"type\": \"NFC\"}, " + minimal + "}", "normalizer 'NFC'"},
+           {R"({"model": {"type": "WordPiece", "vocab": {}}})", "model type 'WordPiece'"},
+           {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]},)"
+            R"("pre_tokenizer": {"type": "ByteLevel"}})",
+            "merge 0 'a b' names a token outside the vocabulary"},
+           {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},)"
+            R"("pre_tokenizer": {"type": "Whitespace"}})",
+            "pre-tokenizer 'Whitespace'"}}) {
+    std::ofstream(dir + "/tokenizer.json") << c.json;
+    absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = Tokenizer::Load(dir);
+    ASSERT_FALSE(loaded.ok()) << c.json;
+    EXPECT_THAT(loaded.status().message(), HasSubstr(dir + "/tokenizer.json")) << c.json;
+    EXPECT_THAT(loaded.status().message(), HasSubstr(c.message)) << c.json;
+  }
+  std::ofstream(dir + "/tokenizer.json") << "{" + minimal + "}";
+  absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = Tokenizer::Load(dir);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_STREQ((*loaded)->source(), "tokenizer.json");
+  EXPECT_EQ((*loaded)->bos_id(), -1);
+  EXPECT_TRUE((*loaded)->CheckText("ab ab").ok());
+  EXPECT_THAT(std::string((*loaded)->CheckText("ab\xe2\x82 b").message()),
+              HasSubstr("not valid UTF-8: byte 0xE2 at offset 2"));
+  EXPECT_THAT((*loaded)->Encode("ab", false), ElementsAre(2));
+}
+
 TEST_F(TokenizerTest, LoadNamesTheCorruptFile) {
   const std::string dir = ::testing::TempDir() + "/corrupt_tokenizer";
   std::filesystem::create_directories(dir);

@@ -642,12 +642,13 @@ TEST(LoaderErrorTest, UnsupportedConfigFeature) {
   TempDir dir;
   WriteModel(dir, TinyLlamaConfig());
   Json config = TinyLlamaConfig();
-  config["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
+  config["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 8.0}};
   WriteFile(dir.file("config.json"), config.dump());
   const absl::Status s = LoadAndBind(dir.path());
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(Msg(s), HasSubstr(dir.file("config.json") +
-                                ": \"rope_scaling\" (non-null) is not supported"));
+                                ": \"rope_scaling\" of type 'dynamic' (only 'llama3' is "
+                                "implemented) is not supported"));
 }
 
 TEST(LoaderErrorTest, DifferentVocabularies) {
@@ -665,7 +666,7 @@ TEST(LoaderErrorTest, DifferentVocabularies) {
   draft = target;
   draft.pop_back();
   EXPECT_THAT(Msg(CheckSameVocabulary(4, 4, &target, &draft)),
-              HasSubstr("target tokenizer.model has 4 pieces, draft tokenizer.model has 3"));
+              HasSubstr("target's has 4 pieces, draft's has 3"));
 }
 
 TEST(LoaderErrorTest, ModelTooLargeForMemory) {

@@ -24,6 +24,8 @@ class ConfigReader {
  public:
   ConfigReader(const Json& json, const std::string& path) : json_(json), path_(path) {}
 
+  const std::string& path() const { return path_; }
+
   absl::Status Error(absl::string_view key, absl::string_view what) const {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": \"", key, "\" ", what));
   }
@@ -107,7 +109,6 @@ class ConfigReader {
 
 // Refuses the config features engine/README.md, Models lists as not implemented.
 absl::Status CheckUnsupportedFeatures(const ConfigReader& r) {
-  if (r.Find("rope_scaling") != nullptr) return r.Unsupported("rope_scaling", "(non-null)");
   for (const char* key : {"attention_bias", "mlp_bias"}) {
     bool bias = false;
     SPECMOE_RETURN_IF_ERROR_CFG(r.Bool(key, &bias));
@@ -116,6 +117,68 @@ absl::Status CheckUnsupportedFeatures(const ConfigReader& r) {
   std::string act = "silu";
   SPECMOE_RETURN_IF_ERROR_CFG(r.String("hidden_act", &act));
   if (act != "silu") return r.Unsupported("hidden_act", absl::StrCat("'", act, "'"));
+  return absl::OkStatus();
+}
+
+// eos_token_id: an int or a list of ints, each inside the vocabulary. Absent: `ids` unchanged.
+absl::Status ReadEos(const ConfigReader& r, int vocab_size, std::vector<int>* ids) {
+  const Json* eos = r.Find("eos_token_id");
+  if (eos == nullptr) return absl::OkStatus();
+  std::vector<int> out;
+  if (eos->is_array()) {
+    for (const Json& id : *eos) {
+      int value = 0;
+      SPECMOE_RETURN_IF_ERROR_CFG(r.ToInt(id, "eos_token_id", &value));
+      out.push_back(value);
+    }
+  } else {
+    int value = 0;
+    SPECMOE_RETURN_IF_ERROR_CFG(r.ToInt(*eos, "eos_token_id", &value));
+    out.push_back(value);
+  }
+  for (int id : out) {
+    if (id < 0 || id >= vocab_size) {
+      return r.Error("eos_token_id",
+                     absl::StrCat(id, " is outside the vocabulary [0, ", vocab_size, ")"));
+    }
+  }
+  *ids = std::move(out);
+  return absl::OkStatus();
+}
+
+// rope_scaling: only LLaMA-3's {"rope_type" (or "type"): "llama3", "factor",
+// "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}; any other type
+// is refused by name.
+absl::Status ReadRopeScaling(const ConfigReader& top, const Json& json,
+                             kernels::RopeScaling* out) {
+  if (!json.is_object()) return top.Error("rope_scaling", "must be an object or null");
+  std::string type;
+  for (const char* key : {"rope_type", "type"}) {
+    auto it = json.find(key);
+    if (it != json.end() && it->is_string()) type = it->get<std::string>();
+    if (!type.empty()) break;
+  }
+  if (type != "llama3") {
+    return top.Unsupported("rope_scaling",
+                           absl::StrCat("of type '", type, "' (only 'llama3' is implemented)"));
+  }
+  const std::string path = absl::StrCat(top.path(), ": rope_scaling");
+  ConfigReader r(json, path);
+  kernels::RopeScaling s;
+  int original = 0;
+  SPECMOE_RETURN_IF_ERROR_CFG(r.Float("factor", &s.factor));
+  SPECMOE_RETURN_IF_ERROR_CFG(r.Float("low_freq_factor", &s.low_freq_factor));
+  SPECMOE_RETURN_IF_ERROR_CFG(r.Float("high_freq_factor", &s.high_freq_factor));
+  SPECMOE_RETURN_IF_ERROR_CFG(r.PositiveInt("original_max_position_embeddings", true, &original));
+  if (r.Find("factor") == nullptr || !(s.factor >= 1)) {
+    return top.Error("rope_scaling", "needs \"factor\" >= 1");
+  }
+  if (!(s.low_freq_factor > 0) || !(s.high_freq_factor > s.low_freq_factor)) {
+    return top.Error("rope_scaling",
+                     "needs 0 < \"low_freq_factor\" < \"high_freq_factor\"");
+  }
+  s.original_max_position = static_cast<float>(original);
+  *out = s;
   return absl::OkStatus();
 }
 
@@ -235,29 +298,12 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, const s
   if (c.rms_norm_eps < 0) return r.Error("rms_norm_eps", "must not be negative");
   SPECMOE_RETURN_IF_ERROR_CFG(r.Float("rope_theta", &c.rope_theta));
   if (c.rope_theta <= 0) return r.Error("rope_theta", "must be positive");
+  if (const Json* scaling = r.Find("rope_scaling"); scaling != nullptr) {
+    SPECMOE_RETURN_IF_ERROR_CFG(ReadRopeScaling(r, *scaling, &c.rope_scaling));
+  }
   SPECMOE_RETURN_IF_ERROR_CFG(r.Bool("tie_word_embeddings", &c.tie_word_embeddings));
   SPECMOE_RETURN_IF_ERROR_CFG(r.Int("bos_token_id", false, &c.bos_token_id));
-
-  // eos_token_id: an int or a list of ints.
-  if (const Json* eos = r.Find("eos_token_id"); eos != nullptr) {
-    if (eos->is_array()) {
-      for (const Json& id : *eos) {
-        int value = 0;
-        SPECMOE_RETURN_IF_ERROR_CFG(r.ToInt(id, "eos_token_id", &value));
-        c.eos_token_ids.push_back(value);
-      }
-    } else {
-      int value = 0;
-      SPECMOE_RETURN_IF_ERROR_CFG(r.ToInt(*eos, "eos_token_id", &value));
-      c.eos_token_ids.push_back(value);
-    }
-    for (int id : c.eos_token_ids) {
-      if (id < 0 || id >= c.vocab_size) {
-        return r.Error("eos_token_id", absl::StrCat(id, " is outside the vocabulary [0, ",
-                                                    c.vocab_size, ")"));
-      }
-    }
-  }
+  SPECMOE_RETURN_IF_ERROR_CFG(ReadEos(r, c.vocab_size, &c.eos_token_ids));
 
   // Heads: head_dim = hidden / heads unless given; kv heads must divide heads (GQA groups).
   if (r.Find("head_dim") != nullptr) {
@@ -291,7 +337,23 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir) {
   std::ostringstream text;
   text << in.rdbuf();
   if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
-  return ParseModelConfig(text.str(), path);
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(text.str(), path);
+  if (!config.ok()) return config;
+
+  // generation_config.json: the ids generation starts and stops with.
+  const std::string gen_path = absl::StrCat(model_dir, "/generation_config.json");
+  std::ifstream gen(gen_path, std::ios::binary);
+  if (!gen) return config;
+  std::ostringstream gen_text;
+  gen_text << gen.rdbuf();
+  const Json json = Json::parse(gen_text.str(), nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(gen_path, ": not a JSON object"));
+  }
+  ConfigReader r(json, gen_path);
+  SPECMOE_RETURN_IF_ERROR_CFG(r.Int("bos_token_id", false, &config->bos_token_id));
+  SPECMOE_RETURN_IF_ERROR_CFG(ReadEos(r, config->vocab_size, &config->eos_token_ids));
+  return config;
 }
 
 }  // namespace specmoe::engine

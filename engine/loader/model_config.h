@@ -1,9 +1,9 @@
 // engine/loader/model_config.h — the parts of a Hugging Face config.json the engine runs on
 // (engine/README.md, Models).
 //
-// Parsing refuses, by name, every config feature the engine does not implement (a non-null
-// rope_scaling, attention_bias / mlp_bias true, hidden_act other than silu, an unknown
-// model_type or architecture) so that no model is ever loaded into silently wrong output.
+// Parsing refuses, by name, every config feature the engine does not implement (a
+// rope_scaling other than LLaMA-3's "llama3", attention_bias / mlp_bias true, hidden_act
+// other than silu, an unknown model_type or architecture) so that no model is ever loaded into silently wrong output.
 // Tested by tests/model_config_test.cc and fuzzed by tests/fuzz_config.cc.
 #ifndef SPECMOE_ENGINE_LOADER_MODEL_CONFIG_H_
 #define SPECMOE_ENGINE_LOADER_MODEL_CONFIG_H_
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/backend.h"
 
 namespace specmoe::engine {
 
@@ -31,8 +32,11 @@ struct ModelConfig {
   int max_position_embeddings = 2048;
   float rms_norm_eps = 1e-6f;
   float rope_theta = 10000.0f;  // absent key: 10000
+  kernels::RopeScaling rope_scaling;  // rope_scaling {"rope_type": "llama3"}; factor 0: none
   bool tie_word_embeddings = false;
-  std::vector<int> eos_token_ids;  // from eos_token_id (int or list); may be empty
+  // From eos_token_id (int or list); generation_config.json's, when that file has one, wins
+  // (LLaMA-3 instruct models list several there). May be empty.
+  std::vector<int> eos_token_ids;
   int bos_token_id = -1;           // informational only (engine/README.md, Tokenizer)
 
   // LLaMA-MoE (llama_moe) only.
@@ -46,7 +50,8 @@ struct ModelConfig {
 // Parses config.json text. `path` names the file in error messages.
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, const std::string& path);
 
-// Reads and parses `<model_dir>/config.json`.
+// Reads and parses `<model_dir>/config.json`, then `<model_dir>/generation_config.json` when
+// present (its bos_token_id and eos_token_id, an int or a list, replace config.json's).
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);
 
 }  // namespace specmoe::engine

@@ -255,8 +255,8 @@ void Model::Layers(const kernels::ForwardDesc& fwd, KvCache& cache) {
     const kernels::Weight qkv[3] = {layer.q_proj, layer.k_proj, layer.v_proj};
     float* const qkv_out[3] = {q_, k_, v_};
     be.MatMulMany(xb_, n, qkv, qkv_out, 3);
-    be.Rope(q_, fwd, c.num_heads, c.head_dim, c.rope_theta);
-    be.Rope(k_, fwd, c.num_kv_heads, c.head_dim, c.rope_theta);
+    be.Rope(q_, fwd, c.num_heads, c.head_dim, c.rope_theta, c.rope_scaling);
+    be.Rope(k_, fwd, c.num_kv_heads, c.head_dim, c.rope_theta, c.rope_scaling);
     be.KvWrite(k_, v_, fwd, kv_dim, cache.dtype(), cache.k(l), cache.v(l));
     att.k_cache = cache.k(l);
     att.v_cache = cache.v(l);

@@ -137,7 +137,8 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
   if (m->target_config.vocab_size < m->tokenizer->vocab_size()) {
     return absl::InvalidArgumentError(
         absl::StrCat(options.target_dir, "/config.json: vocab_size ", m->target_config.vocab_size,
-                     " is smaller than tokenizer.model's ", m->tokenizer->vocab_size(), " pieces"));
+                     " is smaller than ", m->tokenizer->source(), "'s ", m->tokenizer->vocab_size(),
+                     " pieces"));
   }
 
   std::optional<LoadedModel> draft;
@@ -235,7 +236,9 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
 
   // EOS from the target's config, else the tokenizer (engine/README.md, Tokenizer).
   m->eos_ids.assign(m->target_config.eos_token_ids.begin(), m->target_config.eos_token_ids.end());
-  if (m->eos_ids.empty()) m->eos_ids.push_back(m->tokenizer->eos_id());
+  if (m->eos_ids.empty() && m->tokenizer->eos_id() >= 0) {
+    m->eos_ids.push_back(m->tokenizer->eos_id());
+  }
   return m;
 }
 

@@ -46,6 +46,8 @@ absl::StatusOr<std::vector<int32_t>> TokenizeText(const char* field, std::string
     return Invalid(absl::StrCat(field, " is ", text.size(), " bytes; the server's limit is ",
                                 max_bytes, " (--max-prompt-bytes)"));
   }
+  const absl::Status encodable = model.tokenizer->CheckText(text);
+  if (!encodable.ok()) return Invalid(absl::StrCat(field, ": ", encodable.message()));
   std::optional<std::vector<int32_t>> ids =
       model.tokenizer->EncodeAtMost(text, add_bos, static_cast<size_t>(token_limit));
   if (!ids.has_value()) {

@@ -1,5 +1,5 @@
-// engine/text/tokenizer.cc — SentencePiece wrapper and incremental detokenizer (engine/README.md,
-// Tokenizer).
+// engine/text/tokenizer.cc — SentencePiece or byte-level BPE behind one interface, and the
+// incremental detokenizer (engine/README.md, Tokenizer).
 //
 // Encode/Decode follow SentencePiece exactly (LLaMA's tokenizer.model: dummy-prefix space,
 // byte fallback). The incremental detokenizer follows the windowed scheme of Hugging Face
@@ -21,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/text/bpe_tokenizer.h"
 
 namespace specmoe::engine {
 namespace {
@@ -60,8 +61,8 @@ int Utf8SequenceLength(int lead) {
 // True when ids[pending_start..] ends with byte-fallback tokens that start a UTF-8 character
 // without completing it (a lead byte followed by fewer continuation bytes than it needs).
 // Orphan continuation bytes are not pending: they are invalid and decode to U+FFFD.
-bool EndsInsideCharacter(const Tokenizer& tokenizer, const std::vector<int32_t>& ids,
-                         size_t pending_start) {
+bool SentencePieceEndsInsideCharacter(const Tokenizer& tokenizer,
+                                      const std::vector<int32_t>& ids, size_t pending_start) {
   int continuation = 0;
   for (size_t i = ids.size(); i > pending_start && continuation <= 3; --i) {
     const int byte = ByteOfPiece(tokenizer.piece(ids[i - 1]));
@@ -78,18 +79,32 @@ bool EndsInsideCharacter(const Tokenizer& tokenizer, const std::vector<int32_t>&
 
 }  // namespace
 
-Tokenizer::Tokenizer() : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {}
+Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
-  const std::filesystem::path path = std::filesystem::path(model_dir) / "tokenizer.model";
+  const std::filesystem::path dir(model_dir);
+  const std::filesystem::path path = dir / "tokenizer.model";
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) {
-    return absl::NotFoundError(
-        absl::StrCat(path.string(), ": tokenizer.model not found (a SentencePiece model is "
-                                    "required; tokenizer.json-only models are not supported)"));
+    const std::filesystem::path json = dir / "tokenizer.json";
+    if (!std::filesystem::is_regular_file(json, ec)) {
+      return absl::NotFoundError(absl::StrCat(
+          path.string(), " (SentencePiece) not found, nor ", json.string(),
+          " (byte-level BPE): the model folder needs one of them"));
+    }
+    absl::StatusOr<std::unique_ptr<BpeTokenizer>> bpe =
+        BpeTokenizer::Load(json.string(), (dir / "tokenizer_config.json").string());
+    if (!bpe.ok()) return bpe.status();
+    if ((*bpe)->vocab_size() <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(json.string(), ": empty vocabulary"));
+    }
+    std::unique_ptr<Tokenizer> tokenizer(new Tokenizer());
+    tokenizer->bpe_ = *std::move(bpe);
+    return tokenizer;
   }
   std::unique_ptr<Tokenizer> tokenizer(new Tokenizer());
+  tokenizer->sp_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
   const sentencepiece::util::Status status = tokenizer->sp_->Load(path.string());
   if (!status.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -101,7 +116,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   return tokenizer;
 }
 
+absl::Status Tokenizer::CheckText(std::string_view text) const {
+  return bpe_ != nullptr ? CheckUtf8(text) : absl::OkStatus();
+}
+
 std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) const {
+  if (bpe_ != nullptr) return bpe_->Encode(text, add_bos);
   std::vector<int> ids;
   sp_->Encode(text, &ids).IgnoreError();  // Encoding never fails on a loaded model.
   std::vector<int32_t> out;
@@ -129,8 +149,13 @@ std::optional<std::vector<int32_t>> Tokenizer::EncodeAtMost(std::string_view tex
         while (end > start + 1 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
         ++cuts;
       }
-      sp_->Encode(text.substr(start, end - start), &ids).IgnoreError();
-      count += ids.size();
+      const std::string_view part = text.substr(start, end - start);
+      if (bpe_ != nullptr) {
+        count += bpe_->Encode(part, false).size();
+      } else {
+        sp_->Encode(part, &ids).IgnoreError();
+        count += ids.size();
+      }
       if (count > max_tokens + kCutMargin * cuts) return std::nullopt;
       start = end;
     }
@@ -141,12 +166,14 @@ std::optional<std::vector<int32_t>> Tokenizer::EncodeAtMost(std::string_view tex
 }
 
 std::vector<std::string> Tokenizer::EncodePieces(std::string_view text) const {
+  if (bpe_ != nullptr) return bpe_->EncodePieces(text);
   std::vector<std::string> pieces;
   sp_->Encode(text, &pieces).IgnoreError();
   return pieces;
 }
 
 std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const {
+  if (bpe_ != nullptr) return bpe_->Decode(ids);
   // Ids outside the vocabulary have no text; SentencePiece would reject the whole sequence.
   const int size = vocab_size();
   std::vector<int> valid;
@@ -159,16 +186,29 @@ std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const {
   return text;
 }
 
-int Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
-int Tokenizer::bos_id() const { return sp_->bos_id(); }
-int Tokenizer::eos_id() const { return sp_->eos_id(); }
+int Tokenizer::vocab_size() const {
+  return bpe_ != nullptr ? bpe_->vocab_size() : sp_->GetPieceSize();
+}
+int Tokenizer::bos_id() const { return bpe_ != nullptr ? bpe_->bos_id() : sp_->bos_id(); }
+int Tokenizer::eos_id() const { return bpe_ != nullptr ? bpe_->eos_id() : sp_->eos_id(); }
+const char* Tokenizer::source() const {
+  return bpe_ != nullptr ? "tokenizer.json" : "tokenizer.model";
+}
 
 std::string Tokenizer::piece(int id) const {
   if (id < 0 || id >= vocab_size()) return std::string();
-  return sp_->IdToPiece(id);
+  return bpe_ != nullptr ? bpe_->piece(id) : sp_->IdToPiece(id);
+}
+
+bool Tokenizer::EndsInsideCharacter(const std::vector<int32_t>& ids,
+                                    size_t pending_start) const {
+  if (bpe_ == nullptr) return SentencePieceEndsInsideCharacter(*this, ids, pending_start);
+  return EndsInsideUtf8Character(bpe_->DecodeBytes(
+      std::vector<int32_t>(ids.begin() + std::min(pending_start, ids.size()), ids.end())));
 }
 
 std::vector<std::string> Tokenizer::pieces() const {
+  if (bpe_ != nullptr) return bpe_->pieces();
   const int size = vocab_size();
   std::vector<std::string> out;
   out.reserve(size);
@@ -193,7 +233,7 @@ IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer* tokenizer,
 
 std::string IncrementalDetokenizer::Add(int32_t id) {
   ids_.push_back(id);
-  if (EndsInsideCharacter(*tokenizer_, ids_, prefix_len_)) return std::string();
+  if (tokenizer_->EndsInsideCharacter(ids_, prefix_len_)) return std::string();
 
   const std::string before =
       tokenizer_->Decode(std::vector<int32_t>(ids_.begin(), ids_.begin() + prefix_len_));

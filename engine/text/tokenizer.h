@@ -1,6 +1,7 @@
-// engine/text/tokenizer.h — SentencePiece tokenizer (tokenizer.model, LLaMA conventions: <unk>=0,
-// <s>=1, </s>=2, byte fallback) and incremental detokenization for streaming.
-// Tested by tests/tokenizer_test.cc.
+// engine/text/tokenizer.h — a model folder's tokenizer: SentencePiece (tokenizer.model, LLaMA
+// conventions: <unk>=0, <s>=1, </s>=2, byte fallback) or a Hugging Face byte-level BPE
+// (tokenizer.json, engine/text/bpe_tokenizer.h), and incremental detokenization for streaming.
+// Tested by tests/tokenizer_test.cc and tests/bpe_exact_test.py.
 #ifndef SPECMOE_ENGINE_TEXT_TOKENIZER_H_
 #define SPECMOE_ENGINE_TEXT_TOKENIZER_H_
 
@@ -19,14 +20,20 @@ class SentencePieceProcessor;
 
 namespace specmoe::engine {
 
+class BpeTokenizer;
+
 // Immutable after Load(); thread-safe for concurrent Encode/Decode.
 class Tokenizer {
  public:
-  // Loads `<model_dir>/tokenizer.model`.
+  // Loads `<model_dir>/tokenizer.model` when present, else `<model_dir>/tokenizer.json`
+  // (with tokenizer_config.json's eos_token). NotFound when the folder has neither.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir);
   ~Tokenizer();
 
-  // Token ids of `text`, with BOS first when add_bos.
+  // OK when `text` can be encoded; a tokenizer.json model refuses invalid UTF-8 (naming the
+  // offset of the first bad byte). SentencePiece accepts any bytes.
+  absl::Status CheckText(std::string_view text) const;
+  // Token ids of `text`, with BOS first when add_bos (and the tokenizer has one).
   std::vector<int32_t> Encode(std::string_view text, bool add_bos) const;
   // Encode, but gives up (nullopt) once the text is known to have more than `max_tokens`
   // tokens (BOS counted): a long text is first encoded in ~4 KiB pieces cut at spaces, and
@@ -45,10 +52,17 @@ class Tokenizer {
   std::string piece(int id) const;
   // All pieces in id order (compared between draft and target, engine/README.md, Tokenizer).
   std::vector<std::string> pieces() const;
+  // Which file the vocabulary came from: "tokenizer.model" or "tokenizer.json".
+  const char* source() const;
+  // True when ids[pending_start..] ends in the middle of a UTF-8 character (the detokenizer
+  // holds such tokens until the character is complete).
+  bool EndsInsideCharacter(const std::vector<int32_t>& ids, size_t pending_start) const;
 
  private:
   Tokenizer();
+  // Exactly one of the two is set.
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::unique_ptr<BpeTokenizer> bpe_;
 };
 
 // Turns a stream of generated token ids into text deltas that never split a UTF-8 character

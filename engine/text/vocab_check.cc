@@ -28,8 +28,8 @@ absl::Status CheckSameVocabulary(int target_vocab, int draft_vocab,
   }
   if (target_pieces->size() != draft_pieces->size()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "draft and target tokenizers differ: target tokenizer.model has ", target_pieces->size(),
-        " pieces, draft tokenizer.model has ", draft_pieces->size()));
+        "draft and target tokenizers differ: target's has ", target_pieces->size(),
+        " pieces, draft's has ", draft_pieces->size()));
   }
   return absl::OkStatus();
 }

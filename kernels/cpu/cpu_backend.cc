@@ -119,17 +119,16 @@ class CpuBackend final : public Backend {
   }
 
   // HF LlamaRotaryEmbedding + apply_rotary_pos_emb, in fp32 like transformers:
-  //   inv_freq_j = 1 / theta^(float(2j) / head_dim), angle = float(pos) * inv_freq_j,
+  //   inv_freq_j = 1 / theta^(float(2j) / head_dim) (then the llama3 scaling, if any),
+  //   angle = float(pos) * inv_freq_j,
   //   x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin (each product rounded, then the sum).
-  void Rope(float* x, const ForwardDesc& fwd, int n_heads, int head_dim, float theta) override {
+  void Rope(float* x, const ForwardDesc& fwd, int n_heads, int head_dim, float theta,
+            const RopeScaling& scaling) override {
     const int n = fwd.n_tokens;
     const int32_t* pos = fwd.positions;
     const int half = head_dim / 2;
     std::vector<float> inv_freq(half);
-    for (int j = 0; j < half; ++j) {
-      const float exponent = static_cast<float>(2 * j) / static_cast<float>(head_dim);
-      inv_freq[j] = 1.0f / std::pow(theta, exponent);
-    }
+    RopeInverseFrequencies(head_dim, theta, scaling, inv_freq.data());
     const int64_t row = static_cast<int64_t>(n_heads) * head_dim;
     pool_.ParallelFor(
         n,

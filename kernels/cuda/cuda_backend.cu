@@ -328,8 +328,9 @@ class CudaBackend final : public Backend {
     cuda::RmsNorm(x, n, d, w, eps, y, ctx_);
   }
 
-  void Rope(float* x, const ForwardDesc& fwd, int n_heads, int head_dim, float theta) override {
-    cuda::Rope(x, fwd, n_heads, head_dim, theta, ctx_);
+  void Rope(float* x, const ForwardDesc& fwd, int n_heads, int head_dim, float theta,
+            const RopeScaling& scaling) override {
+    cuda::Rope(x, fwd, n_heads, head_dim, theta, scaling, ctx_);
   }
 
   void SiluMul(const float* gate, const float* up, int n, int d, float* out) override {

@@ -22,7 +22,7 @@ void RmsNorm(const float* x, int n, int d, const Weight& w, float eps, float* y,
              CudaContext& ctx);
 // HF half-split RoPE in place on x[fwd.n_tokens, n_heads, head_dim] at fwd.positions.
 void Rope(float* x, const ForwardDesc& fwd, int n_heads, int head_dim, float theta,
-          CudaContext& ctx);
+          const RopeScaling& scaling, CudaContext& ctx);
 // out[n, d] = silu(gate) * up, rows of gate/up/out `ld` floats apart (ld >= d); out may alias
 // gate.
 void SiluMul(const float* gate, const float* up, int n, int d, int ld, float* out,

@@ -1,7 +1,7 @@
 // kernels/cuda/rope.cu — rotary position embedding in place on the device (elementwise.h
 // Rope), the twin of the CPU backend's Rope (HF LlamaRotaryEmbedding, half-split):
-//   inv_freq_j = 1 / theta^(float(2j) / head_dim)   (computed on the host exactly as the CPU
-//                                                    does, passed by value in the launch)
+//   inv_freq_j = 1 / theta^(float(2j) / head_dim), then the llama3 scaling if any
+//                (RopeInverseFrequencies on the host, as the CPU; passed by value in the launch)
 //   angle = float(pos) * inv_freq_j;  x1' = x1 cos - x2 sin;  x2' = x2 cos + x1 sin
 // each product rounded, then the sum (no contraction), x1 = head[j], x2 = head[j + half].
 // inv_freq must be bit-identical to the CPU's: at position 4k an error of one ulp in it moves
@@ -58,7 +58,7 @@ __global__ void RopeKernel(float* x, const int32_t* positions, int n_heads, int 
 }  // namespace
 
 void Rope(float* x, const ForwardDesc& fwd, int n_heads, int head_dim, float theta,
-          CudaContext& ctx) {
+          const RopeScaling& scaling, CudaContext& ctx) {
   const int n = fwd.n_tokens;
   if (n == 0 || n_heads == 0) return;
   SPECMOE_CHECK(head_dim > 0 && head_dim % 2 == 0 && head_dim / 2 <= kMaxHalf,
@@ -66,10 +66,7 @@ void Rope(float* x, const ForwardDesc& fwd, int n_heads, int head_dim, float the
   SPECMOE_CHECK(fwd.positions != nullptr && n_heads > 0, "RoPE arguments");
   const int half = head_dim / 2;
   InvFreq inv_freq{};
-  for (int j = 0; j < half; ++j) {
-    const float exponent = static_cast<float>(2 * j) / static_cast<float>(head_dim);
-    inv_freq.v[j] = 1.0f / std::pow(theta, exponent);
-  }
+  RopeInverseFrequencies(head_dim, theta, scaling, inv_freq.v);
   RopeKernel<<<n, kThreads, 0, ctx.stream>>>(x, fwd.positions, n_heads, half, inv_freq);
   SPECMOE_CUDA_CHECK(cudaGetLastError());
 }
