@@ -34,15 +34,15 @@ struct HostWeight {
   Weight w;
 };
 
-// Data starts 2 bytes into the storage (unaligned, as safetensors allows).
-HostWeight MakeWeight(DType dtype, int64_t rows, int64_t cols, uint32_t seed) {
+// Data starts `offset` bytes into the storage (2: unaligned, as safetensors allows).
+HostWeight MakeWeight(DType dtype, int64_t rows, int64_t cols, uint32_t seed, size_t offset = 2) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist(0.0f, 0.05f);
   HostWeight h;
   const size_t elem = DTypeBytes(dtype);
-  h.storage.resize(2 + rows * cols * elem);
+  h.storage.resize(offset + rows * cols * elem);
   h.values.resize(rows * cols);
-  uint8_t* base = h.storage.data() + 2;
+  uint8_t* base = h.storage.data() + offset;
   for (int64_t i = 0; i < rows * cols; ++i) {
     const float f = dist(rng);
     if (dtype == DType::kF32) {
@@ -195,30 +195,37 @@ TEST(CpuMatMulTest, EmptyInputGivesPositiveZeros) {
 }
 
 // The documented panel layout: element (o, k) at ((o / 32) * cols + k) * 32 + o % 32, the
-// last panel's padding outputs zero, 64-byte aligned.
+// last panel's padding outputs zero, 64-byte aligned; from aligned and unaligned sources.
 TEST(CpuMatMulTest, PanelLayoutIsTheDocumentedOne) {
   ThreadPool pool(2);
-  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
-    const HostWeight h = MakeWeight(dtype, 37, 9, 5);
-    const size_t bytes = PanelBytes(dtype, 37, 9);
-    ASSERT_EQ(bytes, 2u * 9 * kPanelWidth * DTypeBytes(dtype));
-    void* out = std::aligned_alloc(64, bytes);
-    std::memset(out, 0xAB, bytes);
-    const Weight p = PackPanels(h.w, out, pool);
-    EXPECT_EQ(p.layout, WeightLayout::kPanels);
-    EXPECT_EQ(p.rows, 37);
-    EXPECT_EQ(p.cols, 9);
-    const size_t elem = DTypeBytes(dtype);
-    for (int64_t o = 0; o < 2 * kPanelWidth; ++o) {
-      for (int64_t k = 0; k < 9; ++k) {
-        const size_t at = ((o / kPanelWidth) * 9 + k) * kPanelWidth + o % kPanelWidth;
-        uint8_t expected[4] = {0, 0, 0, 0};
-        if (o < 37) std::memcpy(expected, static_cast<const uint8_t*>(h.w.data) + (o * 9 + k) * elem, elem);
-        ASSERT_EQ(std::memcmp(static_cast<const uint8_t*>(out) + at * elem, expected, elem), 0)
-            << DTypeName(dtype) << " o " << o << " k " << k;
+  const DType dtypes[] = {DType::kF32, DType::kF16, DType::kBF16};
+  for (size_t offset : {2, 4, 5}) {
+    for (DType dtype : dtypes) {
+      SCOPED_TRACE("offset " + std::to_string(offset));
+      const HostWeight h = MakeWeight(dtype, 37, 9, 5, offset);
+      const size_t bytes = PanelBytes(dtype, 37, 9);
+      ASSERT_EQ(bytes, 2u * 9 * kPanelWidth * DTypeBytes(dtype));
+      void* out = std::aligned_alloc(64, bytes);
+      std::memset(out, 0xAB, bytes);
+      const Weight p = PackPanels(h.w, out, pool);
+      EXPECT_EQ(p.layout, WeightLayout::kPanels);
+      EXPECT_EQ(p.rows, 37);
+      EXPECT_EQ(p.cols, 9);
+      const size_t elem = DTypeBytes(dtype);
+      for (int64_t o = 0; o < 2 * kPanelWidth; ++o) {
+        for (int64_t k = 0; k < 9; ++k) {
+          const size_t at = ((o / kPanelWidth) * 9 + k) * kPanelWidth + o % kPanelWidth;
+          uint8_t expected[4] = {0, 0, 0, 0};
+          if (o < 37) {
+            std::memcpy(expected, static_cast<const uint8_t*>(h.w.data) + (o * 9 + k) * elem,
+                        elem);
+          }
+          ASSERT_EQ(std::memcmp(static_cast<const uint8_t*>(out) + at * elem, expected, elem), 0)
+              << DTypeName(dtype) << " o " << o << " k " << k;
+        }
       }
+      std::free(out);
     }
-    std::free(out);
   }
 }
 

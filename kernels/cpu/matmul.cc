@@ -95,6 +95,7 @@ struct Tile {
   const char* panel;  // the panel's row k0: panel + k * kPanelWidth * elem
   int64_t kc;
   bool first;         // k0 == 0: the accumulators start at +0.0
+  bool prefetch;      // prefetch the panel ahead (the first row group to read this K-block)
   float* y;           // output (row 0 of the group, column 0 of the panel)
   int64_t ldy;
   int valid;
@@ -189,8 +190,10 @@ SPECMOE_AVX512 void Tile512(const Tile& t) {
   const char* w = t.panel;
   const float* x = t.xg;
   for (int64_t k = 0; k < t.kc; ++k, w += kRowBytes, x += MR) {
-    _mm_prefetch(w + kPrefetchAhead, _MM_HINT_T0);
-    if (P::kBytes == 4) _mm_prefetch(w + kPrefetchAhead + 64, _MM_HINT_T0);
+    if (t.prefetch) {
+      _mm_prefetch(w + kPrefetchAhead, _MM_HINT_T0);
+      if (P::kBytes == 4) _mm_prefetch(w + kPrefetchAhead + 64, _MM_HINT_T0);
+    }
     __m512 w0, w1;
     P::Load512(w, &w0, &w1);
 #pragma GCC unroll 16
@@ -255,7 +258,7 @@ SPECMOE_AVX2 void Half256(const Tile& t, int half) {
   const char* w = t.panel + 16 * half * P::kBytes;
   const float* x = t.xg;
   for (int64_t k = 0; k < t.kc; ++k, w += kRowBytes, x += MR) {
-    _mm_prefetch(w + kPrefetchAhead, _MM_HINT_T0);
+    if (t.prefetch) _mm_prefetch(w + kPrefetchAhead, _MM_HINT_T0);
     __m256 w0, w1;
     P::Load256(w, &w0, &w1);
 #pragma GCC unroll 8
@@ -430,6 +433,7 @@ void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, in
               const int mr = std::min<int>(mr_max, n - static_cast<int>(g) * mr_max);
               t.xg = xp + g * in * mr_max + k0 * mr;
               t.y = y[m] + (g * mr_max) * rows + p * kPanelWidth;
+              t.prefetch = g == g0;
               tile_fn(t, mr);
             }
           }
@@ -445,35 +449,66 @@ size_t PanelBytes(DType dtype, int64_t rows, int64_t cols) {
   return static_cast<size_t>(panels * cols * kPanelWidth) * DTypeBytes(dtype);
 }
 
+namespace {
+
+// Panel p of w: a transpose of its kPanelWidth rows in tiles of kTile inputs (the tile's
+// writes stay in L1). T: a type of the element's size (the bits are copied, not converted).
+template <class T>
+void PackPanel(const T* src, int64_t rows, int64_t in, int64_t p, T* dst) {
+  constexpr int64_t kTile = 64;
+  const int valid = static_cast<int>(std::min<int64_t>(kPanelWidth, rows - p * kPanelWidth));
+  for (int64_t k0 = 0; k0 < in; k0 += kTile) {
+    const int64_t k1 = std::min(k0 + kTile, in);
+    for (int j = 0; j < kPanelWidth; ++j) {
+      T* out = dst + j;
+      if (j >= valid) {
+        for (int64_t k = k0; k < k1; ++k) out[k * kPanelWidth] = T{0};
+        continue;
+      }
+      const T* row = src + (p * kPanelWidth + j) * in;
+      // memcpy of a constant size: a plain load and store, without type punning.
+      for (int64_t k = k0; k < k1; ++k) std::memcpy(out + k * kPanelWidth, row + k, sizeof(T));
+    }
+  }
+}
+
+}  // namespace
+
 Weight PackPanels(const Weight& w, void* out, ThreadPool& pool) {
   SPECMOE_CHECK(w.layout == WeightLayout::kRows, "PackPanels takes a row-major weight");
   SPECMOE_CHECK(reinterpret_cast<uintptr_t>(out) % 64 == 0, "panels must be 64-byte aligned");
-  const size_t elem = DTypeBytes(w.dtype);
   const int64_t in = w.cols;
   const int64_t panels = (w.rows + kPanelWidth - 1) / kPanelWidth;
-  const char* src = static_cast<const char*>(w.data);
-  char* dst = static_cast<char*>(out);
-  constexpr int64_t kTile = 64;  // k per transpose tile (the tile's writes stay in L1)
+  // w.data may be unaligned: copy it as bytes into an aligned bounce row when it is.
+  const bool wide = w.dtype == DType::kF32;
+  const size_t elem = DTypeBytes(w.dtype);
+  const bool aligned = reinterpret_cast<uintptr_t>(w.data) % elem == 0;
   pool.ParallelFor(
       panels,
       [&](int64_t begin, int64_t end) {
+        std::vector<uint8_t> bounce;
         for (int64_t p = begin; p < end; ++p) {
-          char* pd = dst + p * in * kPanelWidth * elem;
-          const int valid = static_cast<int>(std::min<int64_t>(kPanelWidth, w.rows - p * kPanelWidth));
-          for (int64_t k0 = 0; k0 < in; k0 += kTile) {
-            const int64_t k1 = std::min(k0 + kTile, in);
-            for (int j = 0; j < kPanelWidth; ++j) {
-              if (j >= valid) {
-                for (int64_t k = k0; k < k1; ++k) {
-                  std::memset(pd + (k * kPanelWidth + j) * elem, 0, elem);
-                }
-                continue;
-              }
-              const char* row = src + ((p * kPanelWidth + j) * in) * elem;
-              for (int64_t k = k0; k < k1; ++k) {
-                std::memcpy(pd + (k * kPanelWidth + j) * elem, row + k * elem, elem);
-              }
-            }
+          const void* src = w.data;
+          int64_t first_row = 0;
+          if (!aligned) {
+            // Only this panel's rows, moved to an aligned buffer (then addressed from row 0).
+            const int64_t rows = std::min<int64_t>(kPanelWidth, w.rows - p * kPanelWidth);
+            bounce.resize(static_cast<size_t>(kPanelWidth * in) * elem + 8);
+            std::memcpy(bounce.data(),
+                        static_cast<const uint8_t*>(w.data) + p * kPanelWidth * in * elem,
+                        static_cast<size_t>(rows * in) * elem);
+            src = bounce.data();
+            first_row = p * kPanelWidth;
+          }
+          const int64_t rows = w.rows - first_row;
+          const int64_t q = p - first_row / kPanelWidth;
+          char* dst = static_cast<char*>(out) + p * in * kPanelWidth * elem;
+          if (wide) {
+            PackPanel(static_cast<const uint32_t*>(src), rows, in, q,
+                      reinterpret_cast<uint32_t*>(dst));
+          } else {
+            PackPanel(static_cast<const uint16_t*>(src), rows, in, q,
+                      reinterpret_cast<uint16_t*>(dst));
           }
         }
       },
