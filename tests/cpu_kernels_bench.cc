@@ -5,11 +5,11 @@
 //
 // Measures the read bandwidth once (1 GiB streaming reduction, all threads), then for a
 // 24576 x 4096 weight matrix times the backend's MatMul (one batch-invariant path for every
-// row count, over the panels the backend prepared at "load") with f32, f16 and bf16 weights at
-// n = 1 .. 512 rows, each vector path (AVX2, AVX-512) forced at a few row counts, and OpenBLAS (sgemv at 1
-// row, sgemm at n rows; f32), the reference. Counters: weight_GBps (weight bytes / time),
-// GFLOPS, and floor_ms (weight bytes / measured read bandwidth, the time of reading the
-// weights once). Then the MoE expert op at 1, 8, 32 and 128 tokens beside the bytes of the
+// row count, over the panels the backend prepared as at load) with f32, f16 and bf16 weights
+// at n = 1 .. 512 rows, each vector path (AVX2, AVX-512) forced at a few row counts, and
+// OpenBLAS (sgemv at 1 row, sgemm at n rows; f32), the reference. Counters: weight_GBps
+// (weight bytes / time), GFLOPS, and floor_ms (weight bytes / measured read bandwidth, the
+// time of reading the weights once). Then the MoE expert op at 1, 8, 32 and 128 tokens beside the bytes of the
 // experts the routing selected. The CPU column is the whole process's CPU time.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
