@@ -42,7 +42,6 @@ namespace {
 constexpr int64_t kKBlock = 256;  // K-block when several row groups share a panel
 constexpr int kMr512 = 12;        // rows per AVX-512 micro-kernel
 constexpr int kMr256 = 6;         // rows per AVX2 micro-kernel
-constexpr int kMrWide = 6;        // rows up to which AVX-512 takes two panels at once (M <= 6)
 // Per work item, at least this many multiply-adds, so that tiny products stay on one thread.
 constexpr int64_t kMinItemWork = int64_t{1} << 16;
 
@@ -89,10 +88,8 @@ inline float LoadScalar(const void* base, DType dtype, int64_t i) {
   return 0.0f;
 }
 
-// One tile of work for a micro-kernel: rows of group xg (layout [k][mr]) against one panel
-// (or, np == 2, two consecutive panels: only the AVX-512 tile for mr <= kMrWide is handed
-// those), inputs [k0, k0 + kc), outputs y[r * ldy + j] for j < valid (<= kPanelWidth) and
-// y[r * ldy + kPanelWidth + j] for j < valid2.
+// One tile of work for a micro-kernel: rows of group xg (layout [k][mr]) against one panel,
+// inputs [k0, k0 + kc), outputs y[r * ldy + j] for j < valid (<= kPanelWidth).
 struct Tile {
   const float* xg;    // group's packed x at k0: xg[k * mr + r]
   const char* panel;  // the panel's row k0: panel + k * kPanelWidth * elem
@@ -102,9 +99,6 @@ struct Tile {
   float* y;           // output (row 0 of the group, column 0 of the panel)
   int64_t ldy;
   int valid;
-  int np = 1;                // panels in the tile
-  int valid2 = 0;            // outputs of the second panel
-  int64_t panel_stride = 0;  // bytes from a panel to the next one
 };
 
 // ---------------------------------------------------------------------------------------
@@ -175,81 +169,62 @@ struct Bf16Panel {
 // Weight bytes ahead of the current k that each step prefetches (about 16 k-steps of f32).
 constexpr int64_t kPrefetchAhead = 2048;
 
-// NP panels (1, or 2 for few rows: twice the independent FMA chains per weight stream, since
-// each output's chain is one accumulator and an FMA waits for the previous one).
-template <class P, int MR, int NP>
+template <class P, int MR>
 SPECMOE_AVX512 void Tile512(const Tile& t) {
-  constexpr int kNv = 2 * NP;                              // zmm of outputs per row
   constexpr int64_t kRowBytes = kPanelWidth * P::kBytes;  // one k of a panel
-  __mmask16 m[kNv];
-#pragma GCC unroll 4
-  for (int v = 0; v < kNv; ++v) {
-    const int cols = (v < 2 ? t.valid : t.valid2) - 16 * (v & 1);
-    m[v] = cols >= 16 ? __mmask16(0xFFFF) : cols > 0 ? __mmask16((1u << cols) - 1) : __mmask16(0);
-  }
-  __m512 a[MR][kNv];
+  const __mmask16 m0 = t.valid >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << t.valid) - 1);
+  const __mmask16 m1 =
+      t.valid >= 32 ? __mmask16(0xFFFF)
+                    : (t.valid > 16 ? __mmask16((1u << (t.valid - 16)) - 1) : __mmask16(0));
+  __m512 a[MR][2];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < kNv; ++v) {
-      a[r][v] = t.first ? _mm512_setzero_ps()
-                        : _mm512_maskz_loadu_ps(m[v], t.y + r * t.ldy + 16 * v);
+    if (t.first) {
+      a[r][0] = _mm512_setzero_ps();
+      a[r][1] = _mm512_setzero_ps();
+    } else {
+      a[r][0] = _mm512_maskz_loadu_ps(m0, t.y + r * t.ldy);
+      a[r][1] = _mm512_maskz_loadu_ps(m1, t.y + r * t.ldy + 16);
     }
   }
   const char* w = t.panel;
   const float* x = t.xg;
   for (int64_t k = 0; k < t.kc; ++k, w += kRowBytes, x += MR) {
     if (t.prefetch) {
-#pragma GCC unroll 2
-      for (int q = 0; q < NP; ++q) {
-        _mm_prefetch(w + q * t.panel_stride + kPrefetchAhead, _MM_HINT_T0);
-        if (P::kBytes == 4) {
-          _mm_prefetch(w + q * t.panel_stride + kPrefetchAhead + 64, _MM_HINT_T0);
-        }
-      }
+      _mm_prefetch(w + kPrefetchAhead, _MM_HINT_T0);
+      if (P::kBytes == 4) _mm_prefetch(w + kPrefetchAhead + 64, _MM_HINT_T0);
     }
-    __m512 wv[kNv];
-#pragma GCC unroll 2
-    for (int q = 0; q < NP; ++q) P::Load512(w + q * t.panel_stride, &wv[2 * q], &wv[2 * q + 1]);
+    __m512 w0, w1;
+    P::Load512(w, &w0, &w1);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m512 b = _mm512_set1_ps(x[r]);
-#pragma GCC unroll 4
-      for (int v = 0; v < kNv; ++v) a[r][v] = _mm512_fmadd_ps(wv[v], b, a[r][v]);
+      a[r][0] = _mm512_fmadd_ps(w0, b, a[r][0]);
+      a[r][1] = _mm512_fmadd_ps(w1, b, a[r][1]);
     }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < kNv; ++v) _mm512_mask_storeu_ps(t.y + r * t.ldy + 16 * v, m[v], a[r][v]);
+    _mm512_mask_storeu_ps(t.y + r * t.ldy, m0, a[r][0]);
+    _mm512_mask_storeu_ps(t.y + r * t.ldy + 16, m1, a[r][1]);
   }
 }
 
 template <class P>
 void Tile512AnyRows(const Tile& t, int mr) {
-  if (t.np == 2) {
-    switch (mr) {
-      case 6: Tile512<P, 6, 2>(t); return;
-      case 5: Tile512<P, 5, 2>(t); return;
-      case 4: Tile512<P, 4, 2>(t); return;
-      case 3: Tile512<P, 3, 2>(t); return;
-      case 2: Tile512<P, 2, 2>(t); return;
-      default: Tile512<P, 1, 2>(t); return;
-    }
-  }
   switch (mr) {
-    case 12: Tile512<P, 12, 1>(t); break;
-    case 11: Tile512<P, 11, 1>(t); break;
-    case 10: Tile512<P, 10, 1>(t); break;
-    case 9: Tile512<P, 9, 1>(t); break;
-    case 8: Tile512<P, 8, 1>(t); break;
-    case 7: Tile512<P, 7, 1>(t); break;
-    case 6: Tile512<P, 6, 1>(t); break;
-    case 5: Tile512<P, 5, 1>(t); break;
-    case 4: Tile512<P, 4, 1>(t); break;
-    case 3: Tile512<P, 3, 1>(t); break;
-    case 2: Tile512<P, 2, 1>(t); break;
-    default: Tile512<P, 1, 1>(t); break;
+    case 12: Tile512<P, 12>(t); break;
+    case 11: Tile512<P, 11>(t); break;
+    case 10: Tile512<P, 10>(t); break;
+    case 9: Tile512<P, 9>(t); break;
+    case 8: Tile512<P, 8>(t); break;
+    case 7: Tile512<P, 7>(t); break;
+    case 6: Tile512<P, 6>(t); break;
+    case 5: Tile512<P, 5>(t); break;
+    case 4: Tile512<P, 4>(t); break;
+    case 3: Tile512<P, 3>(t); break;
+    case 2: Tile512<P, 2>(t); break;
+    default: Tile512<P, 1>(t); break;
   }
 }
 
@@ -364,14 +339,14 @@ TileFn PickTile(MatMulIsa isa, DType dtype, int* mr_max) {
   return &ScalarTileAs<DType::kF32>;
 }
 
-// Maps a global unit index (units of `np` panels, matrix after matrix) to its matrix.
+// Maps a global panel index (matrix after matrix) to its matrix.
 struct PanelMap {
   int count = 0;
   int64_t first[kMaxFused + 1] = {};
 
-  PanelMap(const Weight* w, int count_in, int np) : count(count_in) {
+  PanelMap(const Weight* w, int count_in) : count(count_in) {
     for (int i = 0; i < count; ++i) {
-      first[i + 1] = first[i] + (w[i].rows + np * kPanelWidth - 1) / (np * kPanelWidth);
+      first[i + 1] = first[i] + (w[i].rows + kPanelWidth - 1) / kPanelWidth;
     }
   }
   int64_t total() const { return first[count]; }
@@ -420,10 +395,8 @@ void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, in
       },
       std::max<int64_t>(1, (int64_t{1} << 15) / (in * mr_max)));
 
-  // Units of work: one panel, or two for few rows on AVX-512 (Tile512's NP).
-  const int np = isa == MatMulIsa::kAvx512 && groups == 1 && n <= kMrWide ? 2 : 1;
-  const PanelMap map(w, count, np);
-  const int64_t panels = map.total();  // units
+  const PanelMap map(w, count);
+  const int64_t panels = map.total();
   // Row-group chunks: only as many as it takes to give every thread work when there are
   // few panels (a panel's K-block is reused by every row group of its chunk).
   const int threads = pool.num_threads();
@@ -435,7 +408,7 @@ void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, in
   // panel in two halves, so it always takes K-blocks (the second half then comes from L1).
   const int64_t kblock = groups == 1 && isa == MatMulIsa::kAvx512 ? in : kKBlock;
   const size_t elem = DTypeBytes(w[0].dtype);
-  const int64_t item_work = std::max<int64_t>(1, np * kPanelWidth * in * n / chunks);
+  const int64_t item_work = std::max<int64_t>(1, kPanelWidth * in * n / chunks);
   pool.ParallelFor(
       panels * chunks,
       [&](int64_t begin, int64_t end) {
@@ -443,7 +416,7 @@ void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, in
           const int64_t chunk = item / panels;
           const int64_t global = item % panels;
           const int m = map.Matrix(global);
-          const int64_t p = (global - map.first[m]) * np;  // the unit's first panel
+          const int64_t p = global - map.first[m];
           const int64_t g0 = groups * chunk / chunks;
           const int64_t g1 = groups * (chunk + 1) / chunks;
           const int64_t rows = w[m].rows;
@@ -452,11 +425,6 @@ void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, in
           Tile t;
           t.ldy = rows;
           t.valid = static_cast<int>(std::min<int64_t>(kPanelWidth, rows - p * kPanelWidth));
-          t.np = rows > (p + 1) * kPanelWidth ? np : 1;
-          t.valid2 = t.np == 2 ? static_cast<int>(std::min<int64_t>(
-                                     kPanelWidth, rows - (p + 1) * kPanelWidth))
-                               : 0;
-          t.panel_stride = in * kPanelWidth * static_cast<int64_t>(elem);
           for (int64_t k0 = 0; k0 < in; k0 += kblock) {
             t.kc = std::min(kblock, in - k0);
             t.first = k0 == 0;
