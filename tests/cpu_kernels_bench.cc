@@ -9,8 +9,8 @@
 // at n = 1 .. 512 rows, each vector path (AVX2, AVX-512) forced at a few row counts, and
 // OpenBLAS (sgemv at 1 row, sgemm at n rows; f32), the reference. Counters: weight_GBps
 // (weight bytes / time), GFLOPS, and floor_ms (weight bytes / measured read bandwidth, the
-// time of reading the weights once). Then the MoE expert op at 1, 8, 32 and 128 tokens beside the bytes of the
-// experts the routing selected. The CPU column is the whole process's CPU time.
+// time of reading the weights once). Then the MoE expert op at 1, 8, 32 and 128 tokens
+// beside the bytes of the experts the routing selected. The CPU column is the whole process's CPU time.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
@@ -198,7 +198,8 @@ BENCHMARK(BM_Streaming)
     ->MeasureProcessCPUTime()
     ->UseRealTime();
 BENCHMARK(BM_MatMulPath)
-    ->ArgsProduct({{static_cast<int64_t>(MatMulIsa::kAvx2), static_cast<int64_t>(MatMulIsa::kAvx512)},
+    ->ArgsProduct({{static_cast<int64_t>(MatMulIsa::kAvx2),
+                    static_cast<int64_t>(MatMulIsa::kAvx512)},
                    {static_cast<int64_t>(DType::kF32), static_cast<int64_t>(DType::kF16)},
                    {1, 8, 64}})
     ->Unit(benchmark::kMillisecond)

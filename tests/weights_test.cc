@@ -440,7 +440,8 @@ TEST(WeightStoreTest, LinearViewsAndDroppingMappedPages) {
   auto weights = BindModelWeights(*ParseModelConfig(config.dump(), "c"), **store);
   ASSERT_TRUE(weights.ok()) << weights.status();
   int linear = 0, other = 0;
-  ForEachWeight(*weights, [&](kernels::Weight&, bool is_linear) { ++(is_linear ? linear : other); });
+  ForEachWeight(*weights,
+                [&](kernels::Weight&, bool is_linear) { ++(is_linear ? linear : other); });
   EXPECT_EQ(linear, 2 * 7 + 1);  // q, k, v, o, gate, up, down per layer; lm_head
   EXPECT_EQ(other, 2 + 2 * 2);   // embedding, final norm; two norms per layer
 
