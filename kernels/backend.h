@@ -35,16 +35,27 @@ size_t DTypeBytes(DType dtype);
 // "F32", "F16" or "BF16" (the safetensors spelling).
 const char* DTypeName(DType dtype);
 
-// A read-only weight matrix as stored: [rows, cols] row-major and contiguous.
+// How a weight's elements are laid out in memory.
+//   kRows:   [rows, cols] row-major and contiguous, as the checkpoint stores it.
+//   kPanels: the CPU backend's repacked linear weight (Backend::PrepareLinear):
+//            [ceil(rows / kPanelWidth)][cols][kPanelWidth], element (o, k) at
+//            ((o / kPanelWidth) * cols + k) * kPanelWidth + o % kPanelWidth; the padding
+//            outputs of the last panel are zero; 64-byte aligned (kernels/cpu/matmul.h).
+enum class WeightLayout : uint8_t { kRows = 0, kPanels = 1 };
+inline constexpr int kPanelWidth = 32;
+
+// A read-only weight matrix [rows, cols] in its stored dtype.
 // For a linear layer rows = output features, cols = input features (PyTorch layout);
 // for an embedding table rows = vocab, cols = hidden; a norm weight is [1, hidden].
-// `data` may be unaligned (safetensors offsets are arbitrary).
+// With kRows, `data` may be unaligned (safetensors offsets are arbitrary).
 struct Weight {
   const void* data = nullptr;
   DType dtype = DType::kF32;
   int64_t rows = 0;
   int64_t cols = 0;
+  WeightLayout layout = WeightLayout::kRows;
 
+  // The logical size (rows * cols elements; a panel layout's padding not counted).
   size_t bytes() const { return static_cast<size_t>(rows * cols) * DTypeBytes(dtype); }
 };
 
@@ -243,6 +254,12 @@ class Backend {
   // destroyed, and returns a Weight with null data when the device is out of memory (the
   // model then fails its Create with a Status naming the tensor).
   virtual Weight Upload(const Weight& host_weight) = 0;
+  // Makes a LINEAR weight (one that is only ever MatMul'd or MoE-experts'd: q/k/v/o,
+  // gate/up/down, the MoE gate and experts, lm_head) usable by this backend, in whatever
+  // layout its MatMul reads fastest. Default: Upload. The CPU backend copies it into
+  // K-major panels it owns (WeightLayout::kPanels), so the host weight may be released
+  // (e.g. its mapped pages dropped) as soon as this returns. Null data: out of memory.
+  virtual Weight PrepareLinear(const Weight& host_weight) { return Upload(host_weight); }
 
   // Takes the description of the next forward into backend memory: `host`'s arrays are
   // host memory; the returned description has the same counts and its arrays in backend
@@ -252,7 +269,10 @@ class Backend {
   virtual const ForwardDesc* BeginForward(const ForwardDesc& host) = 0;
 
   // y[n, w.rows] = x[n, w.cols] . w^T, fp32 accumulation. On the CPU the result of each
-  // row is bit-identical whatever n is, for every n (batch invariance, kernels/README.md).
+  // row is bit-identical whatever n is, for every n (batch invariance, kernels/README.md): one fp32
+  // accumulator per output, fused-multiply-added over k in increasing order
+  // (kernels/cpu/matmul.h). w: as Upload or PrepareLinear returned it (the CPU backend also
+  // takes a host kRows weight, repacking it per call).
   virtual void MatMul(const float* x, int n, const Weight& w, float* y) = 0;
 
   // y[i][n, w[i].rows] = x[n, cols] . w[i]^T for i < count (count <= 4; every w[i] has the

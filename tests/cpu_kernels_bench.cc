@@ -5,11 +5,12 @@
 //
 // Measures the read bandwidth once (1 GiB streaming reduction, all threads), then for a
 // 24576 x 4096 weight matrix times the backend's MatMul (one batch-invariant path for every
-// row count) with f32, f16 and bf16 weights at n = 1 .. 512 rows, and OpenBLAS (sgemv at 1
-// row, sgemm at n rows; f32), the reference. Counters: weight_GBps (weight bytes / time),
-// GFLOPS, and floor_ms (weight bytes / measured read bandwidth, the time of reading the
-// weights once). Then the MoE expert op at 1, 8, 32 and 128 tokens beside the bytes of the
-// experts the routing selected. The CPU column is the whole process's CPU time.
+// row count, over the panels the backend prepared as at load) with f32, f16 and bf16 weights
+// at n = 1 .. 512 rows, each vector path (AVX2, AVX-512) forced at a few row counts, and
+// OpenBLAS (sgemv at 1 row, sgemm at n rows; f32), the reference. Counters: weight_GBps
+// (weight bytes / time), GFLOPS, and floor_ms (weight bytes / measured read bandwidth, the
+// time of reading the weights once). Then the MoE expert op at 1, 8, 32 and 128 tokens
+// beside the bytes of the experts the routing selected. The CPU column is the whole process's CPU time.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
@@ -38,34 +39,34 @@ constexpr int kMaxBatch = 512;
 struct Fixture {
   std::unique_ptr<Backend> backend = CreateCpuBackend(0);
   double read_gbs = 0.0;
-  std::vector<float> w_f32;
-  std::vector<uint16_t> w_f16, w_bf16;
-  std::vector<float> x, y;
+  std::vector<float> w_f32;  // row-major, for OpenBLAS
+  Weight packed[3];          // each dtype, prepared (panels) by the backend
 
   Fixture() {
     read_gbs = MeasureReadBandwidthGBs(size_t{1} << 30, 0);
     std::printf("read bandwidth: %.1f GB/s (1 GiB streaming reduction, all threads)\n", read_gbs);
+    std::printf("matmul path: %s\n", MatMulIsaName(ActiveMatMulIsa()));
     std::mt19937 rng(1);
     std::normal_distribution<float> dist(0.0f, 0.02f);
     w_f32.resize(kRows * kCols);
-    w_f16.resize(kRows * kCols);
-    w_bf16.resize(kRows * kCols);
-    for (int64_t i = 0; i < kRows * kCols; ++i) {
-      w_f32[i] = dist(rng);
-      w_f16[i] = F32ToF16(w_f32[i]);
-      w_bf16[i] = F32ToBf16(w_f32[i]);
+    for (float& v : w_f32) v = dist(rng);
+    packed[0] = backend->PrepareLinear(Weight{w_f32.data(), DType::kF32, kRows, kCols});
+    std::vector<uint16_t> half(kRows * kCols);
+    for (DType dtype : {DType::kF16, DType::kBF16}) {
+      for (int64_t i = 0; i < kRows * kCols; ++i) {
+        half[i] = dtype == DType::kF16 ? F32ToF16(w_f32[i]) : F32ToBf16(w_f32[i]);
+      }
+      packed[static_cast<int>(dtype)] =
+          backend->PrepareLinear(Weight{half.data(), dtype, kRows, kCols});
     }
     x.resize(kMaxBatch * kCols);
     for (float& v : x) v = dist(rng);
     y.resize(kMaxBatch * kRows);
   }
 
-  Weight Get(DType dtype) const {
-    const void* data = dtype == DType::kF32   ? static_cast<const void*>(w_f32.data())
-                       : dtype == DType::kF16 ? static_cast<const void*>(w_f16.data())
-                                              : static_cast<const void*>(w_bf16.data());
-    return Weight{data, dtype, kRows, kCols};
-  }
+  Weight Get(DType dtype) const { return packed[static_cast<int>(dtype)]; }
+
+  std::vector<float> x, y;
 };
 
 Fixture& GetFixture() {
@@ -97,19 +98,25 @@ void BM_Streaming(benchmark::State& state) {
   SetCounters(state, w.bytes(), n);
 }
 
-// The few-rows streaming kernel alone (what the backend uses below kPanelMinRows rows), to
-// place the switch to the panel kernel: args {dtype, rows}.
-void BM_StreamingKernelOnly(benchmark::State& state) {
+// The same MatMul forced onto each vector path (AVX2 on an AVX-512 machine too), to compare
+// them: args {isa, dtype, rows}.
+void BM_MatMulPath(benchmark::State& state) {
   Fixture& f = GetFixture();
-  static ThreadPool* pool = new ThreadPool(0);
-  const DType dtype = static_cast<DType>(state.range(0));
-  const int n = static_cast<int>(state.range(1));
+  const MatMulIsa isa = static_cast<MatMulIsa>(state.range(0));
+  if (!MatMulIsaSupported(isa)) {
+    state.SkipWithError("path not supported on this CPU");
+    return;
+  }
+  const DType dtype = static_cast<DType>(state.range(1));
+  const int n = static_cast<int>(state.range(2));
   const Weight w = f.Get(dtype);
+  SetMatMulIsaForTesting(isa);
   for (auto _ : state) {
-    StreamingMatMul(f.x.data(), n, w, f.y.data(), *pool);
+    f.backend->MatMul(f.x.data(), n, w, f.y.data());
     benchmark::ClobberMemory();
   }
-  state.SetLabel(DTypeName(dtype));
+  SetMatMulIsaForTesting(MatMulIsa::kAuto);
+  state.SetLabel(std::string(MatMulIsaName(isa)) + " " + DTypeName(dtype));
   SetCounters(state, w.bytes(), n);
 }
 
@@ -140,13 +147,17 @@ void BM_MoeExperts(benchmark::State& state) {
   const DType dtype = static_cast<DType>(state.range(0));
   const int n = static_cast<int>(state.range(1));
   constexpr int kHidden = 1024, kSize = 512, kExperts = 8, kTop = 2;
-  const char* base = static_cast<const char*>(f.Get(dtype).data);
   const size_t matrix_bytes = static_cast<size_t>(kHidden) * kSize * DTypeBytes(dtype);
+  // The experts' values: the first rows of the f32 matrix, narrowed to dtype, prepared.
+  std::vector<uint8_t> raw(3 * kExperts * matrix_bytes);
+  NarrowRow(f.w_f32.data(), static_cast<int64_t>(3 * kExperts) * kHidden * kSize, dtype,
+            raw.data());
   std::vector<ExpertWeights> experts(kExperts);
   for (int e = 0; e < kExperts; ++e) {
-    const char* at = base + 3 * e * matrix_bytes;
-    experts[e] = {Weight{at, dtype, kSize, kHidden}, Weight{at + matrix_bytes, dtype, kSize, kHidden},
-                  Weight{at + 2 * matrix_bytes, dtype, kHidden, kSize}};
+    const uint8_t* at = raw.data() + 3 * e * matrix_bytes;
+    experts[e] = {f.backend->PrepareLinear(Weight{at, dtype, kSize, kHidden}),
+                  f.backend->PrepareLinear(Weight{at + matrix_bytes, dtype, kSize, kHidden}),
+                  f.backend->PrepareLinear(Weight{at + 2 * matrix_bytes, dtype, kHidden, kSize})};
   }
   std::mt19937 rng(5);
   std::normal_distribution<float> dist;
@@ -186,9 +197,11 @@ BENCHMARK(BM_Streaming)
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()
     ->UseRealTime();
-BENCHMARK(BM_StreamingKernelOnly)
-    ->ArgsProduct({{static_cast<int64_t>(DType::kF32), static_cast<int64_t>(DType::kF16)},
-                   {4, 8, 16, 32}})
+BENCHMARK(BM_MatMulPath)
+    ->ArgsProduct({{static_cast<int64_t>(MatMulIsa::kAvx2),
+                    static_cast<int64_t>(MatMulIsa::kAvx512)},
+                   {static_cast<int64_t>(DType::kF32), static_cast<int64_t>(DType::kF16)},
+                   {1, 8, 64}})
     ->Unit(benchmark::kMillisecond)
     ->MeasureProcessCPUTime()
     ->UseRealTime();

@@ -417,6 +417,53 @@ TEST(WeightStoreTest, ConvertWeightsRoundsEveryViewOnce) {
   ForEachWeight(widened, [&](kernels::Weight& w) { EXPECT_EQ(w.dtype, kernels::DType::kF32); });
 }
 
+// The file-backed resident memory of this process (RssFile of /proc/self/status), in kB.
+int64_t ResidentFileKb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("RssFile:", 0) == 0) return std::stoll(line.substr(8));
+  }
+  return -1;
+}
+
+// The linear views (what a backend's PrepareLinear takes) are told apart from the embedding
+// and norms; DropPages gives back a touched tensor's mapped pages and its data stays readable
+// (re-read from the file); a range outside the store's mappings is left alone.
+TEST(WeightStoreTest, LinearViewsAndDroppingMappedPages) {
+  Json config = TinyLlamaConfig();
+  config["vocab_size"] = 65536;  // embed_tokens and lm_head: 2 MiB each
+  TempDir dir;
+  WriteModel(dir, config);
+  auto store = WeightStore::Open(dir.path());
+  ASSERT_TRUE(store.ok());
+  auto weights = BindModelWeights(*ParseModelConfig(config.dump(), "c"), **store);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  int linear = 0, other = 0;
+  ForEachWeight(*weights,
+                [&](kernels::Weight&, bool is_linear) { ++(is_linear ? linear : other); });
+  EXPECT_EQ(linear, 2 * 7 + 1);  // q, k, v, o, gate, up, down per layer; lm_head
+  EXPECT_EQ(other, 2 + 2 * 2);   // embedding, final norm; two norms per layer
+
+  const kernels::Weight head = weights->lm_head;
+  const float* values = static_cast<const float*>(head.data);
+  const int64_t count = head.rows * head.cols;
+  double sum = 0;
+  for (int64_t i = 0; i < count; ++i) sum += values[i];  // touch every page
+  const int64_t before = ResidentFileKb();
+  ASSERT_GT(before, 0);
+  (*store)->DropPages(head.data, head.bytes());
+  const int64_t after = ResidentFileKb();
+  EXPECT_LE(after, before - 1900) << "RssFile " << before << " kB -> " << after << " kB";
+  for (int64_t i = 0; i < count; ++i) {
+    ASSERT_EQ(values[i], static_cast<float>(i + 1)) << i;  // the file's values, re-read
+  }
+  std::vector<float> heap(1 << 20, 3.0f);
+  (*store)->DropPages(heap.data(), heap.size() * sizeof(float));
+  for (float v : heap) ASSERT_EQ(v, 3.0f);
+  EXPECT_GT(sum, 0);
+}
+
 TEST(WeightStoreTest, SyntheticMoeWithIgnoredBuffers) {
   TempDir dir;
   WriteModel(dir, TinyMoeConfig(), [](auto& t) {

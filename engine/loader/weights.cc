@@ -4,7 +4,9 @@
 // (engine/README.md, Models).
 #include "engine/loader/weights.h"
 
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <functional>
@@ -78,6 +80,24 @@ size_t WeightStore::total_bytes() const {
   size_t total = 0;
   for (const auto& [name, info] : tensors_) total += info.bytes;
   return total;
+}
+
+void WeightStore::DropPages(const void* data, size_t bytes) const {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t end = begin + bytes;
+  for (const auto& m : mappings_) {
+    const uintptr_t map_begin = reinterpret_cast<uintptr_t>(m->file->data());
+    const uintptr_t map_end = map_begin + m->file->size();
+    if (m->file->data() == nullptr || begin < map_begin || end > map_end) continue;
+    // Whole pages only: a page shared with a neighbouring tensor is kept.
+    const uintptr_t first = (begin + page - 1) / page * page;
+    const uintptr_t last = end / page * page;
+    if (first < last) {
+      ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+    }
+    return;
+  }
 }
 
 absl::StatusOr<std::unique_ptr<WeightStore>> WeightStore::Open(const std::string& model_dir) {
@@ -296,24 +316,33 @@ absl::StatusOr<ModelWeights> BindModelWeights(const ModelConfig& config,
 }
 
 void ForEachWeight(ModelWeights& weights, const std::function<void(kernels::Weight&)>& fn) {
-  auto visit = [&](kernels::Weight& w) {
-    if (w.data != nullptr) fn(w);
+  ForEachWeight(weights, [&](kernels::Weight& w, bool) { fn(w); });
+}
+
+void ForEachWeight(ModelWeights& weights,
+                   const std::function<void(kernels::Weight&, bool linear)>& fn) {
+  auto visit = [&](kernels::Weight& w, bool linear) {
+    if (w.data != nullptr) fn(w, linear);
   };
-  visit(weights.embed_tokens);
-  visit(weights.norm);
+  visit(weights.embed_tokens, false);
+  visit(weights.norm, false);
   for (LayerWeights& layer : weights.layers) {
-    for (kernels::Weight* w : {&layer.input_norm, &layer.q_proj, &layer.k_proj, &layer.v_proj,
-                               &layer.o_proj, &layer.post_norm, &layer.mlp.gate, &layer.mlp.up,
-                               &layer.mlp.down, &layer.gate_w1, &layer.gate_w2}) {
-      visit(*w);
+    visit(layer.input_norm, false);
+    for (kernels::Weight* w : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj}) {
+      visit(*w, true);
+    }
+    visit(layer.post_norm, false);
+    for (kernels::Weight* w : {&layer.mlp.gate, &layer.mlp.up, &layer.mlp.down, &layer.gate_w1,
+                               &layer.gate_w2}) {
+      visit(*w, true);
     }
     for (kernels::ExpertWeights& e : layer.experts) {
-      visit(e.gate);
-      visit(e.up);
-      visit(e.down);
+      visit(e.gate, true);
+      visit(e.up, true);
+      visit(e.down, true);
     }
   }
-  visit(weights.lm_head);
+  visit(weights.lm_head, true);
 }
 
 void ConvertWeights(kernels::DType dtype, ModelWeights& weights,

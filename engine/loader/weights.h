@@ -51,6 +51,13 @@ class WeightStore {
   // Total bytes of all tensors.
   size_t total_bytes() const;
 
+  // Tells the OS that the mapped bytes [data, data + bytes) are not needed for now
+  // (madvise MADV_DONTNEED on the whole pages inside the range): their resident pages are
+  // dropped and, if read again, re-read from the file, so the data stays valid. Ranges
+  // outside this store's mappings (e.g. converted copies) are ignored. Used after a backend
+  // copied a weight into its own layout, to keep peak memory near one copy of the model.
+  void DropPages(const void* data, size_t bytes) const;
+
  private:
   WeightStore() = default;
   struct Mapping;
@@ -88,6 +95,11 @@ absl::StatusOr<ModelWeights> BindModelWeights(const ModelConfig& config, const W
 // Calls fn(weight) for every tensor view of `weights` that is set (embedding, norms, every
 // layer's matrices and experts, lm_head), in that order. A tied lm_head is visited too.
 void ForEachWeight(ModelWeights& weights, const std::function<void(kernels::Weight&)>& fn);
+// The same walk, telling fn whether the view is a linear layer's weight (only ever a matmul
+// operand: q/k/v/o, gate/up/down, the MoE gate's w1/w2 and experts, lm_head) or not (the
+// embedding table and the norms).
+void ForEachWeight(ModelWeights& weights,
+                   const std::function<void(kernels::Weight&, bool linear)>& fn);
 
 // Serves `weights` in `dtype` (--dtype): every view stored in another dtype is converted
 // (f16 / bf16 rounded to nearest even, widening exact) into memory appended to `owned`, and

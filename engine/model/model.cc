@@ -25,15 +25,22 @@ Model::Model(const ModelConfig& config, const ModelWeights& weights, kernels::Ba
 absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config,
                                                      const ModelWeights& weights,
                                                      kernels::Backend* backend,
-                                                     int max_tokens) {
+                                                     int max_tokens,
+                                                     const WeightStore* source) {
   std::unique_ptr<Model> model(new Model(config, weights, backend, max_tokens));
   std::string failed;
-  ForEachWeight(model->weights_, [&](kernels::Weight& w) {
-    const kernels::Weight uploaded = backend->Upload(w);
-    if (uploaded.data == nullptr && failed.empty()) {
+  ForEachWeight(model->weights_, [&](kernels::Weight& w, bool linear) {
+    if (!failed.empty()) return;
+    const kernels::Weight host = w;
+    const kernels::Weight made = linear ? backend->PrepareLinear(host) : backend->Upload(host);
+    if (made.data == nullptr) {
       failed = absl::StrCat(w.rows, " x ", w.cols, " ", kernels::DTypeName(w.dtype));
+      return;
     }
-    w = uploaded;
+    w = made;
+    if (source != nullptr && linear && made.data != host.data) {
+      source->DropPages(host.data, host.bytes());
+    }
   });
   if (!failed.empty()) {
     return absl::ResourceExhaustedError(absl::StrCat(

@@ -30,10 +30,16 @@ namespace specmoe::engine {
 // Cost of Forward: one read of every weight it uses plus attention over the visible cache.
 class Model {
  public:
+  // Makes the weights usable by `backend`: the linear ones through PrepareLinear (the CPU
+  // backend repacks them into its panels), the embedding and norms through Upload. With
+  // `source` (the store the host views point into), each linear weight's mapped pages are
+  // dropped right after it was prepared (WeightStore::DropPages), so that loading peaks
+  // near one copy of the model plus one tensor.
   static absl::StatusOr<std::unique_ptr<Model>> Create(const ModelConfig& config,
                                                        const ModelWeights& weights,
                                                        kernels::Backend* backend,
-                                                       int max_tokens);
+                                                       int max_tokens,
+                                                       const WeightStore* source = nullptr);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;

@@ -213,9 +213,10 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
 
   // Each model with its activations for one step's tokens and its cache of the budget.
   auto bind = [&](const ModelConfig& config, const ModelWeights& weights,
-                  std::unique_ptr<Model>* model, std::unique_ptr<KvCache>* cache) {
+                  const WeightStore* store, std::unique_ptr<Model>* model,
+                  std::unique_ptr<KvCache>* cache) {
     absl::StatusOr<std::unique_ptr<Model>> made =
-        Model::Create(config, weights, m->backend.get(), options.max_step_tokens);
+        Model::Create(config, weights, m->backend.get(), options.max_step_tokens, store);
     if (!made.ok()) return made.status();
     *model = *std::move(made);
     absl::StatusOr<std::unique_ptr<KvCache>> pools =
@@ -225,12 +226,13 @@ absl::StatusOr<std::unique_ptr<ModelSet>> ModelSet::Create(const EngineOptions& 
     *cache = *std::move(pools);
     return absl::OkStatus();
   };
-  absl::Status bound = bind(m->target_config, target->weights, &m->target, &m->target_cache);
+  absl::Status bound = bind(m->target_config, target->weights, m->target_store.get(), &m->target,
+                             &m->target_cache);
   if (!bound.ok()) return bound;
   if (draft.has_value()) {
     m->draft_config = draft->config;
     m->draft_store = std::move(draft->store);
-    bound = bind(m->draft_config, draft->weights, &m->draft, &m->draft_cache);
+    bound = bind(m->draft_config, draft->weights, m->draft_store.get(), &m->draft, &m->draft_cache);
     if (!bound.ok()) return bound;
   }
 

@@ -77,6 +77,22 @@ class CpuBackend final : public Backend {
   void Copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   Weight Upload(const Weight& host_weight) override { return host_weight; }
 
+  // Repacks into K-major panels owned by this backend (matmul.h PackPanels); a weight that
+  // is already packed is returned as it is.
+  Weight PrepareLinear(const Weight& host_weight) override {
+    if (host_weight.layout == WeightLayout::kPanels) return host_weight;
+    const size_t bytes =
+        std::max<size_t>(64, PanelBytes(host_weight.dtype, host_weight.rows, host_weight.cols));
+    void* panels = Alloc(bytes);
+    if (panels == nullptr) return Weight{};
+    owned_.push_back(panels);
+    return PackPanels(host_weight, panels, pool_);
+  }
+
+  ~CpuBackend() override {
+    for (void* p : owned_) Free(p);
+  }
+
   // Host memory is this backend's memory: the description is kept as given.
   const ForwardDesc* BeginForward(const ForwardDesc& host) override {
     fwd_ = host;
@@ -92,6 +108,7 @@ class CpuBackend final : public Backend {
   }
 
   void Embedding(const ForwardDesc& fwd, const Weight& w, float* out) override {
+    SPECMOE_CHECK(w.layout == WeightLayout::kRows, "an embedding table must be row-major");
     const int32_t* ids = fwd.tokens;
     for (int i = 0; i < fwd.n_tokens; ++i) {
       SPECMOE_CHECK(ids[i] >= 0 && ids[i] < w.rows, "embedding id out of range");
@@ -101,7 +118,8 @@ class CpuBackend final : public Backend {
 
   // HF LlamaRMSNorm in fp32: var = mean(x^2); h = x * rsqrt(var + eps); y = w * h.
   void RmsNorm(const float* x, int n, int d, const Weight& w, float eps, float* y) override {
-    SPECMOE_CHECK(w.rows * w.cols == d, "norm weight size != d");
+    SPECMOE_CHECK(w.rows * w.cols == d && w.layout == WeightLayout::kRows,
+                  "norm weight must be row-major of size d");
     std::vector<float> weight(d);
     ConvertRowsToF32(Weight{w.data, w.dtype, 1, d}, 0, 1, weight.data());
     pool_.ParallelFor(
@@ -271,7 +289,8 @@ class CpuBackend final : public Backend {
   }
 
   // For each expert x, its pairs (token, j) from the routing (increasing order), runs
-  // down(silu(gate x) * up x) with the streaming kernel (batch-invariant for any count), and
+  // down(silu(gate x) * up x) with the panel kernels of MatMul (batch-invariant for any
+  // count; the experts are prepared like every linear weight), and
   // parks each result at contrib[t * k + j]. Then
   // y[t] = scale * (sum_{j<k} weight[t, j] * contrib[t, j]) with the sum in j order.
   void MoeExperts(const float* x, int n, int hidden, const MoeRouting& r, int k,
@@ -385,6 +404,7 @@ class CpuBackend final : public Backend {
   std::vector<float> up_out_;      // [m, size]
   std::vector<float> expert_out_;  // [m, hidden]
   std::vector<float> row_;         // [vocab] a penalised row of logits
+  std::vector<void*> owned_;       // panels of the prepared linear weights
 };
 
 }  // namespace

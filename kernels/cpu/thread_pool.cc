@@ -26,6 +26,26 @@ constexpr int64_t kChunksPerThread = 4;
 // True on a thread that is currently running a loop body (nested loops run serially).
 thread_local bool tls_in_parallel_for = false;
 
+// MXCSR's control bits (the low 6 are sticky exception flags, which stay per thread).
+constexpr uint32_t kFpControlMask = ~uint32_t{0x3F};
+
+inline uint32_t FpControl() {
+#if defined(__x86_64__) || defined(__i386__)
+  return _mm_getcsr() & kFpControlMask;
+#else
+  return 0;
+#endif
+}
+
+inline void SetFpControl(uint32_t control) {
+#if defined(__x86_64__) || defined(__i386__)
+  const uint32_t csr = _mm_getcsr();
+  if ((csr & kFpControlMask) != control) _mm_setcsr((csr & ~kFpControlMask) | control);
+#else
+  (void)control;
+#endif
+}
+
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
@@ -90,6 +110,7 @@ void ThreadPool::WorkerLoop() {
     }
     if (stop_.load(std::memory_order_acquire)) return;
     seen = generation;
+    SetFpControl(fp_control_);
     tls_in_parallel_for = true;
     RunChunks();
     tls_in_parallel_for = false;
@@ -110,6 +131,7 @@ void ThreadPool::Run(int64_t n, int64_t min_chunk, void* fn, Body body) {
   body_ = body;
   n_ = n;
   chunks_ = chunks;
+  fp_control_ = FpControl();
   next_chunk_.store(0, std::memory_order_relaxed);
   pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_seq_cst);

@@ -9,6 +9,8 @@
 // thread and the workers take from a shared counter (a slowed core does not hold up the
 // loop), and returns when all are done (a barrier per op). Used by the CPU backend for
 // matmul (over output rows), attention (over (token, head) pairs) and large element-wise ops.
+// Every worker runs a loop under the caller's floating-point control state (x86 MXCSR), so
+// a chunk's results do not depend on the thread that runs it.
 // Tested through tests/cpu_backend_test.cc (every op runs on a 2-thread pool).
 #ifndef SPECMOE_KERNELS_CPU_THREAD_POOL_H_
 #define SPECMOE_KERNELS_CPU_THREAD_POOL_H_
@@ -66,6 +68,9 @@ class ThreadPool {
   Body body_ = nullptr;
   int64_t n_ = 0;
   int64_t chunks_ = 0;
+  // The caller's MXCSR control bits (rounding, flush-to-zero, denormals-are-zero), which
+  // every worker takes before it runs a chunk: the same float arithmetic on every thread.
+  uint32_t fp_control_ = 0;
   // Each hot counter on its own cache line: workers hammer next_chunk_ while polling
   // generation_, and the caller polls pending_.
   alignas(64) std::atomic<uint64_t> generation_{0};
