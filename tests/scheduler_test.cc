@@ -3,6 +3,7 @@
 // depend on what else runs: batched (submitted together or staggered), chunked and
 // preempted outputs equal the request alone, token for token and byte for byte.
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -255,6 +256,95 @@ TEST(SchedulerTest, ALongPromptDelaysRunningStreamsByAtMostOneChunkPerStep) {
   EXPECT_GE(prefill_steps, 3) << "the prompt should take several chunks";
   driver.RunAll();
   EXPECT_EQ(long_prompt.ids.size(), 8u);
+}
+
+// Issue 16: an operator's flags (--max-batch 32 or 64, --max-step-tokens 64), 32 streams of
+// 5-token prompts and one 200-token prompt at once, under the dynamic policy. Forced
+// exploration nodes used to be added after the policy had used the whole tree room, so
+// the target forward outgrew max_step_tokens and the process aborted in Runner.
+TEST(SchedulerTest, ManyShortStreamsAndALongPromptStayWithinTheStepBudget) {
+  for (int max_batch : {32, 64}) {
+    EngineOptions options = Options(64);
+    options.max_batch = max_batch;
+    options.tree_policy = EngineOptions::TreePolicy::kDynamic;
+    Driver driver(options);
+    std::vector<Result> results(33);
+    for (int i = 0; i < 32; ++i) {
+      GenerationRequest r;
+      r.prompt_ids = driver.tokenizer().Encode(Words(4, i), true);
+      r.prompt_ids.resize(std::min<size_t>(r.prompt_ids.size(), 5));
+      r.max_tokens = 24;
+      r.ignore_eos = true;
+      driver.Add(r, &results[i]);
+    }
+    GenerationRequest long_prompt;
+    long_prompt.prompt_ids = driver.tokenizer().Encode(Words(400, 3), true);
+    long_prompt.prompt_ids.resize(200);
+    long_prompt.max_tokens = 16;
+    long_prompt.ignore_eos = true;
+    driver.Add(long_prompt, &results[32]);
+    for (int guard = 0; guard < 10000 && driver.scheduler().has_work(); ++guard) {
+      const StepReport step = driver.Step();
+      ASSERT_LE(step.tree_tokens + step.prefill_tokens, 64) << "max_batch " << max_batch;
+    }
+    for (int i = 0; i < 33; ++i) {
+      ASSERT_TRUE(results[i].finished) << i;
+      EXPECT_TRUE(results[i].status.ok()) << results[i].status;
+      EXPECT_EQ(results[i].ids.size(), i < 32 ? 24u : 16u) << i;
+    }
+  }
+}
+
+// Property: whatever the batch, the step budget, the trees and the prompts, no step's
+// target forward holds more than max_step_tokens tokens (the Runner's check would abort
+// otherwise), and every request completes.
+TEST(SchedulerTest, NoStepExceedsItsBudgetForRandomLoads) {
+  std::mt19937 rng(16);
+  for (int trial = 0; trial < 16; ++trial) {
+    EngineOptions options = Options(std::uniform_int_distribution<int>(64, 96)(rng));
+    options.max_batch = std::uniform_int_distribution<int>(1, 64)(rng);
+    options.tree_policy = trial % 3 == 2 ? EngineOptions::TreePolicy::kStatic
+                                         : EngineOptions::TreePolicy::kDynamic;
+    Driver driver(options);
+    const int n = std::uniform_int_distribution<int>(1, 64)(rng);
+    std::vector<Result> results(n);
+    for (int i = 0; i < n; ++i) {
+      GenerationRequest r;
+      const int len = std::uniform_int_distribution<int>(1, 4)(rng) == 1
+                          ? std::uniform_int_distribution<int>(60, 180)(rng)
+                          : std::uniform_int_distribution<int>(1, 12)(rng);
+      r.prompt_ids = driver.tokenizer().Encode(Words(len * 2, i + trial), true);
+      r.prompt_ids.resize(std::min<size_t>(r.prompt_ids.size(), len));
+      r.max_tokens = std::uniform_int_distribution<int>(1, 30)(rng);
+      r.ignore_eos = true;
+      // Random expansions of up to 64 nodes (max_step_tokens >= 64 >= any tree).
+      std::vector<int> shape;
+      int nodes = 1, width = 1;
+      for (int d = std::uniform_int_distribution<int>(0, 6)(rng); d > 0; --d) {
+        const int k = std::uniform_int_distribution<int>(1, 3)(rng);
+        if (nodes + width * k > 64) break;
+        width *= k;
+        nodes += width;
+        shape.push_back(k);
+      }
+      r.speculation.expansion = shape;
+      r.speculation.disable = shape.empty();
+      if (i % 3 == 1) {
+        r.sampling.temperature = 0.7f;
+        r.sampling.seed = i;
+      }
+      driver.Add(r, &results[i]);
+    }
+    for (int guard = 0; guard < 20000 && driver.scheduler().has_work(); ++guard) {
+      const StepReport step = driver.Step();
+      ASSERT_LE(step.tree_tokens + step.prefill_tokens, options.max_step_tokens)
+          << "trial " << trial;
+    }
+    for (int i = 0; i < n; ++i) {
+      ASSERT_TRUE(results[i].finished) << "trial " << trial << " request " << i;
+      EXPECT_TRUE(results[i].status.ok()) << results[i].status;
+    }
+  }
 }
 
 TEST(SchedulerTest, ARequestThatCouldNeverFitIsRefusedAtSubmit) {

@@ -426,6 +426,64 @@ TEST(TreePolicyTest, TokenRoomBoundsTheStepAndHighestValuesGoFirst) {
   EXPECT_NEAR(policy.expected_tokens(), 2 + 0.5 + 0.4 + 0.35, 1e-6);
 }
 
+// Issue 16: exploration is decided inside Expand and counted against the room with the
+// chosen nodes. Over random levels (explore flags, busy and idle machines, both kinds) the
+// counts never exceed the room, and every exploring request with a candidate gets a node
+// while room is left.
+TEST(TreePolicyTest, ExplorationAndChoicesTogetherNeverExceedTheRoom) {
+  Rng rng(16);
+  int explored = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    const bool dynamic = trial % 4 != 0;
+    TreePolicy policy(dynamic ? TreePolicy::Kind::kDynamic : TreePolicy::Kind::kStatic,
+                      trial % 2 == 0 ? MemoryBoundTarget() : ComputeBoundTarget(), Draft());
+    const int requests = 1 + static_cast<int>(rng.Next() % 40);
+    const int base = requests + static_cast<int>(rng.Next() % 200);
+    policy.BeginStep(base, requests, requests);
+    const AcceptanceModel none;
+    std::vector<std::vector<double>> values(requests);
+    std::vector<std::vector<std::vector<float>>> top_q(requests);
+    std::vector<LevelRequest> level(requests);
+    for (int r = 0; r < requests; ++r) {
+      const int frontier = 1 + static_cast<int>(rng.Next() % 3);
+      level[r].max_children = 1 + static_cast<int>(rng.Next() % 3);
+      for (int f = 0; f < frontier; ++f) {
+        values[r].push_back(0.05 + 0.9 * rng.Uniform());
+        std::vector<float> q;
+        float left = 1.0f;
+        for (int j = 0; j < level[r].max_children; ++j) {
+          q.push_back(left * static_cast<float>(rng.Uniform()));
+          left -= q.back();
+        }
+        std::sort(q.rbegin(), q.rend());
+        top_q[r].push_back(q);
+      }
+      level[r].depth = 1 + static_cast<int>(rng.Next() % 3);
+      level[r].frontier_value = values[r];
+      level[r].frontier_top_q = top_q[r];
+      level[r].acceptance = &none;
+      level[r].explore = rng.Next() % 2 == 0;
+    }
+    const int room = static_cast<int>(rng.Next() % 24);
+    const std::vector<std::vector<int>> counts = policy.Expand(level, room);
+    int total = 0;
+    for (const auto& c : counts) {
+      for (int n : c) total += n;
+    }
+    ASSERT_LE(total, room) << "trial " << trial;
+    EXPECT_EQ(policy.step_nodes(), total);
+    if (!dynamic || total == room) continue;
+    for (int r = 0; r < requests; ++r) {
+      if (!level[r].explore || top_q[r][0][0] <= 0.0f) continue;
+      int nodes = 0;
+      for (int n : counts[r]) nodes += n;
+      EXPECT_GE(nodes, 1) << "trial " << trial << " request " << r;
+      ++explored;
+    }
+  }
+  EXPECT_GT(explored, 100);
+}
+
 TEST(TreePolicyTest, FixedCostsSharedByManyNodesPay) {
   // 16 decoding requests speculate, memory-bound target (30 ms), draft level and catch-up
   // 3 ms each, no acceptance data (value = q = 0.5). E = 16, T = 30 ms: one node alone

@@ -45,9 +45,6 @@ void Compact(kernels::Backend& backend, KvCache& cache, const SequenceBlocks& bl
 
 int BlocksFor(int slots) { return (slots + kKvBlockSize - 1) / kKvBlockSize; }
 
-// Observations at a depth below which the server explores it with one node.
-constexpr double kExploreObservations = 4;
-
 }  // namespace
 
 Scheduler::Scheduler(ModelSet* models, const EngineOptions& options, EngineStats* stats)
@@ -161,8 +158,9 @@ std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
     p.slots = seq->root_pos() + nodes;
     plan.push_back(std::move(p));
   }
-  *tree_room = dynamic ? std::max(0, std::min(tree_caps, budget - reserve - used)) : 0;
-  int left = std::max(0, budget - used - *tree_room);
+  // Static trees are in `used` in full; their nodes are the room the policy fills.
+  *tree_room = dynamic ? std::max(0, std::min(tree_caps, budget - reserve - used)) : tree_caps;
+  int left = std::max(0, budget - used - (dynamic ? *tree_room : 0));
   for (const auto& seq : running_) {
     if (!seq->prefilling() || left == 0) continue;
     const int chunk = std::min(seq->root_pos() - seq->target_len, left);
@@ -282,17 +280,8 @@ std::vector<DraftJob> Scheduler::DraftTrees(const std::vector<Planned>& plan, in
     job.shape = plan[i].shape;
     job.acceptance = &seq.acceptance;
     draft_tokens += job.drafted_len() - job.draft_len;
-    if (policy_.kind() == TreePolicy::Kind::kDynamic) {
-      // Probe the first depth the server knows too little about (its rates are every
-      // request's prior), a new request's depth 1, and depth 1 after a back-off.
-      for (int d = 1; d <= static_cast<int>(job.shape.size()) && job.explore_depth == 0; ++d) {
-        if (policy_.server_acceptance().weight(d) < kExploreObservations) job.explore_depth = d;
-      }
-      if (job.explore_depth == 0 &&
-          (seq.acceptance.weight(1) < 1 || seq.draft_backoff > 0)) {
-        job.explore_depth = 1;
-      }
-    }
+    job.explore_depth = policy_.ExploreDepth(seq.acceptance, static_cast<int>(job.shape.size()),
+                                             seq.draft_backoff > 0);
     drafting.push_back(&job);
   }
   int decoding = 0;

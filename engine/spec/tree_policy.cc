@@ -176,12 +176,15 @@ std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> l
     children[r].assign(level[r].frontier_value.size(), 0);
   }
 
+  int room = std::max(0, token_room);
   if (kind_ == Kind::kStatic) {
     for (size_t r = 0; r < level.size(); ++r) {
-      std::fill(children[r].begin(), children[r].end(), std::max(0, level[r].max_children));
-      const int nodes = static_cast<int>(children[r].size()) * std::max(0, level[r].max_children);
-      target_tokens_ += nodes;
-      step_nodes_ += nodes;
+      for (int& c : children[r]) {
+        c = std::min(std::max(0, level[r].max_children), room);
+        room -= c;
+        target_tokens_ += c;
+        step_nodes_ += c;
+      }
     }
     return children;
   }
@@ -244,7 +247,36 @@ std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> l
   target_tokens_ += best;
   expected_tokens_ = best_e;
   expected_seconds_ = best_t;
+  room -= best;
+
+  // Exploration: a request to probe that got nothing takes its best candidate (the first
+  // in the ranking), counted like a chosen node.
+  std::vector<bool> probed(level.size(), false);
+  for (size_t r = 0; r < level.size(); ++r) {
+    const std::vector<int>& c = children[r];
+    probed[r] = !level[r].explore || std::any_of(c.begin(), c.end(), [](int n) { return n > 0; });
+  }
+  for (const Candidate& c : candidates) {
+    if (room == 0) break;
+    if (probed[c.request]) continue;
+    probed[c.request] = true;
+    ++children[c.request][c.frontier];
+    --room;
+    expected_tokens_ += c.value;
+    expected_seconds_ += OneMore(target_, target_tokens_);
+    ++target_tokens_;
+    ++step_nodes_;
+  }
   return children;
+}
+
+int TreePolicy::ExploreDepth(const AcceptanceModel& request, int max_depth,
+                             bool backing_off) const {
+  if (kind_ != Kind::kDynamic) return 0;
+  for (int d = 1; d <= max_depth; ++d) {
+    if (server_.weight(d) < kExploreObservations) return d;
+  }
+  return max_depth >= 1 && (request.weight(1) < 1 || backing_off) ? 1 : 0;
 }
 
 void TreePolicy::ObserveTarget(int target_tokens, double seconds) {

@@ -110,6 +110,10 @@ struct LevelRequest {
   // True when `depth` is the request's last (its shape's depth): the new nodes are leaves
   // and are not run through the draft, so they cost no draft-forward time.
   bool last_level = false;
+  // Exploration (see TreePolicy::ExploreDepth): when the ranking gives none of this
+  // request's frontier nodes a child, the one of highest value gets its first candidate,
+  // if the room allows.
+  bool explore = false;
 };
 
 // Contract: owned by the engine's worker thread; not thread-safe. Expand is
@@ -132,10 +136,13 @@ class TreePolicy {
   void BeginStep(int base_tokens, int draft_base_tokens, int decoding,
                  int draft_fixed_tokens = 0);
   // The children of every frontier node of every request at this level:
-  // result[r][f] in [0, level[r].max_children]. Static: always max_children (E and T are
-  // left as they are; token_room is not applied: the shape was validated). Dynamic:
-  // the candidates of the whole batch in decreasing value, taken while they pay (and never
-  // more than `token_room` nodes in all, the step budget left). Updates E and T.
+  // result[r][f] in [0, level[r].max_children], and never more than `token_room` nodes in
+  // all (the step budget left for trees: the one place every node of a step, chosen or
+  // forced, is counted against it). Static: max_children for every node, in request order
+  // while the room lasts (E and T are left as they are; the scheduler plans a static tree
+  // in full or not at all). Dynamic: the candidates of the whole batch in decreasing value,
+  // taken while they pay, then the exploration nodes (LevelRequest::explore) while room
+  // is left. Updates E and T.
   // Cost: O(C log C) for C candidates.
   // Dynamic, exactly: the candidates of frontier node f are its first
   // min(max_children, frontier_top_q[f].size()) top probabilities with q > 0, of value
@@ -155,8 +162,16 @@ class TreePolicy {
   // node may pay for alone, pays when many nodes share it. Then E := E_N,
   // T := T_N. result[r][f] is the number of f's candidates taken: a prefix of its top-q's,
   // decided before any child is drawn. With empty cost curves T stays 0 and nothing is
-  // taken (plain decoding).
+  // taken (plain decoding) but exploration.
   std::vector<std::vector<int>> Expand(std::span<const LevelRequest> level, int token_room);
+  // The depth up to which a request's tree is explored this step (LevelRequest::explore at
+  // depths <= it; 0: none): the first depth of `max_depth` the server has fewer than
+  // kExploreObservations observations at (its rates are every request's prior), else depth
+  // 1 for a request with no observation of its own or retrying after a back-off. The
+  // acceptance models learn only from drafted nodes, so a depth with too little data is
+  // probed with one node instead of never being drafted again. Dynamic only.
+  int ExploreDepth(const AcceptanceModel& request, int max_depth, bool backing_off) const;
+  static constexpr double kExploreObservations = 4;
   // The value of a child with draft probability q at `depth` under `parent_value`.
   double ChildValue(double parent_value, int depth, float q,
                     const AcceptanceModel& request) const;
