@@ -2,8 +2,10 @@
 // §2.2-2.3). On the CPU every kernel is batch-invariant, so what a request produces must not
 // depend on what else runs: batched (submitted together or staggered), chunked and
 // preempted outputs equal the request alone, token for token and byte for byte.
+#include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -74,6 +76,7 @@ class Driver {
   Scheduler& scheduler() { return *scheduler_; }
   const Tokenizer& tokenizer() const { return *models_->tokenizer; }
   const KvCache& target_cache() const { return *models_->target_cache; }
+  const EngineStats& stats() const { return stats_; }
 
  private:
   EngineOptions options_;
@@ -215,6 +218,71 @@ TEST(SchedulerTest, PreemptionIsInvisible) {
     ExpectSame(results[i], ample.Alone(r), "request " + std::to_string(i));
   }
   EXPECT_EQ(tight.target_cache().free_blocks(), tight.target_cache().num_blocks());
+}
+
+// Issue 16: under KV pressure a step that preempts admits nobody; every victim held blocks
+// (preempting a request that holds none frees nothing); a preempted request is not
+// preempted again before it has emitted a token; the gauges count preempted requests apart
+// from the queue (which bounds new submissions). Outputs still equal each request alone.
+TEST(SchedulerTest, PreemptionTakesBlockHoldersThatProgressedAndNeverAdmits) {
+  Driver ample(Options());
+  Driver tight(Options(64, 256));
+  const int n = 12;
+  std::vector<Result> results(n);
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < n; ++i) {
+    GenerationRequest r = Mixed(tight.tokenizer(), i);
+    r.prompt_ids.resize(std::min<size_t>(r.prompt_ids.size(), 40));
+    requests.push_back(r);
+    tight.Add(r, &results[i]);
+  }
+  struct Seen {
+    int preemptions = 0;
+    size_t tokens_at_preemption = 0;
+  };
+  std::map<const Sequence*, Seen> seen;
+  int steps_preempting = 0;
+  for (int guard = 0; guard < 100000 && tight.scheduler().has_work(); ++guard) {
+    std::set<const Sequence*> holders;
+    for (const auto& seq : tight.scheduler().running()) {
+      if (!seq->target_blocks.blocks.empty()) holders.insert(seq.get());
+    }
+    const StepReport step = tight.Step();
+    if (step.preempted > 0) {
+      ++steps_preempting;
+      EXPECT_EQ(step.admitted, 0) << "step " << guard;
+    }
+    int preempted_waiting = 0;
+    auto check = [&](const Sequence& seq) {
+      Seen& s = seen[&seq];
+      if (seq.preemptions > s.preemptions) {
+        EXPECT_EQ(seq.preemptions, s.preemptions + 1) << "step " << guard;
+        EXPECT_TRUE(holders.count(&seq)) << "a victim that held no blocks, step " << guard;
+        if (s.preemptions > 0) {
+          EXPECT_GT(seq.tokens.size(), s.tokens_at_preemption)
+              << "preempted again before any progress, step " << guard;
+        }
+        s.preemptions = seq.preemptions;
+        s.tokens_at_preemption = seq.tokens.size();
+      }
+    };
+    for (const auto& seq : tight.scheduler().running()) check(*seq);
+    for (const auto& seq : tight.scheduler().waiting()) {
+      check(*seq);
+      preempted_waiting += seq->admitted >= 0 ? 1 : 0;
+    }
+    EXPECT_EQ(tight.stats().preempted.load(), preempted_waiting);
+    EXPECT_EQ(tight.stats().queue_depth.load(),
+              static_cast<int>(tight.scheduler().waiting().size()) - preempted_waiting);
+  }
+  ASSERT_FALSE(tight.scheduler().has_work());
+  EXPECT_GT(steps_preempting, 0) << "the budget should force preemptions";
+  // Thrash bound: at most a few preemptions per request on this load.
+  EXPECT_LE(tight.scheduler().preemptions(), 2 * n);
+  for (int i = 0; i < n; ++i) {
+    ExpectSame(results[i], ample.Alone(requests[i]), "request " + std::to_string(i));
+  }
+  EXPECT_EQ(tight.stats().kv_blocks_used.load(), 0);
 }
 
 TEST(SchedulerTest, ALongPromptDelaysRunningStreamsByAtMostOneChunkPerStep) {

@@ -110,24 +110,40 @@ void Scheduler::EndCancelled() {
   std::erase_if(waiting_, cancelled);
 }
 
-void Scheduler::Admit() {
+int Scheduler::GrowthBlocks() const {
+  int blocks = 0;
+  for (const auto& seq : running_) {
+    const int slots = seq->prefilling()
+                          ? std::min(seq->root_pos(), seq->target_len + options_.max_step_tokens)
+                          : seq->root_pos() + ExpansionNodeCount(StepShape(*seq));
+    blocks += std::max(0, BlocksFor(slots) - static_cast<int>(seq->target_blocks.blocks.size()));
+  }
+  return blocks;
+}
+
+int Scheduler::Admit() {
   KvCache& cache = *models_->target_cache;
+  // The running set's growth this step comes first: a request is admitted only into the
+  // blocks left after it (and the watermark), so a step never admits and then preempts.
+  int free = cache.free_blocks() - GrowthBlocks();
+  int admitted = 0;
   while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_batch) {
     Sequence& next = *waiting_.front();
     const int first_chunk = std::min(next.root_pos(), options_.max_step_tokens) + 1;
-    if (!running_.empty() && cache.free_blocks() - BlocksFor(first_chunk) < watermark_blocks_) {
-      return;
-    }
+    if (!running_.empty() && free - BlocksFor(first_chunk) < watermark_blocks_) break;
+    free -= BlocksFor(first_chunk);
     if (next.admitted < 0) next.admitted = next_admission_++;
     if (options_.observer != nullptr && next.preemptions == 0) {
       options_.observer->OnQueueWait(Seconds(next.queued_at, Clock::now()));
     }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
+    ++admitted;
     // Keep the running set in admission order (a preempted request re-enters in its place).
     std::stable_sort(running_.begin(), running_.end(),
                      [](const auto& a, const auto& b) { return a->admitted < b->admitted; });
   }
+  return admitted;
 }
 
 std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
@@ -173,11 +189,27 @@ std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
 void Scheduler::Preempt(Sequence& seq) {
   Release(seq);
   ++seq.preemptions;
+  seq.preempted_at = static_cast<int>(seq.tokens.size());
   ++preemptions_;
   auto it = std::find_if(running_.begin(), running_.end(),
                          [&](const auto& s) { return s.get() == &seq; });
   waiting_.push_front(std::move(*it));
   running_.erase(it);
+}
+
+Sequence* Scheduler::Victim(const Sequence& growing) const {
+  // The most recently admitted request that holds blocks (preempting one that holds none
+  // frees nothing) and has made progress since its last preemption (bounding thrash);
+  // failing that, the most recently admitted holder. `growing` may be its own victim.
+  Sequence* fallback = nullptr;
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+    Sequence* seq = it->get();
+    if (seq->target_blocks.blocks.empty() && seq != &growing) continue;
+    if (fallback == nullptr) fallback = seq;
+    const bool progressed = static_cast<int>(seq->tokens.size()) > seq->preempted_at;
+    if (seq->preemptions == 0 || progressed) return seq;
+  }
+  return fallback != nullptr ? fallback : running_.back().get();
 }
 
 void Scheduler::GrowKv(std::vector<Planned>& plan, StepReport& report) {
@@ -194,8 +226,7 @@ void Scheduler::GrowKv(std::vector<Planned>& plan, StepReport& report) {
       absl::Status room = target.Reserve(seq->target_blocks, slots);
       if (room.ok() && seq->speculating()) room = draft->Reserve(seq->draft_blocks, slots);
       if (room.ok()) break;
-      // Out of blocks: the most recently admitted request gives its blocks back.
-      Sequence* victim = running_.back().get();
+      Sequence* victim = Victim(*seq);
       std::erase_if(plan, [&](const Planned& p) { return p.seq == victim; });
       Preempt(*victim);
       ++report.preempted;
@@ -208,7 +239,7 @@ StepReport Scheduler::Step() {
   StepReport report;
   // a. Admission, after ending cancelled requests (their blocks are free again).
   EndCancelled();
-  Admit();
+  report.admitted = Admit();
   // b. The budget (trees first, then prompt chunks) and the blocks it needs.
   int tree_room = 0;
   std::vector<Planned> plan = Budget(&tree_room);
@@ -416,6 +447,10 @@ void Scheduler::Publish() {
   const KvCache& cache = *models_->target_cache;
   int preempted_waiting = 0;
   for (const auto& seq : waiting_) preempted_waiting += seq->admitted >= 0 ? 1 : 0;
+  // The only writer of every gauge. Preempted requests are not in queue_depth (the engine
+  // bounds new submissions by it: KV pressure must not turn into RESOURCE_EXHAUSTED).
+  stats_->queue_depth.store(static_cast<int>(waiting_.size()) - preempted_waiting,
+                            std::memory_order_relaxed);
   stats_->running.store(static_cast<int>(running_.size()), std::memory_order_relaxed);
   stats_->preempted.store(preempted_waiting, std::memory_order_relaxed);
   stats_->preemptions_total.store(preemptions_, std::memory_order_relaxed);

@@ -1,6 +1,7 @@
 // engine/serving/scheduler.h — one step for all running requests (DESIGN §2.2-2.3):
-// admission above a KV watermark, the step's token budget (trees first, then prompt
-// chunks), KV growth with recompute preemption of the most recently admitted request, one
+// admission above a KV watermark (never in a step that must preempt), the step's token
+// budget (trees first, then prompt chunks), KV growth with recompute preemption of the most
+// recently admitted request that holds blocks and has progressed since its last preemption, one
 // batched draft pass (catch-up, then one forward per tree level), ONE target forward over
 // every request's root + tree and the prompt chunks, then verification, K/V compaction and
 // emission per request.
@@ -60,7 +61,11 @@ class Scheduler {
   };
 
   void EndCancelled();
-  void Admit();
+  // The blocks the running set takes this step beyond those it holds (its plan at most).
+  int GrowthBlocks() const;
+  // Moves waiting requests into the running set while the blocks left after the running
+  // set's growth keep the watermark; returns how many.
+  int Admit();
   // The step's plan in the order of the target forward: decoding requests, then prompt
   // chunks; *tree_room: the tree nodes the dynamic policy may add across the batch.
   std::vector<Planned> Budget(int* tree_room) const;
@@ -68,6 +73,8 @@ class Scheduler {
   // preempted ones from `plan`.
   void GrowKv(std::vector<Planned>& plan, StepReport& report);
   void Preempt(Sequence& seq);
+  // Whom to preempt so that `growing` can grow (see scheduler.cc).
+  Sequence* Victim(const Sequence& growing) const;
   // c-d: the jobs of the step's decoding requests (a root-only tree for those that do not
   // draft), drafted together; prefilling requests' chunks go through the draft too.
   std::vector<DraftJob> DraftTrees(const std::vector<Planned>& plan, int tree_room);
