@@ -415,6 +415,48 @@ TEST(SchedulerTest, NoStepExceedsItsBudgetForRandomLoads) {
   }
 }
 
+// Issue 16: the tree room the dynamic policy does not use goes to the prompt chunks of the
+// same step, so while a long prompt has at least a step's worth left every step is full.
+TEST(SchedulerTest, UnusedTreeRoomGoesToPrefillInTheSameStep) {
+  const int step_tokens = 64;
+  EngineOptions options = Options(step_tokens);
+  options.tree_policy = EngineOptions::TreePolicy::kDynamic;
+  Driver driver(options);
+  std::vector<Result> streams(4);
+  for (int i = 0; i < 4; ++i) {
+    GenerationRequest r;
+    r.prompt_ids = driver.tokenizer().Encode(Words(4, i), true);
+    r.max_tokens = 60;
+    r.ignore_eos = true;
+    driver.Add(r, &streams[i]);
+  }
+  for (int s = 0; s < 3; ++s) driver.Step();
+  Result long_prompt;
+  GenerationRequest r;
+  r.prompt_ids = driver.tokenizer().Encode(Words(400, 2), true);
+  r.prompt_ids.resize(230);
+  r.max_tokens = 8;
+  r.ignore_eos = true;
+  driver.Add(r, &long_prompt);
+  int prefilled = 0;
+  int full_steps = 0;
+  while (prefilled < static_cast<int>(r.prompt_ids.size()) - 1) {
+    const int left = static_cast<int>(r.prompt_ids.size()) - 1 - prefilled;
+    const StepReport step = driver.Step();
+    EXPECT_LE(step.prefill_tokens + step.tree_tokens, step_tokens);
+    if (left >= step_tokens) {
+      EXPECT_EQ(step.prefill_tokens + step.tree_tokens, step_tokens)
+          << "a step with room left while " << left << " prompt tokens wait";
+      ++full_steps;
+    }
+    prefilled += step.prefill_tokens;
+  }
+  EXPECT_GE(full_steps, 2);
+  driver.RunAll();
+  EXPECT_EQ(long_prompt.ids.size(), 8u);
+  for (const Result& stream : streams) EXPECT_EQ(stream.ids.size(), 60u);
+}
+
 TEST(SchedulerTest, ARequestThatCouldNeverFitIsRefusedAtSubmit) {
   EngineOptions options = Options(64, 128);
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(options);

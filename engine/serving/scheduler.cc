@@ -165,6 +165,8 @@ std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
     const auto& seq = running_[(k + rotation_) % n];
     if (seq->prefilling()) continue;
     Planned p{seq.get(), true, 0, 0, StepShape(*seq)};
+    // A dynamic request backing off drafts nothing this step: its root alone.
+    if (dynamic && seq->draft_skip > 0) p.shape.clear();
     const int nodes = ExpansionNodeCount(p.shape);  // root included
     const int need = dynamic ? 1 : nodes;
     // The first always fits (max_step_tokens >= the largest tree); others may wait a step.
@@ -184,6 +186,31 @@ std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
     plan.push_back({seq.get(), false, chunk, seq->target_len + chunk, {}});
   }
   return plan;
+}
+
+void Scheduler::GiveBackRoom(int spare, std::vector<Planned>& plan, std::vector<DraftJob>& jobs) {
+  KvCache& target = *models_->target_cache;
+  for (const auto& seq : running_) {
+    if (spare <= 0) return;
+    if (!seq->prefilling()) continue;
+    auto p = std::find_if(plan.begin(), plan.end(),
+                          [&](const Planned& q) { return q.seq == seq.get(); });
+    const int from = p == plan.end() ? seq->target_len : p->slots;
+    // Within the blocks held and the free ones above the watermark (never preempting).
+    const int held = static_cast<int>(seq->target_blocks.blocks.size());
+    const int most = (held + std::max(0, target.free_blocks() - watermark_blocks_)) * kKvBlockSize;
+    const int to = std::min({seq->root_pos(), from + spare, most});
+    if (to <= from || !target.Reserve(seq->target_blocks, to).ok()) continue;
+    spare -= to - from;
+    if (p == plan.end()) {
+      // The draft catches up on this chunk with the request's next one.
+      plan.push_back({seq.get(), false, to - from, to, {}});
+      jobs.emplace_back().tree.Reset(seq->tokens.back());
+    } else {
+      p->chunk += to - from;
+      p->slots = to;
+    }
+  }
 }
 
 void Scheduler::Preempt(Sequence& seq) {
@@ -252,6 +279,9 @@ StepReport Scheduler::Step() {
   // c-d. Every request's tree from one batched draft pass, the policy deciding per level.
   const Clock::time_point start = Clock::now();
   std::vector<DraftJob> jobs = DraftTrees(plan, tree_room);
+  int tree_nodes = 0;
+  for (const DraftJob& job : jobs) tree_nodes += job.tree.size() - 1;
+  GiveBackRoom(tree_room - tree_nodes, plan, jobs);
   // e. ONE target forward over every root + tree and every prompt chunk.
   const Clock::time_point drafted = Clock::now();
   std::vector<int> first_row;

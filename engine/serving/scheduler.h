@@ -72,6 +72,10 @@ class Scheduler {
   // Takes the blocks every planned request needs, preempting as needed; drops the
   // preempted ones from `plan`.
   void GrowKv(std::vector<Planned>& plan, StepReport& report);
+  // The tree room the policy left (`spare` nodes) goes to prompt chunks in the same
+  // forward: planned chunks grow, prefilling requests without one get one (the draft
+  // catches up on the extra tokens with their next chunk).
+  void GiveBackRoom(int spare, std::vector<Planned>& plan, std::vector<DraftJob>& jobs);
   void Preempt(Sequence& seq);
   // Whom to preempt so that `growing` can grow (see scheduler.cc).
   Sequence* Victim(const Sequence& growing) const;
