@@ -25,22 +25,24 @@ double Seconds(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
 
-// Moves the K/V of the accepted nodes (tree slots) to their committed slots. Node
-// nodes[d-1] sits at depth d (slot root_pos + node) and belongs at root_pos + d; moving in
-// depth order is safe: node index >= depth, and indices grow along the path.
-void Compact(kernels::Backend& backend, KvCache& cache, const SequenceBlocks& blocks, int root_pos,
-             std::span<const int> nodes) {
-  std::vector<int32_t> src, dst;
+// The physical moves that bring the K/V of the accepted nodes (tree slots) to their
+// committed slots, appended to *moves. Node nodes[d-1] sits at depth d (slot root_pos +
+// node) and belongs at root_pos + d; moving in depth order is safe: node index >= depth,
+// and indices grow along the path. Different requests' moves touch different blocks.
+void AddMoves(const KvCache& cache, const SequenceBlocks& blocks, int root_pos,
+              std::span<const int> nodes, Scheduler::Moves* moves) {
   for (size_t d = 1; d <= nodes.size(); ++d) {
     if (nodes[d - 1] == static_cast<int>(d)) continue;
-    src.push_back(cache.PhysicalSlot(blocks, root_pos + nodes[d - 1]));
-    dst.push_back(cache.PhysicalSlot(blocks, root_pos + static_cast<int>(d)));
+    moves->src.push_back(cache.PhysicalSlot(blocks, root_pos + nodes[d - 1]));
+    moves->dst.push_back(cache.PhysicalSlot(blocks, root_pos + static_cast<int>(d)));
   }
-  if (src.empty()) return;
-  for (int l = 0; l < cache.num_layers(); ++l) {
-    backend.KvMove(src.data(), dst.data(), static_cast<int>(src.size()), cache.row(), cache.dtype(),
-                   cache.k(l), cache.v(l));
-  }
+}
+
+// One compaction call for the whole cache (every layer, every request of the step).
+void Compact(kernels::Backend& backend, KvCache& cache, const Scheduler::Moves& moves) {
+  if (moves.src.empty()) return;
+  backend.KvCompact(moves.src.data(), moves.dst.data(), static_cast<int>(moves.src.size()),
+                    cache.row(), cache.dtype(), cache.k_pools(), cache.v_pools());
 }
 
 int BlocksFor(int slots) { return (slots + kKvBlockSize - 1) / kKvBlockSize; }
@@ -289,6 +291,7 @@ StepReport Scheduler::Step() {
   const Clock::time_point scored = Clock::now();
   // f-g. Verify, compact and emit per request; prefilling requests advance.
   std::vector<Sequence*> finished;
+  Moves target_moves, draft_moves;
   for (size_t i = 0; i < plan.size(); ++i) {
     Sequence& seq = *plan[i].seq;
     if (!plan[i].decode) {
@@ -297,9 +300,13 @@ StepReport Scheduler::Step() {
       report.prefill_tokens += plan[i].chunk;
     } else {
       ++report.decoding;
-      if (VerifyAndEmit(seq, jobs[i], logits, first_row[i])) finished.push_back(&seq);
+      if (VerifyAndEmit(seq, jobs[i], logits, first_row[i], &target_moves, &draft_moves)) {
+        finished.push_back(&seq);
+      }
     }
   }
+  Compact(*models_->backend, *models_->target_cache, target_moves);
+  if (models_->draft_cache != nullptr) Compact(*models_->backend, *models_->draft_cache, draft_moves);
   std::erase_if(running_, [&](const std::unique_ptr<Sequence>& s) {
     return std::find(finished.begin(), finished.end(), s.get()) != finished.end();
   });
@@ -395,7 +402,7 @@ LogitsView Scheduler::ScoreTarget(const std::vector<Planned>& plan,
 }
 
 bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsView& logits,
-                              int first_row) {
+                              int first_row, Moves* target_moves, Moves* draft_moves) {
   // A broken invariant in the models' data fails this request only (DESIGN §2.6).
   std::optional<NonFinite> bad = job.non_finite;
   const bool in_draft = bad.has_value();
@@ -413,9 +420,10 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
   const int root_pos = seq.root_pos();
   const VerifyResult result =
       VerifyTree(logits, first_row, job.tree, seq.tokens, seq.request.sampling, seq.verify_rng);
-  // The root is already at its slot in the target; the accepted path moves into place.
-  Compact(*models_->backend, *models_->target_cache, seq.target_blocks, root_pos,
-          result.accepted_nodes);
+  // The root is already at its slot in the target; the accepted path moves into place
+  // (the moves of a request that finishes now are dropped: its blocks go back).
+  Moves target, draft;
+  AddMoves(*models_->target_cache, seq.target_blocks, root_pos, result.accepted_nodes, &target);
   seq.target_len = root_pos + 1 + static_cast<int>(result.accepted_nodes.size());
   const bool drafted = job.blocks != nullptr;
   if (drafted) {
@@ -426,13 +434,19 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
         in_draft_cache.push_back(node);
       }
     }
-    Compact(*models_->backend, *models_->draft_cache, seq.draft_blocks, root_pos, in_draft_cache);
+    AddMoves(*models_->draft_cache, seq.draft_blocks, root_pos, in_draft_cache, &draft);
     seq.draft_len = root_pos + 1 + static_cast<int>(in_draft_cache.size());
   }
   std::vector<int32_t> emitted;
   for (int node : result.accepted_nodes) emitted.push_back(job.tree.token[node]);
   emitted.push_back(result.bonus_token);
   Emitted out = Commit(seq, emitted, models_->eos_ids, models_->max_context);
+  if (seq.finish == FinishReason::kNone) {
+    target_moves->src.insert(target_moves->src.end(), target.src.begin(), target.src.end());
+    target_moves->dst.insert(target_moves->dst.end(), target.dst.begin(), target.dst.end());
+    draft_moves->src.insert(draft_moves->src.end(), draft.src.begin(), draft.src.end());
+    draft_moves->dst.insert(draft_moves->dst.end(), draft.dst.begin(), draft.dst.end());
+  }
   // Every target pass of a speculating request is a verify step, even one whose tree was
   // cut to the root (near max_tokens, or while the draft backs off).
   if (seq.speculating()) {

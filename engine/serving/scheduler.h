@@ -4,7 +4,7 @@
 // recently admitted request that holds blocks and has progressed since its last preemption, one
 // batched draft pass (catch-up, then one forward per tree level), ONE target forward over
 // every request's root + tree and the prompt chunks, then verification, K/V compaction and
-// emission per request.
+// emission per request, with ONE K/V compaction call per cache for the whole step.
 //
 // On the CPU every kernel is batch-invariant, so each request's tokens do not depend on
 // what else is in the step: batched, chunked and preempted outputs equal the output of the
@@ -35,6 +35,11 @@ namespace specmoe::engine {
 // max_step_tokens tokens, plus O(requests * tree) host work.
 class Scheduler {
  public:
+  // A step's K/V compaction of one cache: physical slots, cache[dst[i]] = cache[src[i]].
+  struct Moves {
+    std::vector<int32_t> src, dst;
+  };
+
   Scheduler(ModelSet* models, const EngineOptions& options, EngineStats* stats);
 
   // A submitted request joins the back of the waiting queue.
@@ -85,9 +90,11 @@ class Scheduler {
   // e: the one target forward; (*first_row)[i]: plan[i]'s first logit row (-1: none).
   LogitsView ScoreTarget(const std::vector<Planned>& plan, const std::vector<DraftJob>& jobs,
                          std::vector<int>* first_row, StepReport& report);
-  // f-g for one decoding request: verify, compact both caches, commit and emit; true
-  // when the request finished (its final event delivered, its blocks released).
-  bool VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsView& logits, int first_row);
+  // f-g for one decoding request: verify, commit and emit, adding its compaction to the
+  // step's moves of each cache (one KvCompact per cache after all requests); true when the
+  // request finished (its final event delivered, its blocks released, no moves added).
+  bool VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsView& logits, int first_row,
+                     Moves* target_moves, Moves* draft_moves);
   // The request's expansion for this step: its own, cut to the context and the tokens
   // still wanted (a step emits at most depth + 1 tokens).
   std::vector<int> StepShape(const Sequence& seq) const;
