@@ -23,7 +23,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <span>
 #include <string>
 
 namespace specmoe::kernels {
@@ -243,9 +242,9 @@ class Backend {
   // `row` kv_dtype elements). src, dst: host arrays of physical slots, every request's
   // moves of the step concatenated (one call per cache per step after verification, not
   // part of a forward; a device backend uploads them once and launches once).
-  // k_caches, v_caches: [layers] pools, the same count.
+  // k_caches, v_caches: host arrays of `layers` pools each.
   virtual void KvCompact(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
-                         std::span<void* const> k_caches, std::span<void* const> v_caches) = 0;
+                         void* const* k_caches, void* const* v_caches, int layers) = 0;
 
   // Attention over the paged KV cache; see AttentionArgs. Its tables come from args.fwd.
   virtual void Attention(const AttentionArgs& args) = 0;

@@ -354,7 +354,7 @@ TEST_F(CpuBackendTest, KvWriteAndMove) {
   const int32_t dst[] = {3, 2, 4};
   void* const k_pools[] = {k_cache.data(), k1_cache.data()};
   void* const v_pools[] = {v_cache.data(), v1_cache.data()};
-  backend_->KvCompact(src, dst, 3, row, DType::kF32, k_pools, v_pools);
+  backend_->KvCompact(src, dst, 3, row, DType::kF32, k_pools, v_pools, 2);
   for (int j = 0; j < row; ++j) {
     EXPECT_EQ(k_cache[3 * row + j], k[1 * row + j]);
     EXPECT_EQ(k_cache[2 * row + j], k[0 * row + j]);
@@ -566,7 +566,7 @@ TEST_F(CpuBackendTest, AttentionOverAnF16CacheEqualsF32OverTheRoundedValues) {
     const int32_t src[] = {3}, dst[] = {7};
     void* const k_pools[] = {k16.data()};
     void* const v_pools[] = {v16.data()};
-    backend_->KvCompact(src, dst, 1, row, DType::kF16, k_pools, v_pools);
+    backend_->KvCompact(src, dst, 1, row, DType::kF16, k_pools, v_pools, 1);
     EXPECT_EQ(std::memcmp(k16.data() + 7 * row, k16.data() + 3 * row, row * 2), 0);
     EXPECT_EQ(std::memcmp(v16.data() + 7 * row, v16.data() + 3 * row, row * 2), 0);
   }

@@ -669,8 +669,8 @@ TEST_F(CudaBackendTest, KvCompactMatchesCpuInOrderInEveryLayer) {
         dv.push_back(ToDevice(v[l]));
       }
       for (int n : {1, 3, static_cast<int>(src.size())}) {
-        cpu_->KvCompact(src.data(), dst.data(), n, row, kv, hk, hv);
-        gpu_->KvCompact(src.data(), dst.data(), n, row, kv, dk, dv);
+        cpu_->KvCompact(src.data(), dst.data(), n, row, kv, hk.data(), hv.data(), layers);
+        gpu_->KvCompact(src.data(), dst.data(), n, row, kv, dk.data(), dv.data(), layers);
         for (int l = 0; l < layers; ++l) {
           const std::string what = std::string(DTypeName(kv)) + " row=" + std::to_string(row) +
                                    " n=" + std::to_string(n) + " layer=" + std::to_string(l);

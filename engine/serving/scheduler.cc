@@ -42,7 +42,8 @@ void AddMoves(const KvCache& cache, const SequenceBlocks& blocks, int root_pos,
 void Compact(kernels::Backend& backend, KvCache& cache, const Scheduler::Moves& moves) {
   if (moves.src.empty()) return;
   backend.KvCompact(moves.src.data(), moves.dst.data(), static_cast<int>(moves.src.size()),
-                    cache.row(), cache.dtype(), cache.k_pools(), cache.v_pools());
+                    cache.row(), cache.dtype(), cache.k_pools().data(), cache.v_pools().data(),
+                    cache.num_layers());
 }
 
 int BlocksFor(int slots) { return (slots + kKvBlockSize - 1) / kKvBlockSize; }

@@ -211,10 +211,9 @@ class CpuBackend final : public Backend {
   }
 
   void KvCompact(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
-                 std::span<void* const> k_caches, std::span<void* const> v_caches) override {
-    SPECMOE_CHECK(k_caches.size() == v_caches.size(), "KvCompact: one V pool per K pool");
+                 void* const* k_caches, void* const* v_caches, int layers) override {
     const size_t bytes = static_cast<size_t>(row) * DTypeBytes(kv_dtype);
-    for (size_t l = 0; l < k_caches.size(); ++l) {
+    for (int l = 0; l < layers; ++l) {
       for (void* cache : {k_caches[l], v_caches[l]}) {
         char* base = static_cast<char*>(cache);
         for (int i = 0; i < n; ++i) {

@@ -346,8 +346,8 @@ class CudaBackend final : public Backend {
   // waits for that small copy (not for the moves), so the staging is free when it returns:
   // one host wait per cache per step, whatever the layers and requests.
   void KvCompact(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
-                 std::span<void* const> k_caches, std::span<void* const> v_caches) override {
-    if (n <= 0 || k_caches.empty()) return;
+                 void* const* k_caches, void* const* v_caches, int layers) override {
+    if (n <= 0 || layers <= 0) return;
     SPECMOE_CHECK(!ctx_.capturing, "KvCompact inside a recording (its slots are host memory)");
     MakeCurrent();
     const size_t bytes = 2 * static_cast<size_t>(n) * sizeof(int32_t);
@@ -357,7 +357,7 @@ class CudaBackend final : public Backend {
     std::memcpy(staged + n, dst, n * sizeof(int32_t));
     SPECMOE_CUDA_CHECK(cudaMemcpyAsync(slots, staged, bytes, cudaMemcpyHostToDevice, ctx_.stream));
     SPECMOE_CUDA_CHECK(cudaEventRecord(staging_copied_, ctx_.stream));
-    cuda::KvCompact(slots, slots + n, n, row, kv_dtype, k_caches, v_caches, ctx_);
+    cuda::KvCompact(slots, slots + n, n, row, kv_dtype, k_caches, v_caches, layers, ctx_);
     SPECMOE_CUDA_CHECK(cudaEventSynchronize(staging_copied_));
   }
 

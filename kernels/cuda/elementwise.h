@@ -9,7 +9,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <span>
 
 #include "kernels/backend.h"
 #include "kernels/cuda/context.h"
@@ -39,8 +38,7 @@ void KvWrite(const float* k, const float* v, const ForwardDesc& fwd, int row, DT
 // For every pool of k_caches and v_caches ([layers] each, host arrays of device pointers):
 // cache[dst[i]] = cache[src[i]] for i < n, in order; src, dst: device [n]. One launch.
 void KvCompact(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
-               std::span<void* const> k_caches, std::span<void* const> v_caches,
-               CudaContext& ctx);
+               void* const* k_caches, void* const* v_caches, int layers, CudaContext& ctx);
 // out[i, :] = x[fwd.logit_rows[i], :] for i < fwd.n_logit_rows; out must not alias x.
 void GatherRows(const float* x, const ForwardDesc& fwd, int cols, float* out, CudaContext& ctx);
 

@@ -59,22 +59,20 @@ bool Aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % 
 }  // namespace
 
 void KvCompact(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
-               std::span<void* const> k_caches, std::span<void* const> v_caches,
-               CudaContext& ctx) {
-  if (n == 0 || row == 0 || k_caches.empty()) return;
-  SPECMOE_CHECK(n > 0 && row > 0 && k_caches.size() == v_caches.size(), "KvCompact arguments");
+               void* const* k_caches, void* const* v_caches, int layers, CudaContext& ctx) {
+  if (n == 0 || row == 0 || layers == 0) return;
+  SPECMOE_CHECK(n > 0 && row > 0 && layers > 0, "KvCompact arguments");
   const size_t row_bytes = static_cast<size_t>(row) * DTypeBytes(kv_dtype);
   // The widest unit (16, 4 or 2 bytes) that divides a row and aligns every pool.
   auto fits = [&](size_t unit) {
     if (row_bytes % unit != 0) return false;
-    for (size_t l = 0; l < k_caches.size(); ++l) {
+    for (int l = 0; l < layers; ++l) {
       if (!Aligned(k_caches[l], unit) || !Aligned(v_caches[l], unit)) return false;
     }
     return true;
   };
   const size_t unit = fits(16) ? 16 : fits(4) ? 4 : 2;
   SPECMOE_CHECK(unit > 2 || fits(2), "KV rows of 2-byte elements");
-  const int layers = static_cast<int>(k_caches.size());
   for (int first = 0; first < layers; first += kMaxPools / 2) {
     const int count = std::min(kMaxPools / 2, layers - first);
     Pools pools{};
