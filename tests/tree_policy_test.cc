@@ -843,5 +843,72 @@ TEST(TreePolicyTest, WorkedExample) {
   EXPECT_DOUBLE_EQ(busy.expected_tokens(), 100.0);
 }
 
+// Issue 16: the host work outside the forwards is fitted as fixed + per node from measured
+// steps, and a per-node cost makes the same level take fewer nodes.
+TEST(TreePolicyTest, HostWorkPerNodeIsFittedAndPricesNodes) {
+  TreePolicy policy(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
+  for (int step = 0; step < 400; ++step) {
+    const int nodes = (step * 7) % 40;
+    policy.ObserveOverhead(0.002 + 0.004 * nodes, nodes);
+  }
+  EXPECT_NEAR(policy.host_per_node_seconds(), 0.004, 1e-6);
+  EXPECT_NEAR(policy.host_fixed_seconds(), 0.002, 1e-6);
+  const AcceptanceModel none;
+  const std::vector<double> v = {1.0};
+  const std::vector<std::vector<float>> top = {{0.5f, 0.2f, 0.1f, 0.05f}};
+  LevelRequest lr;
+  lr.max_children = 4;
+  lr.depth = 1;
+  lr.frontier_value = v;
+  lr.frontier_top_q = top;
+  lr.acceptance = &none;
+  lr.last_level = true;
+  TreePolicy free_host(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
+  free_host.BeginStep(1, 1, 1);
+  policy.BeginStep(1, 1, 1);
+  // Free host work: all four leaves (the target is flat). At 4 ms a node (E = 1, T = 32 ms
+  // with the fixed 2 ms): 0.5 (+3 ms catch-up +4 ms: 1.5 / 39 ms), 0.2 (0.2 / 4 ms = 50 >
+  // 38.5 tok/s: 1.7 / 43 ms), then 0.1 / 4 ms = 25 < 39.5: refused.
+  EXPECT_THAT(free_host.Expand(std::span(&lr, 1), 64), ElementsAre(ElementsAre(4)));
+  EXPECT_THAT(policy.Expand(std::span(&lr, 1), 64), ElementsAre(ElementsAre(2)));
+}
+
+// Runs `steps` one-level steps of one request whose cost model says a tree pays, reporting
+// to ObserveOutcome a realised rate of `tree_rate` tokens/s for steps that took nodes and
+// `plain_rate` for plain ones; the fraction of the last 100 steps that took nodes.
+double TreeShare(TreePolicy& policy, double tree_rate, double plain_rate, int steps) {
+  const AcceptanceModel none;
+  const std::vector<double> v = {1.0};
+  const std::vector<std::vector<float>> top = {{0.8f}};
+  LevelRequest lr;
+  lr.max_children = 1;
+  lr.depth = 1;
+  lr.frontier_value = v;
+  lr.frontier_top_q = top;
+  lr.acceptance = &none;
+  lr.last_level = true;
+  int with_trees = 0;
+  for (int step = 0; step < steps; ++step) {
+    policy.BeginStep(4, 4, 4);
+    const int nodes = policy.Expand(std::span(&lr, 1), 64)[0][0];
+    if (step >= steps - 100) with_trees += nodes > 0 ? 1 : 0;
+    const double rate = nodes > 0 ? tree_rate : plain_rate;
+    policy.ObserveOutcome(4, 4, 4 / rate);
+  }
+  return with_trees / 100.0;
+}
+
+// Issue 16: whatever the cost model says, a policy whose trees realise fewer tokens per
+// second than plain decoding at the same load moves toward plain decoding (probing it now
+// and then), and one whose trees do better keeps them.
+TEST(TreePolicyTest, OutcomesMoveThePolicyTowardWhatIsFaster) {
+  TreePolicy losing(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
+  EXPECT_LT(TreeShare(losing, 50.0, 100.0, 600), 0.35);
+  EXPECT_GT(losing.margin(4), 1.0);
+  TreePolicy winning(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
+  EXPECT_GT(TreeShare(winning, 200.0, 100.0, 600), 0.9);
+  EXPECT_DOUBLE_EQ(winning.margin(4), 1.0);
+}
+
 }  // namespace
 }  // namespace specmoe::engine

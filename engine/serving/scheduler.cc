@@ -293,8 +293,10 @@ StepReport Scheduler::Step() {
   // f-g. Verify, compact and emit per request; prefilling requests advance.
   std::vector<Sequence*> finished;
   Moves target_moves, draft_moves;
+  int emitted = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
     Sequence& seq = *plan[i].seq;
+    const size_t tokens_before = seq.tokens.size();
     if (!plan[i].decode) {
       seq.target_len = plan[i].slots;
       ++report.prefilling;
@@ -304,6 +306,7 @@ StepReport Scheduler::Step() {
       if (VerifyAndEmit(seq, jobs[i], logits, first_row[i], &target_moves, &draft_moves)) {
         finished.push_back(&seq);
       }
+      emitted += static_cast<int>(seq.tokens.size() - tokens_before);
     }
   }
   Compact(*models_->backend, *models_->target_cache, target_moves);
@@ -314,7 +317,11 @@ StepReport Scheduler::Step() {
   report.draft_seconds = Seconds(start, drafted);
   report.target_seconds = Seconds(drafted, scored);
   report.verify_seconds = Seconds(scored, Clock::now());
-  if (report.decoding > 0) policy_.ObserveOverhead(report.verify_seconds);
+  if (report.decoding > 0) {
+    policy_.ObserveOverhead(report.verify_seconds, tree_nodes);
+    policy_.ObserveOutcome(report.decoding, emitted,
+                           report.draft_seconds + report.target_seconds + report.verify_seconds);
+  }
   if (options_.observer != nullptr) options_.observer->OnStep(report);
   Publish();
   return report;
@@ -459,7 +466,8 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
       policy_.ObserveStep(stats, first_q);
     }
   }
-  if (drafted && policy_.kind() == TreePolicy::Kind::kDynamic && !job.shape.empty()) {
+  if (drafted && policy_.kind() == TreePolicy::Kind::kDynamic && !job.shape.empty() &&
+      !policy_.probing()) {
     seq.draft_backoff = job.tree.size() > 1 ? 0 : std::clamp(2 * seq.draft_backoff, 1, 16);
     seq.draft_skip = seq.draft_backoff;
   }
