@@ -221,21 +221,38 @@ kill -TERM "$HOST_PID"; wait "$HOST_PID" || true; HOST_PID=""
 
 # SIGTERM (sent straight to the container's process 1, so it lands at once) while a
 # streamed completion is in flight: the request must still finish whole, then exit 0.
-"$CLI" stream --json --no-speculation --max-tokens 252 --ignore-eos --server "127.0.0.1:$PORT" \
-    "And God said" >"$WORK/inflight.jsonl" 2>"$WORK/inflight.err" &
-client_pid=$!
-for _ in $(seq 1 400); do [ -s "$WORK/inflight.jsonl" ] && break; sleep 0.01; done
-kill -TERM "$server_pid"
+# Deterministic on any host speed: once the stream has started, the server is stopped
+# (SIGSTOP); the SIGTERM is sent only if the container's log (drained while it is stopped)
+# does not show the request finished, i.e. it is provably in flight when the signal is
+# sent, and the server is continued. A stream that won the race to its end is retried.
+in_flight=""
+for attempt in 1 2 3 4 5; do
+  "$CLI" stream --json --no-speculation --max-tokens 252 --ignore-eos --server "127.0.0.1:$PORT" \
+      "And God said" >"$WORK/inflight.jsonl" 2>"$WORK/inflight.err" &
+  client_pid=$!
+  for _ in $(seq 1 2000); do [ -s "$WORK/inflight.jsonl" ] && break; sleep 0.005; done
+  kill -STOP "$server_pid"
+  sleep 0.5  # conmon drains what the stopped server wrote before the stop
+  finished_before=$(podman_run logs "$CONTAINER" 2>&1 | grep -c "completion_tokens=252 finish=length" || true)
+  if [ "$finished_before" -lt "$attempt" ]; then
+    in_flight=$attempt
+    kill -TERM "$server_pid"
+    kill -CONT "$server_pid"
+    break
+  fi
+  kill -CONT "$server_pid"
+  wait "$client_pid" || die "the completion failed: $(cat "$WORK/inflight.err")"
+done
+[ -n "$in_flight" ] || die "no stream was still in flight after 5 tries (the server stopped 5 ms after its first chunk)"
 wait "$client_pid" || die "the in-flight completion failed during the drain: $(cat "$WORK/inflight.err")"
 streamed=$(python3 -c 'import json,sys; print(sum(len(json.loads(l).get("token_ids", [])) for l in open(sys.argv[1]) if l.strip()))' "$WORK/inflight.jsonl")
 [ "$streamed" = 252 ] || die "the in-flight completion streamed $streamed tokens, not 252"
 code=$(timeout 60 podman --runtime runc --cgroup-manager cgroupfs wait "$CONTAINER") || die "the container did not stop within 60 s of SIGTERM"
 podman_run logs "$CONTAINER" >"$WORK/container.log" 2>&1
 [ "$code" = 0 ] || { cat "$WORK/container.log"; die "the container exited $code after SIGTERM"; }
-signal_line=$(grep -n "received signal 15" "$WORK/container.log" | head -1 | cut -d: -f1)
-finished_line=$(grep -n "completion_tokens=252 finish=length" "$WORK/container.log" | head -1 | cut -d: -f1)
-[ -n "$signal_line" ] && [ -n "$finished_line" ] && [ "$signal_line" -lt "$finished_line" ] ||
-  { cat "$WORK/container.log"; die "the log does not show the request finishing after the SIGTERM"; }
+grep -q "received signal 15" "$WORK/container.log" &&
+  [ "$(grep -c "completion_tokens=252 finish=length" "$WORK/container.log")" = "$in_flight" ] ||
+  { cat "$WORK/container.log"; die "the log does not show the signal and the in-flight request finishing"; }
 echo "test-image: SIGTERM during a streamed completion: all 252 tokens delivered, then exit 0"
 podman_run rm -f "$CONTAINER" >/dev/null 2>&1 || true
 CONTAINER=""

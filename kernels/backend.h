@@ -13,7 +13,7 @@
 // (MoeRouting) stays in backend buffers between TopKSoftmax and MoeExperts; logits are
 // reduced where they are (ArgmaxRows, FindNonFinite, ProcessedDistribution, TopKIds) and
 // only the reductions' results are written to host memory. Host arrays an op still takes
-// (weight lists, KvMove's slots, a penalty's context) are small and go host-to-backend.
+// (weight lists, KvCompact's slots, a penalty's context) are small and go host-to-backend.
 //
 // Tested by tests/cpu_backend_test.cc against naive scalar references (and, for other
 // backends, against the CPU backend, which is the reference).
@@ -312,11 +312,14 @@ class Backend {
   virtual void KvWrite(const float* k, const float* v, const ForwardDesc& fwd, int row,
                        DType kv_dtype, void* k_cache, void* v_cache) = 0;
 
-  // Moves K/V rows (of kv_dtype) within one layer's cache: cache[dst[i]] = cache[src[i]] for
-  // i < n, in order. src, dst: host arrays of physical slots (once per step after
-  // verification, not part of a forward; a device backend uploads them).
-  virtual void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
-                      void* k_cache, void* v_cache) = 0;
+  // KV compaction of one cache, every layer at once: for every layer l and i < n, in order
+  // of i, k_caches[l][dst[i]] = k_caches[l][src[i]] and the same in v_caches[l] (rows of
+  // `row` kv_dtype elements). src, dst: host arrays of physical slots, every request's
+  // moves of the step concatenated (one call per cache per step after verification, not
+  // part of a forward; a device backend uploads them once and launches once).
+  // k_caches, v_caches: host arrays of `layers` pools each.
+  virtual void KvCompact(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
+                         void* const* k_caches, void* const* v_caches, int layers) = 0;
 
   // Attention over the paged KV cache; see AttentionArgs. Its tables come from args.fwd.
   virtual void Attention(const AttentionArgs& args) = 0;

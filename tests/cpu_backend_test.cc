@@ -347,14 +347,26 @@ TEST_F(CpuBackendTest, KvWriteAndMove) {
     }
   }
   ASSERT_EQ(k_cache[0], -1.0f);
+  // A second layer holding other values: KvCompact moves every layer in one call.
+  std::vector<float> k1_cache(k_cache.size()), v1_cache(v_cache.size());
+  for (size_t i = 0; i < k_cache.size(); ++i) {
+    k1_cache[i] = 10.0f + k_cache[i];
+    v1_cache[i] = 20.0f + v_cache[i];
+  }
   // In order: slot 2 -> 3, then 7 -> 2 (after the first move), then 9 -> 4.
   const int32_t src[] = {2, 7, 9};
   const int32_t dst[] = {3, 2, 4};
-  backend_->KvMove(src, dst, 3, row, DType::kF32, k_cache.data(), v_cache.data());
+  void* const k_pools[] = {k_cache.data(), k1_cache.data()};
+  void* const v_pools[] = {v_cache.data(), v1_cache.data()};
+  backend_->KvCompact(src, dst, 3, row, DType::kF32, k_pools, v_pools, 2);
   for (int j = 0; j < row; ++j) {
     EXPECT_EQ(k_cache[3 * row + j], k[1 * row + j]);
     EXPECT_EQ(k_cache[2 * row + j], k[0 * row + j]);
     EXPECT_EQ(v_cache[4 * row + j], v[2 * row + j]);
+    EXPECT_EQ(k1_cache[3 * row + j], 10.0f + k[1 * row + j]);
+    EXPECT_EQ(k1_cache[2 * row + j], 10.0f + k[0 * row + j]);
+    EXPECT_EQ(v1_cache[4 * row + j], 20.0f + v[2 * row + j]);
+    EXPECT_EQ(v1_cache[9 * row + j], 20.0f + v[2 * row + j]);  // a source stays
   }
 }
 
@@ -581,9 +593,11 @@ TEST_F(CpuBackendTest, AttentionOverAnF16CacheEqualsF32OverTheRoundedValues) {
     backend_->Attention(a);
     ASSERT_EQ(std::memcmp(out16.data(), out32.data(), out16.size() * sizeof(float)), 0)
         << "d=" << d;
-    // KvMove moves f16 rows whole.
+    // KvCompact moves f16 rows whole.
     const int32_t src[] = {3}, dst[] = {7};
-    backend_->KvMove(src, dst, 1, row, DType::kF16, k16.data(), v16.data());
+    void* const k_pools[] = {k16.data()};
+    void* const v_pools[] = {v16.data()};
+    backend_->KvCompact(src, dst, 1, row, DType::kF16, k_pools, v_pools, 1);
     EXPECT_EQ(std::memcmp(k16.data() + 7 * row, k16.data() + 3 * row, row * 2), 0);
     EXPECT_EQ(std::memcmp(v16.data() + 7 * row, v16.data() + 3 * row, row * 2), 0);
   }

@@ -5,7 +5,7 @@
 //
 // Comparisons are |gpu - cpu| <= atol + rtol * |cpu| per element, with tolerances from the
 // rounding each op is allowed to differ by:
-//   - exact copies and IEEE-exact maths (Embedding, Add, GatherRows, KvWrite, KvMove, the
+//   - exact copies and IEEE-exact maths (Embedding, Add, GatherRows, KvWrite, KvCompact, the
 //     copies and BeginForward): bit equality (KvWrite's f16 bytes too);
 //   - RmsNorm, Rope, SiluMul, Tanh: the same fp32 operations in the same order except a
 //     summation order or a libm function (<= 2 ulp): rtol 1e-5 and a small atol;
@@ -649,7 +649,7 @@ TEST_F(CudaBackendTest, KvWriteSkipsNegativeSlots) {
   }
 }
 
-TEST_F(CudaBackendTest, KvMoveMatchesCpuInOrder) {
+TEST_F(CudaBackendTest, KvCompactMatchesCpuInOrderInEveryLayer) {
   const int num_slots = 100;
   // Chains in both directions: move 1 overwrites what move 0 read (the accepted path's
   // compaction), move 3 reads what move 2 wrote, a no-op move, a repeated source.
@@ -658,19 +658,33 @@ TEST_F(CudaBackendTest, KvMoveMatchesCpuInOrder) {
   for (DType kv : {DType::kF32, DType::kF16, DType::kBF16}) {
     for (int row : {37, 64, 512}) {
       const size_t cache_bytes = static_cast<size_t>(num_slots) * row * DTypeBytes(kv);
-      std::vector<uint8_t> k(cache_bytes), v(cache_bytes);
+      const int layers = 3;
+      std::vector<std::vector<uint8_t>> k(layers), v(layers);
+      std::vector<void*> hk, hv, dk, dv;
       std::mt19937 gen(2000 + row);
-      for (uint8_t& b : k) b = static_cast<uint8_t>(gen());
-      for (uint8_t& b : v) b = static_cast<uint8_t>(gen());
-      uint8_t* dk = ToDevice(k);
-      uint8_t* dv = ToDevice(v);
+      for (int l = 0; l < layers; ++l) {
+        k[l].resize(cache_bytes);
+        v[l].resize(cache_bytes);
+        for (uint8_t& b : k[l]) b = static_cast<uint8_t>(gen());
+        for (uint8_t& b : v[l]) b = static_cast<uint8_t>(gen());
+        hk.push_back(k[l].data());
+        hv.push_back(v[l].data());
+        dk.push_back(ToDevice(k[l]));
+        dv.push_back(ToDevice(v[l]));
+      }
       for (int n : {1, 3, static_cast<int>(src.size())}) {
-        cpu_->KvMove(src.data(), dst.data(), n, row, kv, k.data(), v.data());
-        gpu_->KvMove(src.data(), dst.data(), n, row, kv, dk, dv);
-        const std::string what =
-            std::string(DTypeName(kv)) + " row=" + std::to_string(row) + " n=" + std::to_string(n);
-        EXPECT_TRUE(SameBytes(ToHost(dk, cache_bytes).data(), k.data(), cache_bytes)) << what;
-        EXPECT_TRUE(SameBytes(ToHost(dv, cache_bytes).data(), v.data(), cache_bytes)) << what;
+        cpu_->KvCompact(src.data(), dst.data(), n, row, kv, hk.data(), hv.data(), layers);
+        gpu_->KvCompact(src.data(), dst.data(), n, row, kv, dk.data(), dv.data(), layers);
+        for (int l = 0; l < layers; ++l) {
+          const std::string what = std::string(DTypeName(kv)) + " row=" + std::to_string(row) +
+                                   " n=" + std::to_string(n) + " layer=" + std::to_string(l);
+          EXPECT_TRUE(SameBytes(ToHost(static_cast<uint8_t*>(dk[l]), cache_bytes).data(),
+                                k[l].data(), cache_bytes))
+              << what;
+          EXPECT_TRUE(SameBytes(ToHost(static_cast<uint8_t*>(dv[l]), cache_bytes).data(),
+                                v[l].data(), cache_bytes))
+              << what;
+        }
       }
     }
   }

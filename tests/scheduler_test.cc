@@ -2,7 +2,10 @@
 // §2.2-2.3). On the CPU every kernel is batch-invariant, so what a request produces must not
 // depend on what else runs: batched (submitted together or staggered), chunked and
 // preempted outputs equal the request alone, token for token and byte for byte.
+#include <map>
 #include <memory>
+#include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -73,6 +76,7 @@ class Driver {
   Scheduler& scheduler() { return *scheduler_; }
   const Tokenizer& tokenizer() const { return *models_->tokenizer; }
   const KvCache& target_cache() const { return *models_->target_cache; }
+  const EngineStats& stats() const { return stats_; }
 
  private:
   EngineOptions options_;
@@ -218,6 +222,71 @@ TEST(SchedulerTest, PreemptionIsInvisible) {
             tight.target_cache().num_blocks());
 }
 
+// Issue 16: under KV pressure a step that preempts admits nobody; every victim held blocks
+// (preempting a request that holds none frees nothing); a preempted request is not
+// preempted again before it has emitted a token; the gauges count preempted requests apart
+// from the queue (which bounds new submissions). Outputs still equal each request alone.
+TEST(SchedulerTest, PreemptionTakesBlockHoldersThatProgressedAndNeverAdmits) {
+  Driver ample(Options());
+  Driver tight(Options(64, 256));
+  const int n = 12;
+  std::vector<Result> results(n);
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < n; ++i) {
+    GenerationRequest r = Mixed(tight.tokenizer(), i);
+    r.prompt_ids.resize(std::min<size_t>(r.prompt_ids.size(), 40));
+    requests.push_back(r);
+    tight.Add(r, &results[i]);
+  }
+  struct Seen {
+    int preemptions = 0;
+    size_t tokens_at_preemption = 0;
+  };
+  std::map<const Sequence*, Seen> seen;
+  int steps_preempting = 0;
+  for (int guard = 0; guard < 100000 && tight.scheduler().has_work(); ++guard) {
+    std::set<const Sequence*> holders;
+    for (const auto& seq : tight.scheduler().running()) {
+      if (!seq->target_blocks.blocks.empty()) holders.insert(seq.get());
+    }
+    const StepReport step = tight.Step();
+    if (step.preempted > 0) {
+      ++steps_preempting;
+      EXPECT_EQ(step.admitted, 0) << "step " << guard;
+    }
+    int preempted_waiting = 0;
+    auto check = [&](const Sequence& seq) {
+      Seen& s = seen[&seq];
+      if (seq.preemptions > s.preemptions) {
+        EXPECT_EQ(seq.preemptions, s.preemptions + 1) << "step " << guard;
+        EXPECT_TRUE(holders.count(&seq)) << "a victim that held no blocks, step " << guard;
+        if (s.preemptions > 0) {
+          EXPECT_GT(seq.tokens.size(), s.tokens_at_preemption)
+              << "preempted again before any progress, step " << guard;
+        }
+        s.preemptions = seq.preemptions;
+        s.tokens_at_preemption = seq.tokens.size();
+      }
+    };
+    for (const auto& seq : tight.scheduler().running()) check(*seq);
+    for (const auto& seq : tight.scheduler().waiting()) {
+      check(*seq);
+      preempted_waiting += seq->admitted >= 0 ? 1 : 0;
+    }
+    EXPECT_EQ(tight.stats().preempted.load(), preempted_waiting);
+    EXPECT_EQ(tight.stats().queue_depth.load(),
+              static_cast<int>(tight.scheduler().waiting().size()) - preempted_waiting);
+  }
+  ASSERT_FALSE(tight.scheduler().has_work());
+  EXPECT_GT(steps_preempting, 0) << "the budget should force preemptions";
+  // Thrash bound: at most a few preemptions per request on this load.
+  EXPECT_LE(tight.scheduler().preemptions(), 2 * n);
+  for (int i = 0; i < n; ++i) {
+    ExpectSame(results[i], ample.Alone(requests[i]), "request " + std::to_string(i));
+  }
+  EXPECT_EQ(tight.stats().kv_blocks_used.load(), 0);
+}
+
 TEST(SchedulerTest, ALongPromptDelaysRunningStreamsByAtMostOneChunkPerStep) {
   const int step_tokens = 64;
   Driver driver(Options(step_tokens));
@@ -257,6 +326,137 @@ TEST(SchedulerTest, ALongPromptDelaysRunningStreamsByAtMostOneChunkPerStep) {
   EXPECT_GE(prefill_steps, 3) << "the prompt should take several chunks";
   driver.RunAll();
   EXPECT_EQ(long_prompt.ids.size(), 8u);
+}
+
+// Issue 16: an operator's flags (--max-batch 32 or 64, --max-step-tokens 64), 32 streams of
+// 5-token prompts and one 200-token prompt at once, under the dynamic policy. Forced
+// exploration nodes used to be added after the policy had used the whole tree room, so
+// the target forward outgrew max_step_tokens and the process aborted in Runner.
+TEST(SchedulerTest, ManyShortStreamsAndALongPromptStayWithinTheStepBudget) {
+  for (int max_batch : {32, 64}) {
+    EngineOptions options = Options(64);
+    options.max_batch = max_batch;
+    options.tree_policy = EngineOptions::TreePolicy::kDynamic;
+    Driver driver(options);
+    std::vector<Result> results(33);
+    for (int i = 0; i < 32; ++i) {
+      GenerationRequest r;
+      r.prompt_ids = driver.tokenizer().Encode(Words(4, i), true);
+      r.prompt_ids.resize(std::min<size_t>(r.prompt_ids.size(), 5));
+      r.max_tokens = 24;
+      r.ignore_eos = true;
+      driver.Add(r, &results[i]);
+    }
+    GenerationRequest long_prompt;
+    long_prompt.prompt_ids = driver.tokenizer().Encode(Words(400, 3), true);
+    long_prompt.prompt_ids.resize(200);
+    long_prompt.max_tokens = 16;
+    long_prompt.ignore_eos = true;
+    driver.Add(long_prompt, &results[32]);
+    for (int guard = 0; guard < 10000 && driver.scheduler().has_work(); ++guard) {
+      const StepReport step = driver.Step();
+      ASSERT_LE(step.tree_tokens + step.prefill_tokens, 64) << "max_batch " << max_batch;
+    }
+    for (int i = 0; i < 33; ++i) {
+      ASSERT_TRUE(results[i].finished) << i;
+      EXPECT_TRUE(results[i].status.ok()) << results[i].status;
+      EXPECT_EQ(results[i].ids.size(), i < 32 ? 24u : 16u) << i;
+    }
+  }
+}
+
+// Property: whatever the batch, the step budget, the trees and the prompts, no step's
+// target forward holds more than max_step_tokens tokens (the Runner's check would abort
+// otherwise), and every request completes.
+TEST(SchedulerTest, NoStepExceedsItsBudgetForRandomLoads) {
+  std::mt19937 rng(16);
+  for (int trial = 0; trial < 16; ++trial) {
+    EngineOptions options = Options(std::uniform_int_distribution<int>(64, 96)(rng));
+    options.max_batch = std::uniform_int_distribution<int>(1, 64)(rng);
+    options.tree_policy = trial % 3 == 2 ? EngineOptions::TreePolicy::kStatic
+                                         : EngineOptions::TreePolicy::kDynamic;
+    Driver driver(options);
+    const int n = std::uniform_int_distribution<int>(1, 64)(rng);
+    std::vector<Result> results(n);
+    for (int i = 0; i < n; ++i) {
+      GenerationRequest r;
+      const int len = std::uniform_int_distribution<int>(1, 4)(rng) == 1
+                          ? std::uniform_int_distribution<int>(60, 180)(rng)
+                          : std::uniform_int_distribution<int>(1, 12)(rng);
+      r.prompt_ids = driver.tokenizer().Encode(Words(len * 2, i + trial), true);
+      r.prompt_ids.resize(std::min<size_t>(r.prompt_ids.size(), len));
+      r.max_tokens = std::uniform_int_distribution<int>(1, 30)(rng);
+      r.ignore_eos = true;
+      // Random expansions of up to 64 nodes (max_step_tokens >= 64 >= any tree).
+      std::vector<int> shape;
+      int nodes = 1, width = 1;
+      for (int d = std::uniform_int_distribution<int>(0, 6)(rng); d > 0; --d) {
+        const int k = std::uniform_int_distribution<int>(1, 3)(rng);
+        if (nodes + width * k > 64) break;
+        width *= k;
+        nodes += width;
+        shape.push_back(k);
+      }
+      r.speculation.expansion = shape;
+      r.speculation.disable = shape.empty();
+      if (i % 3 == 1) {
+        r.sampling.temperature = 0.7f;
+        r.sampling.seed = i;
+      }
+      driver.Add(r, &results[i]);
+    }
+    for (int guard = 0; guard < 20000 && driver.scheduler().has_work(); ++guard) {
+      const StepReport step = driver.Step();
+      ASSERT_LE(step.tree_tokens + step.prefill_tokens, options.max_step_tokens)
+          << "trial " << trial;
+    }
+    for (int i = 0; i < n; ++i) {
+      ASSERT_TRUE(results[i].finished) << "trial " << trial << " request " << i;
+      EXPECT_TRUE(results[i].status.ok()) << results[i].status;
+    }
+  }
+}
+
+// Issue 16: the tree room the dynamic policy does not use goes to the prompt chunks of the
+// same step, so while a long prompt has at least a step's worth left every step is full.
+TEST(SchedulerTest, UnusedTreeRoomGoesToPrefillInTheSameStep) {
+  const int step_tokens = 64;
+  EngineOptions options = Options(step_tokens);
+  options.tree_policy = EngineOptions::TreePolicy::kDynamic;
+  Driver driver(options);
+  std::vector<Result> streams(4);
+  for (int i = 0; i < 4; ++i) {
+    GenerationRequest r;
+    r.prompt_ids = driver.tokenizer().Encode(Words(4, i), true);
+    r.max_tokens = 60;
+    r.ignore_eos = true;
+    driver.Add(r, &streams[i]);
+  }
+  for (int s = 0; s < 3; ++s) driver.Step();
+  Result long_prompt;
+  GenerationRequest r;
+  r.prompt_ids = driver.tokenizer().Encode(Words(400, 2), true);
+  r.prompt_ids.resize(230);
+  r.max_tokens = 8;
+  r.ignore_eos = true;
+  driver.Add(r, &long_prompt);
+  int prefilled = 0;
+  int full_steps = 0;
+  while (prefilled < static_cast<int>(r.prompt_ids.size()) - 1) {
+    const int left = static_cast<int>(r.prompt_ids.size()) - 1 - prefilled;
+    const StepReport step = driver.Step();
+    EXPECT_LE(step.prefill_tokens + step.tree_tokens, step_tokens);
+    if (left >= step_tokens) {
+      EXPECT_EQ(step.prefill_tokens + step.tree_tokens, step_tokens)
+          << "a step with room left while " << left << " prompt tokens wait";
+      ++full_steps;
+    }
+    prefilled += step.prefill_tokens;
+  }
+  EXPECT_GE(full_steps, 2);
+  driver.RunAll();
+  EXPECT_EQ(long_prompt.ids.size(), 8u);
+  for (const Result& stream : streams) EXPECT_EQ(stream.ids.size(), 60u);
 }
 
 TEST(SchedulerTest, ARequestThatCouldNeverFitIsRefusedAtSubmit) {

@@ -1001,17 +1001,27 @@ TEST(ServerProcessTest, SigtermLetsInFlightRequestsFinishAndExitsZero) {
     EXPECT_THAT(status.error_message(), HasSubstr("--max-prompt-tokens"));
   }
 
-  // A stream in flight when SIGTERM arrives still completes within the drain period (5 s;
-  // the wide tree makes these 30 tokens take about 1.5 s).
+  // A stream in flight when SIGTERM arrives still completes within the drain period (5 s).
+  // In flight whatever the host's speed: its client has a 1 KiB stream window (no BDP
+  // growth) and reads nothing more until the checks below are done, and every chunk echoes
+  // a 250-byte request id, so the server's writes wait on flow control and the call cannot
+  // end before the client reads (a fast host may well have generated all 30 tokens).
+  grpc::ChannelArguments arguments;
+  arguments.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  arguments.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  auto slow_channel = grpc::CreateCustomChannel(server.address(),
+                                                grpc::InsecureChannelCredentials(), arguments);
+  auto slow_stub = v1::Completion::NewStub(slow_channel);
+  const std::string drained_id = "drained-request-" + std::string(234, 'x');
   grpc::ClientContext context;
   v1::CompleteRequest request;
   request.set_prompt("Drain me");
-  request.set_request_id("drained-request");
+  request.set_request_id(drained_id);
   request.set_max_tokens(30);
   request.set_ignore_eos(true);
   request.mutable_speculation()->add_expansion(7);
   request.mutable_speculation()->add_expansion(7);
-  auto reader = stub->CompleteStream(&context, request);
+  auto reader = slow_stub->CompleteStream(&context, request);
   v1::CompleteChunk chunk;
   ASSERT_TRUE(reader->Read(&chunk));
   int tokens = chunk.token_ids_size();
@@ -1040,9 +1050,10 @@ TEST(ServerProcessTest, SigtermLetsInFlightRequestsFinishAndExitsZero) {
   EXPECT_EQ(chunk.finish_reason(), v1::FINISH_REASON_LENGTH);
   EXPECT_EQ(exit_code.get(), 0) << server.log();
   const std::string text = server.log();
+  // (The request's line may come before "draining": the engine logs a request when it has
+  // generated its tokens, which a fast host does before the client has read them.)
   ASSERT_NE(text.find("draining"), std::string::npos) << text;
-  ASSERT_NE(text.find("\"request_id\":\"drained-request\""), std::string::npos) << text;
-  EXPECT_LT(text.find("draining"), text.find("\"request_id\":\"drained-request\"")) << text;
+  ASSERT_NE(text.find("\"request_id\":\"" + drained_id + "\""), std::string::npos) << text;
 
   // JSON logs: every line is one JSON object; a request's id is a field of its own.
   std::istringstream log(server.log());
@@ -1051,7 +1062,7 @@ TEST(ServerProcessTest, SigtermLetsInFlightRequestsFinishAndExitsZero) {
   for (std::string line; std::getline(log, line); ++lines) {
     ASSERT_TRUE(nlohmann::json::accept(line)) << line;
     const nlohmann::json parsed = nlohmann::json::parse(line);
-    if (parsed.value("request_id", "") == "drained-request") {
+    if (parsed.value("request_id", "") == drained_id) {
       drained_line = true;
       EXPECT_THAT(parsed["msg"].get<std::string>(), HasSubstr("finish=length"));
     }

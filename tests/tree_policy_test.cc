@@ -426,6 +426,64 @@ TEST(TreePolicyTest, TokenRoomBoundsTheStepAndHighestValuesGoFirst) {
   EXPECT_NEAR(policy.expected_tokens(), 2 + 0.5 + 0.4 + 0.35, 1e-6);
 }
 
+// Issue 16: exploration is decided inside Expand and counted against the room with the
+// chosen nodes. Over random levels (explore flags, busy and idle machines, both kinds) the
+// counts never exceed the room, and every exploring request with a candidate gets a node
+// while room is left.
+TEST(TreePolicyTest, ExplorationAndChoicesTogetherNeverExceedTheRoom) {
+  Rng rng(16);
+  int explored = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    const bool dynamic = trial % 4 != 0;
+    TreePolicy policy(dynamic ? TreePolicy::Kind::kDynamic : TreePolicy::Kind::kStatic,
+                      trial % 2 == 0 ? MemoryBoundTarget() : ComputeBoundTarget(), Draft());
+    const int requests = 1 + static_cast<int>(rng.Next() % 40);
+    const int base = requests + static_cast<int>(rng.Next() % 200);
+    policy.BeginStep(base, requests, requests);
+    const AcceptanceModel none;
+    std::vector<std::vector<double>> values(requests);
+    std::vector<std::vector<std::vector<float>>> top_q(requests);
+    std::vector<LevelRequest> level(requests);
+    for (int r = 0; r < requests; ++r) {
+      const int frontier = 1 + static_cast<int>(rng.Next() % 3);
+      level[r].max_children = 1 + static_cast<int>(rng.Next() % 3);
+      for (int f = 0; f < frontier; ++f) {
+        values[r].push_back(0.05 + 0.9 * rng.Uniform());
+        std::vector<float> q;
+        float left = 1.0f;
+        for (int j = 0; j < level[r].max_children; ++j) {
+          q.push_back(left * static_cast<float>(rng.Uniform()));
+          left -= q.back();
+        }
+        std::sort(q.rbegin(), q.rend());
+        top_q[r].push_back(q);
+      }
+      level[r].depth = 1 + static_cast<int>(rng.Next() % 3);
+      level[r].frontier_value = values[r];
+      level[r].frontier_top_q = top_q[r];
+      level[r].acceptance = &none;
+      level[r].explore = rng.Next() % 2 == 0;
+    }
+    const int room = static_cast<int>(rng.Next() % 24);
+    const std::vector<std::vector<int>> counts = policy.Expand(level, room);
+    int total = 0;
+    for (const auto& c : counts) {
+      for (int n : c) total += n;
+    }
+    ASSERT_LE(total, room) << "trial " << trial;
+    EXPECT_EQ(policy.step_nodes(), total);
+    if (!dynamic || total == room) continue;
+    for (int r = 0; r < requests; ++r) {
+      if (!level[r].explore || top_q[r][0][0] <= 0.0f) continue;
+      int nodes = 0;
+      for (int n : counts[r]) nodes += n;
+      EXPECT_GE(nodes, 1) << "trial " << trial << " request " << r;
+      ++explored;
+    }
+  }
+  EXPECT_GT(explored, 100);
+}
+
 TEST(TreePolicyTest, FixedCostsSharedByManyNodesPay) {
   // 16 decoding requests speculate, memory-bound target (30 ms), draft level and catch-up
   // 3 ms each, no acceptance data (value = q = 0.5). E = 16, T = 30 ms: one node alone
@@ -783,6 +841,73 @@ TEST(TreePolicyTest, WorkedExample) {
   busy.BeginStep(100, 2, 100);
   EXPECT_THAT(busy.Expand(std::span(&lr, 1), 64), ElementsAre(ElementsAre(0)));
   EXPECT_DOUBLE_EQ(busy.expected_tokens(), 100.0);
+}
+
+// Issue 16: the host work outside the forwards is fitted as fixed + per node from measured
+// steps, and a per-node cost makes the same level take fewer nodes.
+TEST(TreePolicyTest, HostWorkPerNodeIsFittedAndPricesNodes) {
+  TreePolicy policy(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
+  for (int step = 0; step < 400; ++step) {
+    const int nodes = (step * 7) % 40;
+    policy.ObserveOverhead(0.002 + 0.004 * nodes, nodes);
+  }
+  EXPECT_NEAR(policy.host_per_node_seconds(), 0.004, 1e-6);
+  EXPECT_NEAR(policy.host_fixed_seconds(), 0.002, 1e-6);
+  const AcceptanceModel none;
+  const std::vector<double> v = {1.0};
+  const std::vector<std::vector<float>> top = {{0.5f, 0.2f, 0.1f, 0.05f}};
+  LevelRequest lr;
+  lr.max_children = 4;
+  lr.depth = 1;
+  lr.frontier_value = v;
+  lr.frontier_top_q = top;
+  lr.acceptance = &none;
+  lr.last_level = true;
+  TreePolicy free_host(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
+  free_host.BeginStep(1, 1, 1);
+  policy.BeginStep(1, 1, 1);
+  // Free host work: all four leaves (the target is flat). At 4 ms a node (E = 1, T = 32 ms
+  // with the fixed 2 ms): 0.5 (+3 ms catch-up +4 ms: 1.5 / 39 ms), 0.2 (0.2 / 4 ms = 50 >
+  // 38.5 tok/s: 1.7 / 43 ms), then 0.1 / 4 ms = 25 < 39.5: refused.
+  EXPECT_THAT(free_host.Expand(std::span(&lr, 1), 64), ElementsAre(ElementsAre(4)));
+  EXPECT_THAT(policy.Expand(std::span(&lr, 1), 64), ElementsAre(ElementsAre(2)));
+}
+
+// Runs `steps` one-level steps of one request whose cost model says a tree pays, reporting
+// to ObserveOutcome a realised rate of `tree_rate` tokens/s for steps that took nodes and
+// `plain_rate` for plain ones; the fraction of the last 100 steps that took nodes.
+double TreeShare(TreePolicy& policy, double tree_rate, double plain_rate, int steps) {
+  const AcceptanceModel none;
+  const std::vector<double> v = {1.0};
+  const std::vector<std::vector<float>> top = {{0.8f}};
+  LevelRequest lr;
+  lr.max_children = 1;
+  lr.depth = 1;
+  lr.frontier_value = v;
+  lr.frontier_top_q = top;
+  lr.acceptance = &none;
+  lr.last_level = true;
+  int with_trees = 0;
+  for (int step = 0; step < steps; ++step) {
+    policy.BeginStep(4, 4, 4);
+    const int nodes = policy.Expand(std::span(&lr, 1), 64)[0][0];
+    if (step >= steps - 100) with_trees += nodes > 0 ? 1 : 0;
+    const double rate = nodes > 0 ? tree_rate : plain_rate;
+    policy.ObserveOutcome(4, 4, 4 / rate);
+  }
+  return with_trees / 100.0;
+}
+
+// Issue 16: whatever the cost model says, a policy whose trees realise fewer tokens per
+// second than plain decoding at the same load moves toward plain decoding (probing it now
+// and then), and one whose trees do better keeps them.
+TEST(TreePolicyTest, OutcomesMoveThePolicyTowardWhatIsFaster) {
+  TreePolicy losing(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
+  EXPECT_LT(TreeShare(losing, 50.0, 100.0, 600), 0.35);
+  EXPECT_GT(losing.margin(4), 1.0);
+  TreePolicy winning(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
+  EXPECT_GT(TreeShare(winning, 200.0, 100.0, 600), 0.9);
+  EXPECT_DOUBLE_EQ(winning.margin(4), 1.0);
 }
 
 }  // namespace

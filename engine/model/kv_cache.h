@@ -6,12 +6,13 @@
 // the rounding of K and V). A sequence owns a list of blocks (its block table); logical slot s of a
 // sequence lives at physical slot blocks[s / block_size] * block_size + s % block_size.
 // Committed tokens occupy logical slots [0, length); a token tree is written to scratch slots
-// after them and its accepted path is moved into place (Backend::KvMove).
+// after them and its accepted path is moved into place (Backend::KvCompact).
 // Tested by tests/engine_test.cc (compaction equals plain decoding) and the e2e tests.
 #ifndef SPECMOE_ENGINE_MODEL_KV_CACHE_H_
 #define SPECMOE_ENGINE_MODEL_KV_CACHE_H_
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -53,6 +54,9 @@ class KvCache {
   // A layer's pools: [num_blocks * block_size, row] elements of dtype().
   void* k(int layer) { return k_[layer]; }
   void* v(int layer) { return v_[layer]; }
+  // Every layer's pools ([num_layers]), for the ops over all layers at once (KvCompact).
+  std::span<void* const> k_pools() const { return k_; }
+  std::span<void* const> v_pools() const { return v_; }
   kernels::DType dtype() const { return dtype_; }
   int row() const { return row_; }
   size_t row_bytes() const { return static_cast<size_t>(row_) * kernels::DTypeBytes(dtype_); }

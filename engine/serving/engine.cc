@@ -103,11 +103,7 @@ class EngineImpl final : public Engine {
         arrived.swap(queue_);
       }
       for (auto& seq : arrived) scheduler_.Add(std::move(seq));
-      stats_.queue_depth.store(static_cast<int>(scheduler_.waiting().size()),
-                               std::memory_order_relaxed);
-      scheduler_.Step();
-      stats_.queue_depth.store(static_cast<int>(scheduler_.waiting().size()),
-                               std::memory_order_relaxed);
+      scheduler_.Step();  // the scheduler publishes every gauge
     }
     // Shutting down: everything still queued or running ends as cancelled.
     std::deque<std::unique_ptr<Sequence>> arrived;

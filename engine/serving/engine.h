@@ -31,6 +31,7 @@ struct StepReport {
   int prefill_tokens = 0;
   int tree_tokens = 0;     // target tokens of roots and trees
   int preempted = 0;       // requests preempted by this step
+  int admitted = 0;        // requests admitted by this step (0 whenever preempted > 0)
   double draft_seconds = 0;   // the draft's catch-up and level forwards
   double target_seconds = 0;  // the one target forward
   double verify_seconds = 0;  // verification, K/V compaction and emission
@@ -50,7 +51,7 @@ class EngineObserver {
 // Live gauges: the worker thread stores them after every change, any thread loads them
 // (relaxed atomics, so reading never waits on the step loop).
 struct EngineStats {
-  std::atomic<int> queue_depth{0};      // requests waiting to be admitted (preempted ones too)
+  std::atomic<int> queue_depth{0};      // requests waiting to be admitted (not preempted ones)
   std::atomic<int> running{0};          // requests generating
   std::atomic<int> preempted{0};        // preempted requests waiting to resume
   std::atomic<int64_t> preemptions_total{0};  // preemptions since start

@@ -26,28 +26,28 @@ double Seconds(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
 
-// Moves the K/V of the accepted nodes (tree slots) to their committed slots. Node
-// nodes[d-1] sits at depth d (slot root_pos + node) and belongs at root_pos + d; moving in
-// depth order is safe: node index >= depth, and indices grow along the path.
-void Compact(kernels::Backend& backend, KvCache& cache, const SequenceBlocks& blocks, int root_pos,
-             std::span<const int> nodes) {
-  std::vector<int32_t> src, dst;
+// The physical moves that bring the K/V of the accepted nodes (tree slots) to their
+// committed slots, appended to *moves. Node nodes[d-1] sits at depth d (slot root_pos +
+// node) and belongs at root_pos + d; moving in depth order is safe: node index >= depth,
+// and indices grow along the path. Different requests' moves touch different blocks.
+void AddMoves(const KvCache& cache, const SequenceBlocks& blocks, int root_pos,
+              std::span<const int> nodes, Scheduler::Moves* moves) {
   for (size_t d = 1; d <= nodes.size(); ++d) {
     if (nodes[d - 1] == static_cast<int>(d)) continue;
-    src.push_back(cache.PhysicalSlot(blocks, root_pos + nodes[d - 1]));
-    dst.push_back(cache.PhysicalSlot(blocks, root_pos + static_cast<int>(d)));
-  }
-  if (src.empty()) return;
-  for (int l = 0; l < cache.num_layers(); ++l) {
-    backend.KvMove(src.data(), dst.data(), static_cast<int>(src.size()), cache.row(), cache.dtype(),
-                   cache.k(l), cache.v(l));
+    moves->src.push_back(cache.PhysicalSlot(blocks, root_pos + nodes[d - 1]));
+    moves->dst.push_back(cache.PhysicalSlot(blocks, root_pos + static_cast<int>(d)));
   }
 }
 
-int BlocksFor(int slots) { return (slots + kKvBlockSize - 1) / kKvBlockSize; }
+// One compaction call for the whole cache (every layer, every request of the step).
+void Compact(kernels::Backend& backend, KvCache& cache, const Scheduler::Moves& moves) {
+  if (moves.src.empty()) return;
+  backend.KvCompact(moves.src.data(), moves.dst.data(), static_cast<int>(moves.src.size()),
+                    cache.row(), cache.dtype(), cache.k_pools().data(), cache.v_pools().data(),
+                    cache.num_layers());
+}
 
-// Observations at a depth below which the server explores it with one node.
-constexpr double kExploreObservations = 4;
+int BlocksFor(int slots) { return (slots + kKvBlockSize - 1) / kKvBlockSize; }
 
 }  // namespace
 
@@ -126,14 +126,12 @@ void Scheduler::EndCancelled() {
   std::erase_if(waiting_, cancelled);
 }
 
-bool Scheduler::TakeCachedPrefix(Sequence& seq) {
+int Scheduler::TakeCachedPrefix(Sequence& seq, int free) {
   // The root's logits are needed, so at least the root is computed.
   const PrefixCache::Hit hit = prefix_cache_.Lookup(seq.tokens, seq.root_pos(), seq.speculating());
   const int first_chunk = std::min(seq.root_pos() - hit.tokens, options_.max_step_tokens) + 1;
   const int blocks = BlocksFor(hit.tokens + first_chunk) - BlocksFor(hit.tokens) + hit.revived;
-  if (!running_.empty() && prefix_cache_.available_blocks() - blocks < watermark_blocks_) {
-    return false;
-  }
+  if (!running_.empty() && free - blocks < watermark_blocks_) return -1;
   prefix_cache_.Acquire(hit, seq.target_blocks, seq.speculating() ? &seq.draft_blocks : nullptr,
                         seq.prefix_chain);
   seq.target_len = hit.tokens;
@@ -145,7 +143,7 @@ bool Scheduler::TakeCachedPrefix(Sequence& seq) {
       stats_->prefix_cache_hits_total.fetch_add(hit.tokens, std::memory_order_relaxed);
     }
   }
-  return true;
+  return blocks;
 }
 
 void Scheduler::ExtendCachedPrefixes() {
@@ -163,20 +161,40 @@ void Scheduler::ExtendCachedPrefixes() {
   }
 }
 
-void Scheduler::Admit() {
+int Scheduler::GrowthBlocks() const {
+  int blocks = 0;
+  for (const auto& seq : running_) {
+    const int slots = seq->prefilling()
+                          ? std::min(seq->root_pos(), seq->target_len + options_.max_step_tokens)
+                          : seq->root_pos() + ExpansionNodeCount(StepShape(*seq));
+    blocks += std::max(0, BlocksFor(slots) - static_cast<int>(seq->target_blocks.blocks.size()));
+  }
+  return blocks;
+}
+
+int Scheduler::Admit() {
+  // The running set's growth this step comes first: a request is admitted only into the
+  // blocks left after it (and the watermark), so a step never admits and then preempts.
+  // Cached blocks no request holds count as available (the prefix cache evicts them).
+  int free = prefix_cache_.available_blocks() - GrowthBlocks();
+  int admitted = 0;
   while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_batch) {
     Sequence& next = *waiting_.front();
-    if (!TakeCachedPrefix(next)) return;
+    const int taken = TakeCachedPrefix(next, free);
+    if (taken < 0) break;
+    free -= taken;
     if (next.admitted < 0) next.admitted = next_admission_++;
     if (options_.observer != nullptr && next.preemptions == 0) {
       options_.observer->OnQueueWait(Seconds(next.queued_at, Clock::now()));
     }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
+    ++admitted;
     // Keep the running set in admission order (a preempted request re-enters in its place).
     std::stable_sort(running_.begin(), running_.end(),
                      [](const auto& a, const auto& b) { return a->admitted < b->admitted; });
   }
+  return admitted;
 }
 
 std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
@@ -198,6 +216,8 @@ std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
     const auto& seq = running_[(k + rotation_) % n];
     if (seq->prefilling()) continue;
     Planned p{seq.get(), true, 0, 0, StepShape(*seq)};
+    // A dynamic request backing off drafts nothing this step: its root alone.
+    if (dynamic && seq->draft_skip > 0) p.shape.clear();
     const int nodes = ExpansionNodeCount(p.shape);  // root included
     const int need = dynamic ? 1 : nodes;
     // The first always fits (max_step_tokens >= the largest tree); others may wait a step.
@@ -207,8 +227,9 @@ std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
     p.slots = seq->root_pos() + nodes;
     plan.push_back(std::move(p));
   }
-  *tree_room = dynamic ? std::max(0, std::min(tree_caps, budget - reserve - used)) : 0;
-  int left = std::max(0, budget - used - *tree_room);
+  // Static trees are in `used` in full; their nodes are the room the policy fills.
+  *tree_room = dynamic ? std::max(0, std::min(tree_caps, budget - reserve - used)) : tree_caps;
+  int left = std::max(0, budget - used - (dynamic ? *tree_room : 0));
   for (const auto& seq : running_) {
     if (!seq->prefilling() || left == 0) continue;
     const int chunk = std::min(seq->root_pos() - seq->target_len, left);
@@ -218,14 +239,55 @@ std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
   return plan;
 }
 
+void Scheduler::GiveBackRoom(int spare, std::vector<Planned>& plan, std::vector<DraftJob>& jobs) {
+  KvCache& target = *models_->target_cache;
+  for (const auto& seq : running_) {
+    if (spare <= 0) return;
+    if (!seq->prefilling()) continue;
+    auto p = std::find_if(plan.begin(), plan.end(),
+                          [&](const Planned& q) { return q.seq == seq.get(); });
+    const int from = p == plan.end() ? seq->target_len : p->slots;
+    // Within the blocks held and the free ones above the watermark (never preempting).
+    const int held = static_cast<int>(seq->target_blocks.blocks.size());
+    const int most = (held + std::max(0, target.free_blocks() - watermark_blocks_)) * kKvBlockSize;
+    const int to = std::min({seq->root_pos(), from + spare, most});
+    if (to <= from || !target.Reserve(seq->target_blocks, to).ok()) continue;
+    spare -= to - from;
+    if (p == plan.end()) {
+      // The draft catches up on this chunk with the request's next one.
+      plan.push_back({seq.get(), false, to - from, to, {}});
+      jobs.emplace_back().tree.Reset(seq->tokens.back());
+    } else {
+      p->chunk += to - from;
+      p->slots = to;
+    }
+  }
+}
+
 void Scheduler::Preempt(Sequence& seq) {
   Release(seq);
   ++seq.preemptions;
+  seq.preempted_at = static_cast<int>(seq.tokens.size());
   ++preemptions_;
   auto it = std::find_if(running_.begin(), running_.end(),
                          [&](const auto& s) { return s.get() == &seq; });
   waiting_.push_front(std::move(*it));
   running_.erase(it);
+}
+
+Sequence* Scheduler::Victim(const Sequence& growing) const {
+  // The most recently admitted request that holds blocks (preempting one that holds none
+  // frees nothing) and has made progress since its last preemption (bounding thrash);
+  // failing that, the most recently admitted holder. `growing` may be its own victim.
+  Sequence* fallback = nullptr;
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+    Sequence* seq = it->get();
+    if (seq->target_blocks.blocks.empty() && seq != &growing) continue;
+    if (fallback == nullptr) fallback = seq;
+    const bool progressed = static_cast<int>(seq->tokens.size()) > seq->preempted_at;
+    if (seq->preemptions == 0 || progressed) return seq;
+  }
+  return fallback != nullptr ? fallback : running_.back().get();
 }
 
 void Scheduler::GrowKv(std::vector<Planned>& plan, StepReport& report) {
@@ -242,8 +304,7 @@ void Scheduler::GrowKv(std::vector<Planned>& plan, StepReport& report) {
         room = prefix_cache_.Reserve(true, seq->draft_blocks, slots);
       }
       if (room.ok()) break;
-      // Out of blocks: the most recently admitted request gives its blocks back.
-      Sequence* victim = running_.back().get();
+      Sequence* victim = Victim(*seq);
       std::erase_if(plan, [&](const Planned& p) { return p.seq == victim; });
       Preempt(*victim);
       ++report.preempted;
@@ -256,7 +317,7 @@ StepReport Scheduler::Step() {
   StepReport report;
   // a. Admission, after ending cancelled requests (their blocks are free again).
   EndCancelled();
-  Admit();
+  report.admitted = Admit();
   ExtendCachedPrefixes();
   // b. The budget (trees first, then prompt chunks) and the blocks it needs.
   int tree_room = 0;
@@ -270,6 +331,9 @@ StepReport Scheduler::Step() {
   // c-d. Every request's tree from one batched draft pass, the policy deciding per level.
   const Clock::time_point start = Clock::now();
   std::vector<DraftJob> jobs = DraftTrees(plan, tree_room);
+  int tree_nodes = 0;
+  for (const DraftJob& job : jobs) tree_nodes += job.tree.size() - 1;
+  GiveBackRoom(tree_room - tree_nodes, plan, jobs);
   // e. ONE target forward over every root + tree and every prompt chunk.
   const Clock::time_point drafted = Clock::now();
   std::vector<int> first_row;
@@ -277,17 +341,25 @@ StepReport Scheduler::Step() {
   const Clock::time_point scored = Clock::now();
   // f-g. Verify, compact and emit per request; prefilling requests advance.
   std::vector<Sequence*> finished;
+  Moves target_moves, draft_moves;
+  int emitted = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
     Sequence& seq = *plan[i].seq;
+    const size_t tokens_before = seq.tokens.size();
     if (!plan[i].decode) {
       seq.target_len = plan[i].slots;
       ++report.prefilling;
       report.prefill_tokens += plan[i].chunk;
     } else {
       ++report.decoding;
-      if (VerifyAndEmit(seq, jobs[i], logits, first_row[i])) finished.push_back(&seq);
+      if (VerifyAndEmit(seq, jobs[i], logits, first_row[i], &target_moves, &draft_moves)) {
+        finished.push_back(&seq);
+      }
+      emitted += static_cast<int>(seq.tokens.size() - tokens_before);
     }
   }
+  Compact(*models_->backend, *models_->target_cache, target_moves);
+  if (models_->draft_cache != nullptr) Compact(*models_->backend, *models_->draft_cache, draft_moves);
   std::erase_if(running_, [&](const std::unique_ptr<Sequence>& s) {
     return std::find(finished.begin(), finished.end(), s.get()) != finished.end();
   });
@@ -297,7 +369,11 @@ StepReport Scheduler::Step() {
   report.draft_seconds = Seconds(start, drafted);
   report.target_seconds = Seconds(drafted, scored);
   report.verify_seconds = Seconds(scored, Clock::now());
-  if (report.decoding > 0) policy_.ObserveOverhead(report.verify_seconds);
+  if (report.decoding > 0) {
+    policy_.ObserveOverhead(report.verify_seconds, tree_nodes);
+    policy_.ObserveOutcome(report.decoding, emitted,
+                           report.draft_seconds + report.target_seconds + report.verify_seconds);
+  }
   if (options_.observer != nullptr) options_.observer->OnStep(report);
   Publish();
   return report;
@@ -332,17 +408,8 @@ std::vector<DraftJob> Scheduler::DraftTrees(const std::vector<Planned>& plan, in
     job.shape = plan[i].shape;
     job.acceptance = &seq.acceptance;
     draft_tokens += job.drafted_len() - job.draft_len;
-    if (policy_.kind() == TreePolicy::Kind::kDynamic) {
-      // Probe the first depth the server knows too little about (its rates are every
-      // request's prior), a new request's depth 1, and depth 1 after a back-off.
-      for (int d = 1; d <= static_cast<int>(job.shape.size()) && job.explore_depth == 0; ++d) {
-        if (policy_.server_acceptance().weight(d) < kExploreObservations) job.explore_depth = d;
-      }
-      if (job.explore_depth == 0 &&
-          (seq.acceptance.weight(1) < 1 || seq.draft_backoff > 0)) {
-        job.explore_depth = 1;
-      }
-    }
+    job.explore_depth = policy_.ExploreDepth(seq.acceptance, static_cast<int>(job.shape.size()),
+                                             seq.draft_backoff > 0);
     drafting.push_back(&job);
   }
   int decoding = 0;
@@ -395,7 +462,7 @@ LogitsView Scheduler::ScoreTarget(const std::vector<Planned>& plan,
 }
 
 bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsView& logits,
-                              int first_row) {
+                              int first_row, Moves* target_moves, Moves* draft_moves) {
   // A broken invariant in the models' data fails this request only (engine/README.md, Errors).
   std::optional<NonFinite> bad = job.non_finite;
   const bool in_draft = bad.has_value();
@@ -413,9 +480,12 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
   const int root_pos = seq.root_pos();
   const VerifyResult result =
       VerifyTree(logits, first_row, job.tree, seq.tokens, seq.request.sampling, seq.verify_rng);
-  // The root is already at its slot in the target; the accepted path moves into place.
-  Compact(*models_->backend, *models_->target_cache, seq.target_blocks, root_pos,
-          result.accepted_nodes);
+  // The root is already at its slot in the target; the accepted path moves into place with
+  // the step's one compaction per cache (also for a request that finishes now: its full
+  // blocks are offered to the prefix cache, so their K/V must be in place; nothing is
+  // allocated before the compaction runs).
+  Moves target, draft;
+  AddMoves(*models_->target_cache, seq.target_blocks, root_pos, result.accepted_nodes, &target);
   seq.target_len = root_pos + 1 + static_cast<int>(result.accepted_nodes.size());
   const bool drafted = job.blocks != nullptr;
   if (drafted) {
@@ -426,13 +496,17 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
         in_draft_cache.push_back(node);
       }
     }
-    Compact(*models_->backend, *models_->draft_cache, seq.draft_blocks, root_pos, in_draft_cache);
+    AddMoves(*models_->draft_cache, seq.draft_blocks, root_pos, in_draft_cache, &draft);
     seq.draft_len = root_pos + 1 + static_cast<int>(in_draft_cache.size());
   }
   std::vector<int32_t> emitted;
   for (int node : result.accepted_nodes) emitted.push_back(job.tree.token[node]);
   emitted.push_back(result.bonus_token);
   Emitted out = Commit(seq, emitted, models_->eos_ids, models_->max_context);
+  target_moves->src.insert(target_moves->src.end(), target.src.begin(), target.src.end());
+  target_moves->dst.insert(target_moves->dst.end(), target.dst.begin(), target.dst.end());
+  draft_moves->src.insert(draft_moves->src.end(), draft.src.begin(), draft.src.end());
+  draft_moves->dst.insert(draft_moves->dst.end(), draft.dst.begin(), draft.dst.end());
   // Every target pass of a speculating request is a verify step, even one whose tree was
   // cut to the root (near max_tokens, or while the draft backs off).
   if (seq.speculating()) {
@@ -444,7 +518,8 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
       policy_.ObserveStep(stats, first_q);
     }
   }
-  if (drafted && policy_.kind() == TreePolicy::Kind::kDynamic && !job.shape.empty()) {
+  if (drafted && policy_.kind() == TreePolicy::Kind::kDynamic && !job.shape.empty() &&
+      !policy_.probing()) {
     seq.draft_backoff = job.tree.size() > 1 ? 0 : std::clamp(2 * seq.draft_backoff, 1, 16);
     seq.draft_skip = seq.draft_backoff;
   }
@@ -477,6 +552,10 @@ void Scheduler::Publish() {
   const KvCache& cache = *models_->target_cache;
   int preempted_waiting = 0;
   for (const auto& seq : waiting_) preempted_waiting += seq->admitted >= 0 ? 1 : 0;
+  // The only writer of every gauge. Preempted requests are not in queue_depth (the engine
+  // bounds new submissions by it: KV pressure must not turn into RESOURCE_EXHAUSTED).
+  stats_->queue_depth.store(static_cast<int>(waiting_.size()) - preempted_waiting,
+                            std::memory_order_relaxed);
   stats_->running.store(static_cast<int>(running_.size()), std::memory_order_relaxed);
   stats_->preempted.store(preempted_waiting, std::memory_order_relaxed);
   stats_->preemptions_total.store(preemptions_, std::memory_order_relaxed);

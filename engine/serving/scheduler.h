@@ -1,10 +1,11 @@
 // engine/serving/scheduler.h — one step for all running requests (engine/README.md, The step):
 // admission above a KV watermark (from the longest cached prefix, engine/serving/
-// prefix_cache.h), the step's token budget (trees first, then prompt chunks), KV growth
-// with recompute preemption of the most recently admitted request, one batched draft pass
-// (catch-up, then one forward per tree level), ONE target forward over every request's
-// root + tree and the prompt chunks, then verification, K/V compaction and emission per
-// request.
+// prefix_cache.h; never in a step that must preempt), the step's token budget (trees first,
+// then prompt chunks), KV growth with recompute preemption of the most recently admitted
+// request that holds blocks and has progressed since its last preemption, one batched draft
+// pass (catch-up, then one forward per tree level), ONE target forward over every request's
+// root + tree and the prompt chunks, then verification and emission per request, with ONE
+// K/V compaction call per cache for the whole step.
 //
 // On the CPU every kernel is batch-invariant, so each request's tokens do not depend on
 // what else is in the step: batched, chunked and preempted outputs equal the output of the
@@ -36,6 +37,11 @@ namespace specmoe::engine {
 // max_step_tokens tokens, plus O(requests * tree) host work.
 class Scheduler {
  public:
+  // A step's K/V compaction of one cache: physical slots, cache[dst[i]] = cache[src[i]].
+  struct Moves {
+    std::vector<int32_t> src, dst;
+  };
+
   Scheduler(ModelSet* models, const EngineOptions& options, EngineStats* stats);
 
   // A submitted request joins the back of the waiting queue.
@@ -63,31 +69,44 @@ class Scheduler {
   };
 
   void EndCancelled();
-  void Admit();
+  // The blocks the running set takes this step beyond those it holds (its plan at most).
+  int GrowthBlocks() const;
+  // Moves waiting requests into the running set while the blocks left after the running
+  // set's growth keep the watermark; returns how many.
+  int Admit();
   // The step's plan in the order of the target forward: decoding requests, then prompt
   // chunks; *tree_room: the tree nodes the dynamic policy may add across the batch.
   std::vector<Planned> Budget(int* tree_room) const;
   // Takes the blocks every planned request needs, preempting as needed; drops the
   // preempted ones from `plan`.
   void GrowKv(std::vector<Planned>& plan, StepReport& report);
+  // The tree room the policy left (`spare` nodes) goes to prompt chunks in the same
+  // forward: planned chunks grow, prefilling requests without one get one (the draft
+  // catches up on the extra tokens with their next chunk).
+  void GiveBackRoom(int spare, std::vector<Planned>& plan, std::vector<DraftJob>& jobs);
   void Preempt(Sequence& seq);
-  // Takes the longest cached prefix of the front waiting request's tokens when its blocks
-  // leave the watermark free; false (nothing taken) when they would not.
-  bool TakeCachedPrefix(Sequence& seq);
+  // Takes the longest cached prefix of the front waiting request's tokens when the blocks
+  // it needs (its first chunk's and the cached ones it revives) leave `free` above the
+  // watermark, and returns that block count; -1 (nothing taken) when they would not.
+  int TakeCachedPrefix(Sequence& seq, int free);
   // Prefilling requests take the cached blocks that continue their prompts (what another
   // request admitted with them has prefilled since).
   void ExtendCachedPrefixes();
   // Offers seq's full blocks of committed K/V to the prefix cache.
   void OfferBlocks(Sequence& seq);
+  // Whom to preempt so that `growing` can grow (see scheduler.cc).
+  Sequence* Victim(const Sequence& growing) const;
   // c-d: the jobs of the step's decoding requests (a root-only tree for those that do not
   // draft), drafted together; prefilling requests' chunks go through the draft too.
   std::vector<DraftJob> DraftTrees(const std::vector<Planned>& plan, int tree_room);
   // e: the one target forward; (*first_row)[i]: plan[i]'s first logit row (-1: none).
   LogitsView ScoreTarget(const std::vector<Planned>& plan, const std::vector<DraftJob>& jobs,
                          std::vector<int>* first_row, StepReport& report);
-  // f-g for one decoding request: verify, compact both caches, commit and emit; true
-  // when the request finished (its final event delivered, its blocks released).
-  bool VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsView& logits, int first_row);
+  // f-g for one decoding request: verify, commit and emit, adding its compaction to the
+  // step's moves of each cache (one KvCompact per cache after all requests); true when the
+  // request finished (its final event delivered, its blocks released, no moves added).
+  bool VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsView& logits, int first_row,
+                     Moves* target_moves, Moves* draft_moves);
   // The request's expansion for this step: its own, cut to the context and the tokens
   // still wanted (a step emits at most depth + 1 tokens).
   std::vector<int> StepShape(const Sequence& seq) const;

@@ -58,6 +58,7 @@ struct Sequence {
   SpeculationCounter counter;
   AcceptanceModel acceptance;
   int preemptions = 0;
+  int preempted_at = 0;  // tokens.size() at the last preemption (thrash bound, scheduler.cc)
   // Dynamic trees: after a step whose policy drafted nothing, the draft sits out
   // draft_skip steps (doubling up to 16 while it keeps drafting nothing), so a request
   // whose trees do not pay stops paying for the draft's catch-up too; it catches up on

@@ -13,6 +13,7 @@
 
 #include "engine/spec/logits.h"
 #include "engine/spec/sampler.h"
+#include "kernels/check.h"
 
 namespace specmoe::engine {
 namespace {
@@ -134,18 +135,17 @@ bool Drafter::DraftLevel(int level, std::span<DraftJob* const> jobs,
       top_q[a].push_back(job.params->greedy() ? TopSoftmaxProbabilities(f.dist[i].data(), vocab_, k)
                                               : TopProbabilities(f.dist[i].data(), vocab_, k));
     }
-    requests[a] = {k,        level,          values[a],
-                   top_q[a], job.acceptance, level == static_cast<int>(job.shape.size())};
+    requests[a] = {k,
+                   level,
+                   values[a],
+                   top_q[a],
+                   job.acceptance,
+                   level == static_cast<int>(job.shape.size()),
+                   level <= job.explore_depth};
   }
+  // The policy alone decides every node (exploration included) within the room; the
+  // counts are decided before drawing, from what is known now: sampled requests stay exact.
   std::vector<std::vector<int>> counts = policy_->Expand(requests, token_room);
-  for (size_t a = 0; a < active.size(); ++a) {
-    if (level > jobs[active[a]]->explore_depth || token_room <= 0) continue;
-    std::vector<int>& c = counts[a];
-    if (std::all_of(c.begin(), c.end(), [](int n) { return n == 0; })) {
-      // Decided before drawing, from what is known now: sampled requests stay exact.
-      c[std::max_element(values[a].begin(), values[a].end()) - values[a].begin()] = 1;
-    }
-  }
 
   // Draw the children; the new nodes that are not leaves go through the draft together.
   runner_.Clear();
@@ -169,6 +169,7 @@ bool Drafter::DraftLevel(int level, std::span<DraftJob* const> jobs,
       next.push_back(i);
     }
     token_room -= static_cast<int>(next.size());
+    SPECMOE_CHECK(token_room >= 0, "Drafter: the policy's nodes exceed the step's tree room");
     f.nodes = std::move(next);
     f.dist.clear();
     if (level == static_cast<int>(job.shape.size()) || f.nodes.empty()) {

@@ -35,10 +35,7 @@ struct DraftJob {
   Rng* rng = nullptr;      // the draft stream (kDraftStream)
   std::vector<int> shape;  // this step's largest expansion (may be empty)
   const AcceptanceModel* acceptance = nullptr;
-  // Exploration: at every level up to this depth, if the policy gave none of this job's
-  // frontier nodes a child, the one of highest value gets one. The acceptance models learn
-  // only from drafted nodes, so a depth with too little data (or a request retrying after
-  // backing off) is probed with one node instead of never being drafted again. 0: none.
+  // Exploration up to this depth (TreePolicy::ExploreDepth; LevelRequest::explore). 0: none.
   int explore_depth = 0;
 
   TokenTree tree;

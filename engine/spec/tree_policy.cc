@@ -156,11 +156,59 @@ void TreePolicy::BeginStep(int base_tokens, int draft_base_tokens, int decoding,
   expected_tokens_ = std::max(0, decoding);
   expected_seconds_ = (target_tokens_ > 0 ? target_.Seconds(target_tokens_) : 0.0) +
                       (draft_fixed_tokens_ > 0 ? draft_.Seconds(draft_fixed_tokens_) : 0.0) +
-                      overhead_seconds_;
+                      host_fixed_;
+  step_decoding_ = std::max(0, decoding);
+  probe_ = false;
+  if (kind_ == Kind::kDynamic && step_decoding_ > 0) {
+    const int b = Bucket(step_decoding_);
+    if (static_cast<int>(outcomes_.size()) <= b) outcomes_.resize(b + 1);
+    probe_ = outcomes_[b].steps_since_plain >= kProbeEvery;
+  }
 }
 
-void TreePolicy::ObserveOverhead(double seconds) {
-  overhead_seconds_ += kOverheadWeight * (std::max(0.0, seconds) - overhead_seconds_);
+void TreePolicy::ObserveOverhead(double seconds, int tree_nodes) {
+  const double a = kOverheadWeight;
+  const double n = std::max(0, tree_nodes);
+  const double s = std::max(0.0, seconds);
+  host_n_ += a * (n - host_n_);
+  host_nn_ += a * (n * n - host_nn_);
+  host_s_ += a * (s - host_s_);
+  host_ns_ += a * (n * s - host_ns_);
+  const double variance = host_nn_ - host_n_ * host_n_;
+  // With too little spread in n the whole time is fixed.
+  host_per_node_ = variance > 1e-9 ? std::max(0.0, (host_ns_ - host_n_ * host_s_) / variance) : 0;
+  host_fixed_ = std::max(0.0, host_s_ - host_per_node_ * host_n_);
+}
+
+int TreePolicy::Bucket(int decoding) {
+  int b = 0;
+  while ((2 << b) <= decoding) ++b;
+  return b;
+}
+
+double TreePolicy::margin(int decoding) const {
+  const int b = Bucket(std::max(1, decoding));
+  return b < static_cast<int>(outcomes_.size()) ? outcomes_[b].margin : 1.0;
+}
+
+void TreePolicy::ObserveOutcome(int decoding, int emitted, double seconds) {
+  if (kind_ != Kind::kDynamic || decoding <= 0 || seconds <= 0) return;
+  const int b = Bucket(decoding);
+  if (static_cast<int>(outcomes_.size()) <= b) outcomes_.resize(b + 1);
+  Outcomes& o = outcomes_[b];
+  const double rate = emitted / seconds;
+  auto ewma = [](double& x, double v) { x = x > 0 ? x + kOverheadWeight * (v - x) : v; };
+  if (step_nodes_ == 0) {
+    ewma(o.plain_rate, rate);
+    o.steps_since_plain = 0;
+    o.margin = std::max(1.0, o.margin / 1.01);  // trees get tried again, now and then
+    return;
+  }
+  ewma(o.tree_rate, rate);
+  ++o.steps_since_plain;
+  if (o.plain_rate <= 0) return;
+  o.margin = o.tree_rate < o.plain_rate ? std::min(kMaxMargin, o.margin * 1.05)
+                                        : std::max(1.0, o.margin / 1.02);
 }
 
 double TreePolicy::ChildValue(double parent_value, int depth, float q,
@@ -177,16 +225,20 @@ std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> l
     children[r].assign(level[r].frontier_value.size(), 0);
   }
 
+  int room = std::max(0, token_room);
   if (kind_ == Kind::kStatic) {
     for (size_t r = 0; r < level.size(); ++r) {
-      std::fill(children[r].begin(), children[r].end(), std::max(0, level[r].max_children));
-      const int nodes = static_cast<int>(children[r].size()) * std::max(0, level[r].max_children);
-      target_tokens_ += nodes;
-      step_nodes_ += nodes;
+      for (int& c : children[r]) {
+        c = std::min(std::max(0, level[r].max_children), room);
+        room -= c;
+        target_tokens_ += c;
+        step_nodes_ += c;
+      }
     }
     return children;
   }
 
+  if (probe_) return children;  // a plain step, measuring what plain decoding achieves
   std::vector<Candidate> candidates;
   for (size_t r = 0; r < level.size(); ++r) {
     const LevelRequest& req = level[r];
@@ -223,7 +275,7 @@ std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> l
   for (int n = 0; n < limit; ++n) {
     const Candidate& c = candidates[n];
     const bool drafted = !level[c.request].last_level;
-    double dt = OneMore(target_, target_tokens);
+    double dt = OneMore(target_, target_tokens) + host_per_node_;
     if (drafted) dt += OneMore(draft_, level_drafted);
     if (step_nodes_ + n == 0 && draft_tokens_ > draft_fixed_tokens_) {
       dt += draft_.Seconds(draft_tokens_) -
@@ -233,8 +285,10 @@ std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> l
     t += dt;
     ++target_tokens;
     if (drafted) ++level_drafted;
-    // E_n / T_n > E_best / T_best, multiplied out (both T >= 0).
-    if (e * best_t > best_e * t) {
+    // E_n / T_n > E_best / T_best, multiplied out (both T >= 0); the first nodes of the
+    // step must beat plain decoding by the load's margin (learnt from outcomes).
+    const double m = step_nodes_ + best == 0 ? margin(step_decoding_) : 1.0;
+    if (e * best_t > m * best_e * t) {
       best = n + 1;
       best_e = e;
       best_t = t;
@@ -245,7 +299,36 @@ std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> l
   target_tokens_ += best;
   expected_tokens_ = best_e;
   expected_seconds_ = best_t;
+  room -= best;
+
+  // Exploration: a request to probe that got nothing takes its best candidate (the first
+  // in the ranking), counted like a chosen node.
+  std::vector<bool> probed(level.size(), false);
+  for (size_t r = 0; r < level.size(); ++r) {
+    const std::vector<int>& c = children[r];
+    probed[r] = !level[r].explore || std::any_of(c.begin(), c.end(), [](int n) { return n > 0; });
+  }
+  for (const Candidate& c : candidates) {
+    if (room == 0) break;
+    if (probed[c.request]) continue;
+    probed[c.request] = true;
+    ++children[c.request][c.frontier];
+    --room;
+    expected_tokens_ += c.value;
+    expected_seconds_ += OneMore(target_, target_tokens_);
+    ++target_tokens_;
+    ++step_nodes_;
+  }
   return children;
+}
+
+int TreePolicy::ExploreDepth(const AcceptanceModel& request, int max_depth,
+                             bool backing_off) const {
+  if (kind_ != Kind::kDynamic) return 0;
+  for (int d = 1; d <= max_depth; ++d) {
+    if (server_.weight(d) < kExploreObservations) return d;
+  }
+  return max_depth >= 1 && (request.weight(1) < 1 || backing_off) ? 1 : 0;
 }
 
 void TreePolicy::ObserveTarget(int target_tokens, double seconds) {

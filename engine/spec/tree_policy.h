@@ -110,6 +110,10 @@ struct LevelRequest {
   // True when `depth` is the request's last (its shape's depth): the new nodes are leaves
   // and are not run through the draft, so they cost no draft-forward time.
   bool last_level = false;
+  // Exploration (see TreePolicy::ExploreDepth): when the ranking gives none of this
+  // request's frontier nodes a child, the one of highest value gets its first candidate,
+  // if the room allows.
+  bool explore = false;
 };
 
 // Contract: owned by the engine's worker thread; not thread-safe. Expand is
@@ -121,6 +125,7 @@ class TreePolicy {
   TreePolicy(Kind kind, CostCurve target, CostCurve draft);
 
   // Starts a step whose target forward holds `base_tokens` tokens before any tree node
+  // (a dynamic policy may make it a plain probe, see ObserveOutcome)
   // (every decoding request's root and the prompt chunks) and whose draft catch-up forward
   // holds `draft_base_tokens`; `decoding` requests each emit at least one token.
   // `draft_fixed_tokens` of the catch-up forward run whether or not anything is drafted
@@ -132,10 +137,13 @@ class TreePolicy {
   void BeginStep(int base_tokens, int draft_base_tokens, int decoding,
                  int draft_fixed_tokens = 0);
   // The children of every frontier node of every request at this level:
-  // result[r][f] in [0, level[r].max_children]. Static: always max_children (E and T are
-  // left as they are; token_room is not applied: the shape was validated). Dynamic:
-  // the candidates of the whole batch in decreasing value, taken while they pay (and never
-  // more than `token_room` nodes in all, the step budget left). Updates E and T.
+  // result[r][f] in [0, level[r].max_children], and never more than `token_room` nodes in
+  // all (the step budget left for trees: the one place every node of a step, chosen or
+  // forced, is counted against it). Static: max_children for every node, in request order
+  // while the room lasts (E and T are left as they are; the scheduler plans a static tree
+  // in full or not at all). Dynamic: the candidates of the whole batch in decreasing value,
+  // taken while they pay, then the exploration nodes (LevelRequest::explore) while room
+  // is left. Updates E and T.
   // Cost: O(C log C) for C candidates.
   // Dynamic, exactly: the candidates of frontier node f are its first
   // min(max_children, frontier_top_q[f].size()) top probabilities with q > 0, of value
@@ -155,8 +163,16 @@ class TreePolicy {
   // node may pay for alone, pays when many nodes share it. Then E := E_N,
   // T := T_N. result[r][f] is the number of f's candidates taken: a prefix of its top-q's,
   // decided before any child is drawn. With empty cost curves T stays 0 and nothing is
-  // taken (plain decoding).
+  // taken (plain decoding) but exploration.
   std::vector<std::vector<int>> Expand(std::span<const LevelRequest> level, int token_room);
+  // The depth up to which a request's tree is explored this step (LevelRequest::explore at
+  // depths <= it; 0: none): the first depth of `max_depth` the server has fewer than
+  // kExploreObservations observations at (its rates are every request's prior), else depth
+  // 1 for a request with no observation of its own or retrying after a back-off. The
+  // acceptance models learn only from drafted nodes, so a depth with too little data is
+  // probed with one node instead of never being drafted again. Dynamic only.
+  int ExploreDepth(const AcceptanceModel& request, int max_depth, bool backing_off) const;
+  static constexpr double kExploreObservations = 4;
   // The value of a child with draft probability q at `depth` under `parent_value`.
   double ChildValue(double parent_value, int depth, float q,
                     const AcceptanceModel& request) const;
@@ -168,9 +184,27 @@ class TreePolicy {
   // ObserveStep records into the server-wide model (the prior); each request's own model
   // is the caller's (AcceptanceModel::Record with the same arguments).
   void ObserveStep(const StepStats& stats, std::span<const float> first_q);
-  // The step's time outside the forwards (verification, sampling, emission): an EWMA that
-  // BeginStep adds to T, so E / T is the step's real throughput.
-  void ObserveOverhead(double seconds);
+  // The step's time outside the forwards (verification, sampling, compaction, emission)
+  // with `tree_nodes` tree nodes verified: fitted as fixed + per_node * nodes (EWMA least
+  // squares); BeginStep adds the fixed part to T and every candidate in Expand its per-node
+  // part, so E / T is the step's real throughput.
+  void ObserveOverhead(double seconds, int tree_nodes = 0);
+  // Learning from outcomes: a finished step with `decoding` decoding requests emitted
+  // `emitted` tokens in `seconds` (draft, target and host work). The policy keeps, per load
+  // (decoding requests, in powers of two), the realised tokens/s of steps that took tree
+  // nodes and of plain steps (no node; when the policy never chooses one, it takes one
+  // plain step in kProbeEvery, a probe). While the realised rate of tree steps stays below
+  // plain decoding's, the gain a tree must promise (margin) rises, so trees shrink toward
+  // plain decoding; while trees beat it, the margin falls back toward 1 (the cost model).
+  void ObserveOutcome(int decoding, int emitted, double seconds);
+  // Expand takes nodes only when E_N / T_N >= margin * E_0 / T_0 (the load's margin, >= 1).
+  double margin(int decoding) const;
+  // True while the current step is a plain probe (the scheduler does not back off on it).
+  bool probing() const { return probe_; }
+  double host_fixed_seconds() const { return host_fixed_; }
+  double host_per_node_seconds() const { return host_per_node_; }
+  static constexpr int kProbeEvery = 16;
+  static constexpr double kMaxMargin = 4.0;
 
   Kind kind() const { return kind_; }
   // The step so far: E (expected emitted tokens), T (expected seconds), the target's
@@ -195,8 +229,21 @@ class TreePolicy {
   int step_nodes_ = 0;
   double expected_tokens_ = 0;
   double expected_seconds_ = 0;
-  double overhead_seconds_ = 0;
   static constexpr double kOverheadWeight = 0.125;
+  // Host work, fitted from (tree nodes, seconds): EWMAs of n, n^2, s and n s.
+  double host_n_ = 0, host_nn_ = 0, host_s_ = 0, host_ns_ = 0;
+  double host_fixed_ = 0;     // seconds per step
+  double host_per_node_ = 0;  // seconds per tree node
+  // Outcomes per load bucket (floor(log2(decoding))).
+  struct Outcomes {
+    double tree_rate = 0, plain_rate = 0;  // EWMAs of tokens/s (0: none yet)
+    double margin = 1.0;
+    int steps_since_plain = 0;
+  };
+  static int Bucket(int decoding);
+  std::vector<Outcomes> outcomes_;
+  int step_decoding_ = 0;  // this step's decoding requests
+  bool probe_ = false;     // this step is a plain probe: Expand takes nothing
 };
 
 }  // namespace specmoe::engine

@@ -228,15 +228,18 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
-              void* k_cache, void* v_cache) override {
+  void KvCompact(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
+                 void* const* k_caches, void* const* v_caches, int layers) override {
     const size_t bytes = static_cast<size_t>(row) * DTypeBytes(kv_dtype);
-    for (int i = 0; i < n; ++i) {
-      if (src[i] == dst[i]) continue;
-      const size_t from = static_cast<size_t>(src[i]) * bytes;
-      const size_t to = static_cast<size_t>(dst[i]) * bytes;
-      std::memcpy(static_cast<char*>(k_cache) + to, static_cast<char*>(k_cache) + from, bytes);
-      std::memcpy(static_cast<char*>(v_cache) + to, static_cast<char*>(v_cache) + from, bytes);
+    for (int l = 0; l < layers; ++l) {
+      for (void* cache : {k_caches[l], v_caches[l]}) {
+        char* base = static_cast<char*>(cache);
+        for (int i = 0; i < n; ++i) {
+          if (src[i] == dst[i]) continue;
+          std::memcpy(base + static_cast<size_t>(dst[i]) * bytes,
+                      base + static_cast<size_t>(src[i]) * bytes, bytes);
+        }
+      }
     }
   }
 

@@ -347,11 +347,12 @@ class CudaBackend final : public Backend {
   }
 
   // src, dst (host [n]) go through ctx.host_staging into ctx.side_scratch as [src | dst]; the call
-  // waits for that small copy (not for the move), so the staging is free when it returns.
-  void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype, void* k_cache,
-              void* v_cache) override {
-    if (n <= 0) return;
-    SPECMOE_CHECK(!ctx_.capturing, "KvMove inside a recording (its slots are host memory)");
+  // waits for that small copy (not for the moves), so the staging is free when it returns:
+  // one host wait per cache per step, whatever the layers and requests.
+  void KvCompact(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
+                 void* const* k_caches, void* const* v_caches, int layers) override {
+    if (n <= 0 || layers <= 0) return;
+    SPECMOE_CHECK(!ctx_.capturing, "KvCompact inside a recording (its slots are host memory)");
     MakeCurrent();
     const size_t bytes = 2 * static_cast<size_t>(n) * sizeof(int32_t);
     int32_t* staged = static_cast<int32_t*>(ctx_.Staging(bytes));
@@ -360,7 +361,7 @@ class CudaBackend final : public Backend {
     std::memcpy(staged + n, dst, n * sizeof(int32_t));
     SPECMOE_CUDA_CHECK(cudaMemcpyAsync(slots, staged, bytes, cudaMemcpyHostToDevice, ctx_.stream));
     SPECMOE_CUDA_CHECK(cudaEventRecord(staging_copied_, ctx_.stream));
-    cuda::KvMove(slots, slots + n, n, row, kv_dtype, k_cache, v_cache, ctx_);
+    cuda::KvCompact(slots, slots + n, n, row, kv_dtype, k_caches, v_caches, layers, ctx_);
     SPECMOE_CUDA_CHECK(cudaEventSynchronize(staging_copied_));
   }
 
@@ -510,7 +511,7 @@ class CudaBackend final : public Backend {
   void* desc_device_ = nullptr;        // [desc_capacity_] device: the taken one
   size_t desc_capacity_ = 0;
   cudaEvent_t desc_copied_ = nullptr;     // the last description copy is done
-  cudaEvent_t staging_copied_ = nullptr;  // KvMove's slots left ctx.host_staging
+  cudaEvent_t staging_copied_ = nullptr;  // KvCompact's slots left ctx.host_staging
   ForwardDesc fwd_;                       // counts + pointers into desc_device_
   // What decides where a description's arrays are: its counts and whether it has a tree.
   struct Layout {

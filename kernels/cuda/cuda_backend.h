@@ -18,12 +18,12 @@ namespace specmoe::kernels::cuda {
 // cuBLAS error when there is no such device, it cannot be made current, or the stream, the
 // cuBLAS handle or the backend's fixed buffers cannot be created.
 // Contract: used by one thread at a time (the engine's worker), like every Backend. Its ops
-// are enqueued on its stream; CopyFromHost, CopyToHost and Upload wait for the stream, KvMove
+// are enqueued on its stream; CopyFromHost, CopyToHost and Upload wait for the stream, KvCompact
 // waits for the upload of its slots, the logits reductions synchronize once each. Alloc,
-// Upload, BeginForward and KvMove make `device` current for the calling thread, so creating
+// Upload, BeginForward and KvCompact make `device` current for the calling thread, so creating
 // the backend on one thread and running it on another works. Recording (BeginRecording ..
 // EndRecording) allows only device-side ops: Alloc, Free, the host copies, Upload,
-// BeginForward and KvMove abort inside a recording.
+// BeginForward and KvCompact abort inside a recording.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device);
 
 }  // namespace specmoe::kernels::cuda

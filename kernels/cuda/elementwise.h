@@ -35,9 +35,10 @@ void Tanh(float* x, size_t count, CudaContext& ctx);
 // a slot < 0 (a padding token of a captured bucket) is skipped.
 void KvWrite(const float* k, const float* v, const ForwardDesc& fwd, int row, DType kv_dtype,
              void* k_cache, void* v_cache, CudaContext& ctx);
-// cache[dst[i]] = cache[src[i]] for i < n, in order; src, dst: device [n].
-void KvMove(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
-            void* k_cache, void* v_cache, CudaContext& ctx);
+// For every pool of k_caches and v_caches ([layers] each, host arrays of device pointers):
+// cache[dst[i]] = cache[src[i]] for i < n, in order; src, dst: device [n]. One launch.
+void KvCompact(const int32_t* src, const int32_t* dst, int n, int row, DType kv_dtype,
+               void* const* k_caches, void* const* v_caches, int layers, CudaContext& ctx);
 // out[i, :] = x[fwd.logit_rows[i], :] for i < fwd.n_logit_rows; out must not alias x.
 void GatherRows(const float* x, const ForwardDesc& fwd, int cols, float* out, CudaContext& ctx);
 
