@@ -99,6 +99,7 @@ void Scheduler::Finish(Sequence& seq, GenerationEvent event) {
   event.prompt_tokens = seq.prompt_len;
   event.completion_tokens = seq.completion_tokens();
   event.speculation = seq.counter.Stats();
+  event.seed = seq.request.sampling.seed;
   seq.sink(std::move(event));
 }
 
@@ -279,6 +280,7 @@ std::vector<DraftJob> Scheduler::DraftTrees(const std::vector<Planned>& plan, in
     job.draft_len = seq.draft_len;
     job.params = &seq.request.sampling;
     job.rng = &seq.draft_rng;
+    job.verification = options_.sampled_verification;
     job.shape = plan[i].shape;
     job.acceptance = &seq.acceptance;
     draft_tokens += job.drafted_len() - job.draft_len;
@@ -361,8 +363,9 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
     return true;
   }
   const int root_pos = seq.root_pos();
-  const VerifyResult result =
-      VerifyTree(logits, first_row, job.tree, seq.tokens, seq.request.sampling, seq.verify_rng);
+  const VerifyResult result = VerifyTree(logits, first_row, job.tree, seq.tokens,
+                                         seq.request.sampling, options_.sampled_verification,
+                                         seq.verify_rng);
   // The root is already at its slot in the target; the accepted path moves into place.
   Compact(*models_->backend, *models_->target_cache, seq.target_blocks, root_pos,
           result.accepted_nodes);
@@ -399,6 +402,14 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
     seq.draft_skip = seq.draft_backoff;
   }
   GenerationEvent event;
+  if (seq.request.wants_logprobs()) {
+    // Token i was chosen at the i-th node of the path root, accepted nodes: that row.
+    for (size_t i = 0; i < out.token_ids.size(); ++i) {
+      const int node = i == 0 ? 0 : result.accepted_nodes[i - 1];
+      event.logprobs.push_back(
+          RowLogprob(logits, first_row + node, out.token_ids[i], seq.request.top_logprobs));
+    }
+  }
   event.token_ids = std::move(out.token_ids);
   event.text = std::move(out.text);
   if (seq.finish == FinishReason::kNone) {
