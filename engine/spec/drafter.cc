@@ -138,10 +138,15 @@ bool Drafter::DraftLevel(int level, std::span<DraftJob* const> jobs,
                    top_q[a], job.acceptance, level == static_cast<int>(job.shape.size())};
   }
   std::vector<std::vector<int>> counts = policy_->Expand(requests, token_room);
+  int room_left = token_room;  // after the policy's children (exploration stays within it)
+  for (const std::vector<int>& c : counts) {
+    for (int n : c) room_left -= n;
+  }
   for (size_t a = 0; a < active.size(); ++a) {
-    if (level > jobs[active[a]]->explore_depth || token_room <= 0) continue;
+    if (level > jobs[active[a]]->explore_depth || room_left <= 0) continue;
     std::vector<int>& c = counts[a];
     if (std::all_of(c.begin(), c.end(), [](int n) { return n == 0; })) {
+      --room_left;
       // Decided before drawing, from what is known now: sampled requests stay exact.
       c[std::max_element(values[a].begin(), values[a].end()) - values[a].begin()] = 1;
     }
