@@ -403,7 +403,8 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
   }
   GenerationEvent event;
   if (seq.request.wants_logprobs()) {
-    // Token i was chosen at the i-th node of the path root, accepted nodes: that row.
+    // Token i was chosen at node i of the path (the root, then the accepted nodes): the
+    // logits row of that node.
     for (size_t i = 0; i < out.token_ids.size(); ++i) {
       const int node = i == 0 ? 0 : result.accepted_nodes[i - 1];
       event.logprobs.push_back(
