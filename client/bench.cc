@@ -191,6 +191,10 @@ class Runner {
     request.set_ignore_eos(options_.ignore_eos);
     request.mutable_sampling()->set_temperature(options_.temperature);
     if (options_.temperature > 0) request.mutable_sampling()->set_seed(options_.seed + 1);
+    if (options_.logprobs >= 0) {
+      request.set_logprobs(true);
+      request.set_top_logprobs(static_cast<uint32_t>(options_.logprobs));
+    }
     if (!speculate) request.mutable_speculation()->set_disable(true);
     for (uint32_t k : options_.tree) request.mutable_speculation()->add_expansion(k);
 

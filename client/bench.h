@@ -38,6 +38,7 @@ struct BenchOptions {
   float temperature = 0.0f;         // --temperature
   std::vector<uint32_t> tree;       // --tree (empty: the server's)
   bool no_speculation = false;      // --no-speculation
+  int logprobs = -1;                // --logprobs N: ask for logprobs + N alternatives (-1: off)
   std::vector<double> percentiles = {50, 90, 99};  // --percentiles
   std::map<std::string, double> slo_ms;  // --slo ttft:200,tpot:50,e2el:5000
   bool ab = false;                  // --ab

@@ -113,7 +113,8 @@ CLI::App* AddBenchCommand(CLI::App& app, BenchOptions* bench) {
   command->fallthrough();
   command->footer(
       "Also the top-level flags: --server, --api-key-file, --tls-ca, --timeout-ms (each "
-      "request's deadline), --temperature, --seed, --tree, --ignore-eos, --no-speculation.");
+      "request's deadline), --temperature, --seed, --tree, --ignore-eos, --no-speculation, "
+      "--logprobs.");
   command->formatter(std::make_shared<DefaultsFormatter>());
   command->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   command->add_option("--num-requests", bench->num_requests, "requests to send")
@@ -207,6 +208,7 @@ std::string ParseArgs(int argc, char** argv, CliOptions* options) {
   uint32_t max_tokens = 0, top_k = 0;
   float temperature = 0, top_p = 1, repetition_penalty = 1;
   uint64_t seed = 0;
+  uint32_t logprobs = 0;
   std::vector<std::string> stops;
   bool ignore_eos = false, no_speculation = false;
   app.add_option("command", positional, "the command, then the prompt (one argument: quote it)")
@@ -232,6 +234,11 @@ std::string ParseArgs(int argc, char** argv, CliOptions* options) {
   CLI::Option* seed_flag =
       app.add_option("--seed", seed, "sampling seed (default: chosen by the server)")
           ->option_text("N");
+  CLI::Option* logprobs_flag =
+      app.add_option("--logprobs", logprobs,
+                     "return each token's logprob and its N most likely alternatives (0-20)")
+          ->option_text("N")
+          ->check(CLI::Range(0, 20));
   CLI::Option* penalty_flag =
       app.add_option("--repetition-penalty", repetition_penalty, "1 = off")
           ->option_text("F")
@@ -289,6 +296,7 @@ std::string ParseArgs(int argc, char** argv, CliOptions* options) {
     b.seed = seed;
     b.ignore_eos = ignore_eos;
     b.no_speculation = no_speculation;
+    if (logprobs_flag->count() > 0) b.logprobs = static_cast<int>(logprobs);
     if (!tree.empty()) {
       for (int64_t k : SplitInts(tree)) b.tree.push_back(static_cast<uint32_t>(k));
     }
@@ -301,6 +309,10 @@ std::string ParseArgs(int argc, char** argv, CliOptions* options) {
   if (top_k_flag->count() > 0) sampling->set_top_k(top_k);
   if (seed_flag->count() > 0) sampling->set_seed(seed);
   if (penalty_flag->count() > 0) sampling->set_repetition_penalty(repetition_penalty);
+  if (logprobs_flag->count() > 0) {
+    request.set_logprobs(true);
+    request.set_top_logprobs(logprobs);
+  }
   for (const std::string& stop : stops) request.add_stop(stop);
   request.set_ignore_eos(ignore_eos);
   if (no_speculation) request.mutable_speculation()->set_disable(true);
@@ -398,6 +410,17 @@ void PrintSummary(double ttft_s, double total_s, const v1::Usage& usage,
   std::fprintf(stderr, "]\n");
 }
 
+// Plain mode's logprobs, on stdout after the text: one line per token,
+// "<token id>\t<logprob>" then "\t<id>:<logprob>" per alternative.
+void PrintLogprobs(const google::protobuf::RepeatedPtrField<v1::TokenLogprob>& logprobs) {
+  for (const v1::TokenLogprob& lp : logprobs) {
+    std::printf("%d\t%.6f", lp.token_id(), lp.logprob());
+    for (const v1::TopLogprob& top : lp.top()) std::printf("\t%d:%.6f", top.token_id(), top.logprob());
+    std::printf("\n");
+  }
+  std::fflush(stdout);
+}
+
 class Cli {
  public:
   explicit Cli(const CliOptions& options) : options_(options) {}
@@ -469,6 +492,7 @@ class Cli {
       std::cout << ToJson(response) << std::endl;
     } else {
       std::cout << response.text() << std::endl;
+      PrintLogprobs(response.logprobs());
       PrintSummary(total_s, total_s, response.usage(), response.speculation());
     }
     return 0;
@@ -483,7 +507,9 @@ class Cli {
         stub_->CompleteStream(&context, request);
     v1::CompleteChunk chunk;
     v1::CompleteChunk last;
+    google::protobuf::RepeatedPtrField<v1::TokenLogprob> logprobs;
     while (reader->Read(&chunk)) {
+      logprobs.MergeFrom(chunk.logprobs());
       if (!ttft_s.has_value() && chunk.token_ids_size() > 0) {
         ttft_s = std::chrono::duration<double>(Clock::now() - start).count();
       }
@@ -499,6 +525,7 @@ class Cli {
     if (!options_.json) std::cout << std::endl;
     if (!status.ok()) return Fail(status);
     if (!options_.json) {
+      PrintLogprobs(logprobs);
       PrintSummary(ttft_s.value_or(total_s), total_s, last.usage(), last.speculation());
     }
     return 0;

@@ -114,6 +114,21 @@ void FillStats(const engine::GenerationEvent& event, v1::Usage* usage,
   for (float rate : s.acceptance_by_depth) stats->add_acceptance_by_depth(rate);
 }
 
+// Appends the engine's per-token logprobs to a response's or chunk's repeated field.
+void AppendLogprobs(const std::vector<engine::TokenLogprob>& logprobs,
+                    google::protobuf::RepeatedPtrField<v1::TokenLogprob>* out) {
+  for (const engine::TokenLogprob& lp : logprobs) {
+    v1::TokenLogprob* entry = out->Add();
+    entry->set_token_id(lp.token_id);
+    entry->set_logprob(lp.logprob);
+    for (const engine::TopLogprob& top : lp.top) {
+      v1::TopLogprob* t = entry->add_top();
+      t->set_token_id(top.token_id);
+      t->set_logprob(top.logprob);
+    }
+  }
+}
+
 // Rounds to `digits` decimals, so that JSON shows 0.8182, not a float's 0.8181818127632141.
 double Round(double value, int digits) {
   const double scale = std::pow(10.0, digits);
@@ -303,12 +318,14 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     if (finished_) return;
     response_->mutable_text()->append(event.text);
     response_->mutable_token_ids()->Add(event.token_ids.begin(), event.token_ids.end());
+    AppendLogprobs(event.logprobs, response_->mutable_logprobs());
     if (!event.finished && event.status.ok()) return;
     if (!event.status.ok()) {
       FinishLocked(ToGrpcStatus(event.status));
       return;
     }
     response_->set_finish_reason(ToWire(event.finish_reason));
+    response_->set_seed(event.seed);
     FillStats(event, response_->mutable_usage(), response_->mutable_speculation());
     FinishLocked(grpc::Status::OK);
   }
@@ -415,8 +432,10 @@ class StreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     v1::CompleteChunk& chunk = *pending_;
     chunk.mutable_text()->append(event.text);
     chunk.mutable_token_ids()->Add(event.token_ids.begin(), event.token_ids.end());
+    AppendLogprobs(event.logprobs, chunk.mutable_logprobs());
     if (event.finished) {
       chunk.set_finish_reason(ToWire(event.finish_reason));
+      chunk.set_seed(event.seed);
       FillStats(event, chunk.mutable_usage(), chunk.mutable_speculation());
       final_status_ = grpc::Status::OK;
     }

@@ -145,6 +145,11 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
        "dynamic: each step sizes every request's tree to the load (--tree is the most it "
        "holds); static: every request gets its full expansion")
       ->check(OneOf({"static", "dynamic"}));
+  text("--sampled-verification", &options.sampled_verification, "coupled|rejection",
+       "how sampled requests pick tokens: coupled (Gumbel-max keyed on seed and position: "
+       "the same text for a seed under any load, tree or draft) or rejection (recursive "
+       "rejection sampling: higher acceptance, text depends on the trees)")
+      ->check(OneOf({"coupled", "rejection"}));
   text("--kv-dtype", &options.kv_dtype, "auto|f32|f16",
        "KV cache element type (f16: half the KV bytes, logits within rounding of f32; "
        "auto: f32 on the cpu, f16 on cuda)")
@@ -286,6 +291,9 @@ engine::EngineOptions ToEngineOptions(const ServerOptions& options) {
   engine_options.tree_policy = options.tree_policy == "static"
                                    ? engine::EngineOptions::TreePolicy::kStatic
                                    : engine::EngineOptions::TreePolicy::kDynamic;
+  engine_options.sampled_verification = options.sampled_verification == "rejection"
+                                            ? engine::SampledVerification::kRejection
+                                            : engine::SampledVerification::kCoupled;
   if (options.kv_dtype != "auto") {
     engine_options.kv_dtype =
         options.kv_dtype == "f16" ? kernels::DType::kF16 : kernels::DType::kF32;

@@ -28,6 +28,7 @@ struct ServerOptions {
                                                    //   else --max-batch full contexts)
   double kv_cache_fraction = 0;                    // --kv-cache-fraction (0: unset)
   std::string tree_policy = "dynamic";             // --tree-policy static|dynamic
+  std::string sampled_verification = "coupled";   // --sampled-verification coupled|rejection
   std::string kv_dtype = "auto";                   // --kv-dtype auto|f32|f16
   std::string prefix_cache = "on";                 // --prefix-cache on|off
   std::string dtype = "auto";                      // --dtype auto|f32|f16|bf16 (weights)

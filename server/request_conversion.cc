@@ -36,6 +36,8 @@ engine::GenerationRequest ToGenerationRequest(const specmoe::v1::CompleteRequest
   out.stop.assign(request.stop().begin(), request.stop().end());
   out.stop_token_ids.assign(request.stop_token_ids().begin(), request.stop_token_ids().end());
   out.ignore_eos = request.ignore_eos();
+  out.logprobs = request.logprobs();
+  out.top_logprobs = Saturate(request.top_logprobs());
   out.speculation.disable = request.speculation().disable();
   for (uint32_t k : request.speculation().expansion()) {
     out.speculation.expansion.push_back(Saturate(k));

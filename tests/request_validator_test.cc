@@ -146,6 +146,10 @@ TEST(RequestValidatorTest, EveryRule) {
        "sampling.repetition_penalty"},
       {"tiny penalty (the maths is clamped)",
        [](auto& r, auto&) { r.sampling.repetition_penalty = 1e-38f; }, ""},
+      // Logprobs.
+      {"top_logprobs 20", [](auto& r, auto&) { r.top_logprobs = 20; }, ""},
+      {"top_logprobs 21", [](auto& r, auto&) { r.top_logprobs = 21; }, "top_logprobs"},
+      {"negative top_logprobs", [](auto& r, auto&) { r.top_logprobs = -1; }, "top_logprobs"},
       // Stop token ids.
       {"stop token id above the vocabulary", [](auto& r, auto&) { r.stop_token_ids = {kVocab}; },
        "stop_token_ids[0] = 4096"},

@@ -1,7 +1,9 @@
 // tests/sampler_test.cc — engine/spec/rng.h and engine/spec/sampler.h: the generator against the
 // published xoshiro256** / splitmix64 algorithms, ProcessLogits against hand-computed
 // distributions (temperature, top-k and top-p with ties, repetition penalty of both signs,
-// greedy), and the sampling helpers' determinism and distributions.
+// greedy), the sampling helpers' determinism and distributions, the Gumbel noise of
+// engine/spec/gumbel.h (a value from an independent Python splitmix64, the top-k order and
+// its mass rules) and LogprobOf against hand-computed log-softmax values.
 #include "engine/spec/sampler.h"
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "engine/serving/request.h"
+#include "engine/spec/gumbel.h"
 #include "engine/spec/rng.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -344,6 +347,88 @@ TEST(SamplerTest, TinyRepetitionPenaltyKeepsTheDistributionFinite) {
     EXPECT_GE(token, 0);
     EXPECT_LT(token, 4);
   }
+}
+
+TEST(GumbelTest, NoiseIsTheChainedSplitMix64OfSeedPositionAndToken) {
+  // From an independent Python implementation of the chained splitmix64 finaliser
+  // (mix(mix(mix(42) ^ 7) ^ 3), top 53 bits, + 0.5 ulp): pins the noise, hence every seeded
+  // text, across platforms and releases.
+  EXPECT_DOUBLE_EQ(NoiseUniform(42, 7, 3), 0.958469529829377);
+  EXPECT_DOUBLE_EQ(GumbelNoise(42, 7, 3), -std::log(-std::log(0.958469529829377)));
+  EXPECT_NE(NoiseUniform(42, 8, 3), NoiseUniform(42, 7, 3));
+  EXPECT_NE(NoiseUniform(42, 7, 4), NoiseUniform(42, 7, 3));
+  EXPECT_NE(NoiseUniform(43, 7, 3), NoiseUniform(42, 7, 3));
+  for (int t = 0; t < 1000; ++t) {
+    const double u = NoiseUniform(0, t, t);
+    EXPECT_GT(u, 0.0);
+    EXPECT_LT(u, 1.0);
+  }
+}
+
+TEST(GumbelTest, TopKOrdersByPerturbedLogProbabilityAndSkipsZeroMass) {
+  const std::vector<float> q = {0.1f, 0.0f, 0.3f, 0.2f, 0.0f, 0.4f};
+  for (uint64_t seed = 1; seed <= 50; ++seed) {
+    const std::vector<int32_t> top = GumbelTopK(q, 6, seed, 9);
+    ASSERT_EQ(top.size(), 4u);  // only the ids of positive mass
+    for (size_t i = 1; i < top.size(); ++i) {
+      EXPECT_GE(std::log(q[top[i - 1]]) + GumbelNoise(seed, 9, top[i - 1]),
+                std::log(q[top[i]]) + GumbelNoise(seed, 9, top[i]));
+    }
+    for (int32_t id : top) EXPECT_GT(q[id], 0.0f);
+    EXPECT_EQ(GumbelMax(q, seed, 9), top[0]);
+    EXPECT_THAT(GumbelTopK(q, 2, seed, 9), ElementsAre(top[0], top[1]));
+    EXPECT_TRUE(GumbelTopK(q, 0, seed, 9).empty());
+  }
+  // A one-hot (greedy) distribution: its id whatever the noise.
+  EXPECT_EQ(GumbelMax(std::vector<float>{0, 0, 1, 0}, 7, 3), 2);
+  // Unnormalised weights give the same choice as normalised ones (a constant log shift).
+  const std::vector<float> scaled = {0.2f, 0.0f, 0.6f, 0.4f, 0.0f, 0.8f};
+  for (uint64_t seed = 1; seed <= 50; ++seed) {
+    EXPECT_EQ(GumbelMax(scaled, seed, 4), GumbelMax(q, seed, 4));
+  }
+}
+
+TEST(GumbelTest, GumbelMaxSamplesTheDistribution) {
+  // 200000 seeds: each frequency within 5 sigma of its probability.
+  const std::vector<float> p = {0.1f, 0.2f, 0.3f, 0.4f};
+  constexpr int kDraws = 200000;
+  std::vector<int> counts(p.size(), 0);
+  for (int s = 0; s < kDraws; ++s) ++counts[GumbelMax(p, 1000 + s, 12)];
+  for (size_t v = 0; v < p.size(); ++v) {
+    const double sigma = std::sqrt(kDraws * p[v] * (1 - p[v]));
+    EXPECT_NEAR(counts[v], kDraws * p[v], 5 * sigma) << v;
+  }
+}
+
+TEST(LogprobTest, IsTheLogSoftmaxOfTheRawLogitsWithSortedAlternatives) {
+  // softmax([0, ln 3]) = [1/4, 3/4].
+  const std::vector<float> two = {0.0f, static_cast<float>(std::log(3.0))};
+  TokenLogprob lp = LogprobOf(two.data(), 2, 0, 2);
+  EXPECT_EQ(lp.token_id, 0);
+  EXPECT_NEAR(lp.logprob, std::log(0.25), 1e-6);
+  ASSERT_EQ(lp.top.size(), 2u);
+  EXPECT_EQ(lp.top[0].token_id, 1);
+  EXPECT_NEAR(lp.top[0].logprob, std::log(0.75), 1e-6);
+  EXPECT_EQ(lp.top[1].token_id, 0);
+  EXPECT_EQ(lp.top[1].logprob, lp.logprob);
+  // Ties: lower id first; top clamps to the vocabulary; 0 gives none.
+  const std::vector<float> flat = {2.0f, 5.0f, 2.0f, 5.0f, 5.0f};
+  lp = LogprobOf(flat.data(), 5, 2, 4);
+  ASSERT_EQ(lp.top.size(), 4u);
+  EXPECT_EQ(lp.top[0].token_id, 1);
+  EXPECT_EQ(lp.top[1].token_id, 3);
+  EXPECT_EQ(lp.top[2].token_id, 4);
+  EXPECT_EQ(lp.top[3].token_id, 0);
+  const double lse = 5.0 + std::log(3.0 + 2.0 * std::exp(-3.0));
+  EXPECT_NEAR(lp.top[0].logprob, 5.0 - lse, 1e-6);
+  EXPECT_NEAR(lp.logprob, 2.0 - lse, 1e-6);
+  EXPECT_EQ(LogprobOf(flat.data(), 5, 2, 9).top.size(), 5u);
+  EXPECT_TRUE(LogprobOf(flat.data(), 5, 2, 0).top.empty());
+  // Large logits stay finite (the maximum is subtracted).
+  const std::vector<float> big = {1e30f, 0.0f};
+  lp = LogprobOf(big.data(), 2, 1, 1);
+  EXPECT_EQ(lp.top[0].logprob, 0.0f);
+  EXPECT_EQ(lp.logprob, -1e30f);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -530,6 +531,7 @@ TEST_F(ServerE2eTest, BadRequestsAreInvalidArgumentNamingTheField) {
        },
        "speculation.expansion[1]"},
       {"empty stop string", [](auto& r) { r.add_stop(""); }, "stop[0]"},
+      {"too many top logprobs", [](auto& r) { r.set_top_logprobs(21); }, "top_logprobs"},
   };
   for (const Case& c : cases) {
     v1::CompleteRequest request = Greedy("Hello", 4);
@@ -711,6 +713,84 @@ TEST_F(ServerE2eTest, UnparseableRequestsAreInvalidArgumentNamingTheProblem) {
   EXPECT_THAT(server_->log(), ::testing::Not(HasSubstr("[libprotobuf")));
   v1::CompleteResponse response;
   ASSERT_TRUE(Complete(Greedy("Hello", 4), &response).ok());
+}
+
+// Issue 18: a sampled request without a seed gets the server's, echoed on the response and
+// the last chunk; sending it back reproduces the text with speculation off; logprobs come
+// one per token (and each stream chunk carries exactly its tokens' entries), equal with
+// speculation on and off.
+TEST_F(ServerE2eTest, SeedIsEchoedAndLogprobsFollowTheTokens) {
+  v1::CompleteRequest request = Greedy("The king said", 20);
+  request.mutable_sampling()->set_temperature(0.8f);
+  request.set_logprobs(true);
+  request.set_top_logprobs(3);
+  v1::CompleteResponse first;
+  ASSERT_TRUE(Complete(request, &first).ok());
+  EXPECT_NE(first.seed(), 0u);
+  ASSERT_EQ(first.token_ids_size(), 20);
+  ASSERT_EQ(first.logprobs_size(), 20);
+  for (int i = 0; i < first.logprobs_size(); ++i) {
+    const v1::TokenLogprob& lp = first.logprobs(i);
+    EXPECT_EQ(lp.token_id(), first.token_ids(i)) << i;
+    EXPECT_LE(lp.logprob(), 0.0f) << i;
+    ASSERT_EQ(lp.top_size(), 3) << i;
+    EXPECT_GE(lp.top(0).logprob(), lp.top(1).logprob()) << i;
+    EXPECT_GE(lp.top(0).logprob(), lp.logprob()) << i;
+  }
+
+  v1::CompleteRequest again = request;
+  again.mutable_sampling()->set_seed(first.seed());
+  again.mutable_speculation()->set_disable(true);
+  v1::CompleteResponse plain;
+  ASSERT_TRUE(Complete(again, &plain).ok());
+  EXPECT_EQ(plain.seed(), first.seed());
+  EXPECT_EQ(plain.text(), first.text());
+  ASSERT_EQ(plain.logprobs_size(), first.logprobs_size());
+  for (int i = 0; i < plain.logprobs_size(); ++i) {
+    EXPECT_EQ(plain.logprobs(i).SerializeAsString(), first.logprobs(i).SerializeAsString()) << i;
+  }
+
+  again.clear_speculation();
+  std::vector<v1::CompleteChunk> chunks;
+  ASSERT_TRUE(Stream(again, &chunks).ok());
+  ASSERT_FALSE(chunks.empty());
+  int at = 0;
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const v1::CompleteChunk& chunk = chunks[c];
+    ASSERT_EQ(chunk.logprobs_size(), chunk.token_ids_size()) << "chunk " << c;
+    for (int i = 0; i < chunk.logprobs_size(); ++i, ++at) {
+      EXPECT_EQ(chunk.token_ids(i), first.token_ids(at));
+      EXPECT_EQ(chunk.logprobs(i).SerializeAsString(), first.logprobs(at).SerializeAsString());
+    }
+    EXPECT_EQ(chunk.seed(), c + 1 == chunks.size() ? first.seed() : 0u) << "chunk " << c;
+  }
+  EXPECT_EQ(at, 20);
+
+  // Without logprobs asked for, none are sent; greedy requests echo a seed too.
+  v1::CompleteResponse greedy;
+  ASSERT_TRUE(Complete(Greedy("The king said", 4), &greedy).ok());
+  EXPECT_EQ(greedy.logprobs_size(), 0);
+
+  // The CLI: --logprobs N prints one line per token after the text: id, logprob, N more.
+  v1::CompleteRequest five = Greedy("The king said", 5);
+  five.set_top_logprobs(2);
+  v1::CompleteResponse expected;
+  ASSERT_TRUE(Complete(five, &expected).ok());
+  const auto [out, code] =
+      RunCommand(kCliBinary + " complete --server " + server_->address() +
+                 " --max-tokens 5 --ignore-eos --logprobs 2 'The king said'");
+  ASSERT_EQ(code, 0) << out;
+  std::istringstream lines(out);
+  std::vector<std::string> rows;
+  for (std::string line; std::getline(lines, line);) rows.push_back(line);
+  ASSERT_GE(rows.size(), 6u) << out;  // the text (maybe several lines), then 5 tokens
+  for (int i = 0; i < 5; ++i) {
+    const std::string& row = rows[rows.size() - 5 + i];
+    EXPECT_EQ(std::count(row.begin(), row.end(), '\t'), 3) << row;
+    EXPECT_EQ(row.substr(0, row.find('\t')), std::to_string(expected.token_ids(i))) << row;
+    const std::string top = std::to_string(expected.logprobs(i).top(1).token_id()) + ":";
+    EXPECT_THAT(row, HasSubstr(top)) << row;
+  }
 }
 
 TEST_F(ServerE2eTest, CliCompleteStreamAndHealth) {

@@ -96,6 +96,8 @@ TEST(ServerOptionsTest, ErrorsNameTheFlag) {
        "--kv-cache-tokens and --kv-cache-fraction both set the KV budget"},
       {{"--target", "/t", "--tree-policy", "greedy"},
        "--tree-policy: expected one of static|dynamic, got 'greedy'"},
+      {{"--target", "/t", "--sampled-verification", "exact"},
+       "--sampled-verification: expected one of coupled|rejection, got 'exact'"},
   };
   for (const auto& [args, message] : cases) {
     absl::StatusOr<ServerOptions> options = Parse(args);
@@ -137,9 +139,11 @@ TEST(ServerOptionsTest, SchedulerFlagsDefaultAndReachTheEngine) {
   EXPECT_EQ(engine.kv_cache_tokens, 0);
   EXPECT_EQ(engine.kv_cache_fraction, 0);
   EXPECT_EQ(engine.tree_policy, engine::EngineOptions::TreePolicy::kDynamic);
+  EXPECT_EQ(engine.sampled_verification, engine::SampledVerification::kCoupled);
 
   options = Parse({"--target", "/t", "--max-batch", "3", "--max-step-tokens=512",
-                   "--kv-cache-tokens", "4096", "--tree-policy", "static"});
+                   "--kv-cache-tokens", "4096", "--tree-policy", "static",
+                   "--sampled-verification", "rejection"});
   ASSERT_TRUE(options.ok()) << options.status();
   engine = ToEngineOptions(*options);
   EXPECT_EQ(engine.max_batch, 3);
@@ -147,6 +151,7 @@ TEST(ServerOptionsTest, SchedulerFlagsDefaultAndReachTheEngine) {
   EXPECT_EQ(engine.kv_cache_tokens, 4096);
   EXPECT_EQ(engine.kv_cache_fraction, 0);
   EXPECT_EQ(engine.tree_policy, engine::EngineOptions::TreePolicy::kStatic);
+  EXPECT_EQ(engine.sampled_verification, engine::SampledVerification::kRejection);
 
   options = Parse({"--target", "/t", "--kv-cache-fraction=0.25", "--tree-policy", "dynamic"});
   ASSERT_TRUE(options.ok()) << options.status();

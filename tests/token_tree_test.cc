@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/spec/gumbel.h"
 #include "engine/spec/rng.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -259,6 +260,27 @@ TEST(ValidateExpansionTest, RejectsWithMessagesNamingTheEntry) {
   s = ValidateExpansion(std::vector<int>{2, 2, 2, 2, 2, 1});  // 63 + 32 = 95
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("speculation.expansion[5] = 1"));
+}
+
+TEST(TokenTreeTest, CoupledExpansionTakesTheGumbelTopOfEachNodeAtItsPosition) {
+  const std::vector<float> q = {0.05f, 0.3f, 0.0f, 0.25f, 0.4f};
+  TokenTree tree(2);
+  ExpandLevelCoupled(tree, std::vector<int>{0}, std::vector<std::vector<float>>{q},
+                     std::vector<int>{3}, /*seed=*/11, /*root_pos=*/20);
+  const std::vector<int32_t> first = GumbelTopK(q, 3, 11, 21);  // depth 1: position 21
+  ASSERT_EQ(tree.size(), 4);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(tree.token[1 + i], first[i]);
+  // The next level: node 1 gets 2 children, node 2 none, node 3 more than q has (4).
+  ExpandLevelCoupled(tree, std::vector<int>{1, 2, 3}, std::vector<std::vector<float>>{q, q, q},
+                     std::vector<int>{2, 0, 8}, 11, 20);
+  const std::vector<int32_t> second = GumbelTopK(q, 8, 11, 22);  // depth 2: position 22
+  ASSERT_EQ(second.size(), 4u);
+  ASSERT_EQ(tree.size(), 4 + 2 + 4);
+  EXPECT_EQ(tree.Children(2).size(), 0u);
+  EXPECT_EQ(tree.token[4], second[0]);
+  EXPECT_EQ(tree.token[5], second[1]);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(tree.token[6 + i], second[i]);
+  for (const std::vector<float>& stored : tree.q) EXPECT_TRUE(stored.empty());
 }
 
 }  // namespace

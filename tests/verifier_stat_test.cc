@@ -13,9 +13,15 @@
 // A chi-square test (cells with expected count < 5 pooled; any draw of a zero-probability
 // token is an outright failure) must NOT reject at p = 1e-9 for the engine's verifier, for
 // the first token and for the pair. The same test must reject each of the three wrong
-// variants engine/README.md (Verification) warns about, kept below as deliberately wrong node
-// rules. The same cases run again with dynamic trees (the tree policy's per-node counts, fixed
-// before the children are drawn), and a policy that drops drawn children must be rejected.
+// variants engine/README.md (Verification) warns about, kept below as deliberately wrong node rules. The same
+// cases run again with dynamic trees (the tree policy's per-node counts, fixed before the
+// children are drawn), and a policy that drops drawn children must be rejected.
+// Coupled verification (the default, engine/spec/gumbel.h) gets the same first-token and
+// pair tests over 10^6 seeds, with static and dynamic trees: the tree's children are the
+// top of log q + G(seed, position, v), the target's choice Gumbel-max with the same noise.
+// Two wrong noise keys must be rejected: noise shared across positions, and noise keyed on
+// the tree depth instead of the absolute position (a token decoded in the next step then
+// reuses the noise of the first).
 // The chi-square survival function is the regularized upper incomplete gamma function,
 // computed here (series / Legendre continued fraction) and checked on known values.
 #include <algorithm>
@@ -28,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/spec/gumbel.h"
 #include "engine/spec/params.h"
 #include "engine/spec/rng.h"
 #include "engine/spec/sampler.h"
@@ -570,6 +577,230 @@ TEST(WrongVerifierTest, DroppingDrawnChildrenThatDoNotPayIsDetected) {
     }
   }
   EXPECT_TRUE(rejected);
+}
+
+// ---------------------------------------------------------------------------------------
+// Coupled verification: the trial's seed fixes the noise; the engine's ExpandLevelCoupled
+// and VerifyCoupled build and verify the tree, and the second token, when the step emitted
+// only one, comes from the next plain step (VerifyCoupled of a root-only tree one position
+// further). The wrong variants key the noise of the token at depth d below a root at r on
+// 0 (shared) or on d (the tree depth) instead of r + d.
+
+enum class NoiseKey { kPosition, kShared, kDepth };
+
+int64_t KeyedPosition(NoiseKey key, int root_pos, int depth) {
+  switch (key) {
+    case NoiseKey::kShared:
+      return 0;
+    case NoiseKey::kDepth:
+      return depth;
+    case NoiseKey::kPosition:
+      break;
+  }
+  return static_cast<int64_t>(root_pos) + depth;
+}
+
+// One level of coupled children: the engine's code for the correct key, else the same
+// top of log q + G with the wrong key.
+void CoupledLevel(NoiseKey key, TokenTree& tree, const std::vector<int>& frontier,
+                  const std::vector<std::vector<float>>& rows, const std::vector<int>& counts,
+                  uint64_t seed, int root_pos) {
+  if (key == NoiseKey::kPosition) {
+    ExpandLevelCoupled(tree, frontier, rows, counts, seed, root_pos);
+    return;
+  }
+  for (size_t i = 0; i < frontier.size(); ++i) {
+    const int64_t position = KeyedPosition(key, root_pos, tree.depth[frontier[i]] + 1);
+    for (int32_t id : GumbelTopK(rows[i], counts[i], seed, position)) tree.AddNode(frontier[i], id);
+  }
+}
+
+VerifyResult CoupledVerify(NoiseKey key, const TokenTree& tree,
+                           std::span<const std::vector<float>> p, uint64_t seed, int root_pos) {
+  if (key == NoiseKey::kPosition) {
+    return VerifyCoupled(
+        tree, [p](int node, std::vector<float>* row) { *row = p[node]; }, seed, root_pos);
+  }
+  return VerifyByChoice(tree, [&](int node) {
+    return GumbelMax(p[node], seed, KeyedPosition(key, root_pos, tree.depth[node] + 1));
+  });
+}
+
+// The coupled tree of one trial; `dynamic` takes the tree policy's counts level by level
+// (as DynamicBuilder), with live feedback.
+struct CoupledRun {
+  const Case& c;
+  NoiseKey key;
+  bool dynamic;
+  DynamicState st;
+  std::set<int> sizes;
+
+  void Build(const PathTable& table, TokenTree& tree, std::vector<int>& entry, uint64_t seed,
+             int root_pos) {
+    const int depth = static_cast<int>(c.expansion.size());
+    if (dynamic) {
+      const int base = kBaseTokens[st.trial++ % std::size(kBaseTokens)];
+      st.policy.BeginStep(base, /*draft_base_tokens=*/2, /*decoding=*/base);
+    }
+    std::vector<double> values = {1.0};  // [frontier]
+    std::vector<std::vector<float>> rows, top_q;
+    for (int level = 0; level < depth; ++level) {
+      const std::vector<int> frontier = tree.NodesAtDepth(level);
+      if (frontier.empty()) break;
+      const int k = c.expansion[level];
+      rows.resize(frontier.size());
+      top_q.resize(frontier.size());
+      for (size_t i = 0; i < frontier.size(); ++i) {
+        rows[i] = table.q[entry[frontier[i]]];
+        top_q[i] = TopProbabilities(rows[i].data(), kVocab, k);
+      }
+      std::vector<int> counts(frontier.size(), k);
+      if (dynamic) {
+        LevelRequest lr;
+        lr.max_children = k;
+        lr.depth = level + 1;
+        lr.frontier_value = values;
+        lr.frontier_top_q = top_q;
+        lr.acceptance = &st.request;
+        lr.last_level = level + 1 == depth;
+        counts = st.policy.Expand(std::span(&lr, 1), kMaxTreeNodes - tree.size())[0];
+      }
+      const int before = tree.size();
+      CoupledLevel(key, tree, frontier, rows, counts, seed, root_pos);
+      std::vector<double> next;
+      for (int n = before; n < tree.size(); ++n) {
+        const int parent = tree.parent[n];
+        entry.push_back(table.child[entry[parent]][tree.token[n]]);
+        next.push_back(st.policy.ChildValue(values[parent - frontier[0]], level + 1,
+                                            table.q[entry[parent]][tree.token[n]], st.request));
+      }
+      values = std::move(next);
+    }
+    sizes.insert(tree.size());
+  }
+
+  void Feedback(const TokenTree& tree, const std::vector<int>& entry, const VerifyResult& result,
+                const PathTable& table) {
+    if (!dynamic) return;
+    const StepStats stats = ComputeStepStats(tree, result);
+    std::vector<int> path = {0};
+    path.insert(path.end(), result.accepted_nodes.begin(), result.accepted_nodes.end());
+    std::vector<float> first_q(stats.reached_by_depth.size(), 0.0f);
+    for (size_t d = 0; d < first_q.size() && d < path.size(); ++d) {
+      if (stats.reached_by_depth[d] == 0) continue;
+      const std::vector<int> children = tree.Children(path[d]);
+      if (!children.empty()) first_q[d] = table.q[entry[path[d]]][tree.token[children[0]]];
+    }
+    st.request.Record(stats, first_q);
+    st.policy.ObserveStep(stats, first_q);
+  }
+};
+
+Outcome RunCoupledTrials(CoupledRun& run) {
+  const Case& c = run.c;
+  const std::vector<int32_t> prompt = {3, 5, 1};  // the root token is 1
+  const int root_pos = static_cast<int>(prompt.size()) - 1;
+  const TinyModel target = RandomModel(1000 + c.seed, 3.0f);
+  const TinyModel draft = Perturbed(target, 2000 + c.seed, c.draft_noise);
+  const int depth = static_cast<int>(c.expansion.size());
+  const PathTable table = BuildPathTable(target, c.target, draft, c.draft, prompt, depth);
+
+  Rng seeds(c.seed);
+  std::vector<int64_t> first_counts(kVocab, 0);
+  std::vector<int64_t> joint_counts(kVocab * kVocab, 0);
+  int64_t emitted = 0;
+  int64_t nodes = 0;
+  TokenTree tree;
+  TokenTree next_root;
+  std::vector<int> entry;
+  std::vector<std::vector<float>> p_rows;
+  for (int64_t trial = 0; trial < kTrials; ++trial) {
+    const uint64_t seed = seeds.Next();
+    tree.Reset(prompt.back());
+    entry.assign(1, 0);
+    run.Build(table, tree, entry, seed, root_pos);
+    nodes += tree.size() - 1;
+    p_rows.resize(tree.size());
+    for (int n = 0; n < tree.size(); ++n) p_rows[n] = table.p[entry[n]];
+    const VerifyResult r = CoupledVerify(run.key, tree, p_rows, seed, root_pos);
+    run.Feedback(tree, entry, r, table);
+    const size_t accepted = r.accepted_nodes.size();
+    emitted += static_cast<int64_t>(accepted) + 1;
+    const int32_t t1 = accepted >= 1 ? tree.token[r.accepted_nodes[0]] : r.bonus_token;
+    int32_t t2;
+    if (accepted >= 2) {
+      t2 = tree.token[r.accepted_nodes[1]];
+    } else if (accepted == 1) {
+      t2 = r.bonus_token;
+    } else {  // the next step, plain decoding from a root one position further
+      next_root.Reset(t1);
+      const std::vector<float> row = table.p[table.child[0][t1]];
+      t2 = CoupledVerify(run.key, next_root, std::span(&row, 1), seed, root_pos + 1).bonus_token;
+    }
+    ++first_counts[t1];
+    ++joint_counts[t1 * kVocab + t2];
+  }
+  const std::vector<double> p_root = Normalized(table.p[0]);
+  std::vector<double> joint(kVocab * kVocab, 0.0);
+  for (int a = 0; a < kVocab; ++a) {
+    const std::vector<double> p_next = Normalized(table.p[table.child[0][a]]);
+    for (int b = 0; b < kVocab; ++b) joint[a * kVocab + b] = p_root[a] * p_next[b];
+  }
+  Outcome out;
+  out.first = ChiSquareTest(first_counts, p_root);
+  out.joint = ChiSquareTest(joint_counts, joint);
+  out.mean_emitted = static_cast<double>(emitted) / kTrials;
+  out.mean_nodes = static_cast<double>(nodes) / kTrials;
+  return out;
+}
+
+// The coupled cases: temperatures, top-k, top-p and the penalty, a draft processed
+// differently from the target, a 3-level tree.
+std::vector<Case> CoupledCases() {
+  const std::vector<Case> all = Cases();
+  return {all[0], all[3], all[5], all[7]};
+}
+
+class CoupledSamplingTest : public ::testing::TestWithParam<std::tuple<Case, bool>> {};
+
+TEST_P(CoupledSamplingTest, FirstTwoTokensHaveTheTargetDistribution) {
+  const auto& [c, dynamic] = GetParam();
+  CoupledRun run{c, NoiseKey::kPosition, dynamic};
+  const Outcome o = RunCoupledTrials(run);
+  Log(dynamic ? "coupled, dynamic trees" : "coupled, static trees", c, o);
+  EXPECT_EQ(o.first.impossible, 0);
+  EXPECT_EQ(o.joint.impossible, 0);
+  EXPECT_GT(o.first.p_value, kAlpha) << "first token, chi2 " << o.first.statistic;
+  EXPECT_GT(o.joint.p_value, kAlpha) << "first two tokens, chi2 " << o.joint.statistic;
+  EXPECT_GT(o.mean_emitted, 1.05) << "the draft's children should often be accepted";
+  if (dynamic) EXPECT_GE(run.sizes.size(), 2u) << "the policy should vary the trees";
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CoupledSamplingTest,
+                         ::testing::Combine(::testing::ValuesIn(CoupledCases()),
+                                            ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<std::tuple<Case, bool>>& info) {
+                           return "Case" + std::to_string(info.index / 2) +
+                                  (std::get<1>(info.param) ? "Dynamic" : "Static");
+                         });
+
+// Runs the coupled cases with a wrong noise key until the chi-square test rejects.
+bool CoupledRejectedOnSomeCase(const char* name, NoiseKey key) {
+  for (const Case& c : CoupledCases()) {
+    CoupledRun run{c, key, /*dynamic=*/false};
+    const Outcome o = RunCoupledTrials(run);
+    Log(name, c, o);
+    if (o.first.p_value < kAlpha || o.joint.p_value < kAlpha) return true;
+  }
+  return false;
+}
+
+TEST(WrongCouplingTest, NoiseSharedAcrossPositionsIsDetected) {
+  EXPECT_TRUE(CoupledRejectedOnSomeCase("WRONG shared noise", NoiseKey::kShared));
+}
+
+TEST(WrongCouplingTest, NoiseKeyedOnTheTreeDepthIsDetected) {
+  EXPECT_TRUE(CoupledRejectedOnSomeCase("WRONG depth-keyed noise", NoiseKey::kDepth));
 }
 
 }  // namespace

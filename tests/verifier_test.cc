@@ -1,12 +1,15 @@
 // tests/verifier_test.cc — engine/spec/verifier.h on hand-built trees: greedy verification
 // (full, partial and no acceptance, a match on a later branch), the edge cases of the
 // stochastic walk whose outcome is forced whatever the uniforms are, the lazy target rows,
-// and the step statistics. Exactness in distribution is tests/verifier_stat_test.cc.
+// the step statistics, and coupled verification (its output is plain Gumbel-max sampling of
+// the target whatever the tree). Exactness in distribution is tests/verifier_stat_test.cc.
 #include "engine/spec/verifier.h"
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "engine/spec/gumbel.h"
 #include "engine/spec/rng.h"
 #include "engine/spec/sampler.h"
 #include "engine/spec/token_tree.h"
@@ -302,6 +305,82 @@ TEST(SpeculationCounterTest, EmptyAndShallowSteps) {
   EXPECT_EQ(stats.drafted_tokens, 0);
   EXPECT_FLOAT_EQ(stats.mean_tokens_per_step, 1.0f);
   EXPECT_TRUE(stats.acceptance_by_depth.empty());
+}
+
+// A model over kVocab tokens whose next-token distribution depends on the last token.
+std::vector<std::vector<float>> RandomRows(uint64_t seed) {
+  Rng rng(seed);
+  std::vector<std::vector<float>> rows(kVocab, std::vector<float>(kVocab));
+  for (auto& row : rows) {
+    double total = 0;
+    for (float& v : row) total += v = static_cast<float>(std::exp(4 * rng.Uniform()));
+    for (float& v : row) v = static_cast<float>(v / total);
+  }
+  return rows;
+}
+
+TEST(VerifyCoupledTest, EmitsPlainGumbelMaxSamplingWhateverTheTreeAndDraft) {
+  const std::vector<std::vector<float>> p = RandomRows(1);  // target: p[last token]
+  const std::vector<std::vector<float>> q = RandomRows(2);  // a different draft
+  constexpr int kRootPos = 10;
+  constexpr int32_t kRoot = 3;
+  int accepted_total = 0;
+  for (uint64_t seed = 1; seed <= 300; ++seed) {
+    for (const std::vector<int>& shape :
+         {std::vector<int>{}, std::vector<int>{1, 1, 1}, std::vector<int>{3, 2}}) {
+      TokenTree tree(kRoot);
+      for (size_t level = 0; level < shape.size(); ++level) {
+        const std::vector<int> frontier = tree.NodesAtDepth(static_cast<int>(level));
+        std::vector<std::vector<float>> rows;
+        for (int f : frontier) rows.push_back(q[tree.token[f]]);
+        ExpandLevelCoupled(tree, frontier, rows, std::vector<int>(frontier.size(), shape[level]),
+                           seed, kRootPos);
+      }
+      const VerifyResult r = VerifyCoupled(
+          tree, [&](int node, std::vector<float>* row) { *row = p[tree.token[node]]; }, seed,
+          kRootPos);
+      accepted_total += static_cast<int>(r.accepted_nodes.size());
+      std::vector<int32_t> emitted;
+      for (int node : r.accepted_nodes) emitted.push_back(tree.token[node]);
+      emitted.push_back(r.bonus_token);
+      // Plain decoding with the same seed: token i at position kRootPos + 1 + i.
+      int32_t last = kRoot;
+      for (size_t i = 0; i < emitted.size(); ++i) {
+        const int32_t plain = GumbelMax(p[last], seed, kRootPos + 1 + static_cast<int>(i));
+        ASSERT_EQ(emitted[i], plain) << "seed " << seed << " token " << i;
+        last = plain;
+      }
+    }
+  }
+  EXPECT_GT(accepted_total, 0);
+}
+
+TEST(VerifyCoupledTest, ADraftEqualToTheTargetIsAlwaysAccepted) {
+  const std::vector<std::vector<float>> p = RandomRows(3);
+  for (uint64_t seed = 1; seed <= 100; ++seed) {
+    TokenTree tree(0);
+    for (int level = 0; level < 4; ++level) {
+      const std::vector<int> frontier = tree.NodesAtDepth(level);
+      std::vector<std::vector<float>> rows;
+      for (int f : frontier) rows.push_back(p[tree.token[f]]);
+      ExpandLevelCoupled(tree, frontier, rows, std::vector<int>(frontier.size(), 1), seed, 0);
+    }
+    const VerifyResult r = VerifyCoupled(
+        tree, [&](int node, std::vector<float>* row) { *row = p[tree.token[node]]; }, seed, 0);
+    EXPECT_EQ(r.accepted_nodes.size(), 4u) << seed;
+  }
+}
+
+TEST(VerifyByChoiceTest, GreedyIsTheZeroNoiseChoice) {
+  const TokenTree tree = GreedyTree();
+  const std::vector<int32_t> argmax = {5, 0, 8, 1, 0, 0, 1, 0, 0, 0, 0};
+  const VerifyResult by_choice =
+      VerifyByChoice(tree, [&](int node) { return argmax[node]; });
+  const VerifyResult greedy = VerifyGreedy(tree, argmax);
+  EXPECT_EQ(by_choice.accepted_nodes, greedy.accepted_nodes);
+  EXPECT_EQ(by_choice.bonus_token, greedy.bonus_token);
+  EXPECT_THAT(greedy.accepted_nodes, ElementsAre(2, 6));
+  EXPECT_EQ(greedy.bonus_token, 1);
 }
 
 }  // namespace

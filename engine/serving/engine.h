@@ -88,6 +88,10 @@ struct EngineOptions {
   // request's fixed expansion.
   enum class TreePolicy { kStatic, kDynamic };
   TreePolicy tree_policy = TreePolicy::kDynamic;
+  // How sampled requests choose tokens (engine/spec/params.h): kCoupled (the default) gives
+  // the same text for a seed under any load, tree or draft; kRejection has the highest
+  // acceptance.
+  SampledVerification sampled_verification = SampledVerification::kCoupled;
   // KV cache element type of both models: kF32 (bit-exact tests) or kF16 (half the bytes).
   // Unset: kF32 on the CPU, kF16 on a GPU (where 7B's f32 KV would cost 1 MiB per token).
   std::optional<kernels::DType> kv_dtype;

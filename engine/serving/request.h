@@ -31,6 +31,11 @@ struct GenerationRequest {
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
   SpeculationParams speculation;
+  // Per-token logprobs (GenerationEvent::logprobs): on when logprobs is set or
+  // top_logprobs > 0; top_logprobs (0..kMaxTopLogprobs) adds that many most likely tokens.
+  bool logprobs = false;
+  int top_logprobs = 0;
+  bool wants_logprobs() const { return logprobs || top_logprobs > 0; }
 };
 
 enum class FinishReason { kNone = 0, kLength = 1, kStop = 2, kEos = 3, kCancelled = 4 };
@@ -47,6 +52,11 @@ struct GenerationEvent {
   int completion_tokens = 0;
   int cached_prompt_tokens = 0;     // prompt tokens whose K/V the prefix cache supplied
   SpeculationStats speculation;
+  // When the request wants logprobs: one entry per token in token_ids, in order, from the
+  // target logits row that chose the token (bit-identical with speculation on and off).
+  std::vector<TokenLogprob> logprobs;
+  uint64_t seed = 0;                // last event: the request's effective sampling seed
+                                    // (the server's choice when the request sent 0)
   absl::Status status;              // non-OK: the request failed (finished is true)
 };
 

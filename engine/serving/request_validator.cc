@@ -155,7 +155,13 @@ absl::Status PrepareRequest(GenerationRequest& r, const RequestLimits& limits,
     }
   }
 
-  // 6. Speculation: the tree's shape limits (token_tree.h).
+  // 6. Logprobs.
+  if (r.top_logprobs < 0 || r.top_logprobs > kMaxTopLogprobs) {
+    return Invalid(absl::StrCat("top_logprobs must be in [0, ", kMaxTopLogprobs, "] (got ",
+                                r.top_logprobs, ")"));
+  }
+
+  // 7. Speculation: the tree's shape limits (token_tree.h).
   if (!r.speculation.expansion.empty()) {
     absl::Status shape = ValidateExpansion(r.speculation.expansion);
     if (!shape.ok()) return shape;

@@ -23,6 +23,7 @@ namespace specmoe::engine {
 inline constexpr size_t kMaxRequestIdBytes = 256;
 inline constexpr size_t kMaxStopStrings = 16;
 inline constexpr size_t kMaxStopBytes = 256;
+inline constexpr int kMaxTopLogprobs = 20;
 // Default --max-prompt-bytes: this many bytes per token of context.
 inline constexpr int kPromptBytesPerContextToken = 16;
 

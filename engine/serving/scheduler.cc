@@ -112,6 +112,7 @@ void Scheduler::Finish(Sequence& seq, GenerationEvent event) {
   event.completion_tokens = seq.completion_tokens();
   event.cached_prompt_tokens = std::max(0, seq.cached_prompt_tokens);
   event.speculation = seq.counter.Stats();
+  event.seed = seq.request.sampling.seed;
   seq.sink(std::move(event));
 }
 
@@ -405,6 +406,7 @@ std::vector<DraftJob> Scheduler::DraftTrees(const std::vector<Planned>& plan, in
     job.draft_len = seq.draft_len;
     job.params = &seq.request.sampling;
     job.rng = &seq.draft_rng;
+    job.verification = options_.sampled_verification;
     job.shape = plan[i].shape;
     job.acceptance = &seq.acceptance;
     draft_tokens += job.drafted_len() - job.draft_len;
@@ -478,8 +480,9 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
     return true;
   }
   const int root_pos = seq.root_pos();
-  const VerifyResult result =
-      VerifyTree(logits, first_row, job.tree, seq.tokens, seq.request.sampling, seq.verify_rng);
+  const VerifyResult result = VerifyTree(logits, first_row, job.tree, seq.tokens,
+                                         seq.request.sampling, options_.sampled_verification,
+                                         seq.verify_rng);
   // The root is already at its slot in the target; the accepted path moves into place with
   // the step's one compaction per cache (also for a request that finishes now: its full
   // blocks are offered to the prefix cache, so their K/V must be in place; nothing is
@@ -524,6 +527,15 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
     seq.draft_skip = seq.draft_backoff;
   }
   GenerationEvent event;
+  if (seq.request.wants_logprobs()) {
+    // Token i was chosen at node i of the path (the root, then the accepted nodes): the
+    // logits row of that node.
+    for (size_t i = 0; i < out.token_ids.size(); ++i) {
+      const int node = i == 0 ? 0 : result.accepted_nodes[i - 1];
+      event.logprobs.push_back(
+          RowLogprob(logits, first_row + node, out.token_ids[i], seq.request.top_logprobs));
+    }
+  }
   event.token_ids = std::move(out.token_ids);
   event.text = std::move(out.text);
   if (seq.finish == FinishReason::kNone) {

@@ -9,9 +9,10 @@
 //
 // On the CPU every kernel is batch-invariant, so each request's tokens do not depend on
 // what else is in the step: batched, chunked and preempted outputs equal the output of the
-// request alone, bit for bit (with the static tree policy for sampled requests, whose
-// trees would otherwise follow the load). Tested by tests/scheduler_test.cc,
-// tests/speculation_test.cc and tests/engine_test.cc.
+// request alone, bit for bit; sampled requests too under the default coupled verification
+// (engine/spec/gumbel.h), whatever trees the load gives (with --sampled-verification
+// rejection only under static trees). Tested by tests/scheduler_test.cc,
+// tests/speculation_test.cc, tests/engine_test.cc and tests/seeded_sampling_test.cc.
 #ifndef SPECMOE_ENGINE_SERVING_SCHEDULER_H_
 #define SPECMOE_ENGINE_SERVING_SCHEDULER_H_
 

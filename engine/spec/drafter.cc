@@ -156,8 +156,13 @@ bool Drafter::DraftLevel(int level, std::span<DraftJob* const> jobs,
     Frontier& f = frontier[j];
     const bool greedy = job.params->greedy();
     const int first_new = job.tree.size();
-    ExpandLevel(job.tree, f.nodes, f.dist, counts[a], greedy, *job.rng);
-    // Children come in frontier order, each node's in TopKIds (greedy) or draw order.
+    if (!greedy && job.verification == SampledVerification::kCoupled) {
+      ExpandLevelCoupled(job.tree, f.nodes, f.dist, counts[a], job.params->seed, job.root_pos());
+    } else {
+      ExpandLevel(job.tree, f.nodes, f.dist, counts[a], greedy, *job.rng);
+    }
+    // Children come in frontier order, each node's in TopKIds (greedy), score (coupled)
+    // or draw order (rejection).
     std::vector<int> next;
     std::vector<int> rank(job.tree.size(), 0);
     for (int i = first_new; i < job.tree.size(); ++i) {

@@ -55,6 +55,12 @@ std::vector<int32_t> RowTopKIds(const LogitsView& logits, int row, int k, float 
   return ids;
 }
 
+TokenLogprob RowLogprob(const LogitsView& logits, int row, int32_t token, int top) {
+  std::vector<float> host(logits.vocab);  // [vocab]
+  logits.backend->CopyToHost(host.data(), Row(logits, row), logits.vocab * sizeof(float));
+  return LogprobOf(host.data(), logits.vocab, token, top);
+}
+
 void ArgmaxRows(const LogitsView& logits, int first, std::span<const float> penalties,
                 std::span<const std::span<const int32_t>> contexts, std::span<int32_t> out) {
   std::vector<kernels::RowPenalty> p(out.size());

@@ -57,6 +57,10 @@ void RowPenalizedLogits(const LogitsView& logits, int row, float penalty,
 std::vector<int32_t> RowTopKIds(const LogitsView& logits, int row, int k, float penalty,
                                 std::span<const int32_t> context);
 
+// sampler.h LogprobOf of the RAW `row` (a copy of the row to the host): the target's own
+// log-softmax at `token` and its `top` most likely tokens, for a request's logprobs.
+TokenLogprob RowLogprob(const LogitsView& logits, int row, int32_t token, int top);
+
 // out[i] = RowArgmax of row first + i with penalties[i] over contexts[i], for
 // i < out.size(), as ONE backend op (greedy verification of a whole batch: n ints back).
 // penalties empty: no penalty (contexts then unused); else both have out.size() entries.

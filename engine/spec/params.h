@@ -1,7 +1,7 @@
 // engine/spec/params.h — what speculation reads from a request and reports back: the
-// sampling controls (server/README.md, Wire contract defaults) and the per-request speculation
-// statistics (engine/README.md, Verification). Plain data, shared by the sampler, the verifier and
-// serving's request types.
+// sampling controls (server/README.md, Wire contract defaults), the sampled-verification
+// mode, per-token logprobs and the per-request speculation statistics (engine/README.md,
+// Verification). Plain data, shared by the sampler, the verifier and serving's request types.
 #ifndef SPECMOE_ENGINE_SPEC_PARAMS_H_
 #define SPECMOE_ENGINE_SPEC_PARAMS_H_
 
@@ -20,6 +20,31 @@ struct SamplingParams {
   float repetition_penalty = 1.0f;  // 1: off (CTRL-style: logit / p if > 0 else logit * p);
                                     // 0 from the wire means 1
   bool greedy() const { return temperature == 0.0f; }
+};
+
+// How sampled (temperature > 0) requests choose their tokens (engine/spec/gumbel.h,
+// verifier.h). Greedy requests are the zero-noise case of kCoupled in both modes.
+enum class SampledVerification {
+  // Gumbel-max with noise G(seed, absolute position, token): the text is a function of the
+  // seed alone (any tree, draft, batch, load, preemption); draft children are the top of
+  // log q + G; verification accepts the child equal to the target's choice.
+  kCoupled,
+  // Recursive rejection sampling over children drawn from q (the highest acceptance; the
+  // random stream, hence the text, depends on the trees the load gives).
+  kRejection,
+};
+
+// One emitted token's log-probability under the target's own log-softmax at its position
+// (raw logits: before penalty, temperature, top-k and top-p), and the `top` most likely
+// tokens there, by logprob descending, ties lower id first.
+struct TopLogprob {
+  int32_t token_id = 0;
+  float logprob = 0.0f;
+};
+struct TokenLogprob {
+  int32_t token_id = 0;
+  float logprob = 0.0f;
+  std::vector<TopLogprob> top;
 };
 
 struct SpeculationStats {

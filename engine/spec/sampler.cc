@@ -96,6 +96,31 @@ int32_t SampleFrom(std::span<const double> probs, Rng& rng) {
   return InverseCdf(probs, rng.Uniform());
 }
 
+TokenLogprob LogprobOf(const float* logits, int vocab, int32_t token, int top) {
+  SPECMOE_CHECK(vocab > 0 && token >= 0 && token < vocab, "LogprobOf: token outside the vocabulary");
+  const double max_logit = logits[Argmax(logits, vocab)];
+  double total = 0.0;
+  for (int v = 0; v < vocab; ++v) total += std::exp(static_cast<double>(logits[v]) - max_logit);
+  const double log_total = std::log(total);
+  auto logprob = [&](int v) {
+    return static_cast<float>((static_cast<double>(logits[v]) - max_logit) - log_total);
+  };
+  TokenLogprob out;
+  out.token_id = token;
+  out.logprob = logprob(token);
+  top = std::clamp(top, 0, vocab);
+  if (top == 0) return out;
+  std::vector<TopLogprob> all(vocab);
+  for (int v = 0; v < vocab; ++v) all[v] = {v, logprob(v)};
+  std::partial_sort(all.begin(), all.begin() + top, all.end(),
+                    [](const TopLogprob& a, const TopLogprob& b) {
+                      return a.logprob > b.logprob ||
+                             (a.logprob == b.logprob && a.token_id < b.token_id);
+                    });
+  out.top.assign(all.begin(), all.begin() + top);
+  return out;
+}
+
 std::vector<int32_t> SampleWithoutReplacement(std::span<const float> q, int k, Rng& rng) {
   std::vector<double> remaining(q.begin(), q.end());  // q restricted to undrawn ids
   std::vector<int32_t> drawn;

@@ -75,6 +75,12 @@ void ProcessLogits(const float* logits, int vocab, const SamplingParams& params,
 int32_t SampleFrom(std::span<const float> probs, Rng& rng);
 int32_t SampleFrom(std::span<const double> probs, Rng& rng);
 
+// The log-softmax of raw `logits` ([vocab]; no penalty, temperature or truncation) at
+// `token`, and its `top` (clamped to [0, vocab]) largest entries, logprob descending, ties
+// lower id first: lp(v) = (logits[v] - max) - log(sum_w exp(logits[w] - max)) in double,
+// rounded to float. O(vocab + top log top).
+TokenLogprob LogprobOf(const float* logits, int vocab, int32_t token, int top);
+
 // k successive draws without replacement: each from `q` restricted to the ids not drawn
 // yet, renormalised (one uniform per draw). Returns fewer than k ids when q has fewer
 // than k ids of non-zero mass. The order of the result is the draw order.

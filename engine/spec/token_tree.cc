@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/spec/gumbel.h"
 #include "engine/spec/sampler.h"
 #include "kernels/check.h"
 
@@ -127,6 +128,20 @@ void ExpandLevel(TokenTree& tree, std::span<const int> frontier,
                : SampleWithoutReplacement(row, k[i], rng);
     for (int32_t id : children) tree.AddNode(f, id);
     if (!greedy && !children.empty()) tree.q[f] = row;
+  }
+}
+
+void ExpandLevelCoupled(TokenTree& tree, std::span<const int> frontier,
+                        std::span<const std::vector<float>> draft_probs, std::span<const int> k,
+                        uint64_t seed, int root_pos) {
+  SPECMOE_CHECK(frontier.size() == draft_probs.size() && frontier.size() == k.size(),
+                "ExpandLevelCoupled: one draft row and one child count per frontier node");
+  for (size_t i = 0; i < frontier.size(); ++i) {
+    const int f = frontier[i];
+    SPECMOE_CHECK(f >= 0 && f < tree.size(), "ExpandLevelCoupled: frontier node out of range");
+    if (k[i] <= 0) continue;
+    const int64_t position = static_cast<int64_t>(root_pos) + tree.depth[f] + 1;
+    for (int32_t id : GumbelTopK(draft_probs[i], k[i], seed, position)) tree.AddNode(f, id);
   }
 }
 

@@ -98,6 +98,16 @@ void ExpandLevel(TokenTree& tree, std::span<const int> frontier,
                  std::span<const std::vector<float>> draft_probs_or_logits,
                  std::span<const int> k, bool greedy, Rng& rng);
 
+// The coupled form (SampledVerification::kCoupled, engine/spec/gumbel.h): frontier[i] = f
+// gets the children GumbelTopK(q, k[i], seed, root_pos + depth[f] + 1), q being
+// draft_probs[i] (the draft's processed distribution at f), i.e. the top of log q + G with
+// the noise of the absolute position the children occupy: fewer when q has fewer than k[i]
+// ids of mass. No random stream is consumed and tree.q is left empty (verification needs
+// only the target's own choice). k: [frontier].
+void ExpandLevelCoupled(TokenTree& tree, std::span<const int> frontier,
+                        std::span<const std::vector<float>> draft_probs, std::span<const int> k,
+                        uint64_t seed, int root_pos);
+
 }  // namespace specmoe::engine
 
 #endif  // SPECMOE_ENGINE_SPEC_TOKEN_TREE_H_

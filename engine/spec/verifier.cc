@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "engine/spec/gumbel.h"
 #include "engine/spec/sampler.h"
 #include "kernels/check.h"
 
@@ -25,25 +26,40 @@ bool NormalizedCopy(std::span<const float> src, std::vector<double>* dst) {
 
 }  // namespace
 
-VerifyResult VerifyGreedy(const TokenTree& tree, std::span<const int32_t> target_argmax) {
-  SPECMOE_CHECK(target_argmax.size() == static_cast<size_t>(tree.size()),
-          "VerifyGreedy: one target argmax per tree node");
+VerifyResult VerifyByChoice(const TokenTree& tree, const TargetChoiceFn& target_choice) {
   VerifyResult result;
   int node = 0;
   for (;;) {
+    const int32_t x = target_choice(node);
     int next = -1;
     for (int child : tree.Children(node)) {
-      if (tree.token[child] == target_argmax[node]) {
+      if (tree.token[child] == x) {
         next = child;
         break;
       }
     }
-    if (next < 0) break;
+    if (next < 0) {
+      result.bonus_token = x;
+      return result;
+    }
     result.accepted_nodes.push_back(next);
     node = next;
   }
-  result.bonus_token = target_argmax[node];
-  return result;
+}
+
+VerifyResult VerifyGreedy(const TokenTree& tree, std::span<const int32_t> target_argmax) {
+  SPECMOE_CHECK(target_argmax.size() == static_cast<size_t>(tree.size()),
+          "VerifyGreedy: one target argmax per tree node");
+  return VerifyByChoice(tree, [target_argmax](int node) { return target_argmax[node]; });
+}
+
+VerifyResult VerifyCoupled(const TokenTree& tree, const TargetProbsFn& target_probs, uint64_t seed,
+                           int root_pos) {
+  std::vector<float> p;  // [vocab] the target's processed distribution at the current node
+  return VerifyByChoice(tree, [&](int node) {
+    target_probs(node, &p);
+    return GumbelMax(p, seed, static_cast<int64_t>(root_pos) + tree.depth[node] + 1);
+  });
 }
 
 VerifyResult VerifyStochastic(const TokenTree& tree, std::span<const std::vector<float>> p,
@@ -170,10 +186,10 @@ std::vector<int32_t> PathContext(std::span<const int32_t> tokens, const TokenTre
 
 VerifyResult VerifyTree(const LogitsView& logits, int first_row, const TokenTree& tree,
                         std::span<const int32_t> tokens, const SamplingParams& params,
-                        Rng& verify_rng) {
+                        SampledVerification mode, Rng& verify_rng) {
   if (params.greedy()) {
     // Every node's argmax in ONE backend op (on a device: the tree's ids come back in one
-    // copy), each row penalised over its own path.
+    // copy), each row penalised over its own path: the zero-noise choice.
     const int n = tree.size();
     std::vector<float> penalties;
     std::vector<std::vector<int32_t>> contexts;
@@ -193,6 +209,9 @@ VerifyResult VerifyTree(const LogitsView& logits, int first_row, const TokenTree
     RowDistribution(logits, first_row + node, params, PathContext(tokens, tree, node, params),
                     probs);
   };
+  if (mode == SampledVerification::kCoupled) {
+    return VerifyCoupled(tree, target_probs, params.seed, static_cast<int>(tokens.size()) - 1);
+  }
   return VerifyStochastic(tree, target_probs, verify_rng);
 }
 

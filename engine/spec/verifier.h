@@ -2,8 +2,12 @@
 // nodes the target accepts and the bonus token it adds, plus the per-request speculation
 // statistics.
 //
-// Greedy: SpecInfer's verification (arXiv 2305.09781 §4): descend while a child equals the
-// target's argmax. Sampling: recursive rejection sampling over the children of each node in
+// Greedy and coupled sampling (the default, SampledVerification::kCoupled): one walk,
+// VerifyByChoice: descend while a child equals the target's own choice at the node, else
+// emit that choice and stop (SpecInfer's greedy verification, arXiv 2305.09781 §4, whose
+// choice is the argmax; coupled sampling's is the Gumbel-max of engine/spec/gumbel.h, so
+// the text equals plain seeded sampling for any tree and draft). Rejection mode
+// (SampledVerification::kRejection): recursive rejection sampling over the children of each node in
 // draw order (SpecInfer's multi-step speculative sampling; its without-replacement form is
 // Jeon et al., "Recursive Speculative Decoding", arXiv 2402.14160), so the emitted tokens
 // have exactly the target's distribution for ANY draft. Pure functions of their inputs and
@@ -30,6 +34,14 @@ struct VerifyResult {
                                     // in depth order
   int32_t bonus_token = -1;         // the target's own token after the last accepted node
 };
+
+// The target's token at a node (its choice given the node's path), called for each node
+// the walk visits, in walk order.
+using TargetChoiceFn = std::function<int32_t(int node)>;
+
+// From the root: x = target_choice(node); descend to the child holding x while one exists
+// (children tried in order; at most one can match); else bonus = x and stop.
+VerifyResult VerifyByChoice(const TokenTree& tree, const TargetChoiceFn& target_choice);
 
 // target_argmax: [tree.size()], the target's argmax at each node (after the repetition
 // penalty of the node's path, if the request has one; computed by the caller). From the
@@ -69,6 +81,13 @@ VerifyResult VerifyStochastic(const TokenTree& tree, std::span<const std::vector
 using TargetProbsFn = std::function<void(int node, std::vector<float>* probs)>;
 VerifyResult VerifyStochastic(const TokenTree& tree, const TargetProbsFn& target_probs, Rng& rng);
 
+// Coupled sampled verification: VerifyByChoice with the target's choice at node n
+// GumbelMax(p_n, seed, root_pos + depth(n) + 1), p_n from target_probs (called only for the
+// nodes the walk visits). The emitted tokens equal plain Gumbel-max sampling of the target
+// with the same seed, whatever the tree.
+VerifyResult VerifyCoupled(const TokenTree& tree, const TargetProbsFn& target_probs, uint64_t seed,
+                           int root_pos);
+
 // The context whose repetition penalty applies at tree node `node`: the committed tokens
 // plus the node's path (root excluded: the root is already the last token). Empty when no
 // penalty applies, since nothing reads it then.
@@ -77,11 +96,12 @@ std::vector<int32_t> PathContext(std::span<const int32_t> tokens, const TokenTre
 
 // Verifies one sequence's tree against the target's logits rows [first_row, first_row +
 // tree.size()) (one per node, in node order): greedy requests by the argmax of each row
-// after its path's penalty, sampled ones by VerifyStochastic over the processed rows the
-// walk visits. tokens: the committed tokens (the root last).
+// after its path's penalty, sampled ones over the processed rows the walk visits, by
+// VerifyCoupled (params.seed; kCoupled) or VerifyStochastic (verify_rng; kRejection).
+// tokens: the committed tokens (the root last, at position tokens.size() - 1).
 VerifyResult VerifyTree(const LogitsView& logits, int first_row, const TokenTree& tree,
                         std::span<const int32_t> tokens, const SamplingParams& params,
-                        Rng& verify_rng);
+                        SampledVerification mode, Rng& verify_rng);
 
 // What one verify step did, per depth d = 1..max_depth (index d - 1):
 //   reached_by_depth[d-1]  = 1 when the accepted path reached depth d-1 and that node had
