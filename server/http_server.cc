@@ -593,6 +593,7 @@ absl::Status OpenAiHttpServer::Start() {
   }
   const int threads = std::max(config_.threads, 1);
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http_->set_tcp_nodelay(true);  // each SSE chunk leaves at once (no Nagle + delayed ACK)
   http_->set_payload_max_length(config_.max_body_bytes);
   http_->set_write_timeout(config_.stream_stall_limit);
   http_->set_read_timeout(std::chrono::seconds(30));
