@@ -18,6 +18,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -273,7 +274,36 @@ class HttpE2eTest(unittest.TestCase):
         self.assertGreater(http["mean_ttft_ms"], 0)
 
 
-class HttpApiKeyTest(unittest.TestCase):
+class HttpSecurityTest(unittest.TestCase):
+    def test_tls_with_the_grpc_cert_flags(self):
+        if subprocess.run(["sh", "-c", "command -v openssl"], capture_output=True).returncode:
+            self.skipTest("openssl is needed to make a test certificate")
+        tmp = tempfile.mkdtemp(prefix="specmoe_http_tls_")
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        server = e2e.Server("--http-listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key,
+                            cli_args=("--tls-ca", cert))
+        try:
+            base = f"https://127.0.0.1:{server.http_port}"
+            client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0,
+                                   http_client=openai.DefaultHttpxClient(
+                                       verify=ssl.create_default_context(cafile=cert)))
+            self.assertEqual(client.completions.create(
+                model="e2e_target", prompt=PROMPT, max_tokens=3).usage.completion_tokens, 3)
+            with self.assertRaises(openai.APIConnectionError):  # the server's cert is not trusted
+                openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0).models.list()
+            report = os.path.join(tmp, "bench.json")
+            result = e2e.cli("bench", "--backend", "openai", "--base-url", base + "/v1",
+                             "--tls-ca", cert, "--num-requests", "2", "--output-len", "4",
+                             "--ignore-eos", "--json", report)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            with open(report) as f:
+                self.assertEqual(json.load(f)["completed"], 2)
+        finally:
+            self.assertEqual(server.stop(), 0)
+
     def test_wrong_key_is_authentication_error(self):
         tmp = tempfile.mkdtemp(prefix="specmoe_http_key_")
         key_file = os.path.join(tmp, "key")
