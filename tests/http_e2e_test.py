@@ -12,7 +12,9 @@ BadRequestError naming the parameter (logprobs: not supported yet); an unknown m
 NotFoundError; an oversized body 413; curl's raw SSE ends with `data: [DONE]`; a client that
 hangs up mid-stream has its request cancelled and its KV blocks freed (the metrics and the
 log show it); `specmoe-cli bench --backend openai` reports the same counts as the gRPC
-backend; requests_total counts HTTP requests under transport="http".
+backend; requests_total counts HTTP requests under transport="http"; TLS with the gRPC
+front's cert flags (the openai client and bench over https); SIGTERM drains: /health and new
+requests 503, running streams finish with [DONE], exit 0.
 """
 import json
 import os
@@ -21,8 +23,10 @@ import socket
 import ssl
 import struct
 import subprocess
+import signal
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.error
@@ -325,6 +329,59 @@ class HttpSecurityTest(unittest.TestCase):
         finally:
             self.assertEqual(server.stop(), 0)
         self.assertNotIn("http-secret", server.log())
+
+
+class HttpDrainTest(unittest.TestCase):
+    def test_sigterm_drains_running_streams(self):
+        # One request runs at a time, so the last of 12 long streams is still queued or
+        # running when SIGTERM comes, right after all 12 were admitted.
+        server = e2e.Server("--http-listen", "127.0.0.1:0", "--max-batch", "1")
+        base = f"http://127.0.0.1:{server.http_port}"
+        body = json.dumps({"prompt": PROMPT, "max_tokens": 240, "temperature": 0,
+                           "ignore_eos": True, "stream": True,
+                           "speculation": {"disable": True}}).encode()
+
+        def post():
+            return urllib.request.Request(base + "/v1/completions", data=body,
+                                          headers={"Content-Type": "application/json"})
+
+        streams = [None] * 12
+        admitted = threading.Semaphore(0)
+
+        def run(i):
+            with urllib.request.urlopen(post(), timeout=60) as response:
+                admitted.release()  # the headers came: the request was submitted
+                streams[i] = response.read().decode()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(streams))]
+        for thread in threads:
+            thread.start()
+        for _ in threads:
+            self.assertTrue(admitted.acquire(timeout=60))
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.time() + 10
+        while True:  # the signal is handled asynchronously
+            try:
+                urllib.request.urlopen(base + "/health", timeout=10)
+            except urllib.error.HTTPError as e:
+                self.assertEqual(e.code, 503)
+                self.assertEqual(json.load(e), {"status": "draining"})
+                break
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.005)
+        with self.assertRaises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(post(), timeout=10)
+        self.assertEqual(caught.exception.code, 503)
+        for thread in threads:
+            thread.join()
+        self.assertEqual(server.stop(), 0)
+        for stream in streams:
+            self.assertTrue(stream.endswith("data: [DONE]\n\n"), stream[-200:])
+            self.assertIn('"finish_reason":"length"', stream)
+        drain = re.search(r"drain: (\d+) call\(s\) were in flight, (\d+) still are",
+                          server.log())
+        self.assertGreaterEqual(int(drain.group(1)), 1)
+        self.assertEqual(drain.group(2), "0")
 
 
 if __name__ == "__main__":
