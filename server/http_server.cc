@@ -6,11 +6,14 @@
 // character), then the usage chunk when asked, then "data: [DONE]". A write that fails (the
 // client hung up, or stalled past the write timeout) cancels every choice; while no token
 // comes (queued, prefilling) an SSE comment is written each second, so a client that hangs
-// up then is noticed too.
+// up then is noticed too. A unary request polls its connection's socket for the hang-up.
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -334,6 +337,48 @@ class SseStream {
   int status_ = 200;
 };
 
+// The numeric host and the port of a socket address.
+std::pair<std::string, int> HostAndPort(const sockaddr_storage& address, socklen_t length) {
+  char host[NI_MAXHOST] = "";
+  char port[NI_MAXSERV] = "";
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host, sizeof(host), port,
+                  sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    return {"", -1};
+  }
+  return {host, std::atoi(port)};
+}
+
+// The TCP socket of `request`'s connection, or -1. cpp-httplib 0.11 does not hand a handler
+// its socket, and a unary request writes nothing while it waits, so this is how a client
+// that hung up is noticed: the socket of this process whose peer is the request's remote
+// address and port and whose local port is the request's. It stays open (the same fd) while
+// the handler runs: cpp-httplib closes it only afterwards.
+int FindConnectionSocket(const httplib::Request& request) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    int fd = -1;
+    if (!absl::SimpleAtoi(entry.path().filename().string(), &fd)) continue;
+    sockaddr_storage peer{};
+    socklen_t peer_length = sizeof(peer);
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_length) != 0) continue;
+    sockaddr_storage local{};
+    socklen_t local_length = sizeof(local);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_length) != 0) continue;
+    if (HostAndPort(peer, peer_length) == std::make_pair(request.remote_addr, request.remote_port) &&
+        HostAndPort(local, local_length).second == request.local_port) {
+      return fd;
+    }
+  }
+  return -1;
+}
+
+// True once the peer of `fd` closed or reset the connection (a client waiting for its
+// response does not half-close).
+bool PeerClosed(int fd) {
+  pollfd entry{fd, POLLRDHUP, 0};
+  return poll(&entry, 1, 0) > 0 && (entry.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
 // HOST:PORT or PORT (the loopback) -> host and port; port 0: any.
 absl::Status ParseListen(const std::string& listen, std::string* host, int* port) {
   const std::string address =
@@ -519,10 +564,19 @@ void OpenAiHttpServer::HandleGeneration(bool chat, const httplib::Request& reque
   absl::Status failure;
   {
     std::unique_lock<std::mutex> lock(call->mu);
+    int socket = -2;  // -2: not looked for yet; -1: not found
     while (!call->cv.wait_for(lock, kStreamPoll, [&] { return call->remaining == 0; })) {
       if (stopping_.load()) {  // closing after the drain's grace period: give up
         call->CancelAll();
         failure = absl::UnavailableError("the server is shutting down");
+        break;
+      }
+      if (socket == -2) socket = FindConnectionSocket(request);
+      if (socket >= 0 && PeerClosed(socket)) {  // the client is gone: cancel
+        call->CancelAll();
+        failure = absl::CancelledError("the client closed the connection");
+        spdlog::info("request {} {}: the client closed the connection; request cancelled",
+                     request_id, peer);
         break;
       }
     }

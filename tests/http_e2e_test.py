@@ -220,11 +220,12 @@ class HttpE2eTest(unittest.TestCase):
                                    code="CANCELLED", transport="http")
                          - e2e.value(before, "specmoe_requests_total", rpc="Completions",
                                      code="CANCELLED", transport="http"))
-            if cancelled == 1 and e2e.value(after, "specmoe_running_requests") == 0:
+            if (cancelled == 1 and e2e.value(after, "specmoe_running_requests") == 0
+                    and e2e.value(after, "specmoe_kv_cache_used_blocks") == 0):
                 break
-            self.assertLess(time.time(), deadline, "the hung-up request was not cancelled")
+            self.assertLess(time.time(), deadline,
+                            "the hung-up request was not cancelled or its KV blocks not freed")
             time.sleep(0.05)
-        self.assertEqual(e2e.value(after, "specmoe_kv_cache_used_blocks"), 0)
         finished = re.findall(r"rpc=http/completions .*finish=(\w+)", self.server.log())
         self.assertEqual(finished[-1], "cancelled")
         line = [l for l in self.server.log().splitlines() if "finish=cancelled" in l][-1]
@@ -331,33 +332,79 @@ class HttpSecurityTest(unittest.TestCase):
         self.assertNotIn("http-secret", server.log())
 
 
-class HttpDrainTest(unittest.TestCase):
-    def test_sigterm_drains_running_streams(self):
-        # One request runs at a time, so the last of 12 long streams is still queued or
-        # running when SIGTERM comes, right after all 12 were admitted.
-        server = e2e.Server("--http-listen", "127.0.0.1:0", "--max-batch", "1")
-        base = f"http://127.0.0.1:{server.http_port}"
-        body = json.dumps({"prompt": PROMPT, "max_tokens": 240, "temperature": 0,
-                           "ignore_eos": True, "stream": True,
-                           "speculation": {"disable": True}}).encode()
+class HttpQueueTest(unittest.TestCase):
+    """One request runs at a time (--max-batch 1), so later requests wait behind long ones."""
 
-        def post():
-            return urllib.request.Request(base + "/v1/completions", data=body,
-                                          headers={"Content-Type": "application/json"})
+    BODY = {"prompt": PROMPT, "max_tokens": 240, "temperature": 0, "ignore_eos": True,
+            "speculation": {"disable": True}}
 
-        streams = [None] * 12
+    def start_streams(self, base, count):
+        """Starts `count` long streams; returns once all were admitted (threads, results)."""
+        body = json.dumps(dict(self.BODY, stream=True)).encode()
+        streams = [None] * count
         admitted = threading.Semaphore(0)
 
         def run(i):
-            with urllib.request.urlopen(post(), timeout=60) as response:
+            request = urllib.request.Request(base + "/v1/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
                 admitted.release()  # the headers came: the request was submitted
                 streams[i] = response.read().decode()
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(streams))]
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
         for thread in threads:
             thread.start()
         for _ in threads:
             self.assertTrue(admitted.acquire(timeout=60))
+        return threads, streams
+
+    def test_unary_client_hang_up_cancels_its_request(self):
+        server = e2e.Server("--http-listen", "127.0.0.1:0", "--max-batch", "1")
+        try:
+            before = e2e.parse_metrics(server.scrape())
+            threads, streams = self.start_streams(f"http://127.0.0.1:{server.http_port}", 8)
+            body = json.dumps(self.BODY).encode()
+            sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            deadline = time.time() + 30
+            while "rpc=http/completions" not in server.log() and time.time() < deadline:
+                time.sleep(0.01)  # the first stream finished: the unary one is queued
+            sock.close()  # hang up while it waits
+            for thread in threads:
+                thread.join()
+            while "the client closed the connection" not in server.log():
+                self.assertLess(time.time(), deadline, "the hang-up was not noticed")
+                time.sleep(0.02)
+            request_id = re.search(r"request (\S+) \S+: the client closed the connection",
+                                   server.log()).group(1)
+            while f"request {request_id} rpc=" not in server.log():
+                self.assertLess(time.time(), deadline)
+                time.sleep(0.02)
+            line = re.search(f"request {request_id} rpc=.*", server.log()).group(0)
+            self.assertIn("finish=cancelled", line)
+            self.assertLess(int(re.search(r"completion_tokens=(\d+)", line).group(1)), 240)
+            while True:  # the gauges follow at the engine's next step
+                after = e2e.parse_metrics(server.scrape())
+                if e2e.value(after, "specmoe_kv_cache_used_blocks") == 0:
+                    break
+                self.assertLess(time.time(), deadline, "the KV blocks were not freed")
+                time.sleep(0.02)
+            self.assertEqual(
+                e2e.value(after, "specmoe_requests_total", rpc="Completions", code="CANCELLED")
+                - e2e.value(before, "specmoe_requests_total", rpc="Completions",
+                            code="CANCELLED"), 1)
+            self.assertTrue(all(s.endswith("data: [DONE]\n\n") for s in streams))
+        finally:
+            self.assertEqual(server.stop(), 0)
+
+    def test_sigterm_drains_running_streams(self):
+        # The last of 12 long streams is still queued or running when SIGTERM comes, right
+        # after all 12 were admitted.
+        server = e2e.Server("--http-listen", "127.0.0.1:0", "--max-batch", "1")
+        base = f"http://127.0.0.1:{server.http_port}"
+        threads, streams = self.start_streams(base, 12)
         server.process.send_signal(signal.SIGTERM)
         deadline = time.time() + 10
         while True:  # the signal is handled asynchronously
@@ -370,7 +417,9 @@ class HttpDrainTest(unittest.TestCase):
             self.assertLess(time.time(), deadline)
             time.sleep(0.005)
         with self.assertRaises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(post(), timeout=10)
+            urllib.request.urlopen(urllib.request.Request(
+                base + "/v1/completions", data=json.dumps(self.BODY).encode(),
+                headers={"Content-Type": "application/json"}), timeout=10)
         self.assertEqual(caught.exception.code, 503)
         for thread in threads:
             thread.join()
