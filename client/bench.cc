@@ -349,8 +349,12 @@ class OpenAiRunner final : public Runner {
     int chunk_tokens = 0;
     Clock::time_point last;
     const Clock::time_point start = Clock::now();
+    bool done = false;
     auto on_event = [&](const std::string& data) {
-      if (data == "[DONE]") return;
+      if (data == "[DONE]") {
+        done = true;
+        return;
+      }
       const json chunk = json::parse(data, nullptr, false);
       if (!chunk.is_object()) return;
       if (chunk.contains("error")) {
@@ -434,14 +438,16 @@ class OpenAiRunner final : public Runner {
       return outcome;
     }
     status = result->status;
+    if (status == 200 && error_body.empty() && !done) {
+      outcome.code = grpc::StatusCode::UNAVAILABLE;
+      outcome.error = "the stream ended before data: [DONE]";
+      return outcome;
+    }
     if (status != 200 || !error_body.empty()) {
       const std::string text = status != 200 ? buffer : error_body;
       const json parsed = json::parse(text, nullptr, false);
       outcome.code = CodeOfHttpStatus(status != 200 ? status : 500);
-      outcome.error = parsed.is_object() && parsed.contains("error") &&
-                              parsed["error"].is_object() && parsed["error"].contains("message")
-                          ? parsed["error"]["message"].dump()
-                          : text.substr(0, 300);
+      outcome.error = text.substr(0, 300);
       if (parsed.is_object() && parsed.contains("error") && parsed["error"].is_object() &&
           parsed["error"].contains("message") && parsed["error"]["message"].is_string()) {
         outcome.error = parsed["error"]["message"].get<std::string>();
