@@ -9,7 +9,7 @@ greedy request's tokens over HTTP equal those over gRPC (specmoe-cli) and, unary
 equal each other; chat with the raw template equals the completion of the same text; a wrong
 key is AuthenticationError and /health stays open; invalid or unsupported parameters are
 BadRequestError naming the parameter (logprobs: not supported yet); an unknown model is
-NotFoundError; an oversized body 413; curl's raw SSE ends with `data: [DONE]`; a client that
+NotFoundError; an oversized body 413; a full queue 429 (RateLimitError); curl's raw SSE ends with `data: [DONE]`; a client that
 hangs up mid-stream has its request cancelled and its KV blocks freed (the metrics and the
 log show it); `specmoe-cli bench --backend openai` reports the same counts as the gRPC
 backend; requests_total counts HTTP requests under transport="http"; TLS with the gRPC
@@ -396,6 +396,22 @@ class HttpQueueTest(unittest.TestCase):
                 - e2e.value(before, "specmoe_requests_total", rpc="Completions",
                             code="CANCELLED"), 1)
             self.assertTrue(all(s.endswith("data: [DONE]\n\n") for s in streams))
+        finally:
+            self.assertEqual(server.stop(), 0)
+
+    def test_full_queue_is_rate_limit_error(self):
+        # n = 3 submits three requests at once; one runs and one waits (--max-queue 1), so
+        # the third finds the queue full: 429, and the two admitted ones are cancelled.
+        server = e2e.Server("--http-listen", "127.0.0.1:0", "--max-batch", "1",
+                            "--max-queue", "1")
+        try:
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.http_port}/v1",
+                                   api_key="x", max_retries=0)
+            with self.assertRaises(openai.RateLimitError) as caught:
+                client.completions.create(model="e2e_target", prompt=PROMPT, n=3, max_tokens=8)
+            self.assertEqual(caught.exception.type, "rate_limit_error")
+            self.assertEqual(client.completions.create(
+                model="e2e_target", prompt=PROMPT, max_tokens=8).usage.completion_tokens, 8)
         finally:
             self.assertEqual(server.stop(), 0)
 
