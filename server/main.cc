@@ -222,7 +222,10 @@ int main(int argc, char** argv) {
       return 1;
     }
     spdlog::info("HTTP (OpenAI API) listening on {} (port {}){}; chat template {}; {} threads",
-                 options.http_listen, http->port(), options.tls_cert.empty() ? "" : " with TLS",
+                 options.http_listen.find(':') == std::string::npos
+                     ? "127.0.0.1:" + options.http_listen
+                     : options.http_listen,
+                 http->port(), options.tls_cert.empty() ? "" : " with TLS",
                  specmoe::server::ChatTemplateName(http_config.chat_template),
                  http_config.threads);
     if (!api_key->empty() && options.tls_cert.empty() && !IsLoopback(options.http_listen) &&
