@@ -6,6 +6,7 @@
 // every SLO. Speculation totals come from each request's last chunk.
 #include "client/bench.h"
 
+#include <httplib.h>
 #include <unistd.h>
 #include <sys/wait.h>
 
@@ -162,12 +163,19 @@ std::vector<Job> RandomJobs(int count, int input_len, uint32_t max_tokens, int v
 
 // --- one request ----------------------------------------------------------------------------
 
-// Sends one streaming request and times it. Contract: Run is thread-safe (a gRPC stub is)
-// and blocks for the whole call; options and channel outlive the runner.
+// Sends one streaming request and times it. Contract: Run is thread-safe and blocks for the
+// whole call; options outlive the runner.
 class Runner {
  public:
-  Runner(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel,
-         std::string api_key)
+  virtual ~Runner() = default;
+  virtual Outcome Run(const Job& job, bool speculate) const = 0;
+};
+
+// specmoe's gRPC CompleteStream (a gRPC stub is thread-safe).
+class GrpcRunner final : public Runner {
+ public:
+  GrpcRunner(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel,
+             std::string api_key)
       : options_(options), stub_(v1::Completion::NewStub(channel)), api_key_(std::move(api_key)) {}
 
   void Prepare(grpc::ClientContext* context) const {
@@ -180,7 +188,7 @@ class Runner {
 
   v1::Completion::Stub& stub() const { return *stub_; }
 
-  Outcome Run(const Job& job, bool speculate) const {
+  Outcome Run(const Job& job, bool speculate) const override {
     v1::CompleteRequest request;
     if (job.prompt_ids.empty()) {
       request.set_prompt(job.prompt);
@@ -238,6 +246,232 @@ class Runner {
  private:
   const BenchOptions& options_;
   std::unique_ptr<v1::Completion::Stub> stub_;
+  const std::string api_key_;
+};
+
+
+// The gRPC code an HTTP status stands for (as specmoe-server counts its HTTP requests), so
+// both backends report errors under the same names.
+grpc::StatusCode CodeOfHttpStatus(int status) {
+  switch (status) {
+    case 200: return grpc::StatusCode::OK;
+    case 400: case 422: return grpc::StatusCode::INVALID_ARGUMENT;
+    case 401: case 403: return grpc::StatusCode::UNAUTHENTICATED;
+    case 404: return grpc::StatusCode::NOT_FOUND;
+    case 408: case 504: return grpc::StatusCode::DEADLINE_EXCEEDED;
+    case 413: case 429: return grpc::StatusCode::RESOURCE_EXHAUSTED;
+    case 499: return grpc::StatusCode::CANCELLED;
+    case 503: return grpc::StatusCode::UNAVAILABLE;
+    default: break;
+  }
+  return status < 500 ? grpc::StatusCode::INVALID_ARGUMENT : grpc::StatusCode::INTERNAL;
+}
+
+// "http(s)://HOST:PORT/PREFIX" -> scheme://host:port and /PREFIX (no trailing slash).
+bool SplitBaseUrl(const std::string& url, std::string* origin, std::string* prefix) {
+  const size_t scheme = url.find("://");
+  if (scheme == std::string::npos) return false;
+  const std::string kind = url.substr(0, scheme);
+  if (kind != "http" && kind != "https") return false;
+  const size_t path = url.find('/', scheme + 3);
+  *origin = url.substr(0, path);
+  *prefix = path == std::string::npos ? "" : url.substr(path);
+  while (!prefix->empty() && prefix->back() == '/') prefix->pop_back();
+  return origin->size() > scheme + 3;
+}
+
+// POST {base-url}/completions with stream: true and stream_options.include_usage, read as
+// Server-Sent Events: TTFT and gaps from the chunks carrying text (or token ids), token counts
+// from the usage chunk (counted chunks when a server sends none), speculation statistics
+// from specmoe's usage.speculation. One keep-alive connection per worker thread.
+class OpenAiRunner final : public Runner {
+ public:
+  OpenAiRunner(const BenchOptions& options, std::string origin, std::string prefix,
+               std::string model, std::string api_key)
+      : options_(options),
+        origin_(std::move(origin)),
+        prefix_(std::move(prefix)),
+        model_(std::move(model)),
+        api_key_(std::move(api_key)) {}
+
+  httplib::Client& client() const {
+    thread_local std::unique_ptr<httplib::Client> client;
+    thread_local const OpenAiRunner* owner = nullptr;
+    if (client == nullptr || owner != this) {
+      client = std::make_unique<httplib::Client>(origin_);
+      owner = this;
+      if (!options_.tls_ca.empty()) client->set_ca_cert_path(options_.tls_ca.c_str());
+      client->set_connection_timeout(std::chrono::milliseconds(options_.connect_timeout_ms));
+      const auto timeout = options_.timeout_ms > 0
+                               ? std::chrono::milliseconds(options_.timeout_ms)
+                               : std::chrono::milliseconds(3600 * 1000);
+      client->set_read_timeout(timeout);
+      client->set_write_timeout(timeout);
+      client->set_keep_alive(true);
+      client->set_tcp_nodelay(true);
+      if (!api_key_.empty()) client->set_bearer_token_auth(api_key_.c_str());
+    }
+    return *client;
+  }
+
+  // GET {base-url}/models: the first model's id, and specmoe's metadata when present.
+  bool Models(json* models, std::string* error) const {
+    httplib::Result result = client().Get((prefix_ + "/models").c_str());
+    if (!result) {
+      *error = "cannot reach " + origin_ + ": " + httplib::to_string(result.error());
+      return false;
+    }
+    const json body = json::parse(result->body, nullptr, false);
+    if (result->status != 200 || !body.is_object() || !body.contains("data") ||
+        !body["data"].is_array() || body["data"].empty()) {
+      *error = "GET " + prefix_ + "/models answered " + std::to_string(result->status) + ": " +
+               result->body.substr(0, 200);
+      return false;
+    }
+    *models = body;
+    return true;
+  }
+
+  Outcome Run(const Job& job, bool speculate) const override {
+    json body = {{"model", model_},
+                 {"max_tokens", job.max_tokens},
+                 {"temperature", options_.temperature},
+                 {"stream", true},
+                 {"stream_options", {{"include_usage", true}}}};
+    if (job.prompt_ids.empty()) {
+      body["prompt"] = job.prompt;
+    } else {
+      body["prompt"] = job.prompt_ids;
+    }
+    if (options_.ignore_eos) body["ignore_eos"] = true;
+    if (options_.temperature > 0) body["seed"] = options_.seed + 1;
+    if (!speculate || !options_.tree.empty()) {  // specmoe's extension, only when asked
+      json speculation = json::object();
+      if (!speculate) speculation["disable"] = true;
+      if (!options_.tree.empty()) speculation["expansion"] = options_.tree;
+      body["speculation"] = speculation;
+    }
+
+    Outcome outcome;
+    std::string buffer;   // bytes not yet split into events
+    std::string error_body;
+    bool first = true;
+    bool usage_seen = false;
+    int chunk_tokens = 0;
+    Clock::time_point last;
+    const Clock::time_point start = Clock::now();
+    bool done = false;
+    auto on_event = [&](const std::string& data) {
+      if (data == "[DONE]") {
+        done = true;
+        return;
+      }
+      const json chunk = json::parse(data, nullptr, false);
+      if (!chunk.is_object()) return;
+      if (chunk.contains("error")) {
+        error_body = data;
+        return;
+      }
+      const Clock::time_point now = Clock::now();
+      if (chunk.contains("choices") && chunk["choices"].is_array() && !chunk["choices"].empty()) {
+        const json& choice = chunk["choices"][0];
+        const bool has_text = choice.contains("text") && choice["text"].is_string() &&
+                              !choice["text"].get<std::string>().empty();
+        const int ids = choice.contains("token_ids") && choice["token_ids"].is_array()
+                            ? static_cast<int>(choice["token_ids"].size())
+                            : 0;
+        if (has_text || ids > 0) {
+          if (first) {
+            outcome.ttft = std::chrono::duration<double>(now - start).count();
+            first = false;
+          } else {
+            outcome.itl.push_back(std::chrono::duration<double>(now - last).count());
+          }
+          last = now;
+          chunk_tokens += ids > 0 ? ids : 1;
+        }
+      }
+      if (chunk.contains("usage") && chunk["usage"].is_object()) {
+        const json& usage = chunk["usage"];
+        usage_seen = true;
+        outcome.prompt_tokens = usage.value("prompt_tokens", 0);
+        outcome.output_tokens = usage.value("completion_tokens", 0);
+        if (usage.contains("speculation") && usage["speculation"].is_object()) {
+          const json& sp = usage["speculation"];
+          outcome.speculation.set_verify_steps(sp.value("verify_steps", 0));
+          outcome.speculation.set_drafted_tokens(sp.value("drafted_tokens", 0));
+          outcome.speculation.set_accepted_tokens(sp.value("accepted_tokens", 0));
+          outcome.speculation.set_mean_tokens_per_step(sp.value("mean_tokens_per_step", 0.0f));
+          if (sp.contains("acceptance_by_depth") && sp["acceptance_by_depth"].is_array()) {
+            for (const json& rate : sp["acceptance_by_depth"]) {
+              outcome.speculation.add_acceptance_by_depth(rate.get<float>());
+            }
+          }
+        }
+      }
+    };
+    httplib::Request request;
+    request.method = "POST";
+    request.path = prefix_ + "/completions";
+    request.set_header("Accept", "text/event-stream");
+    request.set_header("Content-Type", "application/json");
+    request.body = body.dump();
+    int status = 0;
+    request.response_handler = [&](const httplib::Response& response) {
+      status = response.status;
+      return true;
+    };
+    request.content_receiver = [&](const char* data, size_t length, uint64_t, uint64_t) {
+      buffer.append(data, length);
+      if (status != 200) return true;  // an error body: kept whole
+      size_t end;
+      while ((end = buffer.find("\n\n")) != std::string::npos) {
+        const std::string event = buffer.substr(0, end);
+        buffer.erase(0, end + 2);
+        std::istringstream lines(event);
+        std::string line;
+        while (std::getline(lines, line)) {
+          if (!line.empty() && line.back() == '\r') line.pop_back();
+          if (line.rfind("data:", 0) == 0) {
+            on_event(line.substr(line.size() > 5 && line[5] == ' ' ? 6 : 5));
+          }
+        }
+      }
+      return true;
+    };
+    httplib::Result result = client().send(request);
+    outcome.e2el = std::chrono::duration<double>(Clock::now() - start).count();
+    if (first) outcome.ttft = outcome.e2el;
+    if (!usage_seen) outcome.output_tokens = chunk_tokens;
+    if (!result) {
+      outcome.code = grpc::StatusCode::UNAVAILABLE;
+      outcome.error = "HTTP request failed: " + httplib::to_string(result.error());
+      return outcome;
+    }
+    status = result->status;
+    if (status == 200 && error_body.empty() && !done) {
+      outcome.code = grpc::StatusCode::UNAVAILABLE;
+      outcome.error = "the stream ended before data: [DONE]";
+      return outcome;
+    }
+    if (status != 200 || !error_body.empty()) {
+      const std::string text = status != 200 ? buffer : error_body;
+      const json parsed = json::parse(text, nullptr, false);
+      outcome.code = CodeOfHttpStatus(status != 200 ? status : 500);
+      outcome.error = text.substr(0, 300);
+      if (parsed.is_object() && parsed.contains("error") && parsed["error"].is_object() &&
+          parsed["error"].contains("message") && parsed["error"]["message"].is_string()) {
+        outcome.error = parsed["error"]["message"].get<std::string>();
+      }
+    }
+    return outcome;
+  }
+
+ private:
+  const BenchOptions& options_;
+  const std::string origin_;
+  const std::string prefix_;
+  const std::string model_;
   const std::string api_key_;
 };
 
@@ -749,28 +983,62 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
                  "drop --ab and --request-rate\n";
     return 2;
   }
-  // Reach the server first, with a bound, so an unreachable address is an error, not a hang.
-  if (!channel->WaitForConnected(std::chrono::system_clock::now() +
-                                 std::chrono::milliseconds(options.connect_timeout_ms))) {
-    std::cerr << "specmoe-cli bench: cannot reach the server at " << options.server
-              << " within " << options.connect_timeout_ms / 1000.0
-              << " s (is it running? see --server)\n";
-    return 1;
-  }
-  const Runner runner(options, channel, api_key);
+  std::unique_ptr<Runner> runner;
   v1::ModelInfo info;
-  {
+  if (options.backend == "openai") {
+    std::string origin, prefix;
+    if (!SplitBaseUrl(options.base_url, &origin, &prefix)) {
+      std::cerr << "specmoe-cli bench: --backend openai needs --base-url "
+                   "http(s)://HOST:PORT/v1, got '" << options.base_url << "'\n";
+      return 2;
+    }
+    json models;
+    std::string error;
+    if (!OpenAiRunner(options, origin, prefix, "", api_key).Models(&models, &error)) {
+      std::cerr << "specmoe-cli bench: " << error << "\n";
+      return 1;
+    }
+    const json& first = models["data"][0];
+    const std::string model =
+        !options.model.empty() ? options.model : first.value("id", std::string());
+    info.set_target(model);
+    if (first.contains("specmoe") && first["specmoe"].is_object()) {
+      const json& meta = first["specmoe"];
+      if (meta.contains("draft") && meta["draft"].is_string()) {
+        info.set_draft(meta["draft"].get<std::string>());
+      }
+      info.set_vocab_size(meta.value("vocab_size", 0));
+    }
+    if (info.vocab_size() == 0) {
+      info.set_vocab_size(32000);  // LLaMA's; the server does not say
+      if (options.dataset_name == "random") {
+        std::cerr << "specmoe-cli bench: the server does not give its vocabulary size; random "
+                     "prompts use ids below 32000\n";
+      }
+    }
+    runner = std::make_unique<OpenAiRunner>(options, origin, prefix, model, api_key);
+  } else {
+    // Reach the server first, with a bound, so an unreachable address is an error, not a hang.
+    if (!channel->WaitForConnected(std::chrono::system_clock::now() +
+                                   std::chrono::milliseconds(options.connect_timeout_ms))) {
+      std::cerr << "specmoe-cli bench: cannot reach the server at " << options.server
+                << " within " << options.connect_timeout_ms / 1000.0
+                << " s (is it running? see --server)\n";
+      return 1;
+    }
+    auto grpc_runner = std::make_unique<GrpcRunner>(options, channel, api_key);
     grpc::ClientContext context;
-    runner.Prepare(&context);
+    grpc_runner->Prepare(&context);
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::milliseconds(options.connect_timeout_ms));
     const grpc::Status status =
-        runner.stub().GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
+        grpc_runner->stub().GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
     if (!status.ok()) {
       std::cerr << "specmoe-cli bench: GetModelInfo failed: " << CodeName(status.error_code())
                 << ": " << status.error_message() << "\n";
       return 1;
     }
+    runner = std::move(grpc_runner);
   }
 
   std::mt19937_64 rng(options.seed);
@@ -832,8 +1100,8 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
                                         : options.sweep_concurrency;
   json report;
   report["date"] = NowIso();
-  report["backend"] = "specmoe-grpc";
-  report["server"] = options.server;
+  report["backend"] = options.backend == "openai" ? "openai" : "specmoe-grpc";
+  report["server"] = options.backend == "openai" ? options.base_url : options.server;
   report["model_id"] = info.target();
   report["draft_id"] = info.draft();
   report["tokenizer_id"] = info.target();
@@ -854,7 +1122,7 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
     if (options.warmup > 0) {
       std::vector<const Job*> warm;
       for (int i = 0; i < options.warmup; ++i) warm.push_back(&dataset[i % dataset.size()]);
-      RunLoad(runner, warm, std::vector<bool>(warm.size(), !options.no_speculation),
+      RunLoad(*runner, warm, std::vector<bool>(warm.size(), !options.no_speculation),
               concurrency, options.request_rate, options.burstiness, rng, nullptr);
     }
     Progress progress;
@@ -868,11 +1136,11 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
           user.emplace_back(job.prompt_ids.begin() + options.shared_prefix_tokens,
                             job.prompt_ids.end());
         }
-        entry = Summarize(RunConversations(runner, jobs, user, options.multi_turn,
+        entry = Summarize(RunConversations(*runner, jobs, user, options.multi_turn,
                                            !options.no_speculation, concurrency, &progress),
                           options);
       } else if (!options.ab) {
-        const Arm arm = RunLoad(runner, jobs, std::vector<bool>(jobs.size(), !options.no_speculation),
+        const Arm arm = RunLoad(*runner, jobs, std::vector<bool>(jobs.size(), !options.no_speculation),
                                 concurrency, options.request_rate, options.burstiness, rng,
                                 &progress);
         entry = Summarize(arm, options);
@@ -886,7 +1154,7 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
                                               jobs.begin() + std::min(jobs.size(), begin + round));
           for (int k = 0; k < 2; ++k) {
             const bool speculate = (k == 0) == (r % 2 == 0);
-            Arm part = RunLoad(runner, slice, std::vector<bool>(slice.size(), speculate),
+            Arm part = RunLoad(*runner, slice, std::vector<bool>(slice.size(), speculate),
                                concurrency, options.request_rate, options.burstiness, rng,
                                &progress);
             Arm& target = speculate ? on : off;

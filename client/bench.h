@@ -4,7 +4,9 @@
 // prompts), at a fixed concurrency or a Poisson/gamma arrival rate, after a warm-up; per
 // request TTFT, inter-token gaps, TPOT, end-to-end latency, tokens, status and speculation
 // statistics and the prefix cache's hit rate; shared-prefix and multi-turn workloads; a report
-// as a table on stdout and as JSON. Tested by tests/bench_e2e_test.py.
+// as a table on stdout and as JSON. `--backend openai` sends the same workload as streamed
+// POST /v1/completions to any OpenAI-compatible server (specmoe's HTTP front, vLLM,
+// llama.cpp's llama-server). Tested by tests/bench_e2e_test.py and tests/http_e2e_test.py.
 #ifndef SPECMOE_CLIENT_BENCH_H_
 #define SPECMOE_CLIENT_BENCH_H_
 
@@ -48,12 +50,17 @@ struct BenchOptions {
   int64_t timeout_ms = 0;           // --timeout-ms per request (0: none)
   int64_t connect_timeout_ms = 5000;  // how long to wait for the server to answer at all
   std::string server;               // for the report
+  std::string backend = "specmoe";  // --backend specmoe|openai
+  std::string base_url;             // --base-url http(s)://HOST:PORT/v1 (openai)
+  std::string model;                // --model (openai; default: the first of /v1/models)
+  std::string tls_ca;               // --tls-ca (openai over https)
 };
 
 // Parses "ttft:200,tpot:50" (milliseconds; keys ttft, tpot, itl, e2el). Returns "" or an error.
 std::string ParseSlo(const std::string& text, std::map<std::string, double>* slo);
 
-// Runs the benchmark on `channel`; `api_key` empty: no authorization metadata. Prints the
+// Runs the benchmark on `channel` (the openai backend: on options.base_url instead);
+// `api_key` empty: no authorization metadata. Prints the
 // table on stdout, progress on stderr (a terminal only), errors on stderr. Returns the exit
 // code: 0 when the benchmark ran (failed requests are part of the report), 1 when the server
 // cannot be reached or the dataset cannot be read, 2 for inconsistent flags.

@@ -187,6 +187,19 @@ CLI::App* AddBenchCommand(CLI::App& app, BenchOptions* bench) {
   command->add_option("--plot", bench->plot_path,
                       "draw tokens/s and p99 latency against concurrency (python3-matplotlib)")
       ->option_text("FILE.png");
+  command->add_option("--backend", bench->backend,
+                      "specmoe: specmoe's gRPC CompleteStream; openai: streamed POST "
+                      "/v1/completions to any OpenAI-compatible server at --base-url")
+      ->option_text("specmoe|openai")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"specmoe", "openai"}));
+  command->add_option("--base-url", bench->base_url,
+                      "openai: the API's base, e.g. http://127.0.0.1:8000/v1 (https: with "
+                      "--tls-ca)")
+      ->option_text("URL");
+  command->add_option("--model", bench->model,
+                      "openai: the model to ask for (default: the first of GET /v1/models)")
+      ->option_text("ID");
   command->add_option("--connect-timeout-ms", bench->connect_timeout_ms,
                       "give up when the server does not answer within this")
       ->option_text("N")
@@ -291,7 +304,11 @@ std::string ParseArgs(int argc, char** argv, CliOptions* options) {
     if (!positional.empty()) return "bench takes no PROMPT argument (see --dataset-name)";
     BenchOptions& b = options->bench;
     b.server = options->server;
+    b.tls_ca = options->tls_ca;
     b.timeout_ms = options->timeout_ms;
+    if (b.backend == "openai" && b.base_url.empty()) {
+      return "bench --backend openai needs --base-url http://HOST:PORT/v1";
+    }
     b.temperature = temperature;
     b.seed = seed;
     b.ignore_eos = ignore_eos;

@@ -40,6 +40,8 @@ TEST_PACKAGES=(
   buildah podman runc debootstrap podman-compose
   # the bench and metrics e2e tests: promtool and a real Prometheus, the plot, the Python client
   prometheus python3-matplotlib python3-grpcio python3-grpc-tools
+  # the HTTP e2e test's raw SSE stream
+  curl
 )
 # kubectl (for kubectl kustomize): Debian 12's kubernetes-client (1.20; deploy/k8s is
 # written for its kustomize), unless a kubectl from elsewhere is installed (the two would
@@ -68,15 +70,16 @@ else
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Offline validators for deploy/test-image.sh, and for the model tests and tools the Hugging
-# Face tokenizers (the tokenizer.json reference), gguf, safetensors and numpy
-# (deploy/gguf_to_hf.py), from PyPI into their own virtual environment.
+# Offline validators for deploy/test-image.sh, the Hugging Face tokenizers (the tokenizer.json
+# reference), gguf, safetensors and numpy (deploy/gguf_to_hf.py), and the official `openai`
+# client (tests/http_e2e_test.py), from PyPI into their own virtual environment.
 if [ "$mode" = all ]; then
   venv=${SPECMOE_TOOLS_VENV:-$HOME/.cache/specmoe/tools-venv}
   tools=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 dockerfile-parse==2.0.1 PyYAML
-         tokenizers==0.23.3 gguf==0.19.0 safetensors==0.8.0 numpy)
+         tokenizers==0.23.3 gguf==0.19.0 safetensors==0.8.0 numpy openai==3.51.0)
   if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/check-jsonschema" ] ||
-     ! "$venv/bin/python" -c 'import dockerfile_parse, yaml, tokenizers, gguf, safetensors, numpy' 2>/dev/null; then
+     ! "$venv/bin/python" -c 'import dockerfile_parse, yaml, tokenizers, gguf, safetensors, numpy, openai' 2>/dev/null ||
+     [ "$("$venv/bin/python" -c 'import openai; print(openai.__version__)')" != 3.51.0 ]; then
     echo "setup: installing ${tools[*]} into $venv"
     /usr/bin/python3 -m venv "$venv"
     "$venv/bin/pip" install -q "${tools[@]}"

@@ -602,6 +602,17 @@ class ReflectionAuthFactory final : public grpc::experimental::ServerInterceptor
 
 }  // namespace
 
+void LogRefusedRequest(const std::string& rpc, const std::string& request_id,
+                       const std::string& peer, const absl::Status& status) {
+  LogRefused(rpc.c_str(), request_id, peer, ToGrpcStatus(status));
+}
+
+void LogFinishedRequest(const std::string& rpc, const std::string& request_id,
+                        const std::string& peer, const engine::GenerationEvent& event,
+                        double seconds, double ttft_seconds) {
+  LogFinished(rpc, request_id, peer, event, seconds, ttft_seconds, /*deadline=*/false);
+}
+
 grpc::Status CheckApiKey(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
                          const std::string& api_key) {
   if (api_key.empty()) return grpc::Status::OK;

@@ -29,6 +29,14 @@ namespace specmoe::server {
 grpc::Status CheckApiKey(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
                          const std::string& api_key);
 
+// The request log lines (DESIGN §7), shared with the HTTP front (server/http_server.h): one
+// per refused request, one per finished generation request (`ttft_seconds` < 0: no token).
+void LogRefusedRequest(const std::string& rpc, const std::string& request_id,
+                       const std::string& peer, const absl::Status& status);
+void LogFinishedRequest(const std::string& rpc, const std::string& request_id,
+                        const std::string& peer, const engine::GenerationEvent& event,
+                        double seconds, double ttft_seconds);
+
 // Puts the API key in front of server reflection (registered by gRPC's plugin, so the
 // service cannot check it itself): a call without the key is cancelled before it is
 // answered, and logged as refused.

@@ -1,7 +1,8 @@
-// server/main.cc — specmoe-server: parse flags, start the gRPC server (health NOT_SERVING),
-// load the engine, serve (health SERVING), drain on SIGTERM/SIGINT and exit 0 (server/README.md,
-// Drain). Exit codes: 0 after a drain, 1 when the models or the listening port fail, 2 for bad
-// flags. Tested by tests/server_e2e_test.cc, which runs this binary.
+// server/main.cc — specmoe-server: parse flags, start the gRPC server (health NOT_SERVING)
+// and, with --http-listen, the OpenAI-compatible HTTP front (/health 503), load the engine,
+// serve (health SERVING), drain both on SIGTERM/SIGINT and exit 0 (server/README.md, Drain).
+// Exit codes: 0 after a drain, 1 when the models or the listening port fail, 2 for bad flags.
+// Tested by tests/server_e2e_test.cc, which runs this binary.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -29,7 +30,9 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "engine/serving/engine.h"
+#include "server/chat_template.h"
 #include "server/completion_service.h"
+#include "server/http_server.h"
 #include "server/logging.h"
 #include "server/metrics.h"
 #include "server/options.h"
@@ -156,6 +159,7 @@ int main(int argc, char** argv) {
     std::cerr << "specmoe-server: cannot create the signal pipe\n";
     return 1;
   }
+  signal(SIGPIPE, SIG_IGN);  // a client that hangs up is a failed write, not a signal
   struct sigaction action = {};
   action.sa_handler = OnSignal;
   sigemptyset(&action.sa_mask);
@@ -187,6 +191,48 @@ int main(int argc, char** argv) {
     spdlog::warn("--api-key-file without TLS on {}: the key crosses the network in clear "
                  "text (give --tls-cert/--tls-key, or listen on a loopback address)",
                  options.listen);
+  }
+
+  // The HTTP front, when asked: up before the models load (its /health says 503 meanwhile).
+  std::unique_ptr<specmoe::server::OpenAiHttpServer> http;
+  if (!options.http_listen.empty()) {
+    specmoe::server::HttpServerConfig http_config;
+    http_config.listen = options.http_listen;
+    http_config.api_key = *api_key;
+    http_config.tls_cert = options.tls_cert;
+    http_config.tls_key = options.tls_key;
+    http_config.tls_client_ca = options.tls_client_ca;
+    http_config.threads = options.http_threads > 0
+                              ? options.http_threads
+                              : options.max_batch + options.max_queue + 8;
+    http_config.max_body_bytes = static_cast<size_t>(options.max_message_bytes);
+    http_config.stream_stall_limit = std::chrono::seconds(options.stream_stall_seconds);
+    if (options.chat_template == "auto") {
+      const specmoe::server::DetectedChatTemplate detected =
+          specmoe::server::DetectChatTemplate(options.target_dir);
+      if (!detected.warning.empty()) spdlog::warn("{}", detected.warning);
+      http_config.chat_template = detected.chat_template;
+    } else {
+      http_config.chat_template =
+          *specmoe::server::ParseChatTemplateName(options.chat_template);  // flag-checked
+    }
+    http = std::make_unique<specmoe::server::OpenAiHttpServer>(http_config, metrics.get());
+    if (absl::Status status = http->Start(); !status.ok()) {
+      spdlog::error("{}", std::string(status.message()));
+      return 1;
+    }
+    spdlog::info("HTTP (OpenAI API) listening on {} (port {}){}; chat template {}; {} threads",
+                 options.http_listen.find(':') == std::string::npos
+                     ? "127.0.0.1:" + options.http_listen
+                     : options.http_listen,
+                 http->port(), options.tls_cert.empty() ? "" : " with TLS",
+                 specmoe::server::ChatTemplateName(http_config.chat_template),
+                 http_config.threads);
+    if (!api_key->empty() && options.tls_cert.empty() && !IsLoopback(options.http_listen) &&
+        options.http_listen.find(':') != std::string::npos) {
+      spdlog::warn("--api-key-file without TLS on {}: the key crosses the network in clear "
+                   "text", options.http_listen);
+    }
   }
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -237,6 +283,7 @@ int main(int argc, char** argv) {
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     service.SetEngine(engine);
+    if (http != nullptr) http->SetEngine(engine);
     metrics->SetEngine(engine);
     loader_done.store(true);
     {
@@ -264,14 +311,18 @@ int main(int argc, char** argv) {
     health->SetServingStatus(kServiceName, false);
   }
   service.StartDraining();
+  if (http != nullptr) http->StartDraining();
+  auto active_calls = [&] {
+    return service.active_calls() + (http != nullptr ? http->active_calls() : 0);
+  };
   const auto drain_end =
       std::chrono::steady_clock::now() + std::chrono::seconds(options.drain_seconds);
-  const int in_flight = service.active_calls();
-  while (service.active_calls() > 0 && std::chrono::steady_clock::now() < drain_end) {
+  const int in_flight = active_calls();
+  while (active_calls() > 0 && std::chrono::steady_clock::now() < drain_end) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   spdlog::info("drain: {} call(s) were in flight, {} still are; closing",
-               in_flight, service.active_calls());
+               in_flight, active_calls());
   health->Shutdown();
   // Every generation call has ended (or the grace period is over): cancel whatever is left
   // (health and reflection calls) at once.
@@ -284,6 +335,7 @@ int main(int argc, char** argv) {
     std::_Exit(exit_code);
   }
   loader.join();
+  if (http != nullptr) http->Stop();  // after the drain: streams still open are cut
   server.reset();
   metrics_http.Stop();
   metrics->SetEngine(nullptr);

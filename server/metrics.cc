@@ -15,7 +15,11 @@
 namespace specmoe::server {
 namespace {
 
-constexpr const char* kRpcNames[] = {"Complete", "CompleteStream", "Tokenize", "GetModelInfo"};
+constexpr const char* kRpcNames[] = {"Complete",    "CompleteStream",  "Tokenize",
+                                     "GetModelInfo", "Completions",    "ChatCompletions",
+                                     "Models"};
+// Rpc values from kFirstHttpRpc on are the HTTP front's.
+constexpr int kFirstHttpRpc = static_cast<int>(Rpc::kHttpCompletions);
 constexpr const char* kCodeNames[] = {
     "OK",        "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
     "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",    "PERMISSION_DENIED",
@@ -60,6 +64,24 @@ void Scalar(absl::string_view name, absl::string_view type, absl::string_view he
 const char* GrpcCodeName(grpc::StatusCode code) {
   const int c = static_cast<int>(code);
   return c >= 0 && c < static_cast<int>(std::size(kCodeNames)) ? kCodeNames[c] : "UNKNOWN";
+}
+
+grpc::StatusCode CodeOfHttpStatus(int http_status) {
+  switch (http_status) {
+    case 200: return grpc::StatusCode::OK;
+    case 400: return grpc::StatusCode::INVALID_ARGUMENT;
+    case 401: return grpc::StatusCode::UNAUTHENTICATED;
+    case 404: return grpc::StatusCode::NOT_FOUND;
+    case 413:
+    case 429: return grpc::StatusCode::RESOURCE_EXHAUSTED;
+    case 499: return grpc::StatusCode::CANCELLED;
+    case 503: return grpc::StatusCode::UNAVAILABLE;
+    case 504: return grpc::StatusCode::DEADLINE_EXCEEDED;
+    default: break;
+  }
+  return http_status < 400 ? grpc::StatusCode::OK
+                           : (http_status < 500 ? grpc::StatusCode::INVALID_ARGUMENT
+                                                : grpc::StatusCode::INTERNAL);
 }
 
 Histogram::Histogram(std::vector<double> bounds)
@@ -144,14 +166,16 @@ std::string Metrics::Render() const {
   std::string out;
   out.reserve(16384);
   Header("specmoe_requests_total", "counter",
-         "Finished and refused RPCs of specmoe.v1.Completion by RPC and gRPC status code.",
+         "Finished and refused requests by transport (grpc: specmoe.v1.Completion's RPCs; "
+         "http: the OpenAI-compatible endpoints), RPC or endpoint and gRPC status code.",
          &out);
   for (int r = 0; r < kRpcs; ++r) {
     for (int c = 0; c < kCodes; ++c) {
       const uint64_t value = requests_[r][c].load(std::memory_order_relaxed);
       if (value == 0 && c != 0) continue;  // OK is always present; other codes once seen
       absl::StrAppend(&out, "specmoe_requests_total{rpc=\"", kRpcNames[r], "\",code=\"",
-                      kCodeNames[c], "\"} ", value, "\n");
+                      kCodeNames[c], "\",transport=\"", r >= kFirstHttpRpc ? "http" : "grpc",
+                      "\"} ", value, "\n");
     }
   }
   auto load = [](const std::atomic<uint64_t>& v) {

@@ -46,8 +46,23 @@ class Histogram {
 // "OK", "INVALID_ARGUMENT", ...: the gRPC code's canonical name.
 const char* GrpcCodeName(grpc::StatusCode code);
 
-// The RPCs of specmoe.v1.Completion, for the requests counter's `rpc` label.
-enum class Rpc { kComplete = 0, kCompleteStream = 1, kTokenize = 2, kGetModelInfo = 3 };
+// The RPCs of specmoe.v1.Completion (transport="grpc") and the HTTP front's endpoints
+// (transport="http": Completions, ChatCompletions, Models), for the requests counter's `rpc`
+// label.
+enum class Rpc {
+  kComplete = 0,
+  kCompleteStream = 1,
+  kTokenize = 2,
+  kGetModelInfo = 3,
+  kHttpCompletions = 4,
+  kHttpChatCompletions = 5,
+  kHttpModels = 6,
+};
+
+// The gRPC code an HTTP status counts as (200 OK, 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED,
+// 404 NOT_FOUND, 413 and 429 RESOURCE_EXHAUSTED, 499 CANCELLED, 503 UNAVAILABLE,
+// 504 DEADLINE_EXCEEDED, other 5xx INTERNAL), so one `code` label serves both transports.
+grpc::StatusCode CodeOfHttpStatus(int http_status);
 
 // Contract: one per server, outliving the service and the engine that report to it; every
 // method is thread-safe and never blocks on the engine (gauges are read from
@@ -77,7 +92,7 @@ class Metrics final : public engine::EngineObserver {
   std::string Render() const;
 
  private:
-  static constexpr int kRpcs = 4;
+  static constexpr int kRpcs = 7;
   static constexpr int kCodes = 17;
   std::array<std::array<std::atomic<uint64_t>, kCodes>, kRpcs> requests_{};
   std::atomic<uint64_t> prompt_tokens_{0};

@@ -179,6 +179,18 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
   text("--metrics-listen", &options.metrics_listen, "HOST:PORT",
        "serve Prometheus metrics at http://HOST:PORT/metrics (off when not given; a bare PORT "
        "is 127.0.0.1:PORT; port 0 picks a free port)");
+  text("--http-listen", &options.http_listen, "HOST:PORT",
+       "also serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
+       "/v1/models, /health) on HOST:PORT (off when not given; a bare PORT is 127.0.0.1:PORT; "
+       "port 0 picks a free port); same API key, TLS files and limits as gRPC");
+  integer("--http-threads", &options.http_threads,
+          "HTTP worker threads, i.e. connections served at once (0: --max-batch + --max-queue "
+          "+ 8, so that every admitted request can stream)",
+          0, 4096);
+  text("--chat-template", &options.chat_template, "auto|llama-2|chatml|vicuna|raw",
+       "how /v1/chat/completions renders messages (auto: from the target's "
+       "tokenizer_config.json when it holds a known one, else raw with a warning)")
+      ->check(OneOf({"auto", "llama-2", "chatml", "vicuna", "raw"}));
   text("--metrics-api-key-file", &options.metrics_api_key_file, "PATH",
        "require 'Authorization: Bearer <key>' (key read from PATH) on /metrics");
   text("--tls-cert", &options.tls_cert, "PATH",

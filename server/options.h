@@ -39,6 +39,11 @@ struct ServerOptions {
   int max_message_bytes = 4 << 20;                 // --max-message-bytes
   std::string api_key_file;                        // --api-key-file
   std::string metrics_listen;                      // --metrics-listen HOST:PORT (empty: off)
+  std::string http_listen;                         // --http-listen HOST:PORT (empty: off)
+  int http_threads = 0;                            // --http-threads (0: max_batch + max_queue
+                                                   //   + 8)
+  std::string chat_template = "auto";              // --chat-template auto|llama-2|chatml|
+                                                   //   vicuna|raw
   std::string metrics_api_key_file;                // --metrics-api-key-file
   std::string tls_cert;                            // --tls-cert
   std::string tls_key;                             // --tls-key

@@ -55,6 +55,20 @@ TEST(ServerOptionsTest, AcceptsBothValueSyntaxes) {
   EXPECT_EQ(Parse({"--target=/t"})->stream_stall_seconds, 30);
 }
 
+TEST(ServerOptionsTest, HttpFlagsDefaultOff) {
+  absl::StatusOr<ServerOptions> options = Parse({"--target", "/t"});
+  ASSERT_TRUE(options.ok());
+  EXPECT_EQ(options->http_listen, "");
+  EXPECT_EQ(options->http_threads, 0);
+  EXPECT_EQ(options->chat_template, "auto");
+  options = Parse({"--target", "/t", "--http-listen", "8000", "--http-threads=12",
+                   "--chat-template", "chatml"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->http_listen, "8000");
+  EXPECT_EQ(options->http_threads, 12);
+  EXPECT_EQ(options->chat_template, "chatml");
+}
+
 TEST(ServerOptionsTest, ErrorsNameTheFlag) {
   const std::vector<std::pair<std::vector<const char*>, std::string>> cases = {
       {{}, "--target is required"},
@@ -98,6 +112,9 @@ TEST(ServerOptionsTest, ErrorsNameTheFlag) {
        "--tree-policy: expected one of static|dynamic, got 'greedy'"},
       {{"--target", "/t", "--sampled-verification", "exact"},
        "--sampled-verification: expected one of coupled|rejection, got 'exact'"},
+      {{"--target", "/t", "--chat-template", "jinja"},
+       "--chat-template: expected one of auto|llama-2|chatml|vicuna|raw, got 'jinja'"},
+      {{"--target", "/t", "--http-threads", "-1"}, "--http-threads: must be at least 0"},
   };
   for (const auto& [args, message] : cases) {
     absl::StatusOr<ServerOptions> options = Parse(args);
@@ -189,7 +206,8 @@ TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
         "--max-tokens-limit", "--max-prompt-tokens", "--max-prompt-bytes",
         "--max-message-bytes", "--api-key-file",
         "--tls-cert", "--tls-key", "--tls-client-ca", "--log-format", "--log-level", "--drain-seconds",
-        "--stream-stall-seconds"}) {
+        "--stream-stall-seconds", "--http-listen HOST:PORT", "--http-threads N",
+        "--chat-template auto|llama-2|chatml|vicuna|raw"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
   EXPECT_THAT(usage, HasSubstr("(default 127.0.0.1:50051)"));

@@ -25,7 +25,8 @@ MAX_TOKENS_LIMIT = 250
 class Server:
     """A specmoe-server child process on 127.0.0.1; stop() sends SIGTERM and checks exit 0."""
 
-    def __init__(self, *extra):
+    def __init__(self, *extra, cli_args=()):
+        """`extra`: more server flags; `cli_args`: what specmoe-cli needs to reach it (TLS)."""
         self.dir = tempfile.mkdtemp(prefix="specmoe_py_e2e_")
         self.log_path = os.path.join(self.dir, "server.log")
         port_file = os.path.join(self.dir, "port")
@@ -53,7 +54,17 @@ class Server:
         if match is None:
             raise RuntimeError("no metrics port in the log:\n" + self.log())
         self.metrics_port = int(match.group(1))
-        while cli("health", "--server", self.address).returncode != 0:
+        self.http_port = None
+        if "--http-listen" in extra:
+            match = None
+            while match is None and time.time() < deadline:
+                match = re.search(r"HTTP \(OpenAI API\) listening on \S+ \(port (\d+)\)",
+                                  self.log())
+                time.sleep(0.02)
+            if match is None:
+                raise RuntimeError("no HTTP port in the log:\n" + self.log())
+            self.http_port = int(match.group(1))
+        while cli("health", "--server", self.address, *cli_args).returncode != 0:
             if self.process.poll() is not None or time.time() > deadline:
                 raise RuntimeError("server never became SERVING:\n" + self.log())
             time.sleep(0.05)
@@ -107,4 +118,6 @@ def parse_metrics(text):
 
 
 def value(samples, name, **labels):
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    """The sum of the series of `name` whose labels include `labels` (as a PromQL selector)."""
+    wanted = set(labels.items())
+    return sum(v for (n, pairs), v in samples.items() if n == name and wanted <= pairs)

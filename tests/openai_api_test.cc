@@ -1,0 +1,162 @@
+// tests/openai_api_test.cc — the OpenAI JSON conversion (server/openai_api.h): every field
+// lands in the engine request as sent (defaults left to the validator, except OpenAI's own:
+// temperature 1), JSON type errors and unsupported fields are INVALID_ARGUMENT naming the
+// field (ApiError.param), the engine's messages get their field named in OpenAI's terms, and
+// the statuses map to OpenAI's HTTP codes and error bodies.
+#include "server/openai_api.h"
+
+#include <gtest/gtest.h>
+
+namespace specmoe::server {
+namespace {
+
+using nlohmann::json;
+
+TEST(OpenAiApiTest, CompletionFieldsConvert) {
+  absl::StatusOr<OpenAiRequest> r = ParseCompletionRequest(json::parse(R"({
+      "model": "m", "prompt": "Hello", "max_tokens": 7, "temperature": 0.5, "top_p": 0.9,
+      "top_k": 40, "seed": 11, "stop": ["a", "b"], "n": 3, "echo": true, "stream": true,
+      "stream_options": {"include_usage": true}, "repetition_penalty": 1.1,
+      "ignore_eos": true, "stop_token_ids": [2], "return_token_ids": true,
+      "speculation": {"disable": true, "expansion": [1, 2]}, "user": "ignored",
+      "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "best_of": 1})"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  const engine::GenerationRequest& g = r->generation;
+  EXPECT_EQ(r->model, "m");
+  EXPECT_EQ(g.prompt_text, "Hello");
+  EXPECT_EQ(g.max_tokens, 7);
+  EXPECT_FLOAT_EQ(g.sampling.temperature, 0.5f);
+  EXPECT_FLOAT_EQ(g.sampling.top_p, 0.9f);
+  EXPECT_EQ(g.sampling.top_k, 40);
+  EXPECT_EQ(g.sampling.seed, 11u);
+  EXPECT_FLOAT_EQ(g.sampling.repetition_penalty, 1.1f);
+  EXPECT_EQ(g.stop, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(g.stop_token_ids, std::vector<int32_t>{2});
+  EXPECT_TRUE(g.ignore_eos);
+  EXPECT_TRUE(g.speculation.disable);
+  EXPECT_EQ(g.speculation.expansion, (std::vector<int>{1, 2}));
+  EXPECT_EQ(r->n, 3);
+  EXPECT_TRUE(r->echo && r->stream && r->include_usage && r->return_token_ids);
+  EXPECT_FALSE(r->logprobs.enabled);
+  EXPECT_TRUE(CheckSupported(*r).ok());
+}
+
+TEST(OpenAiApiTest, DefaultsAndTokenPrompts) {
+  absl::StatusOr<OpenAiRequest> r =
+      ParseCompletionRequest(json::parse(R"({"prompt": [1, 5, 9], "stop": "x", "top_k": -1})"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->generation.prompt_ids, (std::vector<int32_t>{1, 5, 9}));
+  EXPECT_FLOAT_EQ(r->generation.sampling.temperature, 1.0f);  // OpenAI's default
+  EXPECT_EQ(r->generation.max_tokens, 0);                      // the server's default
+  EXPECT_EQ(r->generation.sampling.top_k, 0);
+  EXPECT_EQ(r->generation.stop, std::vector<std::string>{"x"});
+  EXPECT_EQ(r->n, 1);
+}
+
+// The param an invalid body is refused for.
+std::string RefusedParam(const char* body, bool chat = false) {
+  absl::StatusOr<OpenAiRequest> r =
+      chat ? ParseChatRequest(json::parse(body)) : ParseCompletionRequest(json::parse(body));
+  const absl::Status status = r.ok() ? CheckSupported(*r) : r.status();
+  if (status.ok()) return "<accepted>";
+  const ApiError error = ToApiError(status);
+  EXPECT_EQ(error.http_status, 400) << body;
+  // The message names the field too (its first word, as in "messages[0].content").
+  const std::string word = error.param.substr(0, error.param.find_first_of("_.["));
+  EXPECT_NE(status.message().find(word), std::string::npos) << status.message();
+  return error.param;
+}
+
+TEST(OpenAiApiTest, RefusalsNameTheField) {
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "temperature": "hot"})"), "temperature");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "max_tokens": 1.5})"), "max_tokens");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "max_tokens": -1})"), "max_tokens");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "n": 9})"), "n");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "n": 0})"), "n");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "seed": -3})"), "seed");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "presence_penalty": 0.1})"), "presence_penalty");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "frequency_penalty": -1})"), "frequency_penalty");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logit_bias": {"5": 1}})"), "logit_bias");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "best_of": 2})"), "best_of");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "suffix": "y"})"), "suffix");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "stop": [1]})"), "stop");
+  EXPECT_EQ(RefusedParam(R"({"prompt": ["a", "b"]})"), "prompt");
+  EXPECT_EQ(RefusedParam(R"({"prompt": {"a": 1}})"), "prompt");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "stream_options": {"include_usage": true}})"),
+            "stream_options");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "speculation": {"expansion": [-1]}})"),
+            "speculation.expansion");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 21})"), "logprobs");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 0})"), "logprobs");  // not yet
+  EXPECT_EQ(RefusedParam(R"([1, 2])"), "");
+  EXPECT_EQ(RefusedParam(R"({"messages": []})", true), "messages");
+  EXPECT_EQ(RefusedParam(R"({"messages": [{"role": "user", "content": 5}]})", true),
+            "messages[0].content");
+  EXPECT_EQ(RefusedParam(R"({"messages": [{"role": "user", "content": "a"}], "tools": []})",
+                         true),
+            "tools");
+  EXPECT_EQ(RefusedParam(R"({"messages": [{"role": "user", "content": "a"}],
+                             "max_tokens": 3, "max_completion_tokens": 4})", true),
+            "max_completion_tokens");
+  EXPECT_EQ(RefusedParam(R"({"messages": [{"role": "user", "content": "a"}],
+                             "top_logprobs": 2})", true),
+            "top_logprobs");
+  EXPECT_EQ(RefusedParam(R"({"messages": [{"role": "user", "content": "a"}],
+                             "logprobs": true, "top_logprobs": 2})", true),
+            "logprobs");  // not yet
+}
+
+TEST(OpenAiApiTest, ChatConverts) {
+  absl::StatusOr<OpenAiRequest> r = ParseChatRequest(json::parse(R"({
+      "messages": [{"role": "system", "content": "s"},
+                   {"role": "user", "content": [{"type": "text", "text": "a"},
+                                                {"type": "text", "text": "b"}]},
+                   {"role": "assistant", "content": null}],
+      "max_completion_tokens": 5, "temperature": 0})"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->chat);
+  ASSERT_EQ(r->messages.size(), 3u);
+  EXPECT_EQ(r->messages[1].content, "ab");
+  EXPECT_EQ(r->messages[2].content, "");
+  EXPECT_EQ(r->generation.max_tokens, 5);
+  EXPECT_FLOAT_EQ(r->generation.sampling.temperature, 0.0f);
+}
+
+TEST(OpenAiApiTest, StatusesMapToOpenAiErrors) {
+  const ApiError engine_error =
+      ToApiError(absl::InvalidArgumentError("sampling.top_p must be in [0, 1]"));
+  EXPECT_EQ(engine_error.param, "top_p");
+  EXPECT_EQ(ToApiError(absl::InvalidArgumentError("prompt_token_ids[3] = 9 is outside")).param,
+            "prompt");
+  EXPECT_EQ(ToApiError(absl::InvalidArgumentError("stop[1] is empty")).param, "stop");
+  EXPECT_EQ(ToApiError(absl::UnauthenticatedError("k")).http_status, 401);
+  EXPECT_EQ(ToApiError(absl::NotFoundError("m")).http_status, 404);
+  EXPECT_EQ(ToApiError(absl::ResourceExhaustedError("q")).http_status, 429);
+  EXPECT_EQ(ToApiError(absl::UnavailableError("d")).http_status, 503);
+  EXPECT_EQ(ToApiError(absl::InternalError("nan")).http_status, 500);
+  const json body = ErrorBody(MakeApiError(400, "bad", "n"));
+  EXPECT_EQ(body, json::parse(R"({"error": {"message": "bad", "type": "invalid_request_error",
+                                           "param": "n", "code": null}})"));
+}
+
+TEST(OpenAiApiTest, UsageSumsChoices) {
+  ChoiceResult a;
+  a.prompt_tokens = 5;
+  a.completion_tokens = 4;
+  a.speculation.verify_steps = 2;
+  a.speculation.drafted_tokens = 6;
+  a.speculation.accepted_tokens = 2;
+  ChoiceResult b = a;
+  b.completion_tokens = 6;
+  b.speculation.verify_steps = 3;
+  const json usage = UsageJson({a, b});
+  EXPECT_EQ(usage["prompt_tokens"], 5);
+  EXPECT_EQ(usage["completion_tokens"], 10);
+  EXPECT_EQ(usage["total_tokens"], 15);
+  EXPECT_EQ(usage["speculation"]["verify_steps"], 5);
+  EXPECT_EQ(usage["speculation"]["drafted_tokens"], 12);
+  EXPECT_DOUBLE_EQ(usage["speculation"]["mean_tokens_per_step"].get<double>(), 2.0);
+}
+
+}  // namespace
+}  // namespace specmoe::server
