@@ -630,7 +630,7 @@ TEST(PrefixCacheSchedulerTest, BatchedStreamsEqualTheCacheOff) {
 }
 
 TEST(PrefixCacheSchedulerTest, PreemptedStreamsOnASmallBudgetEqualTheCacheOff) {
-  for (uint32_t seed : {3u, 4u, 5u}) RunSharedStream(seed, 256, seed % 2 == 0);
+  for (uint32_t seed : {3u, 4u, 5u}) RunSharedStream(seed, 192, seed % 2 == 0);
 }
 
 }  // namespace
