@@ -374,8 +374,7 @@ TEST(VerifyCoupledTest, ADraftEqualToTheTargetIsAlwaysAccepted) {
 TEST(VerifyByChoiceTest, GreedyIsTheZeroNoiseChoice) {
   const TokenTree tree = GreedyTree();
   const std::vector<int32_t> argmax = {5, 0, 8, 1, 0, 0, 1, 0, 0, 0, 0};
-  const VerifyResult by_choice =
-      VerifyByChoice(tree, [&](int node) { return argmax[node]; });
+  const VerifyResult by_choice = VerifyByChoice(tree, [&](int node) { return argmax[node]; });
   const VerifyResult greedy = VerifyGreedy(tree, argmax);
   EXPECT_EQ(by_choice.accepted_nodes, greedy.accepted_nodes);
   EXPECT_EQ(by_choice.bonus_token, greedy.bonus_token);

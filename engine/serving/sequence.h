@@ -48,7 +48,7 @@ struct Sequence {
   std::vector<int> expansion;  // the largest tree (empty: plain decoding)
   SequenceBlocks target_blocks;
   SequenceBlocks draft_blocks;
-  PrefixChain prefix_chain;      // the blocks offered to the prefix cache
+  PrefixChain prefix_chain;  // the blocks offered to the prefix cache
   // Prompt tokens the prefix cache supplied before any preemption (-1: not admitted yet).
   int cached_prompt_tokens = -1;
   Rng draft_rng{0};   // draws the tree's children

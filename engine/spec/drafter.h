@@ -32,7 +32,7 @@ struct DraftJob {
   std::span<const int32_t> tokens;         // committed tokens; the last one is the root
   int draft_len = 0;                       // tokens the draft cache holds
   const SamplingParams* params = nullptr;
-  Rng* rng = nullptr;      // the draft stream (kDraftStream; rejection mode only)
+  Rng* rng = nullptr;  // the draft stream (kDraftStream; rejection mode only)
   // Sampled requests: kCoupled children are the top of log q + G(seed, position, v)
   // (ExpandLevelCoupled), kRejection children are drawn from q with `rng`.
   SampledVerification verification = SampledVerification::kCoupled;

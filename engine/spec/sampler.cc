@@ -97,7 +97,8 @@ int32_t SampleFrom(std::span<const double> probs, Rng& rng) {
 }
 
 TokenLogprob LogprobOf(const float* logits, int vocab, int32_t token, int top) {
-  SPECMOE_CHECK(vocab > 0 && token >= 0 && token < vocab, "LogprobOf: token outside the vocabulary");
+  SPECMOE_CHECK(vocab > 0 && token >= 0 && token < vocab,
+                "LogprobOf: token outside the vocabulary");
   const double max_logit = logits[Argmax(logits, vocab)];
   double total = 0.0;
   for (int v = 0; v < vocab; ++v) total += std::exp(static_cast<double>(logits[v]) - max_logit);
@@ -112,11 +113,10 @@ TokenLogprob LogprobOf(const float* logits, int vocab, int32_t token, int top) {
   if (top == 0) return out;
   std::vector<TopLogprob> all(vocab);
   for (int v = 0; v < vocab; ++v) all[v] = {v, logprob(v)};
-  std::partial_sort(all.begin(), all.begin() + top, all.end(),
-                    [](const TopLogprob& a, const TopLogprob& b) {
-                      return a.logprob > b.logprob ||
-                             (a.logprob == b.logprob && a.token_id < b.token_id);
-                    });
+  std::partial_sort(
+      all.begin(), all.begin() + top, all.end(), [](const TopLogprob& a, const TopLogprob& b) {
+        return a.logprob > b.logprob || (a.logprob == b.logprob && a.token_id < b.token_id);
+      });
   out.top.assign(all.begin(), all.begin() + top);
   return out;
 }

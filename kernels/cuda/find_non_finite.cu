@@ -50,8 +50,7 @@ bool FindNonFinite(const float* logits, int rows, int vocab, NonFiniteValue* out
                    CudaContext& ctx) {
   const size_t count = static_cast<size_t>(rows > 0 ? rows : 0) * (vocab > 0 ? vocab : 0);
   if (count == 0) return false;
-  auto* result =
-      static_cast<unsigned long long*>(ctx.SideScratch(2 * sizeof(unsigned long long)));
+  auto* result = static_cast<unsigned long long*>(ctx.SideScratch(2 * sizeof(unsigned long long)));
   auto* host = static_cast<unsigned long long*>(ctx.Staging(2 * sizeof(unsigned long long)));
   SPECMOE_CUDA_CHECK(cudaMemsetAsync(result, 0xff, sizeof(unsigned long long), ctx.stream));
   const unsigned blocks = std::min<unsigned>(Blocks(count, kThreads), kMaxBlocks);
