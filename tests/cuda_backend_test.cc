@@ -846,7 +846,7 @@ TEST_F(CudaBackendTest, PerRowOpsAreBatchInvariantAndDeterministic) {
     outputs.push_back(ToHost(out, rows * d));
     gpu_->CopyFromHost(drot, rot.data() + static_cast<size_t>(first) * rope_width,
                        rows * rope_width * sizeof(float));
-    gpu_->Rope(drot, *fwd, heads, head_dim, 500000.0f);
+    gpu_->Rope(drot, *fwd, heads, head_dim, 500000.0f, kernels::RopeScaling{});
     outputs.push_back(ToHost(drot, rows * rope_width));
     gpu_->TopKSoftmax(dgate + first * experts, count, experts, k, routing);
     std::vector<float> idx;
