@@ -169,6 +169,9 @@ class Runner {
  public:
   virtual ~Runner() = default;
   virtual Outcome Run(const Job& job, bool speculate) const = 0;
+  // The server's token ids of `text` (no BOS); false with `error` set when it cannot say.
+  virtual bool Tokenize(const std::string& text, std::vector<int32_t>* ids,
+                        std::string* error) const = 0;
 };
 
 // specmoe's gRPC CompleteStream (a gRPC stub is thread-safe).
@@ -187,6 +190,23 @@ class GrpcRunner final : public Runner {
   }
 
   v1::Completion::Stub& stub() const { return *stub_; }
+
+  bool Tokenize(const std::string& text, std::vector<int32_t>* ids,
+                std::string* error) const override {
+    grpc::ClientContext context;
+    Prepare(&context);
+    v1::TokenizeRequest request;
+    request.set_text(text);
+    v1::TokenizeResponse response;
+    const grpc::Status status = stub_->Tokenize(&context, request, &response);
+    if (!status.ok()) {
+      *error = std::string("Tokenize failed: ") + CodeName(status.error_code()) + ": " +
+               status.error_message();
+      return false;
+    }
+    ids->assign(response.token_ids().begin(), response.token_ids().end());
+    return true;
+  }
 
   Outcome Run(const Job& job, bool speculate) const override {
     v1::CompleteRequest request;
@@ -293,6 +313,14 @@ class OpenAiRunner final : public Runner {
         prefix_(std::move(prefix)),
         model_(std::move(model)),
         api_key_(std::move(api_key)) {}
+
+  // The OpenAI API has no tokenizer endpoint.
+  bool Tokenize(const std::string& text, std::vector<int32_t>* ids,
+                std::string* error) const override {
+    *error = "--backend openai cannot tokenize text prompts (the API has no tokenizer "
+             "endpoint): use --dataset-name random with --shared-prefix-tokens or --multi-turn";
+    return false;
+  }
 
   httplib::Client& client() const {
     thread_local std::unique_ptr<httplib::Client> client;
@@ -983,6 +1011,11 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
                  "drop --ab and --request-rate\n";
     return 2;
   }
+  if (options.multi_turn > 1 && options.backend == "openai") {
+    std::cerr << "specmoe-cli bench: --multi-turn resends each turn's token ids, which needs "
+                 "the specmoe backend\n";
+    return 2;
+  }
   std::unique_ptr<Runner> runner;
   v1::ModelInfo info;
   if (options.backend == "openai") {
@@ -1073,19 +1106,9 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
     std::uniform_int_distribution<int32_t> token(3, std::max<int32_t>(3, info.vocab_size() - 1));
     for (int i = 0; i < options.shared_prefix_tokens; ++i) prefix.push_back(token(rng));
     for (Job& job : dataset) {
-      if (job.prompt_ids.empty()) {
-        grpc::ClientContext context;
-        runner.Prepare(&context);
-        v1::TokenizeRequest request;
-        request.set_text(job.prompt);
-        v1::TokenizeResponse response;
-        const grpc::Status status = runner.stub().Tokenize(&context, request, &response);
-        if (!status.ok()) {
-          std::cerr << "specmoe-cli bench: Tokenize failed: " << CodeName(status.error_code())
-                    << ": " << status.error_message() << "\n";
-          return 1;
-        }
-        job.prompt_ids.assign(response.token_ids().begin(), response.token_ids().end());
+      if (job.prompt_ids.empty() && !runner->Tokenize(job.prompt, &job.prompt_ids, &error)) {
+        std::cerr << "specmoe-cli bench: " << error << "\n";
+        return 1;
       }
       job.prompt_ids.insert(job.prompt_ids.begin(), prefix.begin(), prefix.end());
     }
