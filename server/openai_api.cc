@@ -114,10 +114,15 @@ absl::Status ParseCommon(const json& body, OpenAiRequest& out) {
       GetInt(body, "top_k", -1, std::numeric_limits<int32_t>::max());
   if (!top_k.ok()) return top_k.status();
   g.sampling.top_k = static_cast<int>(std::max<int64_t>(top_k->value_or(0), 0));
-  absl::StatusOr<std::optional<int64_t>> seed =
-      GetInt(body, "seed", 0, std::numeric_limits<int64_t>::max());
-  if (!seed.ok()) return seed.status();
-  g.sampling.seed = static_cast<uint64_t>(seed->value_or(0));
+  // Any uint64 (the server's own seeds, echoed in specmoe.seed, use the whole range).
+  if (const json& seed = Field(body, "seed"); seed.is_number_unsigned()) {
+    g.sampling.seed = seed.get<uint64_t>();
+  } else {
+    absl::StatusOr<std::optional<int64_t>> signed_seed =
+        GetInt(body, "seed", 0, std::numeric_limits<int64_t>::max());
+    if (!signed_seed.ok()) return signed_seed.status();
+    g.sampling.seed = static_cast<uint64_t>(signed_seed->value_or(0));
+  }
   absl::StatusOr<std::optional<double>> repetition = GetNumber(body, "repetition_penalty");
   if (!repetition.ok()) return repetition.status();
   g.sampling.repetition_penalty = static_cast<float>(repetition->value_or(1.0));

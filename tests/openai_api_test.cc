@@ -177,6 +177,15 @@ TEST(OpenAiApiTest, UsageCachedTokensAndSeeds) {
   EXPECT_EQ(SpecmoeJson({a, b}), json::parse(R"({"seed": 7, "seeds": [7, 8]})"));
 }
 
+TEST(OpenAiApiTest, SeedTakesTheWholeUint64Range) {
+  absl::StatusOr<OpenAiRequest> r =
+      ParseCompletionRequest(json::parse(R"({"prompt": "x", "seed": 18446744073709551615})"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->generation.sampling.seed, 18446744073709551615u);
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "seed": -1})"), "seed");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "seed": 1.5})"), "seed");
+}
+
 TEST(OpenAiApiTest, LogprobsRequestsReachTheEngine) {
   absl::StatusOr<OpenAiRequest> c = ParseCompletionRequest(json::parse(R"({"prompt": "x",
       "logprobs": 3})"));
