@@ -367,6 +367,7 @@ class OpenAiRunner final : public Runner {
                  {"temperature", options_.temperature},
                  {"stream", true},
                  {"stream_options", {{"include_usage", true}}}};
+    if (options_.logprobs >= 0) body["logprobs"] = options_.logprobs;  // the completions form
     if (job.prompt_ids.empty()) {
       body["prompt"] = job.prompt;
     } else {
