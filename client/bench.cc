@@ -302,8 +302,9 @@ bool SplitBaseUrl(const std::string& url, std::string* origin, std::string* pref
 
 // POST {base-url}/completions with stream: true and stream_options.include_usage, read as
 // Server-Sent Events: TTFT and gaps from the chunks carrying text (or token ids), token counts
-// from the usage chunk (counted chunks when a server sends none), speculation statistics
-// from specmoe's usage.speculation. One keep-alive connection per worker thread.
+// from the usage chunk (counted chunks when a server sends none), cached prompt tokens from
+// usage.prompt_tokens_details.cached_tokens, speculation statistics from specmoe's
+// usage.speculation. One keep-alive connection per worker thread.
 class OpenAiRunner final : public Runner {
  public:
   OpenAiRunner(const BenchOptions& options, std::string origin, std::string prefix,
@@ -366,6 +367,7 @@ class OpenAiRunner final : public Runner {
                  {"temperature", options_.temperature},
                  {"stream", true},
                  {"stream_options", {{"include_usage", true}}}};
+    if (options_.logprobs >= 0) body["logprobs"] = options_.logprobs;  // the completions form
     if (job.prompt_ids.empty()) {
       body["prompt"] = job.prompt;
     } else {
@@ -424,6 +426,13 @@ class OpenAiRunner final : public Runner {
         usage_seen = true;
         outcome.prompt_tokens = usage.value("prompt_tokens", 0);
         outcome.output_tokens = usage.value("completion_tokens", 0);
+        // OpenAI's field (specmoe, vLLM with prefix caching): prompt tokens served from cache.
+        if (usage.contains("prompt_tokens_details") && usage["prompt_tokens_details"].is_object()) {
+          const json& details = usage["prompt_tokens_details"];
+          if (details.contains("cached_tokens") && details["cached_tokens"].is_number_integer()) {
+            outcome.cached_prompt_tokens = details["cached_tokens"].get<int>();
+          }
+        }
         if (usage.contains("speculation") && usage["speculation"].is_object()) {
           const json& sp = usage["speculation"];
           outcome.speculation.set_verify_steps(sp.value("verify_steps", 0));

@@ -139,7 +139,8 @@ engine::EventSink MakeSink(std::shared_ptr<Call> call, size_t index, std::string
 // response needs besides.
 struct Prepared {
   OpenAiRequest request;
-  std::string echo_text;  // the prompt as text, for echo
+  std::string echo_text;     // the prompt as text, for echo
+  TokenBytesFn token_bytes;  // the tokenizer's token texts, for logprobs
 };
 
 // Renders the chat into the generation request's prompt: one segment is a text prompt (the
@@ -206,6 +207,7 @@ class SseStream {
         metrics_(metrics),
         active_(active),
         results_(call_->choices.size()),
+        text_offsets_(call_->choices.size(), 0),
         created_(std::time(nullptr)),
         last_write_(Clock::now()) {}
 
@@ -259,6 +261,11 @@ class SseStream {
         return true;
       }
       ChoiceResult& result = results_[index];
+      json logprobs = nullptr;
+      if (r.logprobs.enabled && !event.logprobs.empty()) {
+        logprobs = LogprobsJson(r.chat, event.logprobs, prepared_.token_bytes,
+                                &text_offsets_[index]);
+      }
       result.text += event.text;
       result.token_ids.insert(result.token_ids.end(), event.token_ids.begin(),
                               event.token_ids.end());
@@ -267,6 +274,8 @@ class SseStream {
         result.finish_reason = event.finish_reason;
         result.prompt_tokens = event.prompt_tokens;
         result.completion_tokens = event.completion_tokens;
+        result.cached_prompt_tokens = event.cached_prompt_tokens;
+        result.seed = event.seed;
         result.speculation = event.speculation;
         finish = OpenAiFinishReason(event.finish_reason);
       }
@@ -277,13 +286,16 @@ class SseStream {
                           : json(event.text);
       json chunk = ChunkJson(r, id_, model_, created_, static_cast<int>(index),
                              std::move(delta), finish);
+      chunk["choices"][0]["logprobs"] = std::move(logprobs);
       if (r.return_token_ids) chunk["choices"][0]["token_ids"] = event.token_ids;
+      if (finish != nullptr) chunk["specmoe"] = {{"seed", result.seed}};
       if (!Write(sink, chunk)) return Fail();
     }
     if (all_done) {
       if (r.include_usage) {
         json usage = ChunkJson(r, id_, model_, created_, -1, nullptr, nullptr);
         usage["usage"] = UsageJson(results_);
+        usage["specmoe"] = SpecmoeJson(results_);
         if (!Write(sink, usage)) return Fail();
       }
       if (!WriteRaw(sink, "data: [DONE]\n\n")) return Fail();
@@ -331,6 +343,7 @@ class SseStream {
   Metrics* const metrics_;
   ActiveCall active_;
   std::vector<ChoiceResult> results_;
+  std::vector<int64_t> text_offsets_;  // per choice: the completions logprobs' text_offset
   const int64_t created_;
   Clock::time_point last_write_;
   bool opened_ = false;
@@ -511,7 +524,9 @@ void OpenAiHttpServer::HandleGeneration(bool chat, const httplib::Request& reque
       return refuse(status);
     }
   }
-  Prepared prepared{*std::move(parsed), ""};
+  const engine::Tokenizer* tokenizer = &engine->tokenizer();
+  Prepared prepared{*std::move(parsed), "",
+                    [engine, tokenizer](int32_t id) { return tokenizer->TokenBytes(id); }};
   OpenAiRequest& r = prepared.request;
   r.generation.request_id = request_id;
   if (r.echo) {
@@ -561,6 +576,7 @@ void OpenAiHttpServer::HandleGeneration(bool chat, const httplib::Request& reque
 
   // Unary: wait for every choice, then answer at once.
   std::vector<ChoiceResult> results(r.n);
+  std::vector<std::vector<engine::TokenLogprob>> logprobs(r.n);
   absl::Status failure;
   {
     std::unique_lock<std::mutex> lock(call->mu);
@@ -589,10 +605,13 @@ void OpenAiHttpServer::HandleGeneration(bool chat, const httplib::Request& reque
         results[i].text += event.text;
         results[i].token_ids.insert(results[i].token_ids.end(), event.token_ids.begin(),
                                     event.token_ids.end());
+        logprobs[i].insert(logprobs[i].end(), event.logprobs.begin(), event.logprobs.end());
         if (event.finished) {
           results[i].finish_reason = event.finish_reason;
           results[i].prompt_tokens = event.prompt_tokens;
           results[i].completion_tokens = event.completion_tokens;
+          results[i].cached_prompt_tokens = event.cached_prompt_tokens;
+          results[i].seed = event.seed;
           results[i].speculation = event.speculation;
         }
       }
@@ -612,7 +631,12 @@ void OpenAiHttpServer::HandleGeneration(bool chat, const httplib::Request& reque
     } else {
       choice["text"] = r.echo ? prepared.echo_text + results[i].text : results[i].text;
     }
-    choice["logprobs"] = nullptr;
+    json choice_logprobs = nullptr;
+    if (r.logprobs.enabled) {
+      int64_t text_offset = 0;
+      choice_logprobs = LogprobsJson(chat, logprobs[i], prepared.token_bytes, &text_offset);
+    }
+    choice["logprobs"] = std::move(choice_logprobs);
     choice["finish_reason"] = OpenAiFinishReason(results[i].finish_reason);
     if (r.return_token_ids) choice["token_ids"] = results[i].token_ids;
     choices.push_back(std::move(choice));
@@ -622,7 +646,8 @@ void OpenAiHttpServer::HandleGeneration(bool chat, const httplib::Request& reque
                        {"created", static_cast<int64_t>(std::time(nullptr))},
                        {"model", model_id},
                        {"choices", std::move(choices)},
-                       {"usage", UsageJson(results)}};
+                       {"usage", UsageJson(results)},
+                       {"specmoe", SpecmoeJson(results)}};
   response.set_content(Dump(answer), "application/json");
   metrics_->CountRequest(rpc, grpc::StatusCode::OK);
 }

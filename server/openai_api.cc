@@ -114,10 +114,15 @@ absl::Status ParseCommon(const json& body, OpenAiRequest& out) {
       GetInt(body, "top_k", -1, std::numeric_limits<int32_t>::max());
   if (!top_k.ok()) return top_k.status();
   g.sampling.top_k = static_cast<int>(std::max<int64_t>(top_k->value_or(0), 0));
-  absl::StatusOr<std::optional<int64_t>> seed =
-      GetInt(body, "seed", 0, std::numeric_limits<int64_t>::max());
-  if (!seed.ok()) return seed.status();
-  g.sampling.seed = static_cast<uint64_t>(seed->value_or(0));
+  // Any uint64 (the server's own seeds, echoed in specmoe.seed, use the whole range).
+  if (const json& seed = Field(body, "seed"); seed.is_number_unsigned()) {
+    g.sampling.seed = seed.get<uint64_t>();
+  } else {
+    absl::StatusOr<std::optional<int64_t>> signed_seed =
+        GetInt(body, "seed", 0, std::numeric_limits<int64_t>::max());
+    if (!signed_seed.ok()) return signed_seed.status();
+    g.sampling.seed = static_cast<uint64_t>(signed_seed->value_or(0));
+  }
   absl::StatusOr<std::optional<double>> repetition = GetNumber(body, "repetition_penalty");
   if (!repetition.ok()) return repetition.status();
   g.sampling.repetition_penalty = static_cast<float>(repetition->value_or(1.0));
@@ -300,6 +305,8 @@ absl::StatusOr<OpenAiRequest> ParseCompletionRequest(const nlohmann::json& body)
   if (!logprobs.ok()) return logprobs.status();
   out.logprobs.enabled = logprobs->has_value();
   out.logprobs.top = static_cast<int>(logprobs->value_or(0));
+  out.generation.logprobs = out.logprobs.enabled;
+  out.generation.top_logprobs = out.logprobs.top;
   if (absl::Status s = RefuseUnlessNeutral(body, "suffix", IsEmpty, "no insertion"); !s.ok()) {
     return s;
   }
@@ -364,18 +371,17 @@ absl::StatusOr<OpenAiRequest> ParseChatRequest(const nlohmann::json& body) {
   if (top->has_value() && !out.logprobs.enabled) {
     return InvalidParam("top_logprobs", "top_logprobs needs logprobs: true");
   }
+  out.generation.logprobs = out.logprobs.enabled;
+  out.generation.top_logprobs = out.logprobs.top;
   return out;
 }
 
 absl::Status CheckSupported(const OpenAiRequest& request) {
-  // Wiring point for issue 18: once GenerationRequest/GenerationEvent carry logprobs, copy
-  // request.logprobs into request.generation here and drop this refusal (the responses
-  // then fill each choice's "logprobs", see http_server.cc's ChoiceLogprobs).
-  if (request.logprobs.enabled) {
-    return InvalidParam("logprobs", request.echo
-                                        ? "logprobs are not supported by this server yet "
-                                          "(echo with logprobs neither)"
-                                        : "logprobs are not supported by this server yet");
+  if (request.echo && request.logprobs.enabled) {
+    return InvalidParam("echo",
+                        "echo with logprobs is not supported: this server computes the "
+                        "logprobs of generated tokens only, not of the prompt (drop echo or "
+                        "logprobs)");
   }
   return absl::OkStatus();
 }
@@ -393,12 +399,14 @@ const char* OpenAiFinishReason(engine::FinishReason reason) {
 
 nlohmann::json UsageJson(const std::vector<ChoiceResult>& choices) {
   int prompt = 0;
+  int cached = 0;
   int completion = 0;
   int steps = 0;
   int drafted = 0;
   int accepted = 0;
   for (const ChoiceResult& c : choices) {
     prompt = std::max(prompt, c.prompt_tokens);
+    cached = std::max(cached, c.cached_prompt_tokens);
     completion += c.completion_tokens;
     steps += c.speculation.verify_steps;
     drafted += c.speculation.drafted_tokens;
@@ -420,7 +428,67 @@ nlohmann::json UsageJson(const std::vector<ChoiceResult>& choices) {
   return {{"prompt_tokens", prompt},
           {"completion_tokens", completion},
           {"total_tokens", prompt + completion},
+          {"prompt_tokens_details", {{"cached_tokens", cached}}},
           {"speculation", speculation}};
+}
+
+nlohmann::json SpecmoeJson(const std::vector<ChoiceResult>& choices) {
+  json out = {{"seed", choices.empty() ? 0 : choices[0].seed}};
+  if (choices.size() > 1) {
+    json seeds = json::array();
+    for (const ChoiceResult& c : choices) seeds.push_back(c.seed);
+    out["seeds"] = std::move(seeds);
+  }
+  return out;
+}
+
+nlohmann::json LogprobsJson(bool chat, const std::vector<engine::TokenLogprob>& logprobs,
+                            const TokenBytesFn& token_bytes, int64_t* text_offset) {
+  auto byte_array = [](const std::string& text) {
+    json bytes = json::array();
+    for (char c : text) bytes.push_back(static_cast<int>(static_cast<unsigned char>(c)));
+    return bytes;
+  };
+  if (chat) {
+    json content = json::array();
+    for (const engine::TokenLogprob& lp : logprobs) {
+      const std::string text = token_bytes(lp.token_id);
+      json top = json::array();
+      for (const engine::TopLogprob& t : lp.top) {
+        const std::string alt = token_bytes(t.token_id);
+        top.push_back({{"token", alt}, {"logprob", t.logprob}, {"bytes", byte_array(alt)}});
+      }
+      content.push_back({{"token", text},
+                         {"logprob", lp.logprob},
+                         {"bytes", byte_array(text)},
+                         {"top_logprobs", std::move(top)}});
+    }
+    return {{"content", std::move(content)}};
+  }
+  json tokens = json::array();
+  json values = json::array();
+  json tops = json::array();
+  json offsets = json::array();
+  for (const engine::TokenLogprob& lp : logprobs) {
+    const std::string text = token_bytes(lp.token_id);
+    tokens.push_back(text);
+    values.push_back(lp.logprob);
+    json top = json::object();
+    for (const engine::TopLogprob& t : lp.top) {
+      // Two ids with the same text share one key: the more likely (first) one is kept.
+      const std::string alt = token_bytes(t.token_id);
+      if (!top.contains(alt)) top[alt] = t.logprob;
+    }
+    tops.push_back(std::move(top));
+    offsets.push_back(*text_offset);
+    for (char c : text) {
+      if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) ++*text_offset;  // a code point
+    }
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(values)},
+          {"top_logprobs", std::move(tops)},
+          {"text_offset", std::move(offsets)}};
 }
 
 }  // namespace specmoe::server

@@ -8,6 +8,7 @@
 #define SPECMOE_SERVER_OPENAI_API_H_
 
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -72,8 +73,8 @@ absl::Status InvalidParam(const std::string& param, const std::string& message);
 absl::StatusOr<OpenAiRequest> ParseCompletionRequest(const nlohmann::json& body);
 absl::StatusOr<OpenAiRequest> ParseChatRequest(const nlohmann::json& body);
 
-// OK, or the 400 for what this server cannot serve yet: logprobs (the engine does not report
-// them on this branch). The one place to lift once GenerationEvent carries logprobs.
+// OK, or the 400 for what this server cannot serve: echo together with logprobs (the
+// engine computes logprobs of generated tokens only, not of the prompt).
 absl::Status CheckSupported(const OpenAiRequest& request);
 
 // "stop" / "length"; "cancelled" for a request the server cancelled.
@@ -86,12 +87,31 @@ struct ChoiceResult {
   engine::FinishReason finish_reason = engine::FinishReason::kNone;
   int prompt_tokens = 0;
   int completion_tokens = 0;
+  int cached_prompt_tokens = 0;
+  uint64_t seed = 0;  // the effective sampling seed (the server's choice when none was sent)
   engine::SpeculationStats speculation;
 };
 
-// {"prompt_tokens", "completion_tokens", "total_tokens", "speculation": {...}} over all
-// choices (prompt counted once, as OpenAI does).
+// {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details":
+// {"cached_tokens"}, "speculation": {...}} over all choices (prompt counted once, as OpenAI
+// does; cached_tokens: the most any choice found in the prefix cache).
 nlohmann::json UsageJson(const std::vector<ChoiceResult>& choices);
+
+// specmoe's top-level extra object: {"seed": choice 0's effective seed}, plus "seeds" (one
+// per choice, each reproducing its choice as a single request) when there are several.
+nlohmann::json SpecmoeJson(const std::vector<ChoiceResult>& choices);
+
+// The bytes a token contributes to the text (engine::Tokenizer::TokenBytes).
+using TokenBytesFn = std::function<std::string(int32_t)>;
+
+// A choice's (or one streamed chunk's) "logprobs" for the engine's entries of its tokens.
+// Chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+// "bytes"}]}]}. Completions: {"tokens", "token_logprobs", "top_logprobs": [{token: logprob}],
+// "text_offset"}, the offsets counting characters (code points) of the choice's text from
+// *text_offset, which is advanced past these tokens. Token strings may hold a partial UTF-8
+// character (a byte-fallback token); the JSON writer replaces it, "bytes" keeps it exact.
+nlohmann::json LogprobsJson(bool chat, const std::vector<engine::TokenLogprob>& logprobs,
+                            const TokenBytesFn& token_bytes, int64_t* text_offset);
 
 }  // namespace specmoe::server
 

@@ -8,7 +8,11 @@ include_usage, n (choice i = the single request with seed + i), echo and stop st
 greedy request's tokens over HTTP equal those over gRPC (specmoe-cli) and, unary or streamed,
 equal each other; chat with the raw template equals the completion of the same text; a wrong
 key is AuthenticationError and /health stays open; invalid or unsupported parameters are
-BadRequestError naming the parameter (logprobs: not supported yet); an unknown model is
+BadRequestError naming the parameter (top_logprobs 21, echo with logprobs); logprobs over
+HTTP (completions and chat forms, unary and per streamed chunk) equal gRPC's for the same
+greedy request; the server-chosen seed (specmoe.seed) reproduces a sampled answer;
+usage.prompt_tokens_details.cached_tokens counts a repeated prompt's cached blocks and the
+bench's openai backend reports the gRPC backend's cached tokens; an unknown model is
 NotFoundError; an oversized body 413; a full queue 429 (RateLimitError); curl's raw SSE ends with `data: [DONE]`; a client that
 hangs up mid-stream has its request cancelled and its KV blocks freed (the metrics and the
 log show it); `specmoe-cli bench --backend openai` reports the same counts as the gRPC
@@ -126,8 +130,123 @@ class HttpE2eTest(unittest.TestCase):
         self.assertEqual(chunks[-1].usage.completion_tokens, 12)
         with self.assertRaises(openai.BadRequestError) as caught:
             self.client.chat.completions.create(model="e2e_target", messages=messages,
-                                                logprobs=True, top_logprobs=2)
-        self.assertIn("logprobs are not supported", caught.exception.message)
+                                                logprobs=True, top_logprobs=21)
+        self.assertEqual(caught.exception.param, "top_logprobs")
+        self.assertIn("top_logprobs", caught.exception.message)
+
+    def grpc_logprobs(self, top, max_tokens=12):
+        """The gRPC answer (specmoe-cli --json) of the greedy PROMPT with logprobs."""
+        return e2e.cli_json_lines("complete", "--server", self.server.address, "--max-tokens",
+                                  str(max_tokens), "--logprobs", str(top), PROMPT)[0]
+
+    def assert_same_values(self, http_values, grpc_values):
+        """float32 values, equal bit for bit (JSON prints them at different lengths)."""
+        f32 = lambda v: struct.unpack("f", struct.pack("f", v))[0]  # noqa: E731
+        self.assertEqual([f32(v) for v in http_values], [f32(v) for v in grpc_values])
+
+    def test_completion_logprobs_equal_grpc(self):
+        grpc = self.grpc_logprobs(3)
+        entries = grpc["logprobs"]
+        self.assertEqual([e["token_id"] for e in entries], grpc["token_ids"])
+        unary = self.complete(max_tokens=12, logprobs=3, extra_body={"return_token_ids": True})
+        choice = unary.choices[0]
+        self.assertEqual(choice.model_extra["token_ids"], grpc["token_ids"])
+        lp = choice.logprobs
+        self.assertEqual(len(lp.tokens), 12)
+        self.assert_same_values(lp.token_logprobs, [e["logprob"] for e in entries])
+        # The tokens' texts make up the text; the offsets count its characters.
+        self.assertEqual("".join(lp.tokens), choice.text)
+        self.assertEqual(lp.text_offset, [len("".join(lp.tokens[:i])) for i in range(12)])
+        for i, (top, entry) in enumerate(zip(lp.top_logprobs, entries)):
+            self.assertEqual(len(entry["top"]), 3)
+            # Keys are token texts: the values are gRPC's alternatives', in the same order.
+            self.assert_same_values(sorted(top.values(), reverse=True),
+                                    [t["logprob"] for t in entry["top"]][:len(top)])
+            if entry["top"][0]["token_id"] == entry["token_id"]:  # greedy: the best is chosen
+                self.assertEqual(top[lp.tokens[i]], lp.token_logprobs[i])
+        # Streamed: each chunk carries exactly its own tokens' entries.
+        chunks = [c for c in self.complete(max_tokens=12, logprobs=3, stream=True,
+                                           extra_body={"return_token_ids": True}) if c.choices]
+        self.assertGreater(len(chunks), 1)
+        streamed = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for c in chunks:
+            ids = c.choices[0].model_extra["token_ids"]
+            if not ids:
+                self.assertIsNone(c.choices[0].logprobs)
+                continue
+            self.assertEqual(len(c.choices[0].logprobs.tokens), len(ids))
+            for key in streamed:
+                streamed[key] += getattr(c.choices[0].logprobs, key)
+        for key in streamed:
+            self.assertEqual(streamed[key], getattr(lp, key), key)
+        # logprobs 0: the chosen tokens only.
+        zero = self.complete(max_tokens=12, logprobs=0).choices[0].logprobs
+        self.assertEqual(zero.token_logprobs, lp.token_logprobs)
+        self.assertEqual(zero.top_logprobs, [{}] * 12)
+
+    def test_chat_logprobs_equal_grpc(self):
+        grpc = self.grpc_logprobs(2)
+        messages = [{"role": "user", "content": PROMPT}]  # raw template: the same prompt
+        args = dict(model="e2e_target", messages=messages, max_tokens=12, temperature=0,
+                    logprobs=True, top_logprobs=2)
+        unary = self.client.chat.completions.create(**args)
+        content = unary.choices[0].logprobs.content
+        self.assertEqual(len(content), 12)
+        self.assert_same_values([c.logprob for c in content],
+                                [e["logprob"] for e in grpc["logprobs"]])
+        self.assertEqual(b"".join(bytes(c.bytes) for c in content).decode(),
+                         unary.choices[0].message.content)
+        for c, entry in zip(content, grpc["logprobs"]):
+            self.assertEqual(c.token, bytes(c.bytes).decode("utf-8", "replace"))
+            self.assert_same_values([t.logprob for t in c.top_logprobs],
+                                    [t["logprob"] for t in entry["top"]])
+            for t, g in zip(c.top_logprobs, entry["top"]):
+                if g["token_id"] == entry["token_id"]:
+                    self.assertEqual((t.token, t.bytes), (c.token, c.bytes))
+        chunks = list(self.client.chat.completions.create(stream=True, **args))
+        streamed = []
+        for chunk in chunks:
+            if chunk.choices and chunk.choices[0].logprobs is not None:
+                streamed += chunk.choices[0].logprobs.content
+        self.assertEqual([c.model_dump() for c in streamed], [c.model_dump() for c in content])
+        # Without top_logprobs: no alternatives.
+        plain = self.client.chat.completions.create(
+            model="e2e_target", messages=messages, max_tokens=4, temperature=0, logprobs=True)
+        self.assertEqual([c.top_logprobs for c in plain.choices[0].logprobs.content], [[]] * 4)
+        self.assertIsNone(self.client.chat.completions.create(
+            model="e2e_target", messages=messages, max_tokens=4).choices[0].logprobs)
+
+    def test_seed_echo_reproduces_a_sampled_answer(self):
+        first = self.complete(temperature=0.9, max_tokens=12)
+        seed = first.model_extra["specmoe"]["seed"]
+        self.assertGreater(seed, 0)
+        again = self.complete(temperature=0.9, max_tokens=12, seed=seed)
+        self.assertEqual(again.choices[0].text, first.choices[0].text)
+        self.assertEqual(again.model_extra["specmoe"]["seed"], seed)
+        chunks = list(self.complete(temperature=0.9, max_tokens=12, stream=True,
+                                    stream_options={"include_usage": True}))
+        streamed_seed = chunks[-1].model_extra["specmoe"]["seed"]
+        finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+        self.assertEqual(finishing[0].model_extra["specmoe"]["seed"], streamed_seed)
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        self.assertEqual(self.complete(temperature=0.9, max_tokens=12,
+                                       seed=streamed_seed).choices[0].text, text)
+        several = self.complete(temperature=0.9, max_tokens=6, n=2).model_extra["specmoe"]
+        self.assertEqual(len(several["seeds"]), 2)
+        self.assertEqual(several["seed"], several["seeds"][0])
+
+    def test_cached_tokens_on_a_repeated_prompt(self):
+        prompt = ("Now the serpent was more subtil than any beast of the field which the "
+                  "LORD God had made, and he said unto the woman, Yea, hath God said")
+        first = self.complete(prompt=prompt, max_tokens=2)
+        self.assertEqual(first.usage.prompt_tokens_details.cached_tokens, 0)
+        self.assertGreater(first.usage.prompt_tokens, 32)
+        second = self.complete(prompt=prompt, max_tokens=2)
+        cached = second.usage.prompt_tokens_details.cached_tokens
+        self.assertGreater(cached, 0)
+        self.assertEqual(cached % 16, 0)
+        self.assertLess(cached, second.usage.prompt_tokens)
+        self.assertEqual(second.choices[0].text, first.choices[0].text)
 
     def test_n_choices_are_seed_plus_i(self):
         sampled = self.complete(n=3, temperature=0.8, seed=7, max_tokens=10)
@@ -160,8 +279,8 @@ class HttpE2eTest(unittest.TestCase):
                  (dict(frequency_penalty=1.0), "frequency_penalty"),
                  (dict(n=9), "n"),
                  (dict(top_p="high"), "top_p"),
-                 (dict(logprobs=2), "logprobs"),
-                 (dict(echo=True, logprobs=0), "logprobs"),
+                 (dict(logprobs=21), "logprobs"),
+                 (dict(echo=True, logprobs=0), "echo"),
                  (dict(prompt=[1, 999999]), "prompt")]
         for kwargs, param in cases:
             with self.subTest(param=param):
@@ -277,6 +396,21 @@ class HttpE2eTest(unittest.TestCase):
             self.assertEqual(http[key], grpc[key], key)
         self.assertEqual(http["completed"], 6)
         self.assertGreater(http["mean_ttft_ms"], 0)
+        # Cached prompt tokens: a shared 48-token prefix, one request at a time; each backend
+        # its own prefix (--seed), so the second run does not find the first one's blocks.
+        cached = []
+        for seed, backend in (("5", ["--server", self.server.address]),
+                              ("6", ["--backend", "openai", "--base-url", self.base + "/v1"])):
+            path = os.path.join(self.tmp, f"bench_cached_{seed}.json")
+            result = e2e.cli("--seed", seed, "bench", *backend, "--dataset-name", "random",
+                             "--input-len", "8", "--shared-prefix-tokens", "48",
+                             "--num-requests", "3", "--concurrency", "1", "--output-len", "2",
+                             "--ignore-eos", "--json", path)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            with open(path) as f:
+                cached.append(json.load(f)["total_cached_prompt_tokens"])
+        self.assertGreater(cached[0], 0)
+        self.assertEqual(cached[1], cached[0])
 
 
 class HttpSecurityTest(unittest.TestCase):

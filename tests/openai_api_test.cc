@@ -87,7 +87,9 @@ TEST(OpenAiApiTest, RefusalsNameTheField) {
   EXPECT_EQ(RefusedParam(R"({"prompt": "x", "speculation": {"expansion": [-1]}})"),
             "speculation.expansion");
   EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 21})"), "logprobs");
-  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 0})"), "logprobs");  // not yet
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 0})"), "<accepted>");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 20})"), "<accepted>");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 0, "echo": true})"), "echo");
   EXPECT_EQ(RefusedParam(R"([1, 2])"), "");
   EXPECT_EQ(RefusedParam(R"({"messages": []})", true), "messages");
   EXPECT_EQ(RefusedParam(R"({"messages": [{"role": "user", "content": 5}]})", true),
@@ -102,8 +104,11 @@ TEST(OpenAiApiTest, RefusalsNameTheField) {
                              "top_logprobs": 2})", true),
             "top_logprobs");
   EXPECT_EQ(RefusedParam(R"({"messages": [{"role": "user", "content": "a"}],
-                             "logprobs": true, "top_logprobs": 2})", true),
-            "logprobs");  // not yet
+                             "logprobs": true, "top_logprobs": 21})", true),
+            "top_logprobs");
+  EXPECT_EQ(RefusedParam(R"({"messages": [{"role": "user", "content": "a"}],
+                             "logprobs": true, "top_logprobs": 20})", true),
+            "<accepted>");
 }
 
 TEST(OpenAiApiTest, ChatConverts) {
@@ -156,6 +161,95 @@ TEST(OpenAiApiTest, UsageSumsChoices) {
   EXPECT_EQ(usage["speculation"]["verify_steps"], 5);
   EXPECT_EQ(usage["speculation"]["drafted_tokens"], 12);
   EXPECT_DOUBLE_EQ(usage["speculation"]["mean_tokens_per_step"].get<double>(), 2.0);
+  EXPECT_EQ(usage["prompt_tokens_details"]["cached_tokens"], 0);
+}
+
+TEST(OpenAiApiTest, UsageCachedTokensAndSeeds) {
+  ChoiceResult a;
+  a.prompt_tokens = 40;
+  a.cached_prompt_tokens = 16;
+  a.seed = 7;
+  ChoiceResult b = a;
+  b.cached_prompt_tokens = 32;
+  b.seed = 8;
+  EXPECT_EQ(UsageJson({a, b})["prompt_tokens_details"]["cached_tokens"], 32);
+  EXPECT_EQ(SpecmoeJson({a}), json::parse(R"({"seed": 7})"));
+  EXPECT_EQ(SpecmoeJson({a, b}), json::parse(R"({"seed": 7, "seeds": [7, 8]})"));
+}
+
+TEST(OpenAiApiTest, SeedTakesTheWholeUint64Range) {
+  absl::StatusOr<OpenAiRequest> r =
+      ParseCompletionRequest(json::parse(R"({"prompt": "x", "seed": 18446744073709551615})"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->generation.sampling.seed, 18446744073709551615u);
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "seed": -1})"), "seed");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "seed": 1.5})"), "seed");
+}
+
+TEST(OpenAiApiTest, LogprobsRequestsReachTheEngine) {
+  absl::StatusOr<OpenAiRequest> c = ParseCompletionRequest(json::parse(R"({"prompt": "x",
+      "logprobs": 3})"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->generation.logprobs);
+  EXPECT_EQ(c->generation.top_logprobs, 3);
+  absl::StatusOr<OpenAiRequest> chat = ParseChatRequest(json::parse(
+      R"({"messages": [{"role": "user", "content": "a"}], "logprobs": true})"));
+  ASSERT_TRUE(chat.ok());
+  EXPECT_TRUE(chat->generation.logprobs);
+  EXPECT_EQ(chat->generation.top_logprobs, 0);
+  absl::StatusOr<OpenAiRequest> off = ParseCompletionRequest(json::parse(R"({"prompt": "x"})"));
+  ASSERT_TRUE(off.ok());
+  EXPECT_FALSE(off->generation.wants_logprobs());
+}
+
+// Token texts of a toy vocabulary: 1 "He", 2 " llo", 3 "\xC3" and 4 "\xA9" (the two bytes of
+// "é"), 5 "" (a control token), 6 "he" (a second id sharing no text), 7 "He" again.
+std::string ToyBytes(int32_t id) {
+  switch (id) {
+    case 1: case 7: return "He";
+    case 2: return " llo";
+    case 3: return "\xC3";
+    case 4: return "\xA9";
+    case 6: return "he";
+    default: return "";
+  }
+}
+
+std::vector<engine::TokenLogprob> ToyLogprobs() {
+  std::vector<engine::TokenLogprob> out(3);
+  out[0] = {1, -0.5f, {{1, -0.5f}, {7, -1.0f}, {6, -2.0f}}};
+  out[1] = {3, -0.25f, {{3, -0.25f}}};
+  out[2] = {4, -0.125f, {}};
+  return out;
+}
+
+TEST(OpenAiApiTest, CompletionLogprobsShape) {
+  int64_t offset = 10;
+  const json lp = LogprobsJson(false, ToyLogprobs(), ToyBytes, &offset);
+  EXPECT_EQ(lp["tokens"][0], "He");
+  EXPECT_EQ(lp["tokens"][1].get<std::string>(), "\xC3");
+  EXPECT_EQ(lp["token_logprobs"], json::parse("[-0.5, -0.25, -0.125]"));
+  // Same text, two ids: the more likely one keeps the key.
+  EXPECT_EQ(lp["top_logprobs"][0], json::parse(R"({"He": -0.5, "he": -2.0})"));
+  EXPECT_EQ(lp["top_logprobs"][2], json::object());
+  // Code points: "He" is 2; the two bytes of "é" are one character together.
+  EXPECT_EQ(lp["text_offset"], json::parse("[10, 12, 13]"));
+  EXPECT_EQ(offset, 13);
+}
+
+TEST(OpenAiApiTest, ChatLogprobsShape) {
+  int64_t offset = 0;
+  const json lp = LogprobsJson(true, ToyLogprobs(), ToyBytes, &offset);
+  ASSERT_EQ(lp["content"].size(), 3u);
+  EXPECT_EQ(lp["content"][0]["token"], "He");
+  EXPECT_EQ(lp["content"][0]["logprob"], -0.5);
+  EXPECT_EQ(lp["content"][0]["bytes"], json::parse("[72, 101]"));
+  EXPECT_EQ(lp["content"][0]["top_logprobs"].size(), 3u);
+  EXPECT_EQ(lp["content"][0]["top_logprobs"][1],
+            json::parse(R"({"token": "He", "logprob": -1.0, "bytes": [72, 101]})"));
+  EXPECT_EQ(lp["content"][1]["bytes"], json::parse("[195]"));
+  EXPECT_EQ(lp["content"][2]["bytes"], json::parse("[169]"));
+  EXPECT_EQ(lp["content"][2]["top_logprobs"], json::array());
 }
 
 }  // namespace

@@ -121,6 +121,28 @@ TEST_F(TokenizerTest, DecodeRoundTripsTextIncludingByteFallback) {
   EXPECT_EQ(tokenizer_->Decode({IdOf("▁world"), 99999, -3}), "world");
 }
 
+// TokenBytes (the OpenAI API's per-token texts): after a prompt, the tokens' bytes make up
+// exactly the text SentencePiece decodes for them.
+TEST_F(TokenizerTest, TokenBytesMakeUpTheDecodedContinuation) {
+  for (const std::string text :
+       {"Hello world", "café", "price: 5 €", "日本語のテキスト", "emoji 🙂 and 🚀!", "a\nb\n\nc",
+        "  two leading spaces"}) {
+    IncrementalDetokenizer detokenizer(tokenizer_.get(), tokenizer_->Encode("Cost:", true));
+    std::string bytes;
+    for (int32_t id : tokenizer_->Encode(text, false)) {
+      detokenizer.Add(id);
+      bytes += tokenizer_->TokenBytes(id);
+    }
+    EXPECT_EQ(bytes, detokenizer.text()) << text;
+  }
+  EXPECT_EQ(tokenizer_->TokenBytes(IdOf("▁world")), " world");
+  EXPECT_EQ(tokenizer_->TokenBytes(IdOf("<0xE2>")), "\xE2");
+  EXPECT_EQ(tokenizer_->TokenBytes(tokenizer_->bos_id()), "");
+  EXPECT_EQ(tokenizer_->TokenBytes(tokenizer_->eos_id()), "");
+  EXPECT_EQ(tokenizer_->TokenBytes(-1), "");
+  EXPECT_EQ(tokenizer_->TokenBytes(tokenizer_->vocab_size()), "");
+}
+
 TEST_F(TokenizerTest, LoadNamesTheMissingFile) {
   const std::string dir = ::testing::TempDir() + "/no_tokenizer_here";
   std::filesystem::create_directories(dir);

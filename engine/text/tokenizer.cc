@@ -21,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "engine/text/bpe_tokenizer.h"
 
 namespace specmoe::engine {
@@ -198,6 +199,18 @@ const char* Tokenizer::source() const {
 std::string Tokenizer::piece(int id) const {
   if (id < 0 || id >= vocab_size()) return std::string();
   return bpe_ != nullptr ? bpe_->piece(id) : sp_->IdToPiece(id);
+}
+
+std::string Tokenizer::TokenBytes(int id) const {
+  if (id < 0 || id >= vocab_size()) return std::string();
+  if (bpe_ != nullptr) return bpe_->DecodeBytes({id});
+  if (sp_->IsControl(id)) return std::string();
+  const std::string text = sp_->IdToPiece(id);
+  if (sp_->IsByte(id)) {
+    const int byte = ByteOfPiece(text);
+    if (byte >= 0) return std::string(1, static_cast<char>(byte));
+  }
+  return absl::StrReplaceAll(text, {{"\xE2\x96\x81", " "}});
 }
 
 bool Tokenizer::EndsInsideCharacter(const std::vector<int32_t>& ids,

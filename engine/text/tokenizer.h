@@ -50,6 +50,11 @@ class Tokenizer {
   int bos_id() const;
   int eos_id() const;
   std::string piece(int id) const;
+  // The bytes token `id` contributes inside a decoded text (SentencePiece: the piece with
+  // U+2581 as a space, a byte-fallback piece as its one byte; byte-level BPE: its bytes).
+  // Not always valid UTF-8 on its own; empty for control/special tokens and ids outside the
+  // vocabulary. For the OpenAI API's per-token logprobs (server/openai_api.h).
+  std::string TokenBytes(int id) const;
   // All pieces in id order (compared between draft and target, engine/README.md, Tokenizer).
   std::vector<std::string> pieces() const;
   // Which file the vocabulary came from: "tokenizer.model" or "tokenizer.json".
