@@ -13,9 +13,10 @@
 // A chi-square test (cells with expected count < 5 pooled; any draw of a zero-probability
 // token is an outright failure) must NOT reject at p = 1e-9 for the engine's verifier, for
 // the first token and for the pair. The same test must reject each of the three wrong
-// variants engine/README.md (Verification) warns about, kept below as deliberately wrong node rules. The same
-// cases run again with dynamic trees (the tree policy's per-node counts, fixed before the
-// children are drawn), and a policy that drops drawn children must be rejected.
+// variants engine/README.md (Verification) warns about, kept below as deliberately wrong
+// node rules. The same cases run again with dynamic trees (the tree policy's per-node
+// counts, fixed before the children are drawn), and a policy that drops drawn children must
+// be rejected.
 // Coupled verification (the default, engine/spec/gumbel.h) gets the same first-token and
 // pair tests over 10^6 seeds, with static and dynamic trees: the tree's children are the
 // top of log q + G(seed, position, v), the target's choice Gumbel-max with the same noise.
@@ -323,6 +324,24 @@ TreeBuilder StaticBuilder(const Case& c) {
   };
 }
 
+// The chi-square tests of the observed first tokens and pairs against the target's own
+// distributions (the pair's second token from the path table's child row), and the means.
+Outcome Summarize(const PathTable& table, const std::vector<int64_t>& first_counts,
+                  const std::vector<int64_t>& joint_counts, int64_t emitted, int64_t nodes) {
+  const std::vector<double> p_root = Normalized(table.p[0]);
+  std::vector<double> joint(kVocab * kVocab, 0.0);
+  for (int a = 0; a < kVocab; ++a) {
+    const std::vector<double> p_next = Normalized(table.p[table.child[0][a]]);
+    for (int b = 0; b < kVocab; ++b) joint[a * kVocab + b] = p_root[a] * p_next[b];
+  }
+  Outcome out;
+  out.first = ChiSquareTest(first_counts, p_root);
+  out.joint = ChiSquareTest(joint_counts, joint);
+  out.mean_emitted = static_cast<double>(emitted) / kTrials;
+  out.mean_nodes = static_cast<double>(nodes) / kTrials;
+  return out;
+}
+
 Outcome RunTrials(const Case& c, Verifier verify, const TreeBuilder& build,
                   const AfterVerify& after = nullptr) {
   const std::vector<int32_t> prompt = {3, 5, 1};  // the root token is 1
@@ -368,18 +387,7 @@ Outcome RunTrials(const Case& c, Verifier verify, const TreeBuilder& build,
     ++joint_counts[t1 * kVocab + t2];
   }
 
-  const std::vector<double> p_root = Normalized(table.p[0]);
-  std::vector<double> joint(kVocab * kVocab, 0.0);
-  for (int a = 0; a < kVocab; ++a) {
-    const std::vector<double> p_next = Normalized(table.p[table.child[0][a]]);
-    for (int b = 0; b < kVocab; ++b) joint[a * kVocab + b] = p_root[a] * p_next[b];
-  }
-  Outcome out;
-  out.first = ChiSquareTest(first_counts, p_root);
-  out.joint = ChiSquareTest(joint_counts, joint);
-  out.mean_emitted = static_cast<double>(emitted) / kTrials;
-  out.mean_nodes = static_cast<double>(nodes) / kTrials;
-  return out;
+  return Summarize(table, first_counts, joint_counts, emitted, nodes);
 }
 
 Outcome RunCase(const Case& c, Verifier verify) { return RunTrials(c, verify, StaticBuilder(c)); }
@@ -740,18 +748,7 @@ Outcome RunCoupledTrials(CoupledRun& run) {
     ++first_counts[t1];
     ++joint_counts[t1 * kVocab + t2];
   }
-  const std::vector<double> p_root = Normalized(table.p[0]);
-  std::vector<double> joint(kVocab * kVocab, 0.0);
-  for (int a = 0; a < kVocab; ++a) {
-    const std::vector<double> p_next = Normalized(table.p[table.child[0][a]]);
-    for (int b = 0; b < kVocab; ++b) joint[a * kVocab + b] = p_root[a] * p_next[b];
-  }
-  Outcome out;
-  out.first = ChiSquareTest(first_counts, p_root);
-  out.joint = ChiSquareTest(joint_counts, joint);
-  out.mean_emitted = static_cast<double>(emitted) / kTrials;
-  out.mean_nodes = static_cast<double>(nodes) / kTrials;
-  return out;
+  return Summarize(table, first_counts, joint_counts, emitted, nodes);
 }
 
 // The coupled cases: temperatures, top-k, top-p and the penalty, a draft processed

@@ -3,7 +3,8 @@
 //
 // Parsing refuses, by name, every config feature the engine does not implement (a
 // rope_scaling other than LLaMA-3's "llama3", attention_bias / mlp_bias true, hidden_act
-// other than silu, an unknown model_type or architecture) so that no model is ever loaded into silently wrong output.
+// other than silu, an unknown model_type or architecture) so that no model is ever loaded
+// into silently wrong output.
 // Tested by tests/model_config_test.cc and fuzzed by tests/fuzz_config.cc.
 #ifndef SPECMOE_ENGINE_LOADER_MODEL_CONFIG_H_
 #define SPECMOE_ENGINE_LOADER_MODEL_CONFIG_H_

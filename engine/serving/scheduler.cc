@@ -360,7 +360,9 @@ StepReport Scheduler::Step() {
     }
   }
   Compact(*models_->backend, *models_->target_cache, target_moves);
-  if (models_->draft_cache != nullptr) Compact(*models_->backend, *models_->draft_cache, draft_moves);
+  if (models_->draft_cache != nullptr) {
+    Compact(*models_->backend, *models_->draft_cache, draft_moves);
+  }
   std::erase_if(running_, [&](const std::unique_ptr<Sequence>& s) {
     return std::find(finished.begin(), finished.end(), s.get()) != finished.end();
   });
@@ -487,8 +489,8 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
   // the step's one compaction per cache (also for a request that finishes now: its full
   // blocks are offered to the prefix cache, so their K/V must be in place; nothing is
   // allocated before the compaction runs).
-  Moves target, draft;
-  AddMoves(*models_->target_cache, seq.target_blocks, root_pos, result.accepted_nodes, &target);
+  AddMoves(*models_->target_cache, seq.target_blocks, root_pos, result.accepted_nodes,
+           target_moves);
   seq.target_len = root_pos + 1 + static_cast<int>(result.accepted_nodes.size());
   const bool drafted = job.blocks != nullptr;
   if (drafted) {
@@ -499,17 +501,13 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
         in_draft_cache.push_back(node);
       }
     }
-    AddMoves(*models_->draft_cache, seq.draft_blocks, root_pos, in_draft_cache, &draft);
+    AddMoves(*models_->draft_cache, seq.draft_blocks, root_pos, in_draft_cache, draft_moves);
     seq.draft_len = root_pos + 1 + static_cast<int>(in_draft_cache.size());
   }
   std::vector<int32_t> emitted;
   for (int node : result.accepted_nodes) emitted.push_back(job.tree.token[node]);
   emitted.push_back(result.bonus_token);
   Emitted out = Commit(seq, emitted, models_->eos_ids, models_->max_context);
-  target_moves->src.insert(target_moves->src.end(), target.src.begin(), target.src.end());
-  target_moves->dst.insert(target_moves->dst.end(), target.dst.begin(), target.dst.end());
-  draft_moves->src.insert(draft_moves->src.end(), draft.src.begin(), draft.src.end());
-  draft_moves->dst.insert(draft_moves->dst.end(), draft.dst.begin(), draft.dst.end());
   // Every target pass of a speculating request is a verify step, even one whose tree was
   // cut to the root (near max_tokens, or while the draft backs off).
   if (seq.speculating()) {
