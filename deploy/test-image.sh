@@ -167,24 +167,34 @@ echo "test-image: the runtime image has no compiler, no header, no -dev package,
 MODELS=$ROOT/tests/fixtures/models
 PORT=$(free_port)
 METRICS_PORT=$(free_port)
-# podman would time the HEALTHCHECK with systemd (absent here: it logs an error and goes
-# on); --health-interval=disable asks it not to, and the test runs the check itself.
-CONTAINER=$(podman_run run -d --network=host --health-interval=disable \
-    -v "$MODELS/e2e_target:/models/target:ro" -v "$MODELS/e2e_draft:/models/draft:ro" \
-    -e SPECMOE_LISTEN="0.0.0.0:$PORT" -e SPECMOE_METRICS_LISTEN="0.0.0.0:$METRICS_PORT" \
-    -e SPECMOE_THREADS=2 "$IMAGE" 2>"$WORK/podman.err") || { cat "$WORK/podman.err"; die "podman run failed"; }
-# The image's HEALTHCHECK command, as an engine runs it.
-mapfile -t health_cmd < <(podman image inspect --format '{{json .HealthCheck.Test}}' "$IMAGE" |
-    python3 -c 'import json,sys; t=json.load(sys.stdin); assert t[0]=="CMD", t; print("\n".join(t[1:]))')
-health=""
-for _ in $(seq 1 240); do
-  health=$(podman_run exec "$CONTAINER" "${health_cmd[@]}" 2>/dev/null || true)
-  [ "$health" = SERVING ] && break
-  [ "$(podman_run inspect --format '{{.State.Running}}' "$CONTAINER")" = true ] ||
-    { podman_run logs "$CONTAINER"; die "the container stopped while starting"; }
-  sleep 0.5
-done
-[ "$health" = SERVING ] || { podman_run logs "$CONTAINER"; die "HEALTHCHECK ${health_cmd[*]} never reported SERVING"; }
+# start_serving IMAGE ENV...: runs IMAGE on the e2e fixture pair with the given -e settings
+# and waits until the image's HEALTHCHECK command, run as an engine runs it, says SERVING.
+# Sets CONTAINER and health_cmd. podman would time the HEALTHCHECK with systemd (absent
+# here: it logs an error and goes on); --health-interval=disable asks it not to, and the
+# test runs the check itself.
+start_serving() {
+  local image=$1; shift
+  local env=() setting
+  for setting in "$@"; do env+=(-e "$setting"); done
+  CONTAINER=$(podman_run run -d --network=host --health-interval=disable \
+      -v "$MODELS/e2e_target:/models/target:ro" -v "$MODELS/e2e_draft:/models/draft:ro" \
+      "${env[@]}" "$image" 2>"$WORK/podman.err") ||
+    { cat "$WORK/podman.err"; die "podman run $image failed"; }
+  mapfile -t health_cmd < <(podman image inspect --format '{{json .HealthCheck.Test}}' "$image" |
+      python3 -c 'import json,sys; t=json.load(sys.stdin); assert t[0]=="CMD", t; print("\n".join(t[1:]))')
+  local health="" _
+  for _ in $(seq 1 240); do
+    health=$(podman_run exec "$CONTAINER" "${health_cmd[@]}" 2>/dev/null || true)
+    [ "$health" = SERVING ] && break
+    [ "$(podman_run inspect --format '{{.State.Running}}' "$CONTAINER")" = true ] ||
+      { podman_run logs "$CONTAINER"; die "the $image container stopped while starting"; }
+    sleep 0.5
+  done
+  [ "$health" = SERVING ] ||
+    { podman_run logs "$CONTAINER"; die "HEALTHCHECK ${health_cmd[*]} of $image never reported SERVING"; }
+}
+start_serving "$IMAGE" SPECMOE_LISTEN="0.0.0.0:$PORT" SPECMOE_METRICS_LISTEN="0.0.0.0:$METRICS_PORT" \
+  SPECMOE_THREADS=2
 podman_run healthcheck run "$CONTAINER" >/dev/null 2>&1 || die "podman healthcheck run: unhealthy"
 echo "test-image: HEALTHCHECK ${health_cmd[*]} reports SERVING; podman healthcheck run: healthy"
 phase "container start"
@@ -289,22 +299,8 @@ echo "test-image: built $CUDA_IMAGE ($(podman image inspect --format '{{.Size}}'
     awk '{printf "%.0f MB", $1/1e6}'); CUDA libraries: $cuda_libs; $(cat "$WORK/cuda-bundle.log"))"
 phase "CUDA image build"
 PORT=$(free_port)
-CONTAINER=$(podman_run run -d --network=host --health-interval=disable \
-    -v "$MODELS/e2e_target:/models/target:ro" -v "$MODELS/e2e_draft:/models/draft:ro" \
-    -e SPECMOE_LISTEN="0.0.0.0:$PORT" -e SPECMOE_METRICS_LISTEN= -e SPECMOE_DEVICE=auto \
-    -e SPECMOE_THREADS=2 "$CUDA_IMAGE" 2>"$WORK/podman.err") ||
-  { cat "$WORK/podman.err"; die "podman run $CUDA_IMAGE failed"; }
-mapfile -t health_cmd < <(podman image inspect --format '{{json .HealthCheck.Test}}' "$CUDA_IMAGE" |
-    python3 -c 'import json,sys; t=json.load(sys.stdin); assert t[0]=="CMD", t; print("\n".join(t[1:]))')
-health=""
-for _ in $(seq 1 240); do
-  health=$(podman_run exec "$CONTAINER" "${health_cmd[@]}" 2>/dev/null || true)
-  [ "$health" = SERVING ] && break
-  [ "$(podman_run inspect --format '{{.State.Running}}' "$CONTAINER")" = true ] ||
-    { podman_run logs "$CONTAINER"; die "the CUDA container stopped while starting"; }
-  sleep 0.5
-done
-[ "$health" = SERVING ] || { podman_run logs "$CONTAINER"; die "the CUDA container never reported SERVING"; }
+start_serving "$CUDA_IMAGE" SPECMOE_LISTEN="0.0.0.0:$PORT" SPECMOE_METRICS_LISTEN= \
+  SPECMOE_DEVICE=auto SPECMOE_THREADS=2
 "$CLI" "${request[@]}" --server "127.0.0.1:$PORT" >"$WORK/cuda.json" ||
   die "the completion against the CUDA container failed"
 podman_run logs "$CONTAINER" >"$WORK/cuda-container.log" 2>&1
