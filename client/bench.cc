@@ -336,7 +336,9 @@ class OpenAiRunner final : public Runner {
                                : std::chrono::milliseconds(3600 * 1000);
       client->set_read_timeout(timeout);
       client->set_write_timeout(timeout);
-      client->set_keep_alive(true);
+      // A connection per request: a kept-alive one that the server closed while idle (as
+      // llama-server does after its keep-alive timeout) fails the next request's read.
+      client->set_keep_alive(false);
       client->set_tcp_nodelay(true);
       if (!api_key_.empty()) client->set_bearer_token_auth(api_key_.c_str());
     }
@@ -1050,6 +1052,11 @@ int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel
         info.set_draft(meta["draft"].get<std::string>());
       }
       info.set_vocab_size(meta.value("vocab_size", 0));
+    }
+    // llama.cpp's llama-server gives its vocabulary as meta.n_vocab.
+    if (info.vocab_size() == 0 && first.contains("meta") && first["meta"].is_object() &&
+        first["meta"].contains("n_vocab") && first["meta"]["n_vocab"].is_number_integer()) {
+      info.set_vocab_size(first["meta"]["n_vocab"].get<int>());
     }
     if (info.vocab_size() == 0) {
       info.set_vocab_size(32000);  // LLaMA's; the server does not say
