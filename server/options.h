@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/serving/engine.h"
+#include "engine/serving/engine_options.h"
 
 namespace specmoe::server {
 

@@ -23,10 +23,12 @@
 #include <vector>
 
 #include "engine/model/runner.h"
-#include "engine/serving/engine.h"
+#include "engine/serving/engine_options.h"
+#include "engine/serving/engine_stats.h"
 #include "engine/serving/model_set.h"
 #include "engine/serving/prefix_cache.h"
 #include "engine/serving/sequence.h"
+#include "engine/serving/step_report.h"
 #include "engine/spec/drafter.h"
 #include "engine/spec/logits.h"
 #include "engine/spec/tree_policy.h"

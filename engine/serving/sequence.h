@@ -20,9 +20,9 @@
 #include <vector>
 
 #include "engine/model/kv_cache.h"
-#include "engine/serving/engine.h"
 #include "engine/serving/prefix_cache.h"
 #include "engine/serving/request.h"
+#include "engine/serving/request_handle.h"
 #include "engine/spec/rng.h"
 #include "engine/spec/tree_policy.h"
 #include "engine/spec/verifier.h"
