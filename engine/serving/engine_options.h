@@ -23,7 +23,7 @@ struct EngineOptions {
   // visible, else cpu (ModelSet::device says which was taken).
   std::string device = "cpu";
   int threads = 0;                                        // 0: all cores
-  std::vector<int> expansion = {1, 1, 3, 1, 1, 1, 1, 1};  // default tree
+  std::vector<int> expansion = {1, 1, 3, 1, 1, 1, 1, 1};  // the default expansion
   int max_queue = 64;   // waiting requests before RESOURCE_EXHAUSTED
   int max_batch = 16;   // requests running at once
   int max_context = 0;  // 0: the target's max_position_embeddings

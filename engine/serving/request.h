@@ -15,7 +15,7 @@ namespace specmoe::engine {
 
 struct SpeculationParams {
   bool disable = false;
-  std::vector<int> expansion;       // empty: the engine's default tree
+  std::vector<int> expansion;       // empty: the engine's default expansion
 };
 
 // As the transport converts it from the wire (server/README.md, Wire contract), then completed by
