@@ -4,6 +4,7 @@
 #ifndef SPECMOE_ENGINE_SERVING_ENGINE_OPTIONS_H_
 #define SPECMOE_ENGINE_SERVING_ENGINE_OPTIONS_H_
 
+#include <array>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,20 +17,30 @@
 
 namespace specmoe::engine {
 
+// The defaults of EngineOptions, which the server's flags take too (server/options.h).
+// The default expansion: SpecInfer's, 20 tree nodes under the root.
+inline constexpr std::array<int, 8> kDefaultExpansion = {1, 1, 3, 1, 1, 1, 1, 1};
+inline constexpr int kDefaultMaxQueue = 64;
+inline constexpr int kDefaultMaxBatch = 16;
+inline constexpr int kDefaultMaxStepTokens = 256;
+
 struct EngineOptions {
   std::string target_dir;  // Hugging Face model folder (required)
   std::string draft_dir;   // optional: enables speculation
   // "cpu", "cuda", or "auto": cuda when this build has the CUDA backend and a device is
-  // visible, else cpu (ModelSet::device says which was taken).
+  // visible, else cpu (ModelSet::device says which was taken). The library's default is the
+  // CPU, where every kernel is batch-invariant (the tests rely on it); the server's --device
+  // defaults to auto.
   std::string device = "cpu";
-  int threads = 0;                                        // 0: all cores
-  std::vector<int> expansion = {1, 1, 3, 1, 1, 1, 1, 1};  // the default expansion
-  int max_queue = 64;   // waiting requests before RESOURCE_EXHAUSTED
-  int max_batch = 16;   // requests running at once
-  int max_context = 0;  // 0: the target's max_position_embeddings
+  int threads = 0;  // 0: all cores
+  // The default expansion (a request's own replaces it).
+  std::vector<int> expansion{kDefaultExpansion.begin(), kDefaultExpansion.end()};
+  int max_queue = kDefaultMaxQueue;  // waiting requests before RESOURCE_EXHAUSTED
+  int max_batch = kDefaultMaxBatch;  // requests running at once
+  int max_context = 0;               // 0: the target's max_position_embeddings
   // Tokens in one target forward: every decoding request's root + tree first, then prompt
   // chunks of prefilling requests (chunked prefill). Also the largest prefill chunk.
-  int max_step_tokens = 256;
+  int max_step_tokens = kDefaultMaxStepTokens;
   // KV budget in tokens per model (both caches get this many slots; the memory counted is
   // both). 0: kv_cache_fraction of the memory left after the weights, or, when that is 0
   // too, room for max_batch sequences of the full context.
