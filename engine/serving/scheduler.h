@@ -58,7 +58,6 @@ class Scheduler {
   const std::vector<std::unique_ptr<Sequence>>& running() const { return running_; }
   const std::deque<std::unique_ptr<Sequence>>& waiting() const { return waiting_; }
   int64_t preemptions() const { return preemptions_; }
-  TreePolicy& policy() { return policy_; }
   const PrefixCache& prefix_cache() const { return prefix_cache_; }
 
  private:
