@@ -67,6 +67,10 @@ std::string ParseSlo(const std::string& text, std::map<std::string, double>* slo
 int RunBench(const BenchOptions& options, std::shared_ptr<grpc::Channel> channel,
              const std::string& api_key);
 
+// The canonical name of a gRPC status code ("INVALID_ARGUMENT"; "UNKNOWN" out of range): the
+// CLI's error lines and the benchmark's report.
+const char* CodeName(grpc::StatusCode code);
+
 }  // namespace specmoe::client
 
 #endif  // SPECMOE_CLIENT_BENCH_H_

@@ -32,20 +32,6 @@ namespace {
 namespace v1 = ::specmoe::v1;
 using Clock = std::chrono::steady_clock;
 
-const char* CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    default: return "OTHER";
-  }
-}
-
 // The id as logged for a refused request: an over-long id (itself the refusal) is cut.
 std::string LoggedId(const std::string& id) {
   if (id.size() <= engine::kMaxRequestIdBytes) return id;
@@ -60,7 +46,7 @@ void LogRefused(const char* rpc, const std::string& request_id, const std::strin
   LogRequest(status.error_code() == grpc::StatusCode::UNAVAILABLE ? spdlog::level::info
                                                                    : spdlog::level::warn,
              LoggedId(request_id),
-             absl::StrCat("rpc=", rpc, " refused code=", CodeName(status.error_code()),
+             absl::StrCat("rpc=", rpc, " refused code=", GrpcCodeName(status.error_code()),
                           " peer=", peer, " reason=", status.error_message()),
              {{"rpc", rpc},
               {"peer", peer},

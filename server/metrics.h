@@ -20,6 +20,8 @@
 
 #include "absl/status/status.h"
 #include "engine/serving/engine.h"
+#include "engine/serving/engine_stats.h"
+#include "engine/serving/step_report.h"
 
 namespace httplib {
 class Server;

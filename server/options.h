@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/serving/engine.h"
+#include "engine/serving/engine_options.h"
+#include "engine/serving/request.h"
+#include "engine/serving/request_validator.h"
 
 namespace specmoe::server {
 
@@ -18,12 +20,13 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:50051";          // --listen (port 0: a free port)
   std::string port_file;                           // --port-file
   std::string device = "auto";                     // --device cpu|cuda|auto
-  std::vector<int> tree = {1, 1, 3, 1, 1, 1, 1, 1};  // --tree
+  std::vector<int> tree{engine::kDefaultExpansion.begin(),  // --tree
+                        engine::kDefaultExpansion.end()};
   int threads = 0;                                 // --threads (0: all cores; at most the cores)
-  int max_queue = 64;                              // --max-queue
-  int max_batch = 16;                              // --max-batch
+  int max_queue = engine::kDefaultMaxQueue;        // --max-queue
+  int max_batch = engine::kDefaultMaxBatch;        // --max-batch
   int max_context = 0;                             // --max-context (0: the model's)
-  int max_step_tokens = 256;                       // --max-step-tokens
+  int max_step_tokens = engine::kDefaultMaxStepTokens;  // --max-step-tokens
   int kv_cache_tokens = 0;                         // --kv-cache-tokens (0: the fraction,
                                                    //   else --max-batch full contexts)
   double kv_cache_fraction = 0;                    // --kv-cache-fraction (0: unset)
@@ -32,8 +35,8 @@ struct ServerOptions {
   std::string kv_dtype = "auto";                   // --kv-dtype auto|f32|f16
   std::string prefix_cache = "on";                 // --prefix-cache on|off
   std::string dtype = "auto";                      // --dtype auto|f32|f16|bf16 (weights)
-  int default_max_tokens = 128;                    // --default-max-tokens
-  int max_tokens_limit = 4096;                     // --max-tokens-limit
+  int default_max_tokens = engine::kDefaultMaxTokens;  // --default-max-tokens
+  int max_tokens_limit = engine::kDefaultMaxTokensLimit;  // --max-tokens-limit
   int max_prompt_tokens = 0;                       // --max-prompt-tokens (0: the context)
   int max_prompt_bytes = 0;                        // --max-prompt-bytes (0: 16 x the context)
   int max_message_bytes = 4 << 20;                 // --max-message-bytes

@@ -16,13 +16,14 @@
 #include <string>
 #include <vector>
 
-#include "engine/serving/engine.h"
+#include "engine/serving/engine_options.h"
 #include "engine/serving/model_set.h"
 #include "engine/serving/request_validator.h"
 #include "engine/serving/scheduler.h"
 #include "engine/serving/sequence.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "tests/scheduler_driver.h"
 
 namespace specmoe::engine {
 namespace {
@@ -321,92 +322,12 @@ TEST(PrefixCacheTest, RandomStreamsKeepEveryHeldBlockIntactAndTheCountsRight) {
 
 // --- the scheduler with the cache on and off ---
 
-struct Result {
-  std::vector<int32_t> ids;
-  std::string text;
-  bool finished = false;
-  FinishReason finish = FinishReason::kNone;
-  int prompt_tokens = 0;
-  int cached_prompt_tokens = 0;
-  SpeculationStats speculation;
-  absl::Status status;
-};
+using Result = DriverResult;
 
-class Driver {
+// The scheduler with the prefix cache's invariants checked after every step.
+class Driver : public SchedulerDriver {
  public:
-  explicit Driver(EngineOptions options) : options_(std::move(options)) {
-    absl::StatusOr<std::unique_ptr<ModelSet>> models = ModelSet::Create(options_);
-    EXPECT_TRUE(models.ok()) << models.status();
-    models_ = *std::move(models);
-    scheduler_ = std::make_unique<Scheduler>(models_.get(), options_, &stats_);
-  }
-
-  std::shared_ptr<RequestHandle> Add(GenerationRequest request, Result* out) {
-    EXPECT_TRUE(PrepareRequest(request, options_.limits,
-                               {models_->target_config.vocab_size, models_->max_context,
-                                models_->tokenizer.get()})
-                    .ok());
-    auto sink = [out](GenerationEvent e) {
-      out->ids.insert(out->ids.end(), e.token_ids.begin(), e.token_ids.end());
-      out->text += e.text;
-      if (e.finished) {
-        out->finished = true;
-        out->finish = e.finish_reason;
-        out->prompt_tokens = e.prompt_tokens;
-        out->cached_prompt_tokens = e.cached_prompt_tokens;
-        out->speculation = e.speculation;
-        out->status = e.status;
-      }
-    };
-    auto handle = std::make_shared<RequestHandle>();
-    scheduler_->Add(std::make_unique<Sequence>(std::move(request), sink, handle,
-                                               models_->tokenizer.get(), models_->draft != nullptr,
-                                               options_.expansion));
-    return handle;
-  }
-  // One step, then the cache's invariants over the running requests' blocks.
-  StepReport Step() {
-    const StepReport report = scheduler_->Step();
-    std::vector<const SequenceBlocks*> t, d;
-    for (const auto& seq : scheduler_->running()) {
-      t.push_back(&seq->target_blocks);
-      d.push_back(&seq->draft_blocks);
-    }
-    for (const auto& seq : scheduler_->waiting()) {
-      EXPECT_TRUE(seq->target_blocks.blocks.empty() && seq->draft_blocks.blocks.empty());
-    }
-    const absl::Status ok = scheduler_->prefix_cache().CheckInvariants(t, d);
-    EXPECT_TRUE(ok.ok()) << ok;
-    return report;
-  }
-  void RunAll() {
-    for (int guard = 0; guard < 100000 && scheduler_->has_work(); ++guard) Step();
-    ASSERT_FALSE(scheduler_->has_work());
-  }
-  Result Alone(GenerationRequest request) {
-    Result r;
-    Add(std::move(request), &r);
-    RunAll();
-    return r;
-  }
-  // Nothing runs: every block of both caches is free or cached.
-  void ExpectAllReturned() {
-    const PrefixCache& cache = scheduler_->prefix_cache();
-    EXPECT_TRUE(cache.CheckInvariants({}, {}).ok()) << cache.CheckInvariants({}, {});
-    EXPECT_EQ(models_->target_cache->free_blocks() + cache.cached_blocks(),
-              models_->target_cache->num_blocks());
-    EXPECT_EQ(stats_.kv_blocks_free.load(), models_->target_cache->num_blocks());
-    EXPECT_EQ(stats_.prefix_cache_blocks.load(), cache.cached_blocks());
-  }
-  Scheduler& scheduler() { return *scheduler_; }
-  const Tokenizer& tokenizer() const { return *models_->tokenizer; }
-  const EngineStats& stats() const { return stats_; }
-
- private:
-  EngineOptions options_;
-  std::unique_ptr<ModelSet> models_;
-  EngineStats stats_;
-  std::unique_ptr<Scheduler> scheduler_;
+  explicit Driver(EngineOptions options) : SchedulerDriver(std::move(options), true) {}
 };
 
 EngineOptions Options(bool prefix_cache, int kv_cache_tokens = 0) {

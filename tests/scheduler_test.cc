@@ -15,75 +15,15 @@
 #include "engine/serving/scheduler.h"
 #include "engine/serving/sequence.h"
 #include "gtest/gtest.h"
+#include "tests/scheduler_driver.h"
 
 namespace specmoe::engine {
 namespace {
 
 const std::string kFixtures = SPECMOE_FIXTURES;
 
-struct Result {
-  std::vector<int32_t> ids;
-  std::string text;
-  bool finished = false;
-  FinishReason finish = FinishReason::kNone;
-  SpeculationStats speculation;
-  absl::Status status;
-  int events = 0;
-};
-
-// The scheduler on the test's thread: Add() queues a request whose events land in a Result.
-class Driver {
- public:
-  explicit Driver(EngineOptions options) : options_(std::move(options)) {
-    absl::StatusOr<std::unique_ptr<ModelSet>> models = ModelSet::Create(options_);
-    EXPECT_TRUE(models.ok()) << models.status();
-    models_ = *std::move(models);
-    scheduler_ = std::make_unique<Scheduler>(models_.get(), options_, &stats_);
-  }
-
-  void Add(GenerationRequest request, Result* out) {
-    ASSERT_TRUE(PrepareRequest(request, options_.limits,
-                               {models_->target_config.vocab_size, models_->max_context,
-                                models_->tokenizer.get()})
-                    .ok());
-    auto sink = [out](GenerationEvent e) {
-      out->ids.insert(out->ids.end(), e.token_ids.begin(), e.token_ids.end());
-      out->text += e.text;
-      ++out->events;
-      if (e.finished) {
-        out->finished = true;
-        out->finish = e.finish_reason;
-        out->speculation = e.speculation;
-        out->status = e.status;
-      }
-    };
-    scheduler_->Add(std::make_unique<Sequence>(std::move(request), sink,
-                                               std::make_shared<RequestHandle>(),
-                                               models_->tokenizer.get(),
-                                               models_->draft != nullptr, options_.expansion));
-  }
-  StepReport Step() { return scheduler_->Step(); }
-  void RunAll() {
-    for (int guard = 0; guard < 100000 && scheduler_->has_work(); ++guard) Step();
-    ASSERT_FALSE(scheduler_->has_work());
-  }
-  Result Alone(GenerationRequest request) {
-    Result r;
-    Add(std::move(request), &r);
-    RunAll();
-    return r;
-  }
-  Scheduler& scheduler() { return *scheduler_; }
-  const Tokenizer& tokenizer() const { return *models_->tokenizer; }
-  const KvCache& target_cache() const { return *models_->target_cache; }
-  const EngineStats& stats() const { return stats_; }
-
- private:
-  EngineOptions options_;
-  std::unique_ptr<ModelSet> models_;
-  EngineStats stats_;
-  std::unique_ptr<Scheduler> scheduler_;
-};
+using Result = DriverResult;
+using Driver = SchedulerDriver;
 
 EngineOptions Options(int max_step_tokens = 64, int kv_cache_tokens = 0) {
   EngineOptions options;

@@ -31,6 +31,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "specmoe/v1/completion.grpc.pb.h"
+#include "tests/server_child.h"
 
 namespace specmoe {
 namespace {
@@ -52,26 +53,17 @@ constexpr int kContext = 256;
 constexpr int kDefaultMaxTokens = 12;
 constexpr int kMaxTokensLimit = 250;  // prompt + 250 still fits the context
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
-}
-
-// A specmoe-server child process; killed on destruction if still running.
-class ServerProcess {
+// A specmoe-server child process with the suite's flags, then `extra_args` (later ones win);
+// killed on destruction if still running.
+class ServerProcess : public ServerChild {
  public:
-  explicit ServerProcess(std::vector<std::string> extra_args) {
-    static int instance = 0;
-    const std::string dir = ::testing::TempDir() + "/specmoe_e2e_" + std::to_string(getpid()) +
-                            "_" + std::to_string(++instance);
-    std::filesystem::create_directories(dir);
-    dir_ = dir;
-    port_file_ = dir + "/port";
-    log_file_ = dir + "/server.log";
-    std::vector<std::string> args = {kServerBinary, "--listen", "127.0.0.1:0", "--port-file",
-                                     port_file_, "--target", kTarget, "--draft", kDraft,
+  explicit ServerProcess(const std::vector<std::string>& extra_args)
+      : ServerChild("e2e", Args(extra_args)) {}
+
+ private:
+  static std::vector<std::string> Args(const std::vector<std::string>& extra_args) {
+    std::vector<std::string> args = {kServerBinary, "--listen", "127.0.0.1:0", "--target", kTarget,
+                                     "--draft", kDraft,
                                      "--default-max-tokens", std::to_string(kDefaultMaxTokens),
                                      "--max-tokens-limit", std::to_string(kMaxTokensLimit),
                                      "--tree", "1,2,1", "--threads", "1",
@@ -79,68 +71,8 @@ class ServerProcess {
                                      // dynamic policy rightly prefers plain decoding.
                                      "--tree-policy", "static", "--drain-seconds", "5"};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
-    pid_ = fork();
-    if (pid_ == 0) {
-      const int fd = open(log_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, STDOUT_FILENO);
-      dup2(fd, STDERR_FILENO);
-      std::vector<char*> argv;
-      for (std::string& arg : args) argv.push_back(arg.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
+    return args;
   }
-
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
-  }
-
-  // Waits for the port file; false if the server exited first or took over a minute.
-  bool WaitForPort() {
-    for (int i = 0; i < 6000; ++i) {
-      if (std::filesystem::exists(port_file_)) {
-        port_ = std::stoi(ReadAll(port_file_));
-        return true;
-      }
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return false;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return false;
-  }
-
-  // SIGTERM, then the exit code (-1 if it did not exit normally within 60 s).
-  int Terminate() {
-    kill(pid_, SIGTERM);
-    for (int i = 0; i < 6000; ++i) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return -1;
-  }
-
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-  std::string log() const { return ReadAll(log_file_); }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-  std::string dir_;
-  std::string port_file_;
-  std::string log_file_;
 };
 
 // grpc.health.v1.Health/Check through the vendored proto's generated stub: the serving

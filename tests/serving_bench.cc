@@ -90,7 +90,7 @@ struct Flags {
   std::string corpus_file = std::string(SPECMOE_SOURCE_DIR) + "/deploy/demo/corpus.txt";
   std::string concurrency = "1,2,4,8,16";
   std::string modes = "off,static,dynamic";
-  std::string tree = "1,1,3,1,1,1,1,1";
+  std::string tree = absl::StrJoin(engine::kDefaultExpansion, ",");  // the server's default
   // The CPU's two best (README, Speculation) and SpecInfer's default.
   std::vector<std::string> static_trees = {"1,1", "1,1,1", "1,1,3,1,1,1,1,1"};
   int rounds = 3;

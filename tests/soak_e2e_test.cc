@@ -35,6 +35,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "specmoe/v1/completion.grpc.pb.h"
+#include "tests/server_child.h"
 
 namespace specmoe {
 namespace {
@@ -45,95 +46,20 @@ const std::string kServerBinary = SPECMOE_BINARY_DIR "/server/specmoe-server";
 const std::string kTarget = SPECMOE_FIXTURES "/models/e2e_target";  // context 256
 const std::string kDraft = SPECMOE_FIXTURES "/models/e2e_draft";
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
-}
-
-// The server under test: a child process logging to a file; killed if still running.
-class Server {
+// The server under test, started with the soak's flags; port() is 0 if it did not come up.
+class Server : public ServerChild {
  public:
-  Server() {
-    dir_ = ::testing::TempDir() + "/specmoe_soak_" + std::to_string(getpid());
-    std::filesystem::create_directories(dir_);
-    const std::string port_file = dir_ + "/port";
-    log_file_ = dir_ + "/server.log";
-    // 512 KV slots (32 blocks) for up to 32 requests of up to ~100 tokens plus their trees:
-    // the running set outgrows the cache and requests are preempted and recomputed.
-    std::vector<std::string> args = {
-        kServerBinary,  "--listen",       "127.0.0.1:0",   "--port-file",   port_file,
-        "--metrics-listen", "127.0.0.1:0", "--target",     kTarget,         "--draft",
-        kDraft,         "--threads",      "1",             "--max-batch",   "32",
-        "--kv-cache-tokens", "512",       "--max-step-tokens", "64",        "--tree", "1,2,1",
-        "--tree-policy", "static",        "--drain-seconds", "60",          "--max-queue", "256"};
-    pid_ = fork();
-    if (pid_ == 0) {
-      const int fd = open(log_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, STDOUT_FILENO);
-      dup2(fd, STDERR_FILENO);
-      std::vector<char*> argv;
-      for (std::string& arg : args) argv.push_back(arg.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    for (int i = 0; i < 12000 && port_ == 0; ++i) {
-      if (std::filesystem::exists(port_file) && !ReadAll(port_file).empty()) {
-        port_ = std::stoi(ReadAll(port_file));
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-    }
+  // 512 KV slots (32 blocks) for up to 32 requests of up to ~100 tokens plus their trees:
+  // the running set outgrows the cache and requests are preempted and recomputed.
+  Server()
+      : ServerChild("soak",
+                    {kServerBinary, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                     "--target", kTarget, "--draft", kDraft, "--threads", "1", "--max-batch",
+                     "32", "--kv-cache-tokens", "512", "--max-step-tokens", "64", "--tree",
+                     "1,2,1", "--tree-policy", "static", "--drain-seconds", "60", "--max-queue",
+                     "256"}) {
+    WaitForPort(120);
   }
-  ~Server() {
-    if (pid_ > 0) {
-      kill(pid_, SIGCONT);
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
-  }
-  // Waits for the exit after a signal; the exit code, -1 if none within 120 s.
-  int WaitExit() {
-    for (int i = 0; i < 12000; ++i) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return -1;
-  }
-  pid_t pid() const { return pid_; }
-  int port() const { return port_; }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-  std::string log() const { return ReadAll(log_file_); }
-  // The metrics port, from the log line "metrics listening on ... (port N)".
-  int metrics_port() const {
-    const std::string text = log();
-    const size_t at = text.find("metrics listening on");
-    if (at == std::string::npos) return 0;
-    const size_t port = text.find("(port ", at);
-    return port == std::string::npos ? 0 : std::stoi(text.substr(port + 6));
-  }
-  // Resident memory in KiB (VmRSS).
-  long rss_kib() const {
-    std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
-    for (std::string line; std::getline(status, line);) {
-      if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
-    }
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-  std::string dir_;
-  std::string log_file_;
 };
 
 // A TCP connection to 127.0.0.1:port (-1 on failure).

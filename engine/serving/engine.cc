@@ -41,21 +41,19 @@ class EngineImpl final : public Engine {
                                                         EventSink sink) override {
     absl::Status valid = PrepareRequest(request, options_.limits, model_limits());
     if (!valid.ok()) return valid;
+    auto handle = std::make_shared<RequestHandle>();
+    auto seq = std::make_unique<Sequence>(std::move(request), std::move(sink), handle,
+                                          models_->tokenizer.get(), models_->draft != nullptr,
+                                          options_.expansion);
     // engine/README.md, KV cache and preemption: a request that could never fit the KV cache is
     // refused now.
-    const int need = std::min(static_cast<int>(request.prompt_ids.size()) + request.max_tokens,
-                              models_->max_context) +
-                     kTreeSlots;
+    const int need = seq->max_slots(models_->max_context, kTreeSlots);
     if (need > models_->kv_tokens()) {
       return absl::InvalidArgumentError(
           absl::StrCat("max_tokens: the request needs ", need, " KV slots (prompt + max_tokens + ",
                        kTreeSlots, " for the tree), more than the whole cache (",
                        models_->kv_tokens(), ", --kv-cache-tokens)"));
     }
-    auto handle = std::make_shared<RequestHandle>();
-    auto seq = std::make_unique<Sequence>(std::move(request), std::move(sink), handle,
-                                          models_->tokenizer.get(), models_->draft != nullptr,
-                                          options_.expansion);
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) return absl::UnavailableError("the engine is shutting down");

@@ -20,7 +20,7 @@
 #include "engine/loader/weights.h"
 #include "engine/model/kv_cache.h"
 #include "engine/model/model.h"
-#include "engine/serving/engine.h"
+#include "engine/serving/engine_options.h"
 #include "engine/text/tokenizer.h"
 #include "kernels/backend.h"
 

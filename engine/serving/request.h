@@ -13,9 +13,13 @@
 
 namespace specmoe::engine {
 
+// max_tokens when the request gives none: GenerationRequest's default and the server's
+// --default-max-tokens.
+inline constexpr int kDefaultMaxTokens = 128;
+
 struct SpeculationParams {
   bool disable = false;
-  std::vector<int> expansion;       // empty: the engine's default tree
+  std::vector<int> expansion;       // empty: the engine's default expansion
 };
 
 // As the transport converts it from the wire (server/README.md, Wire contract), then completed by
@@ -25,7 +29,7 @@ struct GenerationRequest {
   std::string request_id;
   std::string prompt_text;          // a text prompt, tokenized by PrepareRequest
   std::vector<int32_t> prompt_ids;  // token ids, used as given (BOS included when wanted)
-  int max_tokens = 128;             // 0: the server's default
+  int max_tokens = kDefaultMaxTokens;  // 0: the server's default
   SamplingParams sampling;
   std::vector<std::string> stop;           // stop strings
   std::vector<int32_t> stop_token_ids;

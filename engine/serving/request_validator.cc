@@ -161,7 +161,7 @@ absl::Status PrepareRequest(GenerationRequest& r, const RequestLimits& limits,
                                 r.top_logprobs, ")"));
   }
 
-  // 7. Speculation: the tree's shape limits (token_tree.h).
+  // 7. Speculation: the expansion's limits (token_tree.h).
   if (!r.speculation.expansion.empty()) {
     absl::Status shape = ValidateExpansion(r.speculation.expansion);
     if (!shape.ok()) return shape;

@@ -27,12 +27,15 @@ inline constexpr int kMaxTopLogprobs = 20;
 // Default --max-prompt-bytes: this many bytes per token of context.
 inline constexpr int kPromptBytesPerContextToken = 16;
 
+// The default --max-tokens-limit.
+inline constexpr int kDefaultMaxTokensLimit = 4096;
+
 // The server's request limits (server/README.md, Limits).
 struct RequestLimits {
-  int default_max_tokens = 128;  // max_tokens 0 means this
-  int max_tokens_limit = 4096;   // larger max_tokens is INVALID_ARGUMENT
-  int max_prompt_tokens = 0;     // 0: only the context bounds the prompt
-  int max_prompt_bytes = 0;      // 0: kPromptBytesPerContextToken x the context
+  int default_max_tokens = kDefaultMaxTokens;     // max_tokens 0 means this
+  int max_tokens_limit = kDefaultMaxTokensLimit;  // larger max_tokens is INVALID_ARGUMENT
+  int max_prompt_tokens = 0;                      // 0: only the context bounds the prompt
+  int max_prompt_bytes = 0;                       // 0: kPromptBytesPerContextToken x the context
 };
 
 // What PrepareRequest checks against. `tokenizer` must outlive the call.

@@ -82,12 +82,13 @@ void Scheduler::Add(std::unique_ptr<Sequence> seq) {
 }
 
 std::vector<int> Scheduler::StepShape(const Sequence& seq) const {
-  std::vector<int> shape = seq.expansion;
+  std::vector<int> step_shape = seq.expansion;
   const int wanted = seq.request.max_tokens - seq.completion_tokens();
   const int room = models_->max_context - 1 - seq.root_pos();
-  const int depth = std::max(0, std::min({static_cast<int>(shape.size()), wanted - 1, room - 1}));
-  shape.resize(depth);
-  return shape;
+  const int depth =
+      std::max(0, std::min({static_cast<int>(step_shape.size()), wanted - 1, room - 1}));
+  step_shape.resize(depth);
+  return step_shape;
 }
 
 void Scheduler::OfferBlocks(Sequence& seq) {
@@ -218,8 +219,8 @@ std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
     if (seq->prefilling()) continue;
     Planned p{seq.get(), true, 0, 0, StepShape(*seq)};
     // A dynamic request backing off drafts nothing this step: its root alone.
-    if (dynamic && seq->draft_skip > 0) p.shape.clear();
-    const int nodes = ExpansionNodeCount(p.shape);  // root included
+    if (dynamic && seq->draft_skip > 0) p.step_shape.clear();
+    const int nodes = ExpansionNodeCount(p.step_shape);  // root included
     const int need = dynamic ? 1 : nodes;
     // The first always fits (max_step_tokens >= the largest tree); others may wait a step.
     if (used > 0 && used + need > budget - reserve) continue;
@@ -329,7 +330,8 @@ StepReport Scheduler::Step() {
     Publish();
     return report;
   }
-  // c-d. Every request's tree from one batched draft pass, the policy deciding per level.
+  // c-d. Trees and draft, interleaved: every request's tree from one batched draft pass, the
+  // policy deciding each level before it is drawn.
   const Clock::time_point start = Clock::now();
   std::vector<DraftJob> jobs = DraftTrees(plan, tree_room);
   int tree_nodes = 0;
@@ -340,7 +342,8 @@ StepReport Scheduler::Step() {
   std::vector<int> first_row;
   const LogitsView logits = ScoreTarget(plan, jobs, &first_row, report);
   const Clock::time_point scored = Clock::now();
-  // f-g. Verify, compact and emit per request; prefilling requests advance.
+  // f-g. Verify and emit, one request after another (each adds its accepted path's K/V moves
+  // to the step's lists); prefilling requests advance.
   std::vector<Sequence*> finished;
   Moves target_moves, draft_moves;
   int emitted = 0;
@@ -359,6 +362,8 @@ StepReport Scheduler::Step() {
       emitted += static_cast<int>(seq.tokens.size() - tokens_before);
     }
   }
+  // h. ONE compaction per cache moves every accepted path into place; finished requests
+  // leave the running set, the others offer their full blocks to the prefix cache.
   Compact(*models_->backend, *models_->target_cache, target_moves);
   if (models_->draft_cache != nullptr) {
     Compact(*models_->backend, *models_->draft_cache, draft_moves);
@@ -409,11 +414,11 @@ std::vector<DraftJob> Scheduler::DraftTrees(const std::vector<Planned>& plan, in
     job.params = &seq.request.sampling;
     job.rng = &seq.draft_rng;
     job.verification = options_.sampled_verification;
-    job.shape = plan[i].shape;
+    job.step_shape = plan[i].step_shape;
     job.acceptance = &seq.acceptance;
     draft_tokens += job.drafted_len() - job.draft_len;
-    job.explore_depth = policy_.ExploreDepth(seq.acceptance, static_cast<int>(job.shape.size()),
-                                             seq.draft_backoff > 0);
+    job.explore_depth = policy_.ExploreDepth(
+        seq.acceptance, static_cast<int>(job.step_shape.size()), seq.draft_backoff > 0);
     drafting.push_back(&job);
   }
   int decoding = 0;
@@ -497,7 +502,7 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
     // A leaf was never run through the draft: it catches up on it next step.
     std::vector<int> in_draft_cache;
     for (int node : result.accepted_nodes) {
-      if (job.tree.depth[node] < static_cast<int>(job.shape.size())) {
+      if (job.tree.depth[node] < static_cast<int>(job.step_shape.size())) {
         in_draft_cache.push_back(node);
       }
     }
@@ -519,7 +524,7 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
       policy_.ObserveStep(stats, first_q);
     }
   }
-  if (drafted && policy_.kind() == TreePolicy::Kind::kDynamic && !job.shape.empty() &&
+  if (drafted && policy_.kind() == TreePolicy::Kind::kDynamic && !job.step_shape.empty() &&
       !policy_.probing()) {
     seq.draft_backoff = job.tree.size() > 1 ? 0 : std::clamp(2 * seq.draft_backoff, 1, 16);
     seq.draft_skip = seq.draft_backoff;

@@ -23,10 +23,12 @@
 #include <vector>
 
 #include "engine/model/runner.h"
-#include "engine/serving/engine.h"
+#include "engine/serving/engine_options.h"
+#include "engine/serving/engine_stats.h"
 #include "engine/serving/model_set.h"
 #include "engine/serving/prefix_cache.h"
 #include "engine/serving/sequence.h"
+#include "engine/serving/step_report.h"
 #include "engine/spec/drafter.h"
 #include "engine/spec/logits.h"
 #include "engine/spec/tree_policy.h"
@@ -56,17 +58,16 @@ class Scheduler {
   const std::vector<std::unique_ptr<Sequence>>& running() const { return running_; }
   const std::deque<std::unique_ptr<Sequence>>& waiting() const { return waiting_; }
   int64_t preemptions() const { return preemptions_; }
-  TreePolicy& policy() { return policy_; }
   const PrefixCache& prefix_cache() const { return prefix_cache_; }
 
  private:
   // One running request's part in this step.
   struct Planned {
     Sequence* seq = nullptr;
-    bool decode = false;     // verify a tree; otherwise prefill a chunk
-    int chunk = 0;           // prompt tokens to prefill
-    int slots = 0;           // logical KV slots the step writes up to, in both caches
-    std::vector<int> shape;  // the tree's largest expansion this step
+    bool decode = false;          // verify a tree; otherwise prefill a chunk
+    int chunk = 0;                // prompt tokens to prefill
+    int slots = 0;                // logical KV slots the step writes up to, in both caches
+    std::vector<int> step_shape;  // the most this step's tree may hold (StepShape)
   };
 
   void EndCancelled();
@@ -104,12 +105,12 @@ class Scheduler {
   LogitsView ScoreTarget(const std::vector<Planned>& plan, const std::vector<DraftJob>& jobs,
                          std::vector<int>* first_row, StepReport& report);
   // f-g for one decoding request: verify, commit and emit, adding its compaction to the
-  // step's moves of each cache (one KvCompact per cache after all requests); true when the
+  // step's moves of each cache (h: one KvCompact per cache after all requests); true when the
   // request finished (its final event delivered, its blocks released, no moves added).
   bool VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsView& logits, int first_row,
                      Moves* target_moves, Moves* draft_moves);
-  // The request's expansion for this step: its own, cut to the context and the tokens
-  // still wanted (a step emits at most depth + 1 tokens).
+  // The request's step shape: its expansion cut to the context and to the tokens still
+  // wanted (a step emits at most depth + 1 tokens).
   std::vector<int> StepShape(const Sequence& seq) const;
   // Releases seq's blocks and delivers its final event.
   void Finish(Sequence& seq, GenerationEvent event);

@@ -7,7 +7,8 @@
 namespace specmoe::engine {
 
 Sequence::Sequence(GenerationRequest req, EventSink event_sink, std::shared_ptr<RequestHandle> h,
-                   const Tokenizer* tokenizer, bool has_draft, const std::vector<int>& default_tree)
+                   const Tokenizer* tokenizer, bool has_draft,
+                   const std::vector<int>& default_expansion)
     : request(std::move(req)),
       sink(std::move(event_sink)),
       handle(std::move(h)),
@@ -18,7 +19,7 @@ Sequence::Sequence(GenerationRequest req, EventSink event_sink, std::shared_ptr<
       stops(request.stop) {
   if (has_draft && !request.speculation.disable) {
     expansion =
-        request.speculation.expansion.empty() ? default_tree : request.speculation.expansion;
+        request.speculation.expansion.empty() ? default_expansion : request.speculation.expansion;
   }
   // Independent random streams (engine/README.md, Verification): the tree's children, and
   // verification.

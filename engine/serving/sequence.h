@@ -20,9 +20,9 @@
 #include <vector>
 
 #include "engine/model/kv_cache.h"
-#include "engine/serving/engine.h"
 #include "engine/serving/prefix_cache.h"
 #include "engine/serving/request.h"
+#include "engine/serving/request_handle.h"
 #include "engine/spec/rng.h"
 #include "engine/spec/tree_policy.h"
 #include "engine/spec/verifier.h"
@@ -34,7 +34,7 @@ namespace specmoe::engine {
 // Plain state; owned by the scheduler (worker thread only).
 struct Sequence {
   Sequence(GenerationRequest req, EventSink event_sink, std::shared_ptr<RequestHandle> h,
-           const Tokenizer* tokenizer, bool has_draft, const std::vector<int>& default_tree);
+           const Tokenizer* tokenizer, bool has_draft, const std::vector<int>& default_expansion);
 
   GenerationRequest request;
   EventSink sink;
@@ -45,7 +45,7 @@ struct Sequence {
   int prompt_len = 0;
   int target_len = 0;          // tokens with K/V in the target cache
   int draft_len = 0;           // tokens with K/V in the draft cache
-  std::vector<int> expansion;  // the largest tree (empty: plain decoding)
+  std::vector<int> expansion;  // the most its trees may hold (empty: plain decoding)
   SequenceBlocks target_blocks;
   SequenceBlocks draft_blocks;
   PrefixChain prefix_chain;  // the blocks offered to the prefix cache

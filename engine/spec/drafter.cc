@@ -118,7 +118,7 @@ bool Drafter::DraftLevel(int level, std::span<DraftJob* const> jobs,
   std::vector<int> active;
   for (size_t j = 0; j < jobs.size(); ++j) {
     if (!jobs[j]->non_finite.has_value() && !frontier[j].nodes.empty() &&
-        static_cast<int>(jobs[j]->shape.size()) >= level) {
+        static_cast<int>(jobs[j]->step_shape.size()) >= level) {
       active.push_back(static_cast<int>(j));
     }
   }
@@ -129,7 +129,7 @@ bool Drafter::DraftLevel(int level, std::span<DraftJob* const> jobs,
   for (size_t a = 0; a < active.size(); ++a) {
     const DraftJob& job = *jobs[active[a]];
     const Frontier& f = frontier[active[a]];
-    const int k = job.shape[level - 1];
+    const int k = job.step_shape[level - 1];
     for (size_t i = 0; i < f.nodes.size(); ++i) {
       values[a].push_back(job.value[f.nodes[i]]);
       top_q[a].push_back(job.params->greedy() ? TopSoftmaxProbabilities(f.dist[i].data(), vocab_, k)
@@ -140,7 +140,7 @@ bool Drafter::DraftLevel(int level, std::span<DraftJob* const> jobs,
                    values[a],
                    top_q[a],
                    job.acceptance,
-                   level == static_cast<int>(job.shape.size()),
+                   level == static_cast<int>(job.step_shape.size()),
                    level <= job.explore_depth};
   }
   // The policy alone decides every node (exploration included) within the room; the
@@ -177,7 +177,7 @@ bool Drafter::DraftLevel(int level, std::span<DraftJob* const> jobs,
     SPECMOE_CHECK(token_room >= 0, "Drafter: the policy's nodes exceed the step's tree room");
     f.nodes = std::move(next);
     f.dist.clear();
-    if (level == static_cast<int>(job.shape.size()) || f.nodes.empty()) {
+    if (level == static_cast<int>(job.step_shape.size()) || f.nodes.empty()) {
       f.nodes.clear();  // leaves are never run through the draft
       continue;
     }
@@ -204,7 +204,7 @@ bool Drafter::DraftLevel(int level, std::span<DraftJob* const> jobs,
 }
 
 std::vector<float> FirstTestedQ(const DraftJob& job, const VerifyResult& result) {
-  std::vector<float> first_q(job.shape.size(), 0.0f);
+  std::vector<float> first_q(job.step_shape.size(), 0.0f);
   int node = 0;
   for (size_t d = 0; d < first_q.size(); ++d) {
     const std::vector<int> children = job.tree.Children(node);

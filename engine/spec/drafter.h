@@ -36,7 +36,7 @@ struct DraftJob {
   // Sampled requests: kCoupled children are the top of log q + G(seed, position, v)
   // (ExpandLevelCoupled), kRejection children are drawn from q with `rng`.
   SampledVerification verification = SampledVerification::kCoupled;
-  std::vector<int> shape;  // this step's largest expansion (may be empty)
+  std::vector<int> step_shape;  // the most the tree may hold this step (may be empty)
   const AcceptanceModel* acceptance = nullptr;
   // Exploration up to this depth (TreePolicy::ExploreDepth; LevelRequest::explore). 0: none.
   int explore_depth = 0;

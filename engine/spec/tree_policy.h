@@ -98,7 +98,7 @@ class AcceptanceModel {
 
 // One speculating request at one level of the step's drafting.
 struct LevelRequest {
-  int max_children = 0;                 // the request's shape limit at this depth (k_d)
+  int max_children = 0;                 // the step shape's limit at this depth (k_d)
   int depth = 0;                        // the depth being added (1-based)
   std::span<const double> frontier_value;  // [frontier] value of each frontier node
   // [frontier][max_children] the draft's largest probabilities at each frontier node,
@@ -107,7 +107,7 @@ struct LevelRequest {
   std::span<const std::vector<float>> frontier_top_q;
   const AcceptanceModel* acceptance = nullptr;  // the request's own model (null: the
                                                 // server-wide one alone)
-  // True when `depth` is the request's last (its shape's depth): the new nodes are leaves
+  // True when `depth` is the request's last (its step shape's depth): the new nodes are leaves
   // and are not run through the draft, so they cost no draft-forward time.
   bool last_level = false;
   // Exploration (see TreePolicy::ExploreDepth): when the ranking gives none of this

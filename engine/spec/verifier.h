@@ -126,8 +126,6 @@ class SpeculationCounter {
   void Record(const StepStats& step, int emitted);
   SpeculationStats Stats() const;
 
-  int verify_steps() const { return verify_steps_; }
-  int emitted_tokens() const { return emitted_tokens_; }
   const std::vector<int64_t>& reached_by_depth() const { return reached_by_depth_; }
   const std::vector<int64_t>& accepted_by_depth() const { return accepted_by_depth_; }
 
