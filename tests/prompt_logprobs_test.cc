@@ -99,7 +99,8 @@ GenerationRequest PromptRequest(const std::vector<int32_t>& prompt, int top, int
   return r;
 }
 
-Collector* Start(Engine& engine, GenerationRequest r, std::vector<std::unique_ptr<Collector>>& out) {
+Collector* Start(Engine& engine, GenerationRequest r,
+                 std::vector<std::unique_ptr<Collector>>& out) {
   out.push_back(std::make_unique<Collector>());
   absl::StatusOr<std::shared_ptr<RequestHandle>> handle =
       engine.Submit(std::move(r), out.back()->Sink());

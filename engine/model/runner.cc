@@ -25,8 +25,8 @@ int Runner::AddCausal(const SequenceBlocks& blocks, std::span<const int32_t> tok
   return logit_rows() - 1;
 }
 
-int Runner::AddCausalRows(const SequenceBlocks& blocks, std::span<const int32_t> tokens,
-                          int from, int to, int rows_from) {
+int Runner::AddCausalRows(const SequenceBlocks& blocks, std::span<const int32_t> tokens, int from,
+                          int to, int rows_from) {
   SPECMOE_CHECK(from <= rows_from && rows_from < to, "wanted rows outside the causal segment");
   const int first_token = this->tokens();
   AddCausal(blocks, tokens, from, to, false);

@@ -75,8 +75,7 @@ class Scheduler {
   void EndPromptOnly();
   // seq's prompt logprobs from this step's rows [first_row, ...) (its owed positions up to
   // the prefilled target_len; the first prompt token's entry first when none was sent).
-  std::vector<TokenLogprob> PromptLogprobs(Sequence& seq, const LogitsView& logits,
-                                           int first_row);
+  std::vector<TokenLogprob> PromptLogprobs(Sequence& seq, const LogitsView& logits, int first_row);
   // The blocks the running set takes this step beyond those it holds (its plan at most).
   int GrowthBlocks() const;
   // Moves waiting requests into the running set while the blocks left after the running
