@@ -4,7 +4,8 @@
 // On the CPU every kernel is batch-invariant, so the prompt's entries are compared bit for
 // bit: chunked prefill (--max-step-tokens 64 over a 200-token prompt) against one chunk, a
 // request whose prompt the prefix cache holds against the first one, the speculating engine
-// against a plain one; and each entry against an independent reference, the logprob of the
+// against a plain one, requests preempted mid-prefill by a tight KV budget (each entry sent
+// once); and each entry against an independent reference, the logprob of the
 // FIRST generated token of a greedy request whose prompt is the tokens before it.
 // Label: cpu.
 #include <cmath>
@@ -64,8 +65,9 @@ class Collector {
   GenerationEvent final_;
 };
 
-std::unique_ptr<Engine> MakeEngine(int max_step_tokens, bool draft) {
+std::unique_ptr<Engine> MakeEngine(int max_step_tokens, bool draft, int kv_cache_tokens = 0) {
   EngineOptions options;
+  options.kv_cache_tokens = kv_cache_tokens;
   options.target_dir = kFixtures + "/models/e2e_target";
   if (draft) options.draft_dir = kFixtures + "/models/e2e_draft";
   options.threads = 1;
@@ -180,6 +182,28 @@ TEST(PromptLogprobsTest, ChunkedCachedAndSpeculatingEqualOneChunk) {
   EXPECT_TRUE(plain_only->ids().empty());
   EXPECT_TRUE(plain_only->prompt().empty());
   EXPECT_GT(plain_only->final_event().cached_prompt_tokens, 0);
+}
+
+TEST(PromptLogprobsTest, PreemptedRequestsSendEachEntryOnce) {
+  std::unique_ptr<Engine> whole = MakeEngine(256, /*draft=*/false);
+  // Room for one 200-token request and a bit: three together preempt each other mid-prefill.
+  std::unique_ptr<Engine> tight = MakeEngine(64, /*draft=*/true, 352);
+  ASSERT_NE(whole, nullptr);
+  ASSERT_NE(tight, nullptr);
+  const std::vector<int32_t> prompt = LongPrompt(*whole);
+  std::vector<std::unique_ptr<Collector>> runs;
+  Collector* reference = Start(*whole, PromptRequest(prompt, 4, 8), runs);
+  reference->Wait();
+  std::vector<Collector*> together;
+  for (int i = 0; i < 3; ++i) together.push_back(Start(*tight, PromptRequest(prompt, 4, 8), runs));
+  for (Collector* c : together) {
+    c->Wait();
+    ASSERT_TRUE(c->final_event().status.ok()) << c->final_event().status;
+    ExpectIdentical(c->prompt(), reference->prompt(), "preempted");
+    EXPECT_EQ(c->ids(), reference->ids());
+    EXPECT_FALSE(c->prompt_after_tokens());
+  }
+  EXPECT_GT(tight->stats().preemptions_total.load(), 0);
 }
 
 TEST(PromptLogprobsTest, EntriesEqualTheFirstGeneratedTokenOfThePrefix) {
