@@ -251,5 +251,29 @@ TEST(PromptLogprobsTest, EntriesEqualTheFirstGeneratedTokenOfThePrefix) {
   EXPECT_EQ(single->final_event().completion_tokens, 0);
 }
 
+TEST(PromptLogprobsTest, ABrokenPromptRowFailsTheRequestOnly) {
+  EngineOptions options;
+  options.target_dir = kFixtures + "/models/nan_lm_head";  // every logit NaN
+  options.threads = 1;
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::vector<std::unique_ptr<Collector>> runs;
+  GenerationRequest r =
+      PromptRequest((*engine)->tokenizer().Encode("In the beginning", true), 2, 0);
+  r.prompt_only = true;
+  Collector* failed = Start(**engine, r, runs);
+  failed->Wait();
+  EXPECT_EQ(failed->final_event().status.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(failed->final_event().status.message().find("NaN logit"), std::string::npos);
+  EXPECT_NE(failed->final_event().status.message().find("at prompt position 0"), std::string::npos)
+      << failed->final_event().status;
+  EXPECT_TRUE(failed->prompt().empty());
+  // The engine keeps serving.
+  r.prompt_logprobs = false;
+  Collector* plain = Start(**engine, r, runs);
+  plain->Wait();
+  EXPECT_TRUE(plain->final_event().status.ok()) << plain->final_event().status;
+}
+
 }  // namespace
 }  // namespace specmoe::engine

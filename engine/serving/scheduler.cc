@@ -150,6 +150,31 @@ void Scheduler::EndPromptOnly() {
   });
 }
 
+bool Scheduler::AdvancePrefill(Sequence& seq, int slots, const LogitsView& logits, int first_row) {
+  seq.target_len = slots;
+  GenerationEvent event;
+  if (first_row >= 0) {
+    // Rows for positions [owed, target_len); a broken row fails this request only.
+    const int owed = seq.owed_prompt_row();
+    if (std::optional<NonFinite> bad = FindNonFinite(logits, first_row, seq.target_len - owed)) {
+      event.status = absl::InternalError(absl::StrCat(
+          "target model ", options_.target_dir, " produced a ", bad->nan ? "NaN" : "infinite",
+          " logit (token id ", bad->token, ") at prompt position ", owed + bad->row - first_row,
+          "; the weights are broken"));
+      Finish(seq, std::move(event));
+      return true;
+    }
+    event.prompt_logprobs = PromptLogprobs(seq, logits, first_row);
+  }
+  if (!seq.prefilling() && seq.request.prompt_only) {
+    seq.finish = FinishReason::kLength;
+    Finish(seq, std::move(event));
+    return true;
+  }
+  if (!event.prompt_logprobs.empty()) seq.sink(std::move(event));
+  return false;
+}
+
 std::vector<TokenLogprob> Scheduler::PromptLogprobs(Sequence& seq, const LogitsView& logits,
                                                     int first_row) {
   std::vector<TokenLogprob> entries;
@@ -157,8 +182,8 @@ std::vector<TokenLogprob> Scheduler::PromptLogprobs(Sequence& seq, const LogitsV
   // Rows [first_row, ...) hold positions [owed, target_len): token p + 1's entry from row p.
   const int owed = seq.owed_prompt_row();
   for (int pos = owed; pos < seq.target_len; ++pos) {
-    entries.push_back(RowLogprob(logits, first_row + pos - owed, seq.tokens[pos + 1],
-                                 seq.request.top_logprobs));
+    entries.push_back(
+        RowLogprob(logits, first_row + pos - owed, seq.tokens[pos + 1], seq.request.top_logprobs));
   }
   seq.prompt_logprobs_sent = seq.target_len + 1;
   return entries;
@@ -397,18 +422,9 @@ StepReport Scheduler::Step() {
     Sequence& seq = *plan[i].seq;
     const size_t tokens_before = seq.tokens.size();
     if (!plan[i].decode) {
-      seq.target_len = plan[i].slots;
       ++report.prefilling;
       report.prefill_tokens += plan[i].chunk;
-      GenerationEvent event;
-      if (first_row[i] >= 0) event.prompt_logprobs = PromptLogprobs(seq, logits, first_row[i]);
-      if (!seq.prefilling() && seq.request.prompt_only) {
-        seq.finish = FinishReason::kLength;
-        Finish(seq, std::move(event));
-        finished.push_back(&seq);
-      } else if (!event.prompt_logprobs.empty()) {
-        seq.sink(std::move(event));
-      }
+      if (AdvancePrefill(seq, plan[i].slots, logits, first_row[i])) finished.push_back(&seq);
     } else {
       ++report.decoding;
       if (VerifyAndEmit(seq, jobs[i], logits, first_row[i], &target_moves, &draft_moves)) {

@@ -73,6 +73,10 @@ class Scheduler {
   // Ends the prompt-only requests whose prompts are prefilled (a cache hit or a 1-token
   // prompt leaves nothing to prefill), after a 1-token prompt's one prompt logprobs entry.
   void EndPromptOnly();
+  // g for a prefilling request whose chunk reached `slots`: its prompt logprobs from rows
+  // [first_row, ...) when it owes any (-1: none), and the end of a prompt-only request; true
+  // when the request finished (its final event delivered, its blocks released).
+  bool AdvancePrefill(Sequence& seq, int slots, const LogitsView& logits, int first_row);
   // seq's prompt logprobs from this step's rows [first_row, ...) (its owed positions up to
   // the prefilled target_len; the first prompt token's entry first when none was sent).
   std::vector<TokenLogprob> PromptLogprobs(Sequence& seq, const LogitsView& logits, int first_row);
