@@ -4,11 +4,15 @@
 // "SYSTEM USER: ... ASSISTANT: ...</s>".
 #include "server/chat_template.h"
 
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace specmoe::server {
 namespace {
@@ -116,6 +120,34 @@ RenderedChat RenderRaw(const std::vector<ChatMessage>& messages) {
   return out;
 }
 
+absl::Status BadFile(const std::string& path, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat("--chat-template-file ", path, ": ", why));
+}
+
+// `object`[key] as a string into *out when present (absent: *out unchanged).
+absl::Status ReadString(const std::string& path, const nlohmann::json& object,
+                        const std::string& key, const std::string& where, std::string* out) {
+  const auto it = object.find(key);
+  if (it == object.end()) return absl::OkStatus();
+  if (!it->is_string()) {
+    return BadFile(path, absl::StrCat(where, key, " must be a string (got ", it->type_name(), ")"));
+  }
+  *out = it->get<std::string>();
+  return absl::OkStatus();
+}
+
+// Refuses keys of `object` outside `known` (a misspelt key would otherwise be ignored).
+absl::Status OnlyKnownKeys(const std::string& path, const nlohmann::json& object,
+                           const std::vector<std::string>& known, const std::string& where) {
+  for (const auto& [key, value] : object.items()) {
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      return BadFile(path, absl::StrCat("unknown key '", where, key, "' (expected ",
+                                        absl::StrJoin(known, ", "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ChatTemplate> ParseChatTemplateName(const std::string& name) {
@@ -191,6 +223,96 @@ absl::StatusOr<RenderedChat> RenderChat(ChatTemplate chat_template,
     case ChatTemplate::kRaw: break;
   }
   return RenderRaw(messages);
+}
+
+absl::StatusOr<CustomChatTemplate> LoadChatTemplateFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("--chat-template-file ", path, ": cannot open (", std::strerror(errno), ")"));
+  }
+  nlohmann::json file;
+  try {
+    file = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& error) {
+    return BadFile(path, absl::StrCat("not valid JSON (", error.what(), ")"));
+  }
+  if (!file.is_object()) {
+    return BadFile(path, absl::StrCat("must hold a JSON object (got ", file.type_name(), ")"));
+  }
+  if (absl::Status s = OnlyKnownKeys(path, file, {"roles", "generation_prompt", "bos", "stop"}, "");
+      !s.ok()) {
+    return s;
+  }
+  CustomChatTemplate out;
+  out.path = path;
+  const auto roles = file.find("roles");
+  if (roles == file.end() || !roles->is_object() || roles->empty()) {
+    return BadFile(path,
+                   "needs \"roles\": an object of {\"prefix\", \"suffix\"} per role, "
+                   "e.g. {\"user\": {\"prefix\": \"User: \", \"suffix\": \"\\n\"}}");
+  }
+  for (const auto& [role, format] : roles->items()) {
+    const std::string where = absl::StrCat("roles.", role, ".");
+    if (!format.is_object()) {
+      return BadFile(path, absl::StrCat("roles.", role,
+                                        " must be an object with \"prefix\" "
+                                        "and \"suffix\" (got ",
+                                        format.type_name(), ")"));
+    }
+    if (absl::Status s = OnlyKnownKeys(path, format, {"prefix", "suffix"}, where); !s.ok()) {
+      return s;
+    }
+    CustomChatTemplate::Role& r = out.roles[role];
+    if (absl::Status s = ReadString(path, format, "prefix", where, &r.prefix); !s.ok()) return s;
+    if (absl::Status s = ReadString(path, format, "suffix", where, &r.suffix); !s.ok()) return s;
+  }
+  if (absl::Status s = ReadString(path, file, "generation_prompt", "", &out.generation_prompt);
+      !s.ok()) {
+    return s;
+  }
+  if (const auto bos = file.find("bos"); bos != file.end()) {
+    if (!bos->is_boolean()) {
+      return BadFile(path, absl::StrCat("bos must be true or false (got ", bos->type_name(), ")"));
+    }
+    out.bos = bos->get<bool>();
+  }
+  if (const auto stop = file.find("stop"); stop != file.end()) {
+    if (!stop->is_array()) {
+      return BadFile(
+          path, absl::StrCat("stop must be an array of strings (got ", stop->type_name(), ")"));
+    }
+    for (const nlohmann::json& s : *stop) {
+      if (!s.is_string() || s.get<std::string>().empty()) {
+        return BadFile(path, "stop must be an array of non-empty strings");
+      }
+      out.stop.push_back(s.get<std::string>());
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<RenderedChat> RenderChat(const CustomChatTemplate& chat_template,
+                                        const std::vector<ChatMessage>& messages) {
+  if (messages.empty()) return absl::InvalidArgumentError("messages is empty");
+  std::string text;
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const auto role = chat_template.roles.find(messages[i].role);
+    if (role == chat_template.roles.end()) {
+      std::vector<std::string> known;
+      for (const auto& [name, format] : chat_template.roles) known.push_back(name);
+      return Invalid(i, absl::StrCat("role '", messages[i].role,
+                                     "' is not in the chat template file's roles (",
+                                     absl::StrJoin(known, ", "), ")"));
+    }
+    absl::StrAppend(&text, role->second.prefix, messages[i].content, role->second.suffix);
+  }
+  absl::StrAppend(&text, chat_template.generation_prompt);
+  RenderedChat out;
+  out.segments.push_back(std::move(text));
+  out.bos = chat_template.bos;
+  out.stop = chat_template.stop;
+  return out;
 }
 
 }  // namespace specmoe::server

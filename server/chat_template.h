@@ -2,11 +2,14 @@
 // by name (no Jinja engine: Debian 12 packages none): llama-2 ([INST] ... [/INST]), chatml
 // (<|im_start|>role ... <|im_end|>), vicuna (v1.1's "USER: ... ASSISTANT:") and raw
 // (contents joined by newlines, for base models). DetectChatTemplate picks one from a model
-// folder's tokenizer_config.json by the markers its Jinja template contains.
-// Tested by tests/chat_template_test.cc.
+// folder's tokenizer_config.json by the markers its Jinja template contains. A custom
+// template comes from a --chat-template-file (LoadChatTemplateFile: per-role prefix and
+// suffix strings, a generation prompt, BOS and stop strings; server/README.md, Chat templates).
+// Tested by tests/chat_template_test.cc and tests/http_e2e_test.py.
 #ifndef SPECMOE_SERVER_CHAT_TEMPLATE_H_
 #define SPECMOE_SERVER_CHAT_TEMPLATE_H_
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,6 +30,7 @@ struct ChatMessage {
 // assistant turn, for templates that close turns with </s>). One segment: a plain text prompt.
 struct RenderedChat {
   std::vector<std::string> segments;
+  bool bos = true;  // BOS before the first segment
   bool bos_each_segment = false;
   std::vector<std::string> stop;  // stop strings the template adds (chatml: "<|im_end|>")
 };
@@ -49,6 +53,35 @@ DetectedChatTemplate DetectChatTemplate(const std::string& model_dir);
 // Renders `messages` (roles system/user/assistant, system only first) followed by the
 // assistant's turn opening. INVALID_ARGUMENT names the message and the rule.
 absl::StatusOr<RenderedChat> RenderChat(ChatTemplate chat_template,
+                                        const std::vector<ChatMessage>& messages);
+
+// A --chat-template-file: a JSON object
+//   {"roles": {"<role>": {"prefix": "...", "suffix": "..."}, ...},  (required, non-empty)
+//    "generation_prompt": "...",  (after the messages: the assistant turn's opening; "")
+//    "bos": true,                 (BOS before the rendered text; true)
+//    "stop": ["...", ...]}        (stop strings added to every chat request; none)
+// rendered as BOS (when bos), then prefix + content + suffix of each message's role in order,
+// then generation_prompt, as one text. A message whose role the file does not define is
+// refused naming it. Escapes are JSON's ("\n" is a newline). Contract: plain value type.
+struct CustomChatTemplate {
+  struct Role {
+    std::string prefix;
+    std::string suffix;
+  };
+  std::string path;  // the file it came from
+  std::map<std::string, Role> roles;
+  std::string generation_prompt;
+  bool bos = true;
+  std::vector<std::string> stop;
+};
+
+// Reads and checks a --chat-template-file; INVALID_ARGUMENT (NOT_FOUND when unreadable)
+// names the file and what is wrong with it (invalid JSON with its position, an unknown key,
+// a missing or mistyped field).
+absl::StatusOr<CustomChatTemplate> LoadChatTemplateFile(const std::string& path);
+
+// Renders `messages` with a custom template (above). INVALID_ARGUMENT names the message.
+absl::StatusOr<RenderedChat> RenderChat(const CustomChatTemplate& chat_template,
                                         const std::vector<ChatMessage>& messages);
 
 }  // namespace specmoe::server

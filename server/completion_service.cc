@@ -304,6 +304,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     if (finished_) return;
     response_->mutable_text()->append(event.text);
     response_->mutable_token_ids()->Add(event.token_ids.begin(), event.token_ids.end());
+    AppendLogprobs(event.prompt_logprobs, response_->mutable_prompt_logprobs());
     AppendLogprobs(event.logprobs, response_->mutable_logprobs());
     if (!event.finished && event.status.ok()) return;
     if (!event.status.ok()) {
@@ -418,6 +419,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     v1::CompleteChunk& chunk = *pending_;
     chunk.mutable_text()->append(event.text);
     chunk.mutable_token_ids()->Add(event.token_ids.begin(), event.token_ids.end());
+    AppendLogprobs(event.prompt_logprobs, chunk.mutable_prompt_logprobs());
     AppendLogprobs(event.logprobs, chunk.mutable_logprobs());
     if (event.finished) {
       chunk.set_finish_reason(ToWire(event.finish_reason));

@@ -145,13 +145,16 @@ struct Prepared {
 
 // Renders the chat into the generation request's prompt: one segment is a text prompt (the
 // validator tokenizes it, BOS first); several are tokenized here and joined by EOS.
-absl::Status ApplyChatTemplate(ChatTemplate chat_template, engine::Engine& engine,
+absl::Status ApplyChatTemplate(const HttpServerConfig& config, engine::Engine& engine,
                                OpenAiRequest& request) {
-  absl::StatusOr<RenderedChat> rendered = RenderChat(chat_template, request.messages);
+  absl::StatusOr<RenderedChat> rendered =
+      config.custom_chat_template.has_value()
+          ? RenderChat(*config.custom_chat_template, request.messages)
+          : RenderChat(config.chat_template, request.messages);
   if (!rendered.ok()) return InvalidParam("messages", std::string(rendered.status().message()));
   engine::GenerationRequest& g = request.generation;
   for (std::string& stop : rendered->stop) g.stop.push_back(std::move(stop));
-  if (rendered->segments.size() == 1) {
+  if (rendered->segments.size() == 1 && rendered->bos) {
     g.prompt_text = rendered->segments[0];
     if (g.prompt_text.empty()) return InvalidParam("messages", "the messages are all empty");
     return absl::OkStatus();
@@ -159,10 +162,11 @@ absl::Status ApplyChatTemplate(ChatTemplate chat_template, engine::Engine& engin
   for (size_t i = 0; i < rendered->segments.size(); ++i) {
     if (i > 0) g.prompt_ids.push_back(engine.tokenizer().eos_id());
     absl::StatusOr<std::vector<int32_t>> ids =
-        engine.Tokenize(rendered->segments[i], i == 0 || rendered->bos_each_segment);
+        engine.Tokenize(rendered->segments[i], i == 0 ? rendered->bos : rendered->bos_each_segment);
     if (!ids.ok()) return InvalidParam("messages", std::string(ids.status().message()));
     g.prompt_ids.insert(g.prompt_ids.end(), ids->begin(), ids->end());
   }
+  if (g.prompt_ids.empty()) return InvalidParam("messages", "the messages are all empty");
   return absl::OkStatus();
 }
 
@@ -208,6 +212,8 @@ class SseStream {
         active_(active),
         results_(call_->choices.size()),
         text_offsets_(call_->choices.size(), 0),
+        echoed_(call_->choices.size(), false),
+        prompt_logprobs_(call_->choices.size()),
         created_(std::time(nullptr)),
         last_write_(Clock::now()) {}
 
@@ -222,7 +228,7 @@ class SseStream {
                                      {{"role", "assistant"}, {"content", ""}}, nullptr))) {
             return Fail();
           }
-        } else if (r.echo) {
+        } else if (r.echo && !r.generation.prompt_logprobs) {
           if (!Write(sink, ChunkJson(r, id_, model_, created_, static_cast<int>(i),
                                      prepared_.echo_text, nullptr))) {
             return Fail();
@@ -261,6 +267,18 @@ class SseStream {
         return true;
       }
       ChoiceResult& result = results_[index];
+      if (r.echo && r.generation.prompt_logprobs && !echoed_[index]) {
+        // The echo waits for the prompt's entries (all before the first generated token).
+        std::vector<engine::TokenLogprob>& prompt = prompt_logprobs_[index];
+        prompt.insert(prompt.end(), event.prompt_logprobs.begin(), event.prompt_logprobs.end());
+        if (event.token_ids.empty() && !event.finished) continue;
+        echoed_[index] = true;
+        json chunk = ChunkJson(r, id_, model_, created_, static_cast<int>(index),
+                               prepared_.echo_text, nullptr);
+        chunk["choices"][0]["logprobs"] =
+            LogprobsJson(false, prompt, prepared_.token_bytes, &text_offsets_[index]);
+        if (!Write(sink, chunk)) return Fail();
+      }
       json logprobs = nullptr;
       if (r.logprobs.enabled && !event.logprobs.empty()) {
         logprobs = LogprobsJson(r.chat, event.logprobs, prepared_.token_bytes,
@@ -344,6 +362,10 @@ class SseStream {
   ActiveCall active_;
   std::vector<ChoiceResult> results_;
   std::vector<int64_t> text_offsets_;  // per choice: the completions logprobs' text_offset
+  // Per choice, for an echo with logprobs: whether the echo chunk went out, and the prompt
+  // entries gathered until it does.
+  std::vector<bool> echoed_;
+  std::vector<std::vector<engine::TokenLogprob>> prompt_logprobs_;
   const int64_t created_;
   Clock::time_point last_write_;
   bool opened_ = false;
@@ -466,20 +488,22 @@ void OpenAiHttpServer::HandleModels(const httplib::Request& request,
     SendError(response, error);
     return;
   }
-  json model = {{"id", ModelId(engine->target_name())},
-                {"object", "model"},
-                {"created", static_cast<int64_t>(std::time(nullptr))},
-                {"owned_by", "specmoe"},
-                {"root", engine->target_name()},
-                {"max_model_len", engine->max_context()},
-                {"specmoe",
-                 {{"draft", engine->draft_name().empty() ? json(nullptr)
-                                                         : json(engine->draft_name())},
-                  {"vocab_size", engine->vocab_size()},
-                  {"device", engine->device()},
-                  {"dtype", engine->dtype()},
-                  {"default_expansion", engine->default_expansion()},
-                  {"chat_template", ChatTemplateName(config_.chat_template)}}}};
+  json model = {
+      {"id", ModelId(engine->target_name())},
+      {"object", "model"},
+      {"created", static_cast<int64_t>(std::time(nullptr))},
+      {"owned_by", "specmoe"},
+      {"root", engine->target_name()},
+      {"max_model_len", engine->max_context()},
+      {"specmoe",
+       {{"draft", engine->draft_name().empty() ? json(nullptr) : json(engine->draft_name())},
+        {"vocab_size", engine->vocab_size()},
+        {"device", engine->device()},
+        {"dtype", engine->dtype()},
+        {"default_expansion", engine->default_expansion()},
+        {"chat_template", config_.custom_chat_template.has_value()
+                              ? config_.custom_chat_template->path
+                              : ChatTemplateName(config_.chat_template)}}}};
   response.set_content(Dump(json{{"object", "list"}, {"data", json::array({model})}}),
                        "application/json");
   metrics_->CountRequest(Rpc::kHttpModels, grpc::StatusCode::OK);
@@ -509,7 +533,6 @@ void OpenAiHttpServer::HandleGeneration(bool chat, const httplib::Request& reque
   absl::StatusOr<OpenAiRequest> parsed = chat ? ParseChatRequest(body)
                                               : ParseCompletionRequest(body);
   if (!parsed.ok()) return refuse(parsed.status());
-  if (absl::Status status = CheckSupported(*parsed); !status.ok()) return refuse(status);
   const std::string model_id = ModelId(engine->target_name());
   if (!parsed->model.empty() && parsed->model != model_id &&
       parsed->model != engine->target_name()) {
@@ -519,8 +542,7 @@ void OpenAiHttpServer::HandleGeneration(bool chat, const httplib::Request& reque
                   "model_not_found");
   }
   if (chat) {
-    if (absl::Status status = ApplyChatTemplate(config_.chat_template, *engine, *parsed);
-        !status.ok()) {
+    if (absl::Status status = ApplyChatTemplate(config_, *engine, *parsed); !status.ok()) {
       return refuse(status);
     }
   }
@@ -605,6 +627,9 @@ void OpenAiHttpServer::HandleGeneration(bool chat, const httplib::Request& reque
         results[i].text += event.text;
         results[i].token_ids.insert(results[i].token_ids.end(), event.token_ids.begin(),
                                     event.token_ids.end());
+        // An echo's prompt entries all arrive before the first generated token's.
+        logprobs[i].insert(logprobs[i].end(), event.prompt_logprobs.begin(),
+                           event.prompt_logprobs.end());
         logprobs[i].insert(logprobs[i].end(), event.logprobs.begin(), event.logprobs.end());
         if (event.finished) {
           results[i].finish_reason = event.finish_reason;

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -37,6 +38,7 @@ struct HttpServerConfig {
   int threads = 88;           // worker threads = connections served at once
   size_t max_body_bytes = 4 << 20;  // larger bodies: 413
   ChatTemplate chat_template = ChatTemplate::kRaw;
+  std::optional<CustomChatTemplate> custom_chat_template;  // --chat-template-file: used instead
   std::chrono::seconds stream_stall_limit{30};  // a stream write blocked this long ends it
 };
 

@@ -207,7 +207,15 @@ int main(int argc, char** argv) {
                               : options.max_batch + options.max_queue + 8;
     http_config.max_body_bytes = static_cast<size_t>(options.max_message_bytes);
     http_config.stream_stall_limit = std::chrono::seconds(options.stream_stall_seconds);
-    if (options.chat_template == "auto") {
+    if (!options.chat_template_file.empty()) {
+      absl::StatusOr<specmoe::server::CustomChatTemplate> custom =
+          specmoe::server::LoadChatTemplateFile(options.chat_template_file);
+      if (!custom.ok()) {
+        spdlog::error("{}", std::string(custom.status().message()));
+        return 1;
+      }
+      http_config.custom_chat_template = *std::move(custom);
+    } else if (options.chat_template == "auto") {
       const specmoe::server::DetectedChatTemplate detected =
           specmoe::server::DetectChatTemplate(options.target_dir);
       if (!detected.warning.empty()) spdlog::warn("{}", detected.warning);
@@ -226,7 +234,9 @@ int main(int argc, char** argv) {
                      ? "127.0.0.1:" + options.http_listen
                      : options.http_listen,
                  http->port(), options.tls_cert.empty() ? "" : " with TLS",
-                 specmoe::server::ChatTemplateName(http_config.chat_template),
+                 http_config.custom_chat_template.has_value()
+                     ? http_config.custom_chat_template->path
+                     : specmoe::server::ChatTemplateName(http_config.chat_template),
                  http_config.threads);
     if (!api_key->empty() && options.tls_cert.empty() && !IsLoopback(options.http_listen) &&
         options.http_listen.find(':') != std::string::npos) {

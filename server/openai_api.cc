@@ -307,6 +307,10 @@ absl::StatusOr<OpenAiRequest> ParseCompletionRequest(const nlohmann::json& body)
   out.logprobs.top = static_cast<int>(logprobs->value_or(0));
   out.generation.logprobs = out.logprobs.enabled;
   out.generation.top_logprobs = out.logprobs.top;
+  // Scoring a prompt (evaluation harnesses): echo with logprobs returns the prompt tokens'
+  // logprobs too, and an explicit max_tokens 0 generates nothing.
+  g.prompt_logprobs = out.echo && out.logprobs.enabled;
+  g.prompt_only = out.echo && Field(body, "max_tokens").is_number_integer() && *max_tokens == 0;
   if (absl::Status s = RefuseUnlessNeutral(body, "suffix", IsEmpty, "no insertion"); !s.ok()) {
     return s;
   }
@@ -374,16 +378,6 @@ absl::StatusOr<OpenAiRequest> ParseChatRequest(const nlohmann::json& body) {
   out.generation.logprobs = out.logprobs.enabled;
   out.generation.top_logprobs = out.logprobs.top;
   return out;
-}
-
-absl::Status CheckSupported(const OpenAiRequest& request) {
-  if (request.echo && request.logprobs.enabled) {
-    return InvalidParam("echo",
-                        "echo with logprobs is not supported: this server computes the "
-                        "logprobs of generated tokens only, not of the prompt (drop echo or "
-                        "logprobs)");
-  }
-  return absl::OkStatus();
 }
 
 const char* OpenAiFinishReason(engine::FinishReason reason) {
@@ -472,14 +466,19 @@ nlohmann::json LogprobsJson(bool chat, const std::vector<engine::TokenLogprob>& 
   for (const engine::TokenLogprob& lp : logprobs) {
     const std::string text = token_bytes(lp.token_id);
     tokens.push_back(text);
-    values.push_back(lp.logprob);
-    json top = json::object();
-    for (const engine::TopLogprob& t : lp.top) {
-      // Two ids with the same text share one key: the more likely (first) one is kept.
-      const std::string alt = token_bytes(t.token_id);
-      if (!top.contains(alt)) top[alt] = t.logprob;
+    if (std::isnan(lp.logprob)) {  // the first prompt token: nothing precedes it
+      values.push_back(nullptr);
+      tops.push_back(nullptr);
+    } else {
+      values.push_back(lp.logprob);
+      json top = json::object();
+      for (const engine::TopLogprob& t : lp.top) {
+        // Two ids with the same text share one key: the more likely (first) one is kept.
+        const std::string alt = token_bytes(t.token_id);
+        if (!top.contains(alt)) top[alt] = t.logprob;
+      }
+      tops.push_back(std::move(top));
     }
-    tops.push_back(std::move(top));
     offsets.push_back(*text_offset);
     for (char c : text) {
       if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) ++*text_offset;  // a code point

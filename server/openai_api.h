@@ -39,7 +39,10 @@ struct OpenAiRequest {
   int n = 1;                            // choices; choice i is sampled with seed + i
   bool stream = false;
   bool include_usage = false;           // stream_options.include_usage
-  bool echo = false;                    // completions: the prompt before each choice's text
+  // Completions: the prompt before each choice's text; with logprobs, the prompt tokens'
+  // entries before the generated ones (GenerationRequest::prompt_logprobs); with an explicit
+  // max_tokens 0, the prompt alone (GenerationRequest::prompt_only).
+  bool echo = false;
   bool return_token_ids = false;        // specmoe/vLLM extension: each choice's token ids
   LogprobsRequest logprobs;
 };
@@ -73,10 +76,6 @@ absl::Status InvalidParam(const std::string& param, const std::string& message);
 absl::StatusOr<OpenAiRequest> ParseCompletionRequest(const nlohmann::json& body);
 absl::StatusOr<OpenAiRequest> ParseChatRequest(const nlohmann::json& body);
 
-// OK, or the 400 for what this server cannot serve: echo together with logprobs (the
-// engine computes logprobs of generated tokens only, not of the prompt).
-absl::Status CheckSupported(const OpenAiRequest& request);
-
 // "stop" / "length"; "cancelled" for a request the server cancelled.
 const char* OpenAiFinishReason(engine::FinishReason reason);
 
@@ -108,8 +107,10 @@ using TokenBytesFn = std::function<std::string(int32_t)>;
 // Chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
 // "bytes"}]}]}. Completions: {"tokens", "token_logprobs", "top_logprobs": [{token: logprob}],
 // "text_offset"}, the offsets counting characters (code points) of the choice's text from
-// *text_offset, which is advanced past these tokens. Token strings may hold a partial UTF-8
-// character (a byte-fallback token); the JSON writer replaces it, "bytes" keeps it exact.
+// *text_offset, which is advanced past these tokens. An entry whose logprob is NaN (the
+// first prompt token of an echo) has null as its logprob and its top_logprobs. Token strings may
+// hold a partial UTF-8 character (a byte-fallback token); the JSON writer replaces it, "bytes"
+// keeps it exact.
 nlohmann::json LogprobsJson(bool chat, const std::vector<engine::TokenLogprob>& logprobs,
                             const TokenBytesFn& token_bytes, int64_t* text_offset);
 

@@ -191,6 +191,10 @@ void AddFlags(CLI::App& app, ServerOptions& options, std::string& tree_text) {
        "how /v1/chat/completions renders messages (auto: from the target's "
        "tokenizer_config.json when it holds a known one, else raw with a warning)")
       ->check(OneOf({"auto", "llama-2", "chatml", "vicuna", "raw"}));
+  text("--chat-template-file", &options.chat_template_file, "PATH",
+       "a custom chat template instead: a JSON file of per-role prefix/suffix strings, a "
+       "generation prompt, BOS and stop strings (server/README.md, Chat templates); not with "
+       "--chat-template");
   text("--metrics-api-key-file", &options.metrics_api_key_file, "PATH",
        "require 'Authorization: Bearer <key>' (key read from PATH) on /metrics");
   text("--tls-cert", &options.tls_cert, "PATH",
@@ -271,6 +275,10 @@ absl::StatusOr<ServerOptions> ParseServerOptions(int argc, const char* const* ar
     return absl::InvalidArgumentError(absl::StrCat(
         "--max-step-tokens (", options.max_step_tokens, ") must be at least --max-batch (",
         options.max_batch, "): every running request takes one token of each step"));
+  }
+  if (!options.chat_template_file.empty() && app.count("--chat-template") > 0) {
+    return absl::InvalidArgumentError(
+        "--chat-template and --chat-template-file both choose the chat template: give one");
   }
   if (options.kv_cache_tokens > 0 && options.kv_cache_fraction > 0) {
     return absl::InvalidArgumentError(

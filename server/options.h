@@ -47,6 +47,8 @@ struct ServerOptions {
                                                    //   + 8)
   std::string chat_template = "auto";              // --chat-template auto|llama-2|chatml|
                                                    //   vicuna|raw
+  std::string chat_template_file;                  // --chat-template-file (not with
+                                                   //   --chat-template)
   std::string metrics_api_key_file;                // --metrics-api-key-file
   std::string tls_cert;                            // --tls-cert
   std::string tls_key;                             // --tls-key

@@ -38,6 +38,7 @@ engine::GenerationRequest ToGenerationRequest(const specmoe::v1::CompleteRequest
   out.ignore_eos = request.ignore_eos();
   out.logprobs = request.logprobs();
   out.top_logprobs = Saturate(request.top_logprobs());
+  out.prompt_logprobs = request.prompt_logprobs();
   out.speculation.disable = request.speculation().disable();
   for (uint32_t k : request.speculation().expansion()) {
     out.speculation.expansion.push_back(Saturate(k));

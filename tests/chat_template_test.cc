@@ -2,6 +2,8 @@
 // renders the published format exactly (LLaMA-2-chat, ChatML, vicuna v1.1, raw), roles are
 // checked, and DetectChatTemplate recognises the Jinja templates of real model folders'
 // tokenizer_config.json (ChatML as SmolLM's, LLaMA-2-chat's, vicuna's) or warns and falls back.
+// A --chat-template-file renders prefix + content + suffix per message and the generation
+// prompt, and every malformed file is refused naming the file and the fault.
 #include "server/chat_template.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +11,8 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace specmoe::server {
 namespace {
@@ -103,6 +107,75 @@ TEST(ChatTemplateTest, DetectsKnownTemplatesAndWarnsOtherwise) {
   EXPECT_FALSE(broken.warning.empty());
   EXPECT_NE(DetectChatTemplate("/nonexistent/model").warning.find("not found"),
             std::string::npos);
+}
+
+// A --chat-template-file with `text` in the temporary folder.
+std::string TemplateFile(const std::string& name, const std::string& text) {
+  const std::filesystem::path path =
+      std::filesystem::temp_directory_path() / ("specmoe_chat_template_file_" + name + ".json");
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+TEST(ChatTemplateTest, CustomFileRendersPrefixContentSuffix) {
+  const std::string path = TemplateFile("good", R"({
+      "roles": {"system": {"prefix": "### System:\n", "suffix": "\n\n"},
+                "user": {"prefix": "### User:\n", "suffix": "\n\n"},
+                "assistant": {"prefix": "### Assistant:\n", "suffix": "</s>\n"}},
+      "generation_prompt": "### Assistant:\n", "bos": false, "stop": ["###"]})");
+  absl::StatusOr<CustomChatTemplate> custom = LoadChatTemplateFile(path);
+  ASSERT_TRUE(custom.ok()) << custom.status();
+  EXPECT_EQ(custom->path, path);
+  absl::StatusOr<RenderedChat> r = RenderChat(*custom, kConversation);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->segments.size(), 1u);
+  EXPECT_EQ(r->segments[0],
+            "### System:\nBe brief.\n\n### User:\nHi\n\n### Assistant:\nHello.</s>\n"
+            "### User:\nWhy?\n\n### Assistant:\n");
+  EXPECT_FALSE(r->bos);
+  EXPECT_EQ(r->stop, std::vector<std::string>{"###"});
+  // Defaults: BOS on, no generation prompt, no stops; a role without a suffix.
+  custom =
+      LoadChatTemplateFile(TemplateFile("minimal", R"({"roles": {"user": {"prefix": "Q: "}}})"));
+  ASSERT_TRUE(custom.ok()) << custom.status();
+  r = RenderChat(*custom, {{"user", "a"}, {"user", "b"}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->segments[0], "Q: aQ: b");
+  EXPECT_TRUE(r->bos);
+  EXPECT_TRUE(r->stop.empty());
+  // A role the file does not define is refused naming the message and the roles.
+  r = RenderChat(*custom, {{"user", "a"}, {"assistant", "b"}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("messages[1]"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find("(user)"), std::string::npos) << r.status();
+}
+
+TEST(ChatTemplateTest, BadCustomFilesNameTheFileAndTheFault) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"roles": {"user": {"prefix": "Q: "}})", "not valid JSON"},
+      {R"(["roles"])", "must hold a JSON object"},
+      {R"({"generation_prompt": "A: "})", "needs \"roles\""},
+      {R"({"roles": {}})", "needs \"roles\""},
+      {R"({"roles": {"user": "Q: "}})", "roles.user must be an object"},
+      {R"({"roles": {"user": {"prefix": 1}}})", "roles.user.prefix must be a string"},
+      {R"({"roles": {"user": {"prefx": "Q: "}}})", "unknown key 'roles.user.prefx'"},
+      {R"({"roles": {"user": {}}, "generation": "A: "})", "unknown key 'generation'"},
+      {R"({"roles": {"user": {}}, "bos": "yes"})", "bos must be true or false"},
+      {R"({"roles": {"user": {}}, "stop": "###"})", "stop must be an array"},
+      {R"({"roles": {"user": {}}, "stop": [""]})", "non-empty strings"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const std::string path = TemplateFile("bad" + std::to_string(i), cases[i].first);
+    absl::StatusOr<CustomChatTemplate> custom = LoadChatTemplateFile(path);
+    ASSERT_FALSE(custom.ok()) << cases[i].first;
+    EXPECT_EQ(custom.status().code(), absl::StatusCode::kInvalidArgument) << cases[i].first;
+    EXPECT_NE(custom.status().message().find(path), std::string::npos) << custom.status();
+    EXPECT_NE(custom.status().message().find(cases[i].second), std::string::npos)
+        << custom.status();
+  }
+  absl::StatusOr<CustomChatTemplate> missing = LoadChatTemplateFile("/nonexistent/t.json");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("/nonexistent/t.json"), std::string::npos);
 }
 
 }  // namespace

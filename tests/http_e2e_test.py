@@ -8,9 +8,11 @@ include_usage, n (choice i = the single request with seed + i), echo and stop st
 greedy request's tokens over HTTP equal those over gRPC (specmoe-cli) and, unary or streamed,
 equal each other; chat with the raw template equals the completion of the same text; a wrong
 key is AuthenticationError and /health stays open; invalid or unsupported parameters are
-BadRequestError naming the parameter (top_logprobs 21, echo with logprobs); logprobs over
+BadRequestError naming the parameter (top_logprobs 21, logprobs 21); logprobs over
 HTTP (completions and chat forms, unary and per streamed chunk) equal gRPC's for the same
-greedy request; the server-chosen seed (specmoe.seed) reproduces a sampled answer;
+greedy request; echo with logprobs scores the prompt (max_tokens 0: the prompt alone; every
+prompt token's entry, the first null, equals the first generated token's of a greedy request
+for the tokens before it; unary and streamed agree); the server-chosen seed (specmoe.seed) reproduces a sampled answer;
 usage.prompt_tokens_details.cached_tokens counts a repeated prompt's cached blocks and the
 bench's openai backend reports the gRPC backend's cached tokens; an unknown model is
 NotFoundError; an oversized body 413; a full queue 429 (RateLimitError); curl's raw SSE ends with `data: [DONE]`; a client that
@@ -216,6 +218,63 @@ class HttpE2eTest(unittest.TestCase):
         self.assertIsNone(self.client.chat.completions.create(
             model="e2e_target", messages=messages, max_tokens=4).choices[0].logprobs)
 
+    def test_echo_logprobs_score_the_prompt(self):
+        greedy = self.complete(prompt=[1], max_tokens=12, extra_body={"return_token_ids": True})
+        # A greedy stretch (each token the model's own choice), then tokens it would not pick.
+        ids = [1] + greedy.choices[0].model_extra["token_ids"] + [300, 301, 302, 7, 8]
+        scored = self.complete(prompt=ids, echo=True, logprobs=5, max_tokens=0)
+        choice = scored.choices[0]
+        lp = choice.logprobs
+        self.assertEqual(scored.usage.prompt_tokens, len(ids))
+        self.assertEqual(scored.usage.completion_tokens, 0)
+        self.assertEqual(choice.finish_reason, "length")
+        self.assertEqual(len(lp.tokens), len(ids))
+        self.assertIsNone(lp.token_logprobs[0])
+        self.assertIsNone(lp.top_logprobs[0])
+        self.assertEqual(lp.text_offset, [len("".join(lp.tokens[:i])) for i in range(len(ids))])
+        # The independent reference: entry i is the logprob of ids[i] given ids[:i], i.e. the
+        # first generated token's entry of a greedy request for ids[:i].
+        chosen_checked = 0
+        for i in range(1, len(ids)):
+            ref = self.complete(prompt=ids[:i], max_tokens=1, logprobs=5,
+                                extra_body={"return_token_ids": True}).choices[0]
+            self.assertEqual(lp.top_logprobs[i], ref.logprobs.top_logprobs[0], i)
+            if ref.model_extra["token_ids"][0] == ids[i]:
+                self.assertEqual(lp.tokens[i], ref.logprobs.tokens[0])
+                self.assertEqual(lp.token_logprobs[i], ref.logprobs.token_logprobs[0], i)
+                chosen_checked += 1
+            else:
+                self.assertLessEqual(lp.token_logprobs[i], ref.logprobs.token_logprobs[0], i)
+        self.assertGreaterEqual(chosen_checked, 12)
+        # max_tokens 4: the same prompt entries, then the generated tokens'; streamed alike.
+        more = self.complete(prompt=ids, echo=True, logprobs=5, max_tokens=4).choices[0]
+        plain = self.complete(prompt=ids, logprobs=5, max_tokens=4).choices[0]
+        self.assertEqual(more.text, choice.text + plain.text)
+        self.assertEqual(more.logprobs.tokens, lp.tokens + plain.logprobs.tokens)
+        self.assertEqual(more.logprobs.token_logprobs,
+                         lp.token_logprobs + plain.logprobs.token_logprobs)
+        self.assertEqual(more.logprobs.top_logprobs, lp.top_logprobs + plain.logprobs.top_logprobs)
+        chunks = [c for c in self.complete(prompt=ids, echo=True, logprobs=5, max_tokens=4,
+                                           stream=True) if c.choices]
+        self.assertEqual(chunks[0].choices[0].text, choice.text)
+        streamed = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for c in chunks:
+            if c.choices[0].logprobs is None:
+                continue
+            for key in streamed:
+                streamed[key] += getattr(c.choices[0].logprobs, key)
+        for key in streamed:
+            self.assertEqual(streamed[key], getattr(more.logprobs, key), key)
+        self.assertEqual("".join(c.choices[0].text for c in chunks), more.text)
+        # A text prompt: the echo is the prompt; max_tokens 0 without logprobs too.
+        text = self.complete(echo=True, logprobs=1, max_tokens=0)
+        self.assertEqual(text.choices[0].text, PROMPT)
+        self.assertEqual(len(text.choices[0].logprobs.tokens), text.usage.prompt_tokens)
+        bare = self.complete(echo=True, max_tokens=0)
+        self.assertEqual(bare.choices[0].text, PROMPT)
+        self.assertEqual(bare.usage.completion_tokens, 0)
+        self.assertIsNone(bare.choices[0].logprobs)
+
     def test_seed_echo_reproduces_a_sampled_answer(self):
         first = self.complete(temperature=0.9, max_tokens=12)
         seed = first.model_extra["specmoe"]["seed"]
@@ -280,7 +339,6 @@ class HttpE2eTest(unittest.TestCase):
                  (dict(n=9), "n"),
                  (dict(top_p="high"), "top_p"),
                  (dict(logprobs=21), "logprobs"),
-                 (dict(echo=True, logprobs=0), "echo"),
                  (dict(prompt=[1, 999999]), "prompt")]
         for kwargs, param in cases:
             with self.subTest(param=param):
@@ -464,6 +522,73 @@ class HttpSecurityTest(unittest.TestCase):
         finally:
             self.assertEqual(server.stop(), 0)
         self.assertNotIn("http-secret", server.log())
+
+    def test_chat_template_file(self):
+        tmp = tempfile.mkdtemp(prefix="specmoe_http_template_")
+        path = os.path.join(tmp, "template.json")
+        with open(path, "w") as f:
+            json.dump({"roles": {"system": {"prefix": "", "suffix": "\n\n"},
+                                 "user": {"prefix": "Question: ", "suffix": "\n"},
+                                 "assistant": {"prefix": "Answer: ", "suffix": "\n"}},
+                       "generation_prompt": "Answer:", "stop": ["Question:"]}, f)
+        messages = [{"role": "system", "content": "And God said"},
+                    {"role": "user", "content": "Let there be light"},
+                    {"role": "assistant", "content": "and there was light"},
+                    {"role": "user", "content": PROMPT}]
+        rendered = ("And God said\n\nQuestion: Let there be light\nAnswer: and there was light\n"
+                    f"Question: {PROMPT}\nAnswer:")
+        server = e2e.Server("--http-listen", "127.0.0.1:0", "--chat-template-file", path)
+        try:
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.http_port}/v1",
+                                   api_key="unused", max_retries=0, timeout=60)
+            chat = client.chat.completions.create(model="e2e_target", messages=messages,
+                                                  max_tokens=12, temperature=0)
+            models = client.models.list().data
+            self.assertEqual(models[0].model_extra["specmoe"]["chat_template"], path)
+            with self.assertRaises(openai.BadRequestError) as caught:
+                client.chat.completions.create(model="e2e_target", max_tokens=2,
+                                               messages=[{"role": "tool", "content": "x"}])
+            self.assertEqual(caught.exception.param, "messages")
+            self.assertIn("role 'tool'", caught.exception.message)
+            # The rendered text as a completion (BOS first, the file's stop string): the same
+            # prompt tokens and the same greedy text.
+            completion = client.completions.create(model="e2e_target", prompt=rendered,
+                                                   max_tokens=12, temperature=0,
+                                                   stop=["Question:"])
+        finally:
+            self.assertEqual(server.stop(), 0)
+        self.assertEqual(chat.usage.prompt_tokens, completion.usage.prompt_tokens)
+        self.assertEqual(chat.choices[0].message.content, completion.choices[0].text)
+        self.assertEqual(chat.choices[0].finish_reason, completion.choices[0].finish_reason)
+        # Without BOS: one prompt token fewer.
+        with open(path, "w") as f:
+            json.dump({"roles": {"user": {"prefix": "Question: ", "suffix": "\n"}},
+                       "generation_prompt": "Answer:", "bos": False}, f)
+        server = e2e.Server("--http-listen", "127.0.0.1:0", "--chat-template-file", path)
+        try:
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.http_port}/v1",
+                                   api_key="unused", max_retries=0, timeout=60)
+            no_bos = client.chat.completions.create(
+                model="e2e_target", messages=[{"role": "user", "content": PROMPT}], max_tokens=1)
+            with_bos = client.completions.create(
+                model="e2e_target", prompt=f"Question: {PROMPT}\nAnswer:", max_tokens=1)
+        finally:
+            self.assertEqual(server.stop(), 0)
+        self.assertEqual(no_bos.usage.prompt_tokens, with_bos.usage.prompt_tokens - 1)
+        # A bad file or both template flags: the server refuses to start, naming the fault.
+        with open(path, "w") as f:
+            f.write('{"roles": {"user": {"prefx": "Q: "}}}')
+        for flags, message in [
+                (["--chat-template-file", path], f"--chat-template-file {path}: unknown key "
+                                                 "'roles.user.prefx'"),
+                (["--chat-template-file", path, "--chat-template", "raw"],
+                 "--chat-template and --chat-template-file both choose")]:
+            result = subprocess.run([e2e.SERVER, "--target", e2e.TARGET, "--listen",
+                                     "127.0.0.1:0", "--http-listen", "127.0.0.1:0", *flags],
+                                    capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(result.returncode, 0)
+            self.assertLess(result.returncode, 128)  # an exit, not a signal
+            self.assertIn(message, result.stdout + result.stderr)
 
 
 class HttpQueueTest(unittest.TestCase):

@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 namespace specmoe::server {
 namespace {
 
@@ -38,7 +40,6 @@ TEST(OpenAiApiTest, CompletionFieldsConvert) {
   EXPECT_EQ(r->n, 3);
   EXPECT_TRUE(r->echo && r->stream && r->include_usage && r->return_token_ids);
   EXPECT_FALSE(r->logprobs.enabled);
-  EXPECT_TRUE(CheckSupported(*r).ok());
 }
 
 TEST(OpenAiApiTest, DefaultsAndTokenPrompts) {
@@ -57,7 +58,7 @@ TEST(OpenAiApiTest, DefaultsAndTokenPrompts) {
 std::string RefusedParam(const char* body, bool chat = false) {
   absl::StatusOr<OpenAiRequest> r =
       chat ? ParseChatRequest(json::parse(body)) : ParseCompletionRequest(json::parse(body));
-  const absl::Status status = r.ok() ? CheckSupported(*r) : r.status();
+  const absl::Status status = r.status();
   if (status.ok()) return "<accepted>";
   const ApiError error = ToApiError(status);
   EXPECT_EQ(error.http_status, 400) << body;
@@ -89,7 +90,7 @@ TEST(OpenAiApiTest, RefusalsNameTheField) {
   EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 21})"), "logprobs");
   EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 0})"), "<accepted>");
   EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 20})"), "<accepted>");
-  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 0, "echo": true})"), "echo");
+  EXPECT_EQ(RefusedParam(R"({"prompt": "x", "logprobs": 0, "echo": true})"), "<accepted>");
   EXPECT_EQ(RefusedParam(R"([1, 2])"), "");
   EXPECT_EQ(RefusedParam(R"({"messages": []})", true), "messages");
   EXPECT_EQ(RefusedParam(R"({"messages": [{"role": "user", "content": 5}]})", true),
@@ -235,6 +236,36 @@ TEST(OpenAiApiTest, CompletionLogprobsShape) {
   // Code points: "He" is 2; the two bytes of "é" are one character together.
   EXPECT_EQ(lp["text_offset"], json::parse("[10, 12, 13]"));
   EXPECT_EQ(offset, 13);
+}
+
+TEST(OpenAiApiTest, EchoWithLogprobsScoresThePrompt) {
+  absl::StatusOr<OpenAiRequest> score = ParseCompletionRequest(json::parse(R"({"prompt": "x",
+      "echo": true, "logprobs": 2, "max_tokens": 0})"));
+  ASSERT_TRUE(score.ok()) << score.status();
+  EXPECT_TRUE(score->generation.prompt_logprobs && score->generation.prompt_only);
+  EXPECT_EQ(score->generation.top_logprobs, 2);
+  absl::StatusOr<OpenAiRequest> one = ParseCompletionRequest(json::parse(R"({"prompt": "x",
+      "echo": true, "logprobs": 0, "max_tokens": 1})"));
+  ASSERT_TRUE(one.ok());
+  EXPECT_TRUE(one->generation.prompt_logprobs);
+  EXPECT_FALSE(one->generation.prompt_only);
+  EXPECT_EQ(one->generation.max_tokens, 1);
+  // max_tokens 0 without echo, or absent, is the server's default; echo alone computes none.
+  for (const char* body :
+       {R"({"prompt": "x", "max_tokens": 0, "logprobs": 1})", R"({"prompt": "x", "echo": true})"}) {
+    absl::StatusOr<OpenAiRequest> r = ParseCompletionRequest(json::parse(body));
+    ASSERT_TRUE(r.ok()) << body;
+    EXPECT_FALSE(r->generation.prompt_logprobs || r->generation.prompt_only) << body;
+  }
+  // The first prompt token's entry (NaN: nothing precedes it) is null; its text counts.
+  std::vector<engine::TokenLogprob> entries = ToyLogprobs();
+  entries[0].logprob = std::numeric_limits<float>::quiet_NaN();
+  entries[0].top.clear();
+  int64_t offset = 0;
+  const json lp = LogprobsJson(false, entries, ToyBytes, &offset);
+  EXPECT_EQ(lp["token_logprobs"], json::parse("[null, -0.25, -0.125]"));
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  EXPECT_EQ(lp["text_offset"], json::parse("[0, 2, 3]"));
 }
 
 TEST(OpenAiApiTest, ChatLogprobsShape) {

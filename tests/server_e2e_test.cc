@@ -725,6 +725,61 @@ TEST_F(ServerE2eTest, SeedIsEchoedAndLogprobsFollowTheTokens) {
   }
 }
 
+// Prompt logprobs (field 12): one entry per prompt token (the first NaN), each equal bit for
+// bit to the first generated token's entry of a greedy request for the tokens before it;
+// streamed chunks carry the same entries, before any token.
+TEST_F(ServerE2eTest, PromptLogprobsEqualTheFirstTokenOfEachPrefix) {
+  v1::CompleteRequest request = Greedy("And the king said unto the people", 3);
+  request.set_prompt_logprobs(true);
+  request.set_top_logprobs(3);
+  v1::CompleteResponse scored;
+  ASSERT_TRUE(Complete(request, &scored).ok());
+  const int prompt_tokens = static_cast<int>(scored.usage().prompt_tokens());
+  ASSERT_EQ(scored.prompt_logprobs_size(), prompt_tokens);
+  ASSERT_EQ(scored.logprobs_size(), 3);
+  EXPECT_TRUE(std::isnan(scored.prompt_logprobs(0).logprob()));
+  EXPECT_EQ(scored.prompt_logprobs(0).top_size(), 0);
+  std::vector<int32_t> ids;
+  for (const v1::TokenLogprob& lp : scored.prompt_logprobs()) ids.push_back(lp.token_id());
+  for (int i = 1; i < prompt_tokens; ++i) {
+    v1::CompleteRequest prefix;
+    for (int k = 0; k < i; ++k) prefix.add_prompt_token_ids(ids[k]);
+    prefix.set_max_tokens(1);
+    prefix.set_top_logprobs(3);
+    v1::CompleteResponse next;
+    ASSERT_TRUE(Complete(prefix, &next).ok());
+    ASSERT_EQ(next.logprobs_size(), 1);
+    const v1::TokenLogprob& want = next.logprobs(0);
+    const v1::TokenLogprob& got = scored.prompt_logprobs(i);
+    ASSERT_EQ(got.top_size(), 3) << i;
+    for (int k = 0; k < 3; ++k) {
+      EXPECT_EQ(got.top(k).SerializeAsString(), want.top(k).SerializeAsString()) << i;
+    }
+    if (want.token_id() == got.token_id()) {
+      EXPECT_EQ(got.SerializeAsString(), want.SerializeAsString()) << i;
+    }
+  }
+  std::vector<v1::CompleteChunk> chunks;
+  ASSERT_TRUE(Stream(request, &chunks).ok());
+  std::vector<std::string> streamed;
+  bool tokens_seen = false;
+  for (const v1::CompleteChunk& chunk : chunks) {
+    if (chunk.prompt_logprobs_size() > 0) EXPECT_FALSE(tokens_seen);
+    tokens_seen = tokens_seen || chunk.token_ids_size() > 0;
+    for (const v1::TokenLogprob& lp : chunk.prompt_logprobs()) {
+      streamed.push_back(lp.SerializeAsString());
+    }
+  }
+  ASSERT_EQ(static_cast<int>(streamed.size()), prompt_tokens);
+  for (int i = 0; i < prompt_tokens; ++i) {
+    EXPECT_EQ(streamed[i], scored.prompt_logprobs(i).SerializeAsString()) << i;
+  }
+  // Not asked for: none.
+  v1::CompleteResponse plain;
+  ASSERT_TRUE(Complete(Greedy("And the king said unto the people", 2), &plain).ok());
+  EXPECT_EQ(plain.prompt_logprobs_size(), 0);
+}
+
 TEST_F(ServerE2eTest, CliCompleteStreamAndHealth) {
   v1::CompleteResponse expected;
   ASSERT_TRUE(Complete(Greedy("The king said", 10), &expected).ok());

@@ -67,6 +67,17 @@ TEST(ServerOptionsTest, HttpFlagsDefaultOff) {
   EXPECT_EQ(options->http_listen, "8000");
   EXPECT_EQ(options->http_threads, 12);
   EXPECT_EQ(options->chat_template, "chatml");
+  EXPECT_EQ(options->chat_template_file, "");
+  options = Parse({"--target", "/t", "--chat-template-file", "/c.json"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->chat_template_file, "/c.json");
+  // Either chooses the template, not both (even --chat-template auto, given explicitly).
+  for (const char* name : {"raw", "auto"}) {
+    options = Parse({"--target", "/t", "--chat-template", name, "--chat-template-file", "/c.json"});
+    ASSERT_FALSE(options.ok());
+    EXPECT_THAT(std::string(options.status().message()),
+                HasSubstr("--chat-template and --chat-template-file both choose"));
+  }
 }
 
 TEST(ServerOptionsTest, ErrorsNameTheFlag) {
@@ -207,7 +218,7 @@ TEST(ServerOptionsTest, HelpSkipsRequiredFlagsAndListsEveryFlag) {
         "--max-message-bytes", "--api-key-file",
         "--tls-cert", "--tls-key", "--tls-client-ca", "--log-format", "--log-level", "--drain-seconds",
         "--stream-stall-seconds", "--http-listen HOST:PORT", "--http-threads N",
-        "--chat-template auto|llama-2|chatml|vicuna|raw"}) {
+        "--chat-template auto|llama-2|chatml|vicuna|raw", "--chat-template-file PATH"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
   EXPECT_THAT(usage, HasSubstr("(default 127.0.0.1:50051)"));

@@ -25,6 +25,18 @@ int Runner::AddCausal(const SequenceBlocks& blocks, std::span<const int32_t> tok
   return logit_rows() - 1;
 }
 
+int Runner::AddCausalRows(const SequenceBlocks& blocks, std::span<const int32_t> tokens, int from,
+                          int to, int rows_from) {
+  SPECMOE_CHECK(from <= rows_from && rows_from < to, "wanted rows outside the causal segment");
+  const int first_token = this->tokens();
+  AddCausal(blocks, tokens, from, to, false);
+  const int first_row = logit_rows();
+  for (int pos = rows_from; pos < to; ++pos) {
+    batch_.logit_rows.push_back(first_token + pos - from);
+  }
+  return first_row;
+}
+
 int Runner::AddTree(const SequenceBlocks& blocks, int root_pos, std::span<const int32_t> token,
                     std::span<const int32_t> depth, std::span<const uint64_t> mask,
                     std::span<const int> nodes) {

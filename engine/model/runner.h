@@ -33,6 +33,10 @@ class Runner {
   // last one's logits are wanted. Returns that logit row (or -1).
   int AddCausal(const SequenceBlocks& blocks, std::span<const int32_t> tokens, int from, int to,
                 bool want_last);
+  // The same segment with the logits of every token at positions [rows_from, to) wanted
+  // (from <= rows_from < to; prompt logprobs). Returns the first of those rows.
+  int AddCausalRows(const SequenceBlocks& blocks, std::span<const int32_t> tokens, int from, int to,
+                    int rows_from);
   // Tree nodes `nodes` (indices into the tree's arrays token/depth/mask) of a tree whose root
   // is at position root_pos; every node's logits are wanted, in the order of `nodes`.
   // Returns the first of their logit rows.

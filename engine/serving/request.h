@@ -40,6 +40,14 @@ struct GenerationRequest {
   bool logprobs = false;
   int top_logprobs = 0;
   bool wants_logprobs() const { return logprobs || top_logprobs > 0; }
+  // Prompt logprobs (GenerationEvent::prompt_logprobs; engine/README.md, Prompt logprobs):
+  // every prompt token's logprob under the target given the tokens before it, with
+  // top_logprobs alternatives, computed while prefilling (the prefix cache supplies no
+  // position whose logprobs are still owed, so they are never skipped).
+  bool prompt_logprobs = false;
+  // Generate nothing (max_tokens is ignored): the request ends with FinishReason::kLength
+  // once its prompt is prefilled (with prompt_logprobs: once they are all delivered).
+  bool prompt_only = false;
 };
 
 enum class FinishReason { kNone = 0, kLength = 1, kStop = 2, kEos = 3, kCancelled = 4 };
@@ -59,6 +67,10 @@ struct GenerationEvent {
   // When the request wants logprobs: one entry per token in token_ids, in order, from the
   // target logits row that chose the token (bit-identical with speculation on and off).
   std::vector<TokenLogprob> logprobs;
+  // When the request wants prompt logprobs: the next prompt tokens' entries, in prompt order
+  // across events, all before the first generated token. The first prompt token's entry has
+  // logprob NaN and no top (nothing precedes it: OpenAI's null).
+  std::vector<TokenLogprob> prompt_logprobs;
   uint64_t seed = 0;                // last event: the request's effective sampling seed
                                     // (the server's choice when the request sent 0)
   absl::Status status;              // non-OK: the request failed (finished is true)

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <utility>
 
 #include "absl/hash/hash.h"
@@ -48,6 +49,21 @@ void Compact(kernels::Backend& backend, KvCache& cache, const Scheduler::Moves& 
 }
 
 int BlocksFor(int slots) { return (slots + kKvBlockSize - 1) / kKvBlockSize; }
+
+// How much of seq's tokens the prefix cache may supply: up to the root (its logits are
+// needed), and never a position whose prompt logprobs row is still owed.
+int CacheLimit(const Sequence& seq) {
+  const int owed = seq.owed_prompt_row();
+  return owed < 0 ? seq.root_pos() : std::min(owed, seq.root_pos());
+}
+
+// The first prompt token's entry: nothing precedes it.
+TokenLogprob FirstPromptEntry(const Sequence& seq) {
+  TokenLogprob entry;
+  entry.token_id = seq.tokens[0];
+  entry.logprob = std::numeric_limits<float>::quiet_NaN();
+  return entry;
+}
 
 }  // namespace
 
@@ -117,6 +133,63 @@ void Scheduler::Finish(Sequence& seq, GenerationEvent event) {
   seq.sink(std::move(event));
 }
 
+void Scheduler::EndPromptOnly() {
+  std::erase_if(running_, [this](std::unique_ptr<Sequence>& seq) {
+    if (seq->prefilling()) return false;
+    GenerationEvent event;
+    if (seq->owed_prompt_row() >= 0 && seq->prompt_logprobs_sent == 0) {  // a 1-token prompt
+      event.prompt_logprobs.push_back(FirstPromptEntry(*seq));
+      seq->prompt_logprobs_sent = 1;
+    }
+    if (!seq->request.prompt_only) {
+      if (!event.prompt_logprobs.empty()) seq->sink(std::move(event));
+      return false;
+    }
+    seq->finish = FinishReason::kLength;
+    Finish(*seq, std::move(event));
+    return true;
+  });
+}
+
+bool Scheduler::AdvancePrefill(Sequence& seq, int slots, const LogitsView& logits, int first_row) {
+  seq.target_len = slots;
+  GenerationEvent event;
+  if (first_row >= 0) {
+    // Rows for positions [owed, target_len); a broken row fails this request only.
+    const int owed = seq.owed_prompt_row();
+    if (std::optional<NonFinite> bad = FindNonFinite(logits, first_row, seq.target_len - owed)) {
+      event.status = absl::InternalError(absl::StrCat(
+          "target model ", options_.target_dir, " produced a ", bad->nan ? "NaN" : "infinite",
+          " logit (token id ", bad->token, ") at prompt position ", owed + bad->row - first_row,
+          "; the weights are broken"));
+      Finish(seq, std::move(event));
+      return true;
+    }
+    event.prompt_logprobs = PromptLogprobs(seq, logits, first_row);
+  }
+  if (!seq.prefilling() && seq.request.prompt_only) {
+    seq.finish = FinishReason::kLength;
+    Finish(seq, std::move(event));
+    return true;
+  }
+  if (!event.prompt_logprobs.empty()) seq.sink(std::move(event));
+  return false;
+}
+
+std::vector<TokenLogprob> Scheduler::PromptLogprobs(Sequence& seq, const LogitsView& logits,
+                                                    int first_row) {
+  std::vector<TokenLogprob> entries;
+  if (seq.prompt_logprobs_sent == 0) entries.push_back(FirstPromptEntry(seq));
+  // Rows [first_row, ...) hold positions [owed, target_len): token p + 1's entry from row p.
+  const int owed = seq.owed_prompt_row();
+  for (int pos = owed; pos < seq.target_len; ++pos) {
+    entries.push_back(
+        RowLogprob(logits, first_row + pos - owed, seq.tokens[pos + 1], seq.request.top_logprobs));
+  }
+  seq.prompt_logprobs_sent = seq.target_len + 1;
+  return entries;
+}
+
 void Scheduler::EndCancelled() {
   auto cancelled = [this](std::unique_ptr<Sequence>& seq) {
     if (!seq->handle->cancelled()) return false;
@@ -130,7 +203,7 @@ void Scheduler::EndCancelled() {
 
 int Scheduler::TakeCachedPrefix(Sequence& seq, int free) {
   // The root's logits are needed, so at least the root is computed.
-  const PrefixCache::Hit hit = prefix_cache_.Lookup(seq.tokens, seq.root_pos(), seq.speculating());
+  const PrefixCache::Hit hit = prefix_cache_.Lookup(seq.tokens, CacheLimit(seq), seq.speculating());
   const int first_chunk = std::min(seq.root_pos() - hit.tokens, options_.max_step_tokens) + 1;
   const int blocks = BlocksFor(hit.tokens + first_chunk) - BlocksFor(hit.tokens) + hit.revived;
   if (!running_.empty() && free - blocks < watermark_blocks_) return -1;
@@ -152,7 +225,7 @@ void Scheduler::ExtendCachedPrefixes() {
   for (const auto& seq : running_) {
     if (!seq->prefilling() || (seq->speculating() && seq->draft_len != seq->target_len)) continue;
     const int added =
-        prefix_cache_.Extend(seq->tokens, seq->root_pos(), seq->target_blocks,
+        prefix_cache_.Extend(seq->tokens, CacheLimit(*seq), seq->target_blocks,
                              seq->speculating() ? &seq->draft_blocks : nullptr, seq->prefix_chain);
     seq->target_len += added;
     seq->draft_len += added;
@@ -321,6 +394,7 @@ StepReport Scheduler::Step() {
   EndCancelled();
   report.admitted = Admit();
   ExtendCachedPrefixes();
+  EndPromptOnly();
   // b. The budget (trees first, then prompt chunks) and the blocks it needs.
   int tree_room = 0;
   std::vector<Planned> plan = Budget(&tree_room);
@@ -351,9 +425,9 @@ StepReport Scheduler::Step() {
     Sequence& seq = *plan[i].seq;
     const size_t tokens_before = seq.tokens.size();
     if (!plan[i].decode) {
-      seq.target_len = plan[i].slots;
       ++report.prefilling;
       report.prefill_tokens += plan[i].chunk;
+      if (AdvancePrefill(seq, plan[i].slots, logits, first_row[i])) finished.push_back(&seq);
     } else {
       ++report.decoding;
       if (VerifyAndEmit(seq, jobs[i], logits, first_row[i], &target_moves, &draft_moves)) {
@@ -451,7 +525,16 @@ LogitsView Scheduler::ScoreTarget(const std::vector<Planned>& plan,
   for (size_t i = 0; i < plan.size(); ++i) {
     Sequence& seq = *plan[i].seq;
     if (!plan[i].decode) {
-      target_runner_.AddCausal(seq.target_blocks, seq.tokens, seq.target_len, plan[i].slots, false);
+      // Prompt logprobs: every row from the first one still owed (never before the chunk:
+      // the prefix cache supplies no owed position, CacheLimit).
+      const int owed = seq.owed_prompt_row();
+      if (owed >= 0 && owed < plan[i].slots) {
+        (*first_row)[i] = target_runner_.AddCausalRows(seq.target_blocks, seq.tokens,
+                                                       seq.target_len, plan[i].slots, owed);
+      } else {
+        target_runner_.AddCausal(seq.target_blocks, seq.tokens, seq.target_len, plan[i].slots,
+                                 false);
+      }
       continue;
     }
     if (jobs[i].non_finite.has_value()) continue;  // fails in verification

@@ -71,6 +71,16 @@ class Scheduler {
   };
 
   void EndCancelled();
+  // Ends the prompt-only requests whose prompts are prefilled (a cache hit or a 1-token
+  // prompt leaves nothing to prefill), after a 1-token prompt's one prompt logprobs entry.
+  void EndPromptOnly();
+  // g for a prefilling request whose chunk reached `slots`: its prompt logprobs from rows
+  // [first_row, ...) when it owes any (-1: none), and the end of a prompt-only request; true
+  // when the request finished (its final event delivered, its blocks released).
+  bool AdvancePrefill(Sequence& seq, int slots, const LogitsView& logits, int first_row);
+  // seq's prompt logprobs from this step's rows [first_row, ...) (its owed positions up to
+  // the prefilled target_len; the first prompt token's entry first when none was sent).
+  std::vector<TokenLogprob> PromptLogprobs(Sequence& seq, const LogitsView& logits, int first_row);
   // The blocks the running set takes this step beyond those it holds (its plan at most).
   int GrowthBlocks() const;
   // Moves waiting requests into the running set while the blocks left after the running
@@ -101,7 +111,8 @@ class Scheduler {
   // c-d: the jobs of the step's decoding requests (a root-only tree for those that do not
   // draft), drafted together; prefilling requests' chunks go through the draft too.
   std::vector<DraftJob> DraftTrees(const std::vector<Planned>& plan, int tree_room);
-  // e: the one target forward; (*first_row)[i]: plan[i]'s first logit row (-1: none).
+  // e: the one target forward; (*first_row)[i]: plan[i]'s first logit row (-1: none; a
+  // prompt chunk has rows only for owed prompt logprobs).
   LogitsView ScoreTarget(const std::vector<Planned>& plan, const std::vector<DraftJob>& jobs,
                          std::vector<int>* first_row, StepReport& report);
   // f-g for one decoding request: verify, commit and emit, adding its compaction to the

@@ -51,6 +51,8 @@ struct Sequence {
   PrefixChain prefix_chain;  // the blocks offered to the prefix cache
   // Prompt tokens the prefix cache supplied before any preemption (-1: not admitted yet).
   int cached_prompt_tokens = -1;
+  // Prompt logprobs: the prompt tokens whose entries were delivered (tokens 0..n-1).
+  int prompt_logprobs_sent = 0;
   Rng draft_rng{0};   // draws the tree's children
   Rng verify_rng{0};  // acceptance uniforms and bonus tokens (independent)
   IncrementalDetokenizer detok;
@@ -71,6 +73,13 @@ struct Sequence {
   int root_pos() const { return static_cast<int>(tokens.size()) - 1; }
   bool prefilling() const { return target_len < root_pos(); }
   int completion_tokens() const { return static_cast<int>(tokens.size()) - prompt_len; }
+  // The first prompt position whose logits row the request still owes for its prompt
+  // logprobs (row p gives token p + 1's entry), or -1 when it owes none. The prefix cache may
+  // supply the K/V of positions before it only.
+  int owed_prompt_row() const {
+    if (!request.prompt_logprobs || prompt_logprobs_sent >= prompt_len) return -1;
+    return prompt_logprobs_sent > 0 ? prompt_logprobs_sent - 1 : 0;
+  }
   // KV slots the request can ever need: its context plus tree scratch.
   int max_slots(int max_context, int tree_slots) const;
 };
