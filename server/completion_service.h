@@ -29,7 +29,7 @@ namespace specmoe::server {
 grpc::Status CheckApiKey(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
                          const std::string& api_key);
 
-// The request log lines (DESIGN §7), shared with the HTTP front (server/http_server.h): one
+// The request log lines (server/README.md), shared with the HTTP front (server/http_server.h): one
 // per refused request, one per finished generation request (`ttft_seconds` < 0: no token).
 void LogRefusedRequest(const std::string& rpc, const std::string& request_id,
                        const std::string& peer, const absl::Status& status);

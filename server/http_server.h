@@ -1,4 +1,4 @@
-// server/http_server.h — the OpenAI-compatible HTTP front (issue 21), a second transport over
+// server/http_server.h — the OpenAI-compatible HTTP front, a second transport over
 // the same engine: POST /v1/completions and /v1/chat/completions (unary JSON, or Server-Sent
 // Events with stream: true), GET /v1/models and GET /health, on cpp-httplib (TLS through its
 // OpenSSL build). It converts only (server/openai_api.h; the engine's validator decides),

@@ -399,7 +399,7 @@ TEST_F(CudaAttentionTest, ManyTreeTokensAtLongContext) {
   }
 }
 
-// Batch invariance (kernels/backend.h, issue 22): a token's attention output is bit for bit
+// Batch invariance (kernels/backend.h): a token's attention output is bit for bit
 // the same alone, in a mixed batch, in a batch of 400 copies of itself, and with a wider
 // block table (more key splits launched), because the keys are split by a fixed chunk size and
 // merged in chunk order whatever the launch.

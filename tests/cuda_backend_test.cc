@@ -938,7 +938,7 @@ TEST_F(CudaBackendTest, RecordingReplaysWithNewInputs) {
   EXPECT_FALSE(gpu_->Replay(RecordingKey{key.owner, 8}));
   EXPECT_FALSE(gpu_->Replay(RecordingKey{NewRecordingId(), 7}));
 
-  // The logits reductions have a scratch buffer of their own (issue 22): a sampled row of a
+  // The logits reductions have a scratch buffer of their own: a sampled row of a
   // large vocabulary (the sort's workspace is far larger than this forward's scratch) must
   // not invalidate the recording.
   const int big_vocab = 1 << 20;

@@ -119,7 +119,7 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaGoldenTest,
                                            "llama_bf16",
                                            "moe_one_expert", "moe_tiny"));
 
-// Recordings are keyed by never-reused ids and dropped with their model (issue 22): a model
+// Recordings are keyed by never-reused ids and dropped with their model: a model
 // and cache destroyed and made again on the same backend (at the same host addresses, as the
 // allocator hands them back, but other device buffers: a spacer holds the old ones' place)
 // must record afresh, never replay a recording that points at the freed buffers.

@@ -17,7 +17,7 @@
 // round the same values the same way and differ only in fp32 summation order (and the
 // rare rounding flip it causes), so half those tolerances bound them. Every output is
 // also checked to be written (y starts as NaN) and finite. The fused path is also captured
-// in a CUDA graph with the routing and replayed on new inputs. Issue 22: NaN gate rows route
+// in a CUDA graph with the routing and replayed on new inputs. NaN gate rows route
 // to k distinct experts exactly as the CPU's (NaN ranks last) and leave every other token's
 // output exact; the first fused call on a fresh expert array (its table uploaded then) is
 // right at once. The stream is non-blocking, as the backend's. Links with the sequential
@@ -233,7 +233,7 @@ TEST_F(CudaMoeTest, TopKSoftmaxManyPairsAndIdleExperts) {
   CheckTopK(*cpu_, *ctx_, 1, 8, 8, true, {}, 104);
 }
 
-// NaN gate rows in a batch (issue 22): NaN ranks after every number, so each row still routes
+// NaN gate rows in a batch: NaN ranks after every number, so each row still routes
 // to k DISTINCT experts, exactly the CPU's (kernels/routing_order.h). A NaN that made later
 // choices fall back to expert 0 would route one token to expert 0 twice and break the
 // expert runs that the fused kernels tile.
@@ -621,7 +621,7 @@ TEST_F(CudaMoeTest, ExpertsWithNanGateRowsLeaveTheOtherTokensExact) {
 
 // The first fused call on a new expert array uploads its device table and launches the kernels
 // that read it at once, on a non-blocking stream: the upload must be ordered before them
-// (issue 22: a legacy-stream cudaMemcpy was not). Fresh op and fresh array every round, so
+// (a legacy-stream cudaMemcpy was not). Fresh op and fresh array every round, so
 // every round uploads a table.
 TEST_F(CudaMoeTest, FusedFirstCallOnAFreshTableMatchesTheCpu) {
   MoeCase c;

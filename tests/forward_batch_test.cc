@@ -204,7 +204,7 @@ TEST(ForwardBatchTest, TreeStartOfAMasklessSequenceIsIgnored) {
   EXPECT_TRUE(Check(b).ok()) << Check(b);
 }
 
-// Recorded forwards are keyed by ids, not addresses (issue 22): a model and a cache destroyed
+// Recorded forwards are keyed by ids, not addresses: a model and a cache destroyed
 // and made again (typically at the same host addresses) get ids never seen before, so a
 // recording made for the old ones can never be replayed for the new ones.
 TEST(ForwardBatchTest, ModelsAndCachesMadeAgainGetNewRecordingIds) {

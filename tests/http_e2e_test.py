@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""e2e test of the OpenAI-compatible HTTP front (issue 21) with the official `openai` client.
+"""e2e test of the OpenAI-compatible HTTP front with the official `openai` client.
 
 Runs with the tools venv's python (deploy/setup.sh installs `openai` there) against the real
 specmoe-server on 127.0.0.1 (gRPC and --http-listen on free ports, the committed fixture

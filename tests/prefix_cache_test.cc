@@ -1,5 +1,4 @@
-// tests/prefix_cache_test.cc — automatic prefix caching (engine/serving/prefix_cache.h,
-// issue 19).
+// tests/prefix_cache_test.cc — automatic prefix caching (engine/serving/prefix_cache.h).
 //
 // The block table alone, on real KV pools: what is found, pairs of target and draft blocks,
 // eviction order, and a property test over random streams of admissions, growth and

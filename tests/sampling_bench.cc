@@ -1,5 +1,5 @@
 // tests/sampling_bench.cc — what coupled sampled verification (the default) costs against
-// rejection sampling (issue 18): tokens per verify step and output tokens/s of seeded
+// rejection sampling: tokens per verify step and output tokens/s of seeded
 // sampled requests at temperatures 0.5, 0.8 and 1.0, for the static trees <1,1,3,1,1,1,1,1>
 // and <2,2,1> and for dynamic trees, with plain decoding beside them.
 //

@@ -1,5 +1,5 @@
 // tests/seeded_sampling_test.cc — seeded sampling is load-, tree- and draft-invariant, the
-// seed is echoed, and per-token logprobs are exact (issue 18), through the Engine's worker
+// seed is echoed, and per-token logprobs are exact, through the Engine's worker
 // loop on the e2e fixture pair and the llama_tiny golden.
 //
 // Bit-identity: N = 1..12 seeded requests (temperatures 0.5-1.2, top-k, top-p, repetition

@@ -647,7 +647,7 @@ TEST_F(ServerE2eTest, UnparseableRequestsAreInvalidArgumentNamingTheProblem) {
   ASSERT_TRUE(Complete(Greedy("Hello", 4), &response).ok());
 }
 
-// Issue 18: a sampled request without a seed gets the server's, echoed on the response and
+// A sampled request without a seed gets the server's, echoed on the response and
 // the last chunk; sending it back reproduces the text with speculation off; logprobs come
 // one per token (and each stream chunk carries exactly its tokens' entries), equal with
 // speculation on and off.

@@ -1,4 +1,4 @@
-// tests/soak_e2e_test.cc — a soak run of the real specmoe-server (issue 16 item 6): one server
+// tests/soak_e2e_test.cc — a soak run of the real specmoe-server: one server
 // on 127.0.0.1 with a KV budget small enough to force preemptions, a few hundred requests
 // from many client threads at once (greedy unary and streamed with several trees, cancels
 // after the first chunk, 5-60 ms deadlines, invalid requests, dropped connections, seeded

@@ -1,4 +1,4 @@
-// engine/serving/prefix_cache.h — automatic prefix caching over both KV caches (issue 19).
+// engine/serving/prefix_cache.h — automatic prefix caching over both KV caches.
 //
 // A full block of committed tokens is named by a hash chained over its parent block's hash
 // and its token ids, seeded by the model pair and the KV dtype. The table maps hashes to

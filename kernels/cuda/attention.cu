@@ -56,7 +56,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kKeys = 4;  // consecutive slots per warp step
 constexpr int kMaxHeadDim = 256;
 // Logical slots per split: 4 warps x 4 keys x 16 steps. Fixed, so that the split of a key
-// never depends on the batch (issue 22); a 4k-token decode gets 16 splits per (token, head).
+// never depends on the batch; a 4k-token decode gets 16 splits per (token, head).
 constexpr int kChunk = 256;
 // Scratch for the partial results of one pass: [rows, splits, head_dim + 2] f32.
 constexpr size_t kMaxPartialBytes = size_t{64} << 20;
