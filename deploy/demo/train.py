@@ -140,6 +140,8 @@ def main():
                     help="with --steps: stop early at this wall time (0: never)")
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-from", help="continue from a checkpoint of this script (its "
+                    "config and weights; a fresh optimizer and schedule)")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -150,9 +152,16 @@ def main():
     torch.manual_seed(args.seed)
     cfg = draft_config(args.arch, args.hidden, args.layers, args.heads, args.kv_heads,
                        args.experts, args.expert_size, args.top_k)
+    prior = torch.load(args.init_from) if args.init_from else None
+    if prior is not None:
+        cfg = prior["config"]
     model = llama_torch.Llama(cfg)
-    model.init_random(args.seed)
-    init_embedding(model, args.target)
+    if prior is None:
+        model.init_random(args.seed)
+        init_embedding(model, args.target)
+    else:
+        model.load(prior["state"])
+        print(f"continuing {args.init_from} after {prior['steps']} steps", flush=True)
     total = sum(p.numel() for p in model.parameters())
     print(f"{args.arch}: {total / 1e6:.2f}M parameters, {model.active_params() / 1e6:.2f}M "
           f"active per token", flush=True)
@@ -207,6 +216,10 @@ def main():
                 log_ce, log_n = 0.0, 0
     elapsed = time.time() - start
     print(f"done: {step} steps, {epoch} epochs, {elapsed:.0f} s", flush=True)
+    if prior is not None:
+        step += prior["steps"]
+        elapsed += prior["seconds"]
+        print(f"in all: {step} steps, {elapsed:.0f} s", flush=True)
     torch.save({"config": cfg, "state": {n: t.detach() for n, t in model.state().items()},
                 "steps": step, "seconds": elapsed, "args": vars(args)}, args.out)
 
