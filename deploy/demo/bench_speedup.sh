@@ -5,13 +5,15 @@
 # ROUNDS times; prints each run's output tokens/s and the medians (tests/README.md, "A
 # distilled draft for SmolLM2"). Needs build/server/specmoe-server, build/client/specmoe-cli and
 # the imported target (./deploy/quickstart.sh makes all three).
-# Usage: deploy/demo/bench_speedup.sh [out_dir]   (ROUNDS=2, REQUESTS="6 8 32", TREE=, THREADS=0)
+# Usage: deploy/demo/bench_speedup.sh [out_dir]
+#   ROUNDS=2  CONCURRENCY="1 4 16"  REQUESTS="6 8 32" (one per concurrency)  TREE=  THREADS=0
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-build/distill/bench}
 TARGET=${TARGET:-build/models/smollm2-135m-instruct}
 DRAFT=${DRAFT:-deploy/demo/smollm2-moe-draft}
 ROUNDS=${ROUNDS:-2}
+read -r -a CONCURRENCY <<<"${CONCURRENCY:-1 4 16}"
 read -r -a REQUESTS <<<"${REQUESTS:-6 8 32}"
 PORT=${PORT:-50571}
 mkdir -p "$OUT"
@@ -28,9 +30,8 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 
-CONCURRENCY=(1 4 16)
 for round in $(seq 1 "$ROUNDS"); do
-  for i in 0 1 2; do
+  for i in "${!CONCURRENCY[@]}"; do
     c=${CONCURRENCY[$i]}
     build/client/specmoe-cli bench --server "127.0.0.1:$PORT" --dataset-path "$OUT/prompts.jsonl" \
         --num-requests "${REQUESTS[$i]}" --concurrency "$c" --ab --warmup 1 \
@@ -39,12 +40,13 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-/usr/bin/python3 - "$OUT" "$ROUNDS" <<'EOF'
+/usr/bin/python3 - "$OUT" "$ROUNDS" "${CONCURRENCY[@]}" <<'EOF'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
+concurrency = [int(c) for c in sys.argv[3:]]
 print("| concurrency | off tok/s | on tok/s | speedup (median) | per round | tokens/step | acceptance |")
 print("|---|---|---|---|---|---|---|")
-for c in (1, 4, 16):
+for c in concurrency:
     rs = [json.load(open(f"{out}/c{c}-r{r}.json")) for r in range(1, rounds + 1)]
     on = [r["spec_on"]["output_throughput"] for r in rs]
     off = [r["spec_off"]["output_throughput"] for r in rs]
