@@ -10,7 +10,8 @@ random. AdamW, linear warm-up then cosine decay over a wall-time budget (--minut
 a log line per --log-every steps.
 
     /usr/bin/python3 deploy/demo/train.py --arch moe --data build/distill/train.jsonl \
-        --target build/models/smollm2-135m-instruct --minutes 30 --out build/distill/moe.pt
+        --target build/models/smollm2-135m-instruct --steps 170 --lr 3e-3 \
+        --out build/distill/moe.pt          # then --init-from it (engine/README.md's recipe)
 
 Needs torch (Debian's python3-torch); runs with torch.set_num_threads(1).
 """
