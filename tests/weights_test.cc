@@ -23,6 +23,7 @@
 #include "engine/loader/model_config.h"
 #include "engine/loader/safetensors.h"
 #include "engine/loader/torch_pickle.h"
+#include "engine/text/tokenizer.h"
 #include "engine/text/vocab_check.h"
 #include "kernels/cpu/f16.h"
 #include "gmock/gmock.h"
@@ -725,6 +726,30 @@ TEST(LoaderErrorTest, ModelTooLargeForMemory) {
   EXPECT_GT(PhysicalMemoryBytes(), 0u);
   EXPECT_TRUE(CheckFitsInMemory(1 << 20, "tiny").ok());
   EXPECT_FALSE(CheckFitsInMemory(PhysicalMemoryBytes() + 1, "huge").ok());
+}
+
+// The distilled draft the quickstart serves with SmolLM2 (deploy/demo/smollm2-moe-draft,
+// engine/README.md "A distilled draft for SmolLM2"): it loads as the LLaMA-MoE it claims to be,
+// every tensor bound, in f16, within 40 MB, with SmolLM2's 49152-token byte-level BPE.
+TEST(ShippedDraftTest, SmolLM2DraftLoads) {
+  const std::string dir = std::string(SPECMOE_FIXTURES) + "/../../deploy/demo/smollm2-moe-draft";
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->architecture, Architecture::kLlamaMoe);
+  EXPECT_EQ(config->num_experts, 8);
+  EXPECT_EQ(config->num_selects, 2);
+  EXPECT_TRUE(config->tie_word_embeddings);
+  EXPECT_EQ(config->vocab_size, 49152);
+  absl::StatusOr<std::unique_ptr<WeightStore>> store = WeightStore::Open(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_LE((*store)->total_bytes(), 40u * 1000 * 1000);
+  absl::StatusOr<ModelWeights> weights = BindModelWeights(*config, **store);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  EXPECT_EQ(weights->dtype, DType::kF16);
+  EXPECT_EQ(weights->layers.size(), static_cast<size_t>(config->num_layers));
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(dir);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  EXPECT_EQ((*tokenizer)->vocab_size(), 49152);
 }
 
 }  // namespace
