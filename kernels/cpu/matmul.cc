@@ -371,9 +371,13 @@ void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, in
   for (int i = 1; i < count; ++i) {
     SPECMOE_CHECK(w[i].dtype == w[0].dtype, "fused matrices must have the same dtype");
   }
+  // Row groups of near-equal size (n = 16: 8 + 8 rows, not 12 + 4, so no group is a thin
+  // tile); group g holds rows [group_row(g), group_row(g + 1)). Which rows share a group
+  // changes no output's order.
   const int groups = (n + mr_max - 1) / mr_max;
+  const auto group_row = [n, groups](int64_t g) { return static_cast<int>(n * g / groups); };
 
-  // x packed by row group: xp[g * in * mr_max + k * m_g + r] = x[(g * mr_max + r) * in + k].
+  // x packed by row group: xp[g * in * mr_max + k * m_g + r] = x[(group_row(g) + r) * in + k].
   thread_local std::vector<float> xpack;
   xpack.resize(static_cast<size_t>(groups) * in * mr_max);
   float* xp = xpack.data();
@@ -381,9 +385,9 @@ void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, in
       groups,
       [&](int64_t begin, int64_t end) {
         for (int64_t g = begin; g < end; ++g) {
-          const int m = std::min<int>(mr_max, n - static_cast<int>(g) * mr_max);
+          const int m = group_row(g + 1) - group_row(g);
           float* dst = xp + g * in * mr_max;
-          const float* src = x + g * mr_max * in;
+          const float* src = x + group_row(g) * in;
           if (m == 1) {
             std::memcpy(dst, src, static_cast<size_t>(in) * sizeof(float));
             continue;
@@ -430,9 +434,9 @@ void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, in
             t.first = k0 == 0;
             t.panel = panel + k0 * kPanelWidth * elem;
             for (int64_t g = g0; g < g1; ++g) {
-              const int mr = std::min<int>(mr_max, n - static_cast<int>(g) * mr_max);
+              const int mr = group_row(g + 1) - group_row(g);
               t.xg = xp + g * in * mr_max + k0 * mr;
-              t.y = y[m] + (g * mr_max) * rows + p * kPanelWidth;
+              t.y = y[m] + group_row(g) * rows + p * kPanelWidth;
               t.prefetch = g == g0;
               tile_fn(t, mr);
             }
