@@ -21,13 +21,10 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/f16.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/row_ops.h"
 #include "kernels/cpu/sampling.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/routing_order.h"
-
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
 
 namespace specmoe::kernels {
 namespace {
@@ -37,24 +34,6 @@ constexpr int64_t kMinParallelElements = int64_t{1} << 15;
 
 inline int64_t MinRows(int64_t row_elements) {
   return std::max<int64_t>(1, kMinParallelElements / std::max<int64_t>(1, row_elements));
-}
-
-// sum_i x[i]^2 with 8 lanes (fixed order), then the tail.
-inline float SumOfSquares(const float* x, int d) {
-  int i = 0;
-  float sum = 0.0f;
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc = _mm256_setzero_ps();
-  for (; i + 8 <= d; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    acc = _mm256_fmadd_ps(v, v, acc);
-  }
-  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 0x55)));
-#endif
-  for (; i < d; ++i) sum += x[i] * x[i];
-  return sum;
 }
 
 class CpuBackend final : public Backend {
@@ -128,9 +107,8 @@ class CpuBackend final : public Backend {
           for (int64_t r = begin; r < end; ++r) {
             const float* xr = x + r * d;
             float* yr = y + r * d;
-            const float variance = SumOfSquares(xr, d) / static_cast<float>(d);
-            const float inv_rms = 1.0f / std::sqrt(variance + eps);
-            for (int i = 0; i < d; ++i) yr[i] = weight[i] * (xr[i] * inv_rms);
+            const float inv_rms = InvRms(xr, d, eps);
+            for (int i = 0; i < d; ++i) yr[i] = NormScale(weight[i], xr[i], inv_rms);
           }
         },
         MinRows(d));
@@ -153,21 +131,8 @@ class CpuBackend final : public Backend {
         [&](int64_t begin, int64_t end) {
           std::vector<float> cos_t(half), sin_t(half);
           for (int64_t t = begin; t < end; ++t) {
-            const float p = static_cast<float>(pos[t]);
-            for (int j = 0; j < half; ++j) {
-              const float angle = p * inv_freq[j];
-              cos_t[j] = std::cos(angle);
-              sin_t[j] = std::sin(angle);
-            }
-            for (int h = 0; h < n_heads; ++h) {
-              float* head = x + t * row + static_cast<int64_t>(h) * head_dim;
-              for (int j = 0; j < half; ++j) {
-                const float x1 = head[j];
-                const float x2 = head[j + half];
-                head[j] = x1 * cos_t[j] - x2 * sin_t[j];
-                head[j + half] = x2 * cos_t[j] + x1 * sin_t[j];
-              }
-            }
+            RopeAngles(pos[t], inv_freq.data(), half, cos_t.data(), sin_t.data());
+            RopeHeads(x + t * row, n_heads, head_dim, cos_t.data(), sin_t.data());
           }
         },
         MinRows(row * 4));
@@ -178,10 +143,7 @@ class CpuBackend final : public Backend {
     pool_.ParallelFor(
         count,
         [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
-            const float a = gate[i];
-            out[i] = a / (1.0f + std::exp(-a)) * up[i];
-          }
+          for (int64_t i = begin; i < end; ++i) out[i] = SiluMulOne(gate[i], up[i]);
         },
         kMinParallelElements);
   }
@@ -211,20 +173,82 @@ class CpuBackend final : public Backend {
     SPECMOE_CHECK(kv_dtype == DType::kF32 || kv_dtype == DType::kF16,
                   "the CPU KV cache holds f32 or f16");
     for (int i = 0; i < n; ++i) {
-      const int64_t dst = static_cast<int64_t>(slots[i]) * row;
-      const float* k_row = k + static_cast<int64_t>(i) * row;
-      const float* v_row = v + static_cast<int64_t>(i) * row;
-      if (kv_dtype == DType::kF32) {
-        std::memcpy(static_cast<float*>(k_cache) + dst, k_row, row * sizeof(float));
-        std::memcpy(static_cast<float*>(v_cache) + dst, v_row, row * sizeof(float));
-      } else {
-        uint16_t* k_out = static_cast<uint16_t*>(k_cache) + dst;
-        uint16_t* v_out = static_cast<uint16_t*>(v_cache) + dst;
-        for (int j = 0; j < row; ++j) {
-          k_out[j] = F32ToF16(k_row[j]);
-          v_out[j] = F32ToF16(v_row[j]);
-        }
-      }
+      WriteKvRow(k + static_cast<int64_t>(i) * row, v + static_cast<int64_t>(i) * row, slots[i],
+                 row, kv_dtype, k_cache, v_cache);
+    }
+  }
+
+  // Fused forms (backend.h): the same arithmetic as the separate ops (row_ops.h), folded
+  // into the MatMul's packing and epilogue (matmul.h MatMulFusion) or into one pass.
+  void RmsNormMatMulMany(const float* x, int n, int d, const Weight& norm, float eps, float* xb,
+                         const Weight* w, float* const* y, int count) override {
+    SPECMOE_CHECK(norm.rows * norm.cols == d && norm.layout == WeightLayout::kRows,
+                  "norm weight must be row-major of size d");
+    SPECMOE_CHECK(count >= 1 && w[0].cols == d, "the product must take the normalized rows");
+    norm_.resize(d);
+    ConvertRowsToF32(Weight{norm.data, norm.dtype, 1, d}, 0, 1, norm_.data());
+    MatMulFusion fusion;
+    fusion.norm = norm_.data();
+    fusion.eps = eps;
+    fusion.norm_out = xb;
+    CpuMatMulFused(x, n, w, y, count, fusion, pool_);
+  }
+
+  void MatMulAdd(const float* x, int n, const Weight& w, float* tmp, float* y) override {
+    MatMulFusion fusion;
+    fusion.residual = y;
+    CpuMatMulFused(x, n, &w, &tmp, 1, fusion, pool_);
+  }
+
+  void GateUpSiluMul(const float* x, int n, const Weight& gate, const Weight& up, float* gate_out,
+                     float* up_out) override {
+    const Weight w[2] = {gate, up};
+    float* const y[2] = {gate_out, up_out};
+    MatMulFusion fusion;
+    fusion.silu_mul = true;
+    CpuMatMulFused(x, n, w, y, 2, fusion, pool_);
+  }
+
+  // Per token: its angles once, q's and k's heads rotated, its K/V rows written.
+  void RopeKvWrite(float* q, float* k, const float* v, const ForwardDesc& fwd, int n_heads,
+                   int n_kv_heads, int head_dim, float theta, const RopeScaling& scaling,
+                   DType kv_dtype, void* k_cache, void* v_cache) override {
+    SPECMOE_CHECK(kv_dtype == DType::kF32 || kv_dtype == DType::kF16,
+                  "the CPU KV cache holds f32 or f16");
+    const int half = head_dim / 2;
+    std::vector<float> inv_freq(half);
+    RopeInverseFrequencies(head_dim, theta, scaling, inv_freq.data());
+    const int64_t q_row = static_cast<int64_t>(n_heads) * head_dim;
+    const int kv_row = n_kv_heads * head_dim;
+    pool_.ParallelFor(
+        fwd.n_tokens,
+        [&](int64_t begin, int64_t end) {
+          std::vector<float> cos_t(half), sin_t(half);
+          for (int64_t t = begin; t < end; ++t) {
+            RopeAngles(fwd.positions[t], inv_freq.data(), half, cos_t.data(), sin_t.data());
+            RopeHeads(q + t * q_row, n_heads, head_dim, cos_t.data(), sin_t.data());
+            float* k_row = k + t * kv_row;
+            RopeHeads(k_row, n_kv_heads, head_dim, cos_t.data(), sin_t.data());
+            WriteKvRow(k_row, v + t * kv_row, fwd.slots[t], kv_row, kv_dtype, k_cache, v_cache);
+          }
+        },
+        MinRows((q_row + kv_row) * 4));
+  }
+
+  // k_cache[slot] = k_row, v_cache[slot] = v_row (f32 copied, f16 rounded to nearest even).
+  static void WriteKvRow(const float* k_row, const float* v_row, int64_t slot, int row,
+                         DType kv_dtype, void* k_cache, void* v_cache) {
+    const int64_t dst = slot * row;
+    if (kv_dtype == DType::kF32) {
+      std::memcpy(static_cast<float*>(k_cache) + dst, k_row, row * sizeof(float));
+      std::memcpy(static_cast<float*>(v_cache) + dst, v_row, row * sizeof(float));
+      return;
+    }
+    uint16_t* k_out = static_cast<uint16_t*>(k_cache) + dst;
+    uint16_t* v_out = static_cast<uint16_t*>(v_cache) + dst;
+    for (int j = 0; j < row; ++j) {
+      k_out[j] = F32ToF16(k_row[j]);
+      v_out[j] = F32ToF16(v_row[j]);
     }
   }
 
@@ -324,10 +348,7 @@ class CpuBackend final : public Backend {
                     x + static_cast<int64_t>(routed[i] / k) * hidden,
                     static_cast<size_t>(hidden) * sizeof(float));
       }
-      const Weight gate_up[2] = {ex.gate, ex.up};
-      float* const gate_up_out[2] = {gate_out_.data(), up_out_.data()};
-      CpuMatMulMany(gathered_.data(), m, gate_up, gate_up_out, 2, pool_);
-      SiluMul(gate_out_.data(), up_out_.data(), m, static_cast<int>(size), gate_out_.data());
+      GateUpSiluMul(gathered_.data(), m, ex.gate, ex.up, gate_out_.data(), up_out_.data());
       CpuMatMul(gate_out_.data(), m, ex.down, expert_out_.data(), pool_);
       for (int i = 0; i < m; ++i) {
         std::memcpy(contrib_.data() + static_cast<int64_t>(routed[i]) * hidden,
@@ -407,6 +428,7 @@ class CpuBackend final : public Backend {
   std::vector<float> up_out_;      // [m, size]
   std::vector<float> expert_out_;  // [m, hidden]
   std::vector<float> row_;         // [vocab] a penalised row of logits
+  std::vector<float> norm_;        // [d] a norm weight in f32 (RmsNormMatMulMany)
   std::vector<void*> owned_;       // panels of the prepared linear weights
 };
 

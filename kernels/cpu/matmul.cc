@@ -28,6 +28,7 @@
 
 #include "kernels/check.h"
 #include "kernels/cpu/f16.h"
+#include "kernels/cpu/row_ops.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -357,12 +358,18 @@ struct PanelMap {
   }
 };
 
-// The product over panel-packed weights (all of w[i].layout == kPanels).
+// The product over panel-packed weights (all of w[i].layout == kPanels), with `fusion`.
 void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, int count,
-                     ThreadPool& pool) {
+                     const MatMulFusion& fusion, ThreadPool& pool) {
   const int64_t in = w[0].cols;
   if (in == 0) {
+    // Empty sums: +0.0 everywhere, then the epilogue as below.
     for (int i = 0; i < count; ++i) std::fill(y[i], y[i] + n * w[i].rows, 0.0f);
+    const int64_t size = static_cast<int64_t>(n) * w[0].rows;
+    for (int64_t i = 0; i < size && fusion.silu_mul; ++i) y[0][i] = SiluMulOne(y[0][i], y[1][i]);
+    for (int64_t i = 0; i < size && fusion.residual != nullptr; ++i) {
+      fusion.residual[i] = fusion.residual[i] + y[0][i];
+    }
     return;
   }
   int mr_max = 1;
@@ -388,6 +395,21 @@ void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, in
           const int m = group_row(g + 1) - group_row(g);
           float* dst = xp + g * in * mr_max;
           const float* src = x + group_row(g) * in;
+          if (fusion.norm != nullptr) {
+            // The RMSNorm of each row, written straight into the packing (and norm_out).
+            for (int r = 0; r < m; ++r) {
+              const float* xr = src + r * in;
+              const float inv_rms = InvRms(xr, static_cast<int>(in), fusion.eps);
+              float* out =
+                  fusion.norm_out == nullptr ? nullptr : fusion.norm_out + (group_row(g) + r) * in;
+              for (int64_t k = 0; k < in; ++k) {
+                const float v = NormScale(fusion.norm[k], xr[k], inv_rms);
+                dst[k * m + r] = v;
+                if (out != nullptr) out[k] = v;
+              }
+            }
+            continue;
+          }
           if (m == 1) {
             std::memcpy(dst, src, static_cast<size_t>(in) * sizeof(float));
             continue;
@@ -400,7 +422,13 @@ void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, in
       std::max<int64_t>(1, (int64_t{1} << 15) / (in * mr_max)));
 
   const PanelMap map(w, count);
-  const int64_t panels = map.total();
+  // Work items: (panel, chunk of row groups); with silu_mul a panel of the gate and the
+  // same panel of up form one item.
+  const bool pair = fusion.silu_mul;
+  SPECMOE_CHECK(!pair || (count == 2 && w[0].rows == w[1].rows), "silu_mul takes gate and up");
+  SPECMOE_CHECK(fusion.residual == nullptr || count == 1, "a residual add takes one matrix");
+  const int64_t panels = pair ? map.first[1] : map.total();
+  const int per_item = pair ? 2 : 1;
   // Row-group chunks: only as many as it takes to give every thread work when there are
   // few panels (a panel's K-block is reused by every row group of its chunk).
   const int threads = pool.num_threads();
@@ -412,33 +440,52 @@ void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, in
   // panel in two halves, so it always takes K-blocks (the second half then comes from L1).
   const int64_t kblock = groups == 1 && isa == MatMulIsa::kAvx512 ? in : kKBlock;
   const size_t elem = DTypeBytes(w[0].dtype);
-  const int64_t item_work = std::max<int64_t>(1, kPanelWidth * in * n / chunks);
+  const int64_t item_work = std::max<int64_t>(1, per_item * kPanelWidth * in * n / chunks);
+  // Panel p of matrix m for row groups [g0, g1): the product, in the order of matmul.h.
+  const auto run_panel = [&](int m, int64_t p, int64_t g0, int64_t g1) {
+    const int64_t rows = w[m].rows;
+    const char* panel = static_cast<const char*>(w[m].data) + p * in * kPanelWidth * elem;
+    Tile t;
+    t.ldy = rows;
+    t.valid = static_cast<int>(std::min<int64_t>(kPanelWidth, rows - p * kPanelWidth));
+    for (int64_t k0 = 0; k0 < in; k0 += kblock) {
+      t.kc = std::min(kblock, in - k0);
+      t.first = k0 == 0;
+      t.panel = panel + k0 * kPanelWidth * elem;
+      for (int64_t g = g0; g < g1; ++g) {
+        const int mr = group_row(g + 1) - group_row(g);
+        t.xg = xp + g * in * mr_max + k0 * mr;
+        t.y = y[m] + group_row(g) * rows + p * kPanelWidth;
+        t.prefetch = g == g0;
+        tile_fn(t, mr);
+      }
+    }
+  };
   pool.ParallelFor(
       panels * chunks,
       [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
           const int64_t chunk = item / panels;
           const int64_t global = item % panels;
-          const int m = map.Matrix(global);
-          const int64_t p = global - map.first[m];
           const int64_t g0 = groups * chunk / chunks;
           const int64_t g1 = groups * (chunk + 1) / chunks;
+          const int m = pair ? 0 : map.Matrix(global);
+          const int64_t p = global - map.first[m];
+          run_panel(m, p, g0, g1);
+          if (pair) run_panel(1, p, g0, g1);
+          if (!pair && fusion.residual == nullptr) continue;
+          // The epilogue over this item's outputs, still in L1.
           const int64_t rows = w[m].rows;
-          const char* panel =
-              static_cast<const char*>(w[m].data) + p * in * kPanelWidth * elem;
-          Tile t;
-          t.ldy = rows;
-          t.valid = static_cast<int>(std::min<int64_t>(kPanelWidth, rows - p * kPanelWidth));
-          for (int64_t k0 = 0; k0 < in; k0 += kblock) {
-            t.kc = std::min(kblock, in - k0);
-            t.first = k0 == 0;
-            t.panel = panel + k0 * kPanelWidth * elem;
-            for (int64_t g = g0; g < g1; ++g) {
-              const int mr = group_row(g + 1) - group_row(g);
-              t.xg = xp + g * in * mr_max + k0 * mr;
-              t.y = y[m] + group_row(g) * rows + p * kPanelWidth;
-              t.prefetch = g == g0;
-              tile_fn(t, mr);
+          const int64_t c0 = p * kPanelWidth;
+          const int64_t c1 = std::min<int64_t>(rows, c0 + kPanelWidth);
+          for (int64_t r = group_row(g0); r < group_row(g1); ++r) {
+            float* out = y[0] + r * rows;
+            if (pair) {
+              const float* up = y[1] + r * rows;
+              for (int64_t c = c0; c < c1; ++c) out[c] = SiluMulOne(out[c], up[c]);
+            } else {
+              float* res = fusion.residual + r * rows;
+              for (int64_t c = c0; c < c1; ++c) res[c] = res[c] + out[c];
             }
           }
         }
@@ -529,6 +576,11 @@ void CpuMatMul(const float* x, int n, const Weight& w, float* y, ThreadPool& poo
 
 void CpuMatMulMany(const float* x, int n, const Weight* w, float* const* y, int count,
                    ThreadPool& pool) {
+  CpuMatMulFused(x, n, w, y, count, MatMulFusion{}, pool);
+}
+
+void CpuMatMulFused(const float* x, int n, const Weight* w, float* const* y, int count,
+                    const MatMulFusion& fusion, ThreadPool& pool) {
   if (n <= 0 || count <= 0) return;
   SPECMOE_CHECK(count <= kMaxFused, "too many fused matrices");
   for (int i = 1; i < count; ++i) {
@@ -537,7 +589,7 @@ void CpuMatMulMany(const float* x, int n, const Weight* w, float* const* y, int 
   bool all_panels = true;
   for (int i = 0; i < count; ++i) all_panels = all_panels && w[i].layout == WeightLayout::kPanels;
   if (all_panels) {
-    PanelMatMulMany(x, n, w, y, count, pool);
+    PanelMatMulMany(x, n, w, y, count, fusion, pool);
     return;
   }
   // Row-major weights: repack into scratch first (the same bits as a prepared weight).
@@ -556,7 +608,7 @@ void CpuMatMulMany(const float* x, int n, const Weight* w, float* const* y, int 
     SPECMOE_CHECK(owned[i] != nullptr, "out of memory repacking a weight");
     packed[i] = PackPanels(w[i], owned[i].get(), pool);
   }
-  PanelMatMulMany(x, n, packed, y, count, pool);
+  PanelMatMulMany(x, n, packed, y, count, fusion, pool);
 }
 
 bool MatMulIsaSupported(MatMulIsa isa) {

@@ -21,7 +21,7 @@ constexpr int kPausesPerClockRead = 32;
 
 // Chunks per thread: threads take chunks from a shared counter, so a thread that is slowed
 // (a busy or descheduled core) does not hold the others at the end of every loop.
-constexpr int64_t kChunksPerThread = 4;
+constexpr int64_t kChunksPerThread = 16;
 // Chunks of one loop: at most this many (16 bits of the shared word).
 constexpr int64_t kMaxChunks = 0xFFFF;
 

@@ -5,7 +5,7 @@
 // back to back), so handing the next op to the team costs an atomic increment, no lock and
 // no system call. Only a worker that has polled past that bound sleeps on a condition
 // variable, and only then does the caller take the lock to wake it: an idle server burns no
-// CPU. ParallelFor splits [0, n) into up to 4 contiguous chunks per thread, which the calling
+// CPU. ParallelFor splits [0, n) into up to 16 contiguous chunks per thread, which the calling
 // thread and the workers claim from one shared word (the loop's generation, its chunk count
 // and the next chunk), and returns when every chunk is done. It waits for chunks, not for
 // workers: a worker that is descheduled (a shared machine) or still polling when the loop
