@@ -60,8 +60,7 @@ inline void RopeAngles(int32_t position, const float* inv_freq, int half, float*
 
 // Rotates n_heads heads of head_dim (HF half split) in place:
 // x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin (each product rounded, then the sum).
-inline void RopeHeads(float* x, int n_heads, int head_dim, const float* cos_t,
-                      const float* sin_t) {
+inline void RopeHeads(float* x, int n_heads, int head_dim, const float* cos_t, const float* sin_t) {
   const int half = head_dim / 2;
   for (int h = 0; h < n_heads; ++h) {
     float* head = x + static_cast<int64_t>(h) * head_dim;

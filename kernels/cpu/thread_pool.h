@@ -1,17 +1,17 @@
 // kernels/cpu/thread_pool.h — a persistent team of worker threads for data-parallel loops.
 //
-// The workers stay with the caller between loops: after each loop they poll a generation
-// counter for a bounded time (about 250 microseconds; decode issues ~100 small ops per token
-// back to back), so handing the next op to the team costs an atomic increment, no lock and
-// no system call. Only a worker that has polled past that bound sleeps on a condition
+// The workers stay with the caller between loops: after each loop they poll the shared word
+// below for a bounded time (about 250 microseconds; decode issues ~40 parallel ops per token
+// back to back), so handing the next op to the team costs an atomic store, no lock and no
+// system call. Only a worker that has polled past that bound sleeps on a condition
 // variable, and only then does the caller take the lock to wake it: an idle server burns no
 // CPU. ParallelFor splits [0, n) into up to 16 contiguous chunks per thread, which the calling
 // thread and the workers claim from one shared word (the loop's generation, its chunk count
 // and the next chunk), and returns when every chunk is done. It waits for chunks, not for
 // workers: a worker that is descheduled (a shared machine) or still polling when the loop
 // runs out of chunks claims nothing and holds nobody up, so the caller finishes the loop
-// alone instead of waiting a scheduler time slice at every op's barrier. Used by the CPU backend for
-// matmul (over output rows), attention (over (token, head) pairs) and large element-wise ops.
+// alone instead of waiting a scheduler time slice at every op's barrier. Used by the CPU backend
+// for matmul (over output rows), attention (over (token, head) pairs) and large element-wise ops.
 // Every worker runs a loop under the caller's floating-point control state (x86 MXCSR), so
 // a chunk's results do not depend on the thread that runs it.
 // Tested through tests/cpu_backend_test.cc (every op runs on a 2-thread pool).
