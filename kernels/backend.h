@@ -283,6 +283,42 @@ class Backend {
     for (int i = 0; i < count; ++i) MatMul(x, n, w[i], y[i]);
   }
 
+  // Fused forms of what the model runs per layer. Each default runs the separate ops; a
+  // backend may fuse them (the CPU backend folds them into its MatMul's packing and
+  // epilogue, or into one pass) as long as every value keeps the separate ops' bits.
+  //
+  // xb[n, d] = RmsNorm(x, norm, eps), then y[i] = xb . w[i]^T for i < count (MatMulMany).
+  virtual void RmsNormMatMulMany(const float* x, int n, int d, const Weight& norm, float eps,
+                                 float* xb, const Weight* w, float* const* y, int count) {
+    RmsNorm(x, n, d, norm, eps, xb);
+    MatMulMany(xb, n, w, y, count);
+  }
+  // y[n, w.rows] += x . w^T (the residual add after the product: y = y + product).
+  // tmp[n, w.rows]: scratch that may receive the product.
+  virtual void MatMulAdd(const float* x, int n, const Weight& w, float* tmp, float* y) {
+    MatMul(x, n, w, tmp);
+    Add(tmp, static_cast<size_t>(n) * w.rows, y);
+  }
+  // gate_out[n, gate.rows] = silu(x . gate^T) * (x . up^T) (MatMulMany, then SiluMul).
+  // up_out[n, up.rows]: scratch that may receive the up product.
+  virtual void GateUpSiluMul(const float* x, int n, const Weight& gate, const Weight& up,
+                             float* gate_out, float* up_out) {
+    const Weight w[2] = {gate, up};
+    float* const y[2] = {gate_out, up_out};
+    MatMulMany(x, n, w, y, 2);
+    SiluMul(gate_out, up_out, n, static_cast<int>(gate.rows), gate_out);
+  }
+  // Rope of q [n, n_heads * head_dim] and k [n, n_kv_heads * head_dim] in place, then
+  // KvWrite of k and v (row n_kv_heads * head_dim). fwd: taken.
+  virtual void RopeKvWrite(float* q, float* k, const float* v, const ForwardDesc& fwd,
+                           int n_heads, int n_kv_heads, int head_dim, float theta,
+                           const RopeScaling& scaling, DType kv_dtype, void* k_cache,
+                           void* v_cache) {
+    Rope(q, fwd, n_heads, head_dim, theta, scaling);
+    Rope(k, fwd, n_kv_heads, head_dim, theta, scaling);
+    KvWrite(k, v, fwd, n_kv_heads * head_dim, kv_dtype, k_cache, v_cache);
+  }
+
   // out[fwd.n_tokens, w.cols] = w[fwd.tokens[t], :] converted to f32. fwd: taken.
   virtual void Embedding(const ForwardDesc& fwd, const Weight& w, float* out) = 0;
 

@@ -1,6 +1,7 @@
 // tests/cpu_backend_test.cc — the CPU backend (kernels/cpu) against naive double-precision
 // references written here, and bit-exact batch invariance of MatMul, Attention and
-// MoeExperts (kernels/README.md, Batch invariance); the forward's description (BeginForward,
+// MoeExperts (kernels/README.md, Batch invariance), the fused ops equal to the separate ones
+// bit for bit; the forward's description (BeginForward,
 // GatherRows), the MoE routing kept in backend buffers, and the logits reductions (ArgmaxRows,
 // FindNonFinite, ProcessedDistribution, TopKIds) against scalar references. Label: cpu.
 #include <gtest/gtest.h>
@@ -226,6 +227,95 @@ TEST_F(CpuBackendTest, MatMulManyEqualsSeparateCalls) {
                   0)
             << "matrix " << i;
       }
+    }
+  }
+}
+
+// The fused ops of backend.h against their defaults (Backend::..., the separate ops run one
+// after the other): bit for bit, for every dtype, row counts around the row groups and the
+// K-blocks, raw and prepared weights, an odd output count (a partial panel).
+TEST_F(CpuBackendTest, FusedOpsEqualTheSeparateOps) {
+  const int in = 520, out = 67;
+  Backend& be = *backend_;
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const TestWeight a = MakeWeight(dtype, out, in, 31);
+    const TestWeight b = MakeWeight(dtype, 2 * out, in, 32);
+    const TestWeight norm = MakeWeight(dtype, 1, in, 33, 1.0f);
+    const TestWeight c = MakeWeight(dtype, out, in, 34);
+    for (bool prepared : {false, true}) {
+      const Weight wa = prepared ? be.PrepareLinear(a.w) : a.w;
+      const Weight wb = prepared ? be.PrepareLinear(b.w) : b.w;
+      const Weight gate = a.w, up = c.w;
+      for (int n : {1, 2, 5, 12, 13, 16, 24, 25, 64, 130, 300}) {
+        SCOPED_TRACE(std::string(DTypeName(dtype)) + (prepared ? " prepared" : " raw") +
+                     " n=" + std::to_string(n));
+        const std::vector<float> x = RandomVector(static_cast<size_t>(n) * in, 35 + n);
+        const auto same = [](const std::vector<float>& p, const std::vector<float>& q) {
+          return p.size() == q.size() && std::memcmp(p.data(), q.data(), p.size() * 4) == 0;
+        };
+        // RmsNorm into q/k/v-like products.
+        const Weight ws[2] = {wa, wb};
+        std::vector<float> xb[2], y0[2], y1[2];
+        for (int i = 0; i < 2; ++i) {
+          xb[i].assign(static_cast<size_t>(n) * in, NAN);
+          y0[i].assign(static_cast<size_t>(n) * out, NAN);
+          y1[i].assign(static_cast<size_t>(n) * 2 * out, NAN);
+        }
+        float* const outs0[2] = {y0[0].data(), y1[0].data()};
+        float* const outs1[2] = {y0[1].data(), y1[1].data()};
+        be.RmsNormMatMulMany(x.data(), n, in, norm.w, 1e-5f, xb[0].data(), ws, outs0, 2);
+        be.Backend::RmsNormMatMulMany(x.data(), n, in, norm.w, 1e-5f, xb[1].data(), ws, outs1, 2);
+        ASSERT_TRUE(same(xb[0], xb[1]));
+        ASSERT_TRUE(same(y0[0], y0[1]));
+        ASSERT_TRUE(same(y1[0], y1[1]));
+        // The residual add in the epilogue.
+        std::vector<float> res[2], tmp(static_cast<size_t>(n) * out);
+        res[0] = RandomVector(static_cast<size_t>(n) * out, 36);
+        res[1] = res[0];
+        be.MatMulAdd(x.data(), n, wa, tmp.data(), res[0].data());
+        be.Backend::MatMulAdd(x.data(), n, wa, tmp.data(), res[1].data());
+        ASSERT_TRUE(same(res[0], res[1]));
+        // SiLU-mul in the epilogue of gate/up.
+        std::vector<float> g[2], u(static_cast<size_t>(n) * out);
+        for (int i = 0; i < 2; ++i) g[i].assign(static_cast<size_t>(n) * out, NAN);
+        const Weight pg = prepared ? be.PrepareLinear(gate) : gate;
+        const Weight pu = prepared ? be.PrepareLinear(up) : up;
+        be.GateUpSiluMul(x.data(), n, pg, pu, g[0].data(), u.data());
+        be.Backend::GateUpSiluMul(x.data(), n, pg, pu, g[1].data(), u.data());
+        ASSERT_TRUE(same(g[0], g[1]));
+      }
+    }
+  }
+  // RoPE of q and k with the KV write, f32 and f16 caches.
+  const int heads = 4, kv_heads = 2, head_dim = 64, row = kv_heads * head_dim;
+  for (DType kv : {DType::kF32, DType::kF16}) {
+    for (int n : {1, 3, 40, 300}) {
+      SCOPED_TRACE(std::string(DTypeName(kv)) + " n=" + std::to_string(n));
+      std::vector<int32_t> pos(n), slots(n);
+      for (int t = 0; t < n; ++t) {
+        pos[t] = 3 * t + 1;
+        slots[t] = n - 1 - t;
+      }
+      const ForwardDesc* fwd = be.BeginForward(TokensDesc(n, nullptr, pos.data(), slots.data()));
+      const std::vector<float> q0 = RandomVector(static_cast<size_t>(n) * heads * head_dim, 37);
+      const std::vector<float> k0 = RandomVector(static_cast<size_t>(n) * row, 38);
+      const std::vector<float> v = RandomVector(static_cast<size_t>(n) * row, 39);
+      std::vector<float> q[2] = {q0, q0}, k[2] = {k0, k0};
+      const size_t cache_bytes = static_cast<size_t>(n) * row * DTypeBytes(kv);
+      std::vector<uint8_t> kc[2], vc[2];
+      for (int i = 0; i < 2; ++i) {
+        kc[i].assign(cache_bytes, 0xAB);
+        vc[i].assign(cache_bytes, 0xCD);
+      }
+      const RopeScaling scaling{};
+      be.RopeKvWrite(q[0].data(), k[0].data(), v.data(), *fwd, heads, kv_heads, head_dim,
+                     10000.0f, scaling, kv, kc[0].data(), vc[0].data());
+      be.Backend::RopeKvWrite(q[1].data(), k[1].data(), v.data(), *fwd, heads, kv_heads,
+                              head_dim, 10000.0f, scaling, kv, kc[1].data(), vc[1].data());
+      ASSERT_EQ(std::memcmp(q[0].data(), q[1].data(), q[0].size() * 4), 0);
+      ASSERT_EQ(std::memcmp(k[0].data(), k[1].data(), k[0].size() * 4), 0);
+      ASSERT_EQ(kc[0], kc[1]);
+      ASSERT_EQ(vc[0], vc[1]);
     }
   }
 }

@@ -134,12 +134,8 @@ size_t Model::bytes_per_token() const {
 void Model::Ffn(const LayerWeights& layer, int n) {
   kernels::Backend& be = *backend_;
   if (config_.architecture == Architecture::kLlama) {
-    const int inter = static_cast<int>(layer.mlp.gate.rows);
-    const kernels::Weight gate_up[2] = {layer.mlp.gate, layer.mlp.up};
-    float* const gate_up_out[2] = {hg_, hu_};
-    be.MatMulMany(xb_, n, gate_up, gate_up_out, 2);  // [n, inter] each
-    be.SiluMul(hg_, hu_, n, inter, hg_);
-    be.MatMul(hg_, n, layer.mlp.down, ffn_);  // [n, hidden]
+    be.GateUpSiluMul(xb_, n, layer.mlp.gate, layer.mlp.up, hg_, hu_);  // hg_ [n, inter]
+    be.MatMulAdd(hg_, n, layer.mlp.down, ffn_, x_);  // x_ += down(hg_), [n, hidden]
     return;
   }
   // LLaMA-MoE: gate g = W2 . tanh(W1 . x), then top-k and softmax over the k.
@@ -151,6 +147,7 @@ void Model::Ffn(const LayerWeights& layer, int n) {
   be.TopKSoftmax(router_, n, e, k, routing_);  // routing stays in backend memory
   be.MoeExperts(xb_, n, config_.hidden_size, routing_, k, layer.experts.data(), e,
                 config_.score_scale_factor, ffn_);
+  be.Add(ffn_, static_cast<size_t>(n) * config_.hidden_size, x_);
 }
 
 void Model::Forward(const ForwardBatch& batch, KvCache& cache, float* logits) {
@@ -239,7 +236,6 @@ void Model::Layers(const kernels::ForwardDesc& fwd, KvCache& cache) {
   const ModelConfig& c = config_;
   const int n = fwd.n_tokens;
   const int hidden = c.hidden_size;
-  const int kv_dim = kv_row();
   const float eps = c.rms_norm_eps;
   be.Embedding(fwd, weights_.embed_tokens, x_);  // [n, hidden]
 
@@ -256,24 +252,20 @@ void Model::Layers(const kernels::ForwardDesc& fwd, KvCache& cache) {
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& layer = weights_.layers[l];
-    // Attention block.
-    be.RmsNorm(x_, n, hidden, layer.input_norm, eps, xb_);
-    // q [n, n_heads * head_dim], k and v [n, n_kv_heads * head_dim], in one pass.
+    // Attention block: xb = rms1(x) and q [n, n_heads * head_dim], k and v
+    // [n, n_kv_heads * head_dim] from it, in one pass (the fused ops of backend.h).
     const kernels::Weight qkv[3] = {layer.q_proj, layer.k_proj, layer.v_proj};
     float* const qkv_out[3] = {q_, k_, v_};
-    be.MatMulMany(xb_, n, qkv, qkv_out, 3);
-    be.Rope(q_, fwd, c.num_heads, c.head_dim, c.rope_theta, c.rope_scaling);
-    be.Rope(k_, fwd, c.num_kv_heads, c.head_dim, c.rope_theta, c.rope_scaling);
-    be.KvWrite(k_, v_, fwd, kv_dim, cache.dtype(), cache.k(l), cache.v(l));
+    be.RmsNormMatMulMany(x_, n, hidden, layer.input_norm, eps, xb_, qkv, qkv_out, 3);
+    be.RopeKvWrite(q_, k_, v_, fwd, c.num_heads, c.num_kv_heads, c.head_dim, c.rope_theta,
+                   c.rope_scaling, cache.dtype(), cache.k(l), cache.v(l));
     att.k_cache = cache.k(l);
     att.v_cache = cache.v(l);
-    be.Attention(att);                      // [n, n_heads * head_dim]
-    be.MatMul(att_, n, layer.o_proj, xb_);  // [n, hidden]
-    be.Add(xb_, static_cast<size_t>(n) * hidden, x_);
-    // Feed-forward block.
+    be.Attention(att);                           // [n, n_heads * head_dim]
+    be.MatMulAdd(att_, n, layer.o_proj, xb_, x_);  // x += o_proj(att), [n, hidden]
+    // Feed-forward block: x += FFN(rms2(x)).
     be.RmsNorm(x_, n, hidden, layer.post_norm, eps, xb_);
     Ffn(layer, n);
-    be.Add(ffn_, static_cast<size_t>(n) * hidden, x_);
   }
 
   // Final norm and lm_head only for the rows whose logits are wanted.

@@ -81,6 +81,7 @@ class Model {
  private:
   Model(const ModelConfig& config, const ModelWeights& weights, kernels::Backend* backend,
         int max_tokens);
+  // x_ += FFN(xb_) for n rows (xb_: the normalized residual stream).
   void Ffn(const LayerWeights& layer, int n);
   // Every layer and the head of one forward whose description `fwd` was taken.
   void Layers(const kernels::ForwardDesc& fwd, KvCache& cache);

@@ -21,13 +21,10 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/f16.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/row_ops.h"
 #include "kernels/cpu/sampling.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/routing_order.h"
-
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
 
 namespace specmoe::kernels {
 namespace {
@@ -37,24 +34,6 @@ constexpr int64_t kMinParallelElements = int64_t{1} << 15;
 
 inline int64_t MinRows(int64_t row_elements) {
   return std::max<int64_t>(1, kMinParallelElements / std::max<int64_t>(1, row_elements));
-}
-
-// sum_i x[i]^2 with 8 lanes (fixed order), then the tail.
-inline float SumOfSquares(const float* x, int d) {
-  int i = 0;
-  float sum = 0.0f;
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc = _mm256_setzero_ps();
-  for (; i + 8 <= d; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    acc = _mm256_fmadd_ps(v, v, acc);
-  }
-  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 0x55)));
-#endif
-  for (; i < d; ++i) sum += x[i] * x[i];
-  return sum;
 }
 
 class CpuBackend final : public Backend {
@@ -128,9 +107,8 @@ class CpuBackend final : public Backend {
           for (int64_t r = begin; r < end; ++r) {
             const float* xr = x + r * d;
             float* yr = y + r * d;
-            const float variance = SumOfSquares(xr, d) / static_cast<float>(d);
-            const float inv_rms = 1.0f / std::sqrt(variance + eps);
-            for (int i = 0; i < d; ++i) yr[i] = weight[i] * (xr[i] * inv_rms);
+            const float inv_rms = InvRms(xr, d, eps);
+            for (int i = 0; i < d; ++i) yr[i] = NormScale(weight[i], xr[i], inv_rms);
           }
         },
         MinRows(d));
@@ -153,21 +131,8 @@ class CpuBackend final : public Backend {
         [&](int64_t begin, int64_t end) {
           std::vector<float> cos_t(half), sin_t(half);
           for (int64_t t = begin; t < end; ++t) {
-            const float p = static_cast<float>(pos[t]);
-            for (int j = 0; j < half; ++j) {
-              const float angle = p * inv_freq[j];
-              cos_t[j] = std::cos(angle);
-              sin_t[j] = std::sin(angle);
-            }
-            for (int h = 0; h < n_heads; ++h) {
-              float* head = x + t * row + static_cast<int64_t>(h) * head_dim;
-              for (int j = 0; j < half; ++j) {
-                const float x1 = head[j];
-                const float x2 = head[j + half];
-                head[j] = x1 * cos_t[j] - x2 * sin_t[j];
-                head[j + half] = x2 * cos_t[j] + x1 * sin_t[j];
-              }
-            }
+            RopeAngles(pos[t], inv_freq.data(), half, cos_t.data(), sin_t.data());
+            RopeHeads(x + t * row, n_heads, head_dim, cos_t.data(), sin_t.data());
           }
         },
         MinRows(row * 4));
@@ -178,10 +143,7 @@ class CpuBackend final : public Backend {
     pool_.ParallelFor(
         count,
         [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
-            const float a = gate[i];
-            out[i] = a / (1.0f + std::exp(-a)) * up[i];
-          }
+          for (int64_t i = begin; i < end; ++i) out[i] = SiluMulOne(gate[i], up[i]);
         },
         kMinParallelElements);
   }
@@ -211,20 +173,82 @@ class CpuBackend final : public Backend {
     SPECMOE_CHECK(kv_dtype == DType::kF32 || kv_dtype == DType::kF16,
                   "the CPU KV cache holds f32 or f16");
     for (int i = 0; i < n; ++i) {
-      const int64_t dst = static_cast<int64_t>(slots[i]) * row;
-      const float* k_row = k + static_cast<int64_t>(i) * row;
-      const float* v_row = v + static_cast<int64_t>(i) * row;
-      if (kv_dtype == DType::kF32) {
-        std::memcpy(static_cast<float*>(k_cache) + dst, k_row, row * sizeof(float));
-        std::memcpy(static_cast<float*>(v_cache) + dst, v_row, row * sizeof(float));
-      } else {
-        uint16_t* k_out = static_cast<uint16_t*>(k_cache) + dst;
-        uint16_t* v_out = static_cast<uint16_t*>(v_cache) + dst;
-        for (int j = 0; j < row; ++j) {
-          k_out[j] = F32ToF16(k_row[j]);
-          v_out[j] = F32ToF16(v_row[j]);
-        }
-      }
+      WriteKvRow(k + static_cast<int64_t>(i) * row, v + static_cast<int64_t>(i) * row, slots[i],
+                 row, kv_dtype, k_cache, v_cache);
+    }
+  }
+
+  // Fused forms (backend.h): the same arithmetic as the separate ops (row_ops.h), folded
+  // into the MatMul's packing and epilogue (matmul.h MatMulFusion) or into one pass.
+  void RmsNormMatMulMany(const float* x, int n, int d, const Weight& norm, float eps, float* xb,
+                         const Weight* w, float* const* y, int count) override {
+    SPECMOE_CHECK(norm.rows * norm.cols == d && norm.layout == WeightLayout::kRows,
+                  "norm weight must be row-major of size d");
+    SPECMOE_CHECK(count >= 1 && w[0].cols == d, "the product must take the normalized rows");
+    norm_.resize(d);
+    ConvertRowsToF32(Weight{norm.data, norm.dtype, 1, d}, 0, 1, norm_.data());
+    MatMulFusion fusion;
+    fusion.norm = norm_.data();
+    fusion.eps = eps;
+    fusion.norm_out = xb;
+    CpuMatMulFused(x, n, w, y, count, fusion, pool_);
+  }
+
+  void MatMulAdd(const float* x, int n, const Weight& w, float* tmp, float* y) override {
+    MatMulFusion fusion;
+    fusion.residual = y;
+    CpuMatMulFused(x, n, &w, &tmp, 1, fusion, pool_);
+  }
+
+  void GateUpSiluMul(const float* x, int n, const Weight& gate, const Weight& up, float* gate_out,
+                     float* up_out) override {
+    const Weight w[2] = {gate, up};
+    float* const y[2] = {gate_out, up_out};
+    MatMulFusion fusion;
+    fusion.silu_mul = true;
+    CpuMatMulFused(x, n, w, y, 2, fusion, pool_);
+  }
+
+  // Per token: its angles once, q's and k's heads rotated, its K/V rows written.
+  void RopeKvWrite(float* q, float* k, const float* v, const ForwardDesc& fwd, int n_heads,
+                   int n_kv_heads, int head_dim, float theta, const RopeScaling& scaling,
+                   DType kv_dtype, void* k_cache, void* v_cache) override {
+    SPECMOE_CHECK(kv_dtype == DType::kF32 || kv_dtype == DType::kF16,
+                  "the CPU KV cache holds f32 or f16");
+    const int half = head_dim / 2;
+    std::vector<float> inv_freq(half);
+    RopeInverseFrequencies(head_dim, theta, scaling, inv_freq.data());
+    const int64_t q_row = static_cast<int64_t>(n_heads) * head_dim;
+    const int kv_row = n_kv_heads * head_dim;
+    pool_.ParallelFor(
+        fwd.n_tokens,
+        [&](int64_t begin, int64_t end) {
+          std::vector<float> cos_t(half), sin_t(half);
+          for (int64_t t = begin; t < end; ++t) {
+            RopeAngles(fwd.positions[t], inv_freq.data(), half, cos_t.data(), sin_t.data());
+            RopeHeads(q + t * q_row, n_heads, head_dim, cos_t.data(), sin_t.data());
+            float* k_row = k + t * kv_row;
+            RopeHeads(k_row, n_kv_heads, head_dim, cos_t.data(), sin_t.data());
+            WriteKvRow(k_row, v + t * kv_row, fwd.slots[t], kv_row, kv_dtype, k_cache, v_cache);
+          }
+        },
+        MinRows((q_row + kv_row) * 4));
+  }
+
+  // k_cache[slot] = k_row, v_cache[slot] = v_row (f32 copied, f16 rounded to nearest even).
+  static void WriteKvRow(const float* k_row, const float* v_row, int64_t slot, int row,
+                         DType kv_dtype, void* k_cache, void* v_cache) {
+    const int64_t dst = slot * row;
+    if (kv_dtype == DType::kF32) {
+      std::memcpy(static_cast<float*>(k_cache) + dst, k_row, row * sizeof(float));
+      std::memcpy(static_cast<float*>(v_cache) + dst, v_row, row * sizeof(float));
+      return;
+    }
+    uint16_t* k_out = static_cast<uint16_t*>(k_cache) + dst;
+    uint16_t* v_out = static_cast<uint16_t*>(v_cache) + dst;
+    for (int j = 0; j < row; ++j) {
+      k_out[j] = F32ToF16(k_row[j]);
+      v_out[j] = F32ToF16(v_row[j]);
     }
   }
 
@@ -291,51 +315,76 @@ class CpuBackend final : public Backend {
     for (int32_t pair = 0; pair < pairs; ++pair) r.pairs[next[r.idx[pair]]++] = pair;
   }
 
-  // For each expert x, its pairs (token, j) from the routing (increasing order), runs
-  // down(silu(gate x) * up x) with the panel kernels of MatMul (batch-invariant for any
-  // count; the experts are prepared like every linear weight), and
-  // parks each result at contrib[t * k + j]. Then
-  // y[t] = scale * (sum_{j<k} weight[t, j] * contrib[t, j]) with the sum in j order.
+  // For each expert x, its pairs (token, j) from the routing (increasing order): the tokens'
+  // rows gathered, then down(silu(gate x) * up x) with the panel kernels of MatMul
+  // (batch-invariant for any count; the experts are prepared like every linear weight),
+  // every selected expert's gate/up in one batch and every down in one more (two hand-offs
+  // per layer however many experts are selected). Then
+  // y[t] = scale * (sum_{j<k} weight[t, j] * out[t, j]) with the sum in j order.
   void MoeExperts(const float* x, int n, int hidden, const MoeRouting& r, int k,
                   const ExpertWeights* experts, int num_experts, float scale, float* y) override {
     if (n <= 0) return;
     const int64_t pairs = static_cast<int64_t>(n) * k;
     SPECMOE_CHECK(r.offsets[0] == 0 && r.offsets[num_experts] == pairs,
                   "routing does not cover n * k pairs");
-    contrib_.resize(static_cast<size_t>(pairs * hidden));
+    // Rows are kept in the routing's expert-grouped order: row i holds pair r.pairs[i].
+    int64_t inter_total = 0;
     for (int e = 0; e < num_experts; ++e) {
       const int m = r.counts[e];
       SPECMOE_CHECK(m >= 0 && r.offsets[e + 1] - r.offsets[e] == m, "routing counts");
       if (m == 0) continue;
-      const int32_t* routed = r.pairs + r.offsets[e];
       const ExpertWeights& ex = experts[e];
       SPECMOE_CHECK(ex.gate.cols == hidden && ex.up.cols == hidden && ex.down.rows == hidden &&
-                            ex.up.rows == ex.gate.rows && ex.down.cols == ex.gate.rows,
-                        "expert weight shapes");
-      const int64_t size = ex.gate.rows;
-      gathered_.resize(static_cast<size_t>(m) * hidden);
-      gate_out_.resize(static_cast<size_t>(m * size));
-      up_out_.resize(static_cast<size_t>(m * size));
-      expert_out_.resize(static_cast<size_t>(m) * hidden);
+                        ex.up.rows == ex.gate.rows && ex.down.cols == ex.gate.rows,
+                    "expert weight shapes");
+      inter_total += static_cast<int64_t>(m) * ex.gate.rows;
+    }
+    gathered_.resize(static_cast<size_t>(pairs * hidden));
+    gate_out_.resize(static_cast<size_t>(inter_total));
+    up_out_.resize(static_cast<size_t>(inter_total));
+    expert_out_.resize(static_cast<size_t>(pairs * hidden));
+    row_of_pair_.assign(static_cast<size_t>(pairs), -1);
+    gate_up_jobs_.clear();
+    down_jobs_.clear();
+    int64_t inter_offset = 0;
+    for (int e = 0; e < num_experts; ++e) {
+      const int m = r.counts[e];
+      if (m == 0) continue;
+      const int64_t first = r.offsets[e];
+      const int32_t* routed = r.pairs + first;
       for (int i = 0; i < m; ++i) {
         SPECMOE_CHECK(routed[i] >= 0 && routed[i] < pairs && r.idx[routed[i]] == e,
                       "routing pair list");
-        std::memcpy(gathered_.data() + static_cast<int64_t>(i) * hidden,
+        row_of_pair_[routed[i]] = first + i;
+        std::memcpy(gathered_.data() + (first + i) * hidden,
                     x + static_cast<int64_t>(routed[i] / k) * hidden,
                     static_cast<size_t>(hidden) * sizeof(float));
       }
-      const Weight gate_up[2] = {ex.gate, ex.up};
-      float* const gate_up_out[2] = {gate_out_.data(), up_out_.data()};
-      CpuMatMulMany(gathered_.data(), m, gate_up, gate_up_out, 2, pool_);
-      SiluMul(gate_out_.data(), up_out_.data(), m, static_cast<int>(size), gate_out_.data());
-      CpuMatMul(gate_out_.data(), m, ex.down, expert_out_.data(), pool_);
-      for (int i = 0; i < m; ++i) {
-        std::memcpy(contrib_.data() + static_cast<int64_t>(routed[i]) * hidden,
-                    expert_out_.data() + static_cast<int64_t>(i) * hidden,
-                    static_cast<size_t>(hidden) * sizeof(float));
-      }
+      const ExpertWeights& ex = experts[e];
+      MatMulJob gate_up;
+      gate_up.x = gathered_.data() + first * hidden;
+      gate_up.n = m;
+      gate_up.count = 2;
+      gate_up.w[0] = ex.gate;
+      gate_up.w[1] = ex.up;
+      gate_up.y[0] = gate_out_.data() + inter_offset;
+      gate_up.y[1] = up_out_.data() + inter_offset;
+      gate_up.fusion.silu_mul = true;
+      gate_up_jobs_.push_back(gate_up);
+      MatMulJob down;
+      down.x = gate_out_.data() + inter_offset;
+      down.n = m;
+      down.count = 1;
+      down.w[0] = ex.down;
+      down.y[0] = expert_out_.data() + first * hidden;
+      down_jobs_.push_back(down);
+      inter_offset += static_cast<int64_t>(m) * ex.gate.rows;
     }
+    CpuMatMulBatch(gate_up_jobs_.data(), static_cast<int>(gate_up_jobs_.size()), pool_);
+    CpuMatMulBatch(down_jobs_.data(), static_cast<int>(down_jobs_.size()), pool_);
     const float* weight = r.weight;
+    const float* out = expert_out_.data();
+    const int64_t* row_of_pair = row_of_pair_.data();
     pool_.ParallelFor(
         n,
         [&](int64_t begin, int64_t end) {
@@ -344,7 +393,7 @@ class CpuBackend final : public Backend {
             for (int i = 0; i < hidden; ++i) {
               float acc = 0.0f;
               for (int j = 0; j < k; ++j) {
-                acc += weight[t * k + j] * contrib_[static_cast<size_t>((t * k + j) * hidden + i)];
+                acc += weight[t * k + j] * out[row_of_pair[t * k + j] * hidden + i];
               }
               yt[i] = scale * acc;
             }
@@ -401,12 +450,15 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   ForwardDesc fwd_;  // the current forward's description (host pointers, kept as given)
   // Scratch reused across calls (the backend is used by one thread).
-  std::vector<float> contrib_;     // [n * k, hidden]
-  std::vector<float> gathered_;    // [m, hidden]
-  std::vector<float> gate_out_;    // [m, size]
-  std::vector<float> up_out_;      // [m, size]
-  std::vector<float> expert_out_;  // [m, hidden]
+  std::vector<float> gathered_;        // [n * k, hidden], the pairs' rows grouped by expert
+  std::vector<float> gate_out_;        // per selected expert [m_e, size_e], one after another
+  std::vector<float> up_out_;          // the same
+  std::vector<float> expert_out_;      // [n * k, hidden], grouped by expert as gathered_
+  std::vector<int64_t> row_of_pair_;   // [n * k]: the row of gathered_ of each pair
+  std::vector<MatMulJob> gate_up_jobs_;
+  std::vector<MatMulJob> down_jobs_;
   std::vector<float> row_;         // [vocab] a penalised row of logits
+  std::vector<float> norm_;        // [d] a norm weight in f32 (RmsNormMatMulMany)
   std::vector<void*> owned_;       // panels of the prepared linear weights
 };
 

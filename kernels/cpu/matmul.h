@@ -48,6 +48,42 @@ inline constexpr int kMaxFused = 4;
 void CpuMatMulMany(const float* x, int n, const Weight* w, float* const* y, int count,
                    ThreadPool& pool);
 
+// Work folded into a product's packing and epilogue, with the same bits as the separate
+// ops (the arithmetic of row_ops.h): no extra pass over the activations, no extra hand-off.
+struct MatMulFusion {
+  // RMSNorm of x folded into its packing: the product reads
+  // xn[r, k] = norm[k] * (x[r, k] * InvRms(x[r], cols, eps)); xn is also stored in
+  // norm_out [n, cols] when that is not null (it may not alias x). norm: [cols] f32.
+  const float* norm = nullptr;
+  float eps = 0.0f;
+  float* norm_out = nullptr;
+  // Residual add after the product (count 1): residual[r, o] = residual[r, o] + y[0][r, o].
+  float* residual = nullptr;
+  // SiLU-mul after a gate (w[0]) and up (w[1]) product (count 2, equal shapes):
+  // y[0][r, o] = SiluMulOne(y[0][r, o], y[1][r, o]); each item runs a gate panel and the
+  // same up panel, then this, while both are in L1.
+  bool silu_mul = false;
+};
+
+// CpuMatMulMany with `fusion` applied.
+void CpuMatMulFused(const float* x, int n, const Weight* w, float* const* y, int count,
+                    const MatMulFusion& fusion, ThreadPool& pool);
+
+// One product of a batch: y[i] = x . w[i]^T for i < count, with `fusion`.
+struct MatMulJob {
+  const float* x = nullptr;
+  int n = 0;
+  Weight w[kMaxFused];
+  float* y[kMaxFused] = {};
+  int count = 0;
+  MatMulFusion fusion;
+};
+
+// Every job of `jobs`, as CpuMatMulFused would run it, with the
+// same bits, in two hand-offs to the thread team for all of them (the packing of every
+// job's x, then every job's work items): the selected MoE experts of a layer at once.
+void CpuMatMulBatch(const MatMulJob* jobs, int num_jobs, ThreadPool& pool);
+
 // The micro-kernel paths. kAuto picks the widest the CPU has (AVX-512F, else AVX2+FMA+F16C
 // when this build targets it, else scalar).
 enum class MatMulIsa { kAuto, kScalar, kAvx2, kAvx512 };

@@ -21,7 +21,9 @@ constexpr int kPausesPerClockRead = 32;
 
 // Chunks per thread: threads take chunks from a shared counter, so a thread that is slowed
 // (a busy or descheduled core) does not hold the others at the end of every loop.
-constexpr int64_t kChunksPerThread = 4;
+constexpr int64_t kChunksPerThread = 16;
+// Chunks of one loop: at most this many (16 bits of the shared word).
+constexpr int64_t kMaxChunks = 0xFFFF;
 
 // True on a thread that is currently running a loop body (nested loops run serially).
 thread_local bool tls_in_parallel_for = false;
@@ -58,7 +60,8 @@ inline void CpuRelax() {
 
 ThreadPool::ThreadPool(int num_threads) {
   if (num_threads <= 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
-  num_threads_ = std::max(1, num_threads);
+  // The chunk count of a loop must fit the 16 bits of the shared word.
+  num_threads_ = std::clamp(num_threads, 1, static_cast<int>(kMaxChunks / kChunksPerThread));
   workers_.reserve(num_threads_ - 1);
   for (int part = 1; part < num_threads_; ++part) {
     workers_.emplace_back([this] { WorkerLoop(); });
@@ -69,52 +72,59 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_.store(true, std::memory_order_release);
-    generation_.fetch_add(1, std::memory_order_seq_cst);
+    // A new generation with no chunks: every worker wakes, claims nothing and sees stop_.
+    work_.store(uint64_t{++generation_} << 32, std::memory_order_seq_cst);
   }
   cv_.notify_all();
   for (std::thread& t : workers_) t.join();
 }
 
-void ThreadPool::RunChunks() {
+void ThreadPool::RunChunks(uint32_t generation) {
   for (;;) {
-    const int64_t chunk = next_chunk_.fetch_add(1, std::memory_order_relaxed);
-    if (chunk >= chunks_) return;
-    const int64_t begin = n_ * chunk / chunks_;
-    const int64_t end = n_ * (chunk + 1) / chunks_;
+    uint64_t word = work_.load(std::memory_order_acquire);
+    uint64_t chunk = 0;
+    do {
+      chunk = word & 0xFFFF;
+      if (Generation(word) != generation || chunk >= ((word >> 16) & 0xFFFF)) return;
+    } while (!work_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel,
+                                          std::memory_order_acquire));
+    // Claimed: this loop's fields stay as they are until its chunks are all done.
+    SetFpControl(fp_control_);
+    const int64_t begin = n_ * static_cast<int64_t>(chunk) / chunks_;
+    const int64_t end = n_ * static_cast<int64_t>(chunk + 1) / chunks_;
     if (begin < end) body_(fn_, begin, end);
+    done_.fetch_add(1, std::memory_order_release);
   }
 }
 
 void ThreadPool::WorkerLoop() {
-  uint64_t seen = 0;
+  uint32_t seen = 0;
   for (;;) {
-    uint64_t generation = generation_.load(std::memory_order_acquire);
+    uint32_t generation = Generation(work_.load(std::memory_order_acquire));
     if (generation == seen) {
       const Clock::time_point deadline = Clock::now() + kSpin;
       do {
         for (int i = 0; i < kPausesPerClockRead && generation == seen; ++i) {
           CpuRelax();
-          generation = generation_.load(std::memory_order_acquire);
+          generation = Generation(work_.load(std::memory_order_acquire));
         }
       } while (generation == seen && Clock::now() < deadline);
     }
     if (generation == seen) {
-      // Sleep. sleepers_ and generation_ are both seq_cst, so either the caller's bump comes
-      // first in their single order and the predicate sees it, or this increment does and
-      // the caller sees a sleeper and takes mu_ before notifying (no lost wake-up).
+      // Sleep. sleepers_ and work_ are both seq_cst, so either the caller's new generation
+      // comes first in their single order and the predicate sees it, or this increment does
+      // and the caller sees a sleeper and takes mu_ before notifying (no lost wake-up).
       std::unique_lock<std::mutex> lock(mu_);
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
-      cv_.wait(lock, [&] { return generation_.load(std::memory_order_seq_cst) != seen; });
+      cv_.wait(lock, [&] { return Generation(work_.load(std::memory_order_seq_cst)) != seen; });
       sleepers_.fetch_sub(1, std::memory_order_relaxed);
-      generation = generation_.load(std::memory_order_acquire);
+      generation = Generation(work_.load(std::memory_order_acquire));
     }
     if (stop_.load(std::memory_order_acquire)) return;
     seen = generation;
-    SetFpControl(fp_control_);
     tls_in_parallel_for = true;
-    RunChunks();
+    RunChunks(generation);
     tls_in_parallel_for = false;
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
@@ -132,9 +142,10 @@ void ThreadPool::Run(int64_t n, int64_t min_chunk, void* fn, Body body) {
   n_ = n;
   chunks_ = chunks;
   fp_control_ = FpControl();
-  next_chunk_.store(0, std::memory_order_relaxed);
-  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_seq_cst);
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t generation = ++generation_;
+  work_.store(uint64_t{generation} << 32 | static_cast<uint64_t>(chunks) << 16,
+              std::memory_order_seq_cst);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     // A worker that counted itself as a sleeper holds mu_ until it waits, so taking mu_
     // here orders the notify after its wait.
@@ -142,10 +153,11 @@ void ThreadPool::Run(int64_t n, int64_t min_chunk, void* fn, Body body) {
     cv_.notify_all();
   }
   tls_in_parallel_for = true;
-  RunChunks();
+  RunChunks(generation);
   tls_in_parallel_for = false;
-  // Spin, then yield: on an oversubscribed machine a worker may be waiting for a core.
-  for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
+  // Every chunk is claimed; wait for the ones other threads are still running. Spin, then
+  // yield: on an oversubscribed machine that thread may be waiting for a core.
+  for (int i = 0; done_.load(std::memory_order_acquire) != chunks; ++i) {
     if (i < 4096) {
       CpuRelax();
     } else {

@@ -1,14 +1,17 @@
 // kernels/cpu/thread_pool.h — a persistent team of worker threads for data-parallel loops.
 //
-// The workers stay with the caller between loops: after each loop they poll a generation
-// counter for a bounded time (about 250 microseconds; decode issues ~100 small ops per token
-// back to back), so handing the next op to the team costs an atomic increment, no lock and
-// no system call. Only a worker that has polled past that bound sleeps on a condition
+// The workers stay with the caller between loops: after each loop they poll the shared word
+// below for a bounded time (about 250 microseconds; decode issues ~40 parallel ops per token
+// back to back), so handing the next op to the team costs an atomic store, no lock and no
+// system call. Only a worker that has polled past that bound sleeps on a condition
 // variable, and only then does the caller take the lock to wake it: an idle server burns no
-// CPU. ParallelFor splits [0, n) into up to 4 contiguous chunks per thread, which the calling
-// thread and the workers take from a shared counter (a slowed core does not hold up the
-// loop), and returns when all are done (a barrier per op). Used by the CPU backend for
-// matmul (over output rows), attention (over (token, head) pairs) and large element-wise ops.
+// CPU. ParallelFor splits [0, n) into up to 16 contiguous chunks per thread, which the calling
+// thread and the workers claim from one shared word (the loop's generation, its chunk count
+// and the next chunk), and returns when every chunk is done. It waits for chunks, not for
+// workers: a worker that is descheduled (a shared machine) or still polling when the loop
+// runs out of chunks claims nothing and holds nobody up, so the caller finishes the loop
+// alone instead of waiting a scheduler time slice at every op's barrier. Used by the CPU backend
+// for matmul (over output rows), attention (over (token, head) pairs) and large element-wise ops.
 // Every worker runs a loop under the caller's floating-point control state (x86 MXCSR), so
 // a chunk's results do not depend on the thread that runs it.
 // Tested through tests/cpu_backend_test.cc (every op runs on a 2-thread pool).
@@ -56,26 +59,31 @@ class ThreadPool {
 
   void Run(int64_t n, int64_t min_chunk, void* fn, Body body);
   void WorkerLoop();
-  void RunChunks();
+  // Claims and runs chunks of the loop of generation `generation` until none is left.
+  void RunChunks(uint32_t generation);
+
+  // The shared word: generation (bits 63..32), chunk count (31..16), next chunk (15..0).
+  static constexpr uint32_t Generation(uint64_t word) { return static_cast<uint32_t>(word >> 32); }
 
   int num_threads_ = 1;
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_;
-  // The current loop; written by the caller before generation_ is bumped (release), read by
-  // the workers after they see the new generation (acquire).
+  // The current loop, written by the caller before it publishes a new generation in work_
+  // (release). A thread reads them only after it claimed a chunk of that generation, and
+  // the caller rewrites them only after every chunk is done, so they are never raced.
   void* fn_ = nullptr;
   Body body_ = nullptr;
   int64_t n_ = 0;
   int64_t chunks_ = 0;
+  uint32_t generation_ = 0;  // the caller's last generation
   // The caller's MXCSR control bits (rounding, flush-to-zero, denormals-are-zero), which
   // every worker takes before it runs a chunk: the same float arithmetic on every thread.
   uint32_t fp_control_ = 0;
-  // Each hot counter on its own cache line: workers hammer next_chunk_ while polling
-  // generation_, and the caller polls pending_.
-  alignas(64) std::atomic<uint64_t> generation_{0};
-  alignas(64) std::atomic<int64_t> next_chunk_{0};
-  alignas(64) std::atomic<int> pending_{0};
+  // Each hot counter on its own cache line: workers poll work_ and claim chunks from it,
+  // the caller polls done_.
+  alignas(64) std::atomic<uint64_t> work_{0};
+  alignas(64) std::atomic<int64_t> done_{0};
   alignas(64) std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
 };
