@@ -228,7 +228,10 @@ TreePolicy::Arm TreePolicy::ChooseArm(int decoding) {
   double most_due = 1.0;
   for (int i = 0; i < kArms; ++i) {
     if (i == best) continue;
-    const double gap = best_rate > 0 ? std::max(0.0, 1.0 - rate(load.arms[i]) / best_rate) : 0;
+    // An arm measured few times is not trusted to be as bad as it looked (noisy steps).
+    const double trust = std::min(1.0, load.arms[i].samples / kTrustedSamples);
+    const double gap =
+        best_rate > 0 ? trust * std::max(0.0, 1.0 - rate(load.arms[i]) / best_rate) : 0;
     const double grow = 1.0 + gap / kGapScale;
     const double interval = std::min<double>(kMaxInterval, kProbeEvery * grow * grow);
     const double due = static_cast<double>(load.measured - load.arms[i].last) / interval;

@@ -209,10 +209,11 @@ class TreePolicy {
   // the plain steps), that arm again; (2) during the warm-up, the first arm in Arm order with
   // fewer than kWarmupSamples measured steps; (3) else an overdue probe: the arm i of the
   // largest (s - last_i) / interval_i >= 1, where s counts the load's measured steps, last_i
-  // is s at arm i's last measured step and, with gap_i = 1 - rate_i / rate_best,
+  // is s at arm i's last measured step and, with gap_i = 1 - rate_i / rate_best scaled by
+  // min(1, samples_i / kTrustedSamples) (an arm measured once may have met a noisy step),
   //   interval_i = min(kMaxInterval, kProbeEvery (1 + gap_i / kGapScale)^2),
   // so an arm is probed at most once per kProbeEvery measured steps, and a clearly worse
-  // arm rarely: the expected loss of probing arm i, gap_i / interval_i, is at most
+  // arm rarely: once trusted, the expected loss of probing arm i, gap_i / interval_i, is at most
   // kGapScale / (4 kProbeEvery) (0.08 %) per arm, twice that with the
   // unmeasured first step after plain; (4) else the arm of the best rate.
   // Returns it (also arm()). Static: kModel.
@@ -241,7 +242,8 @@ class TreePolicy {
   static constexpr int kWarmupSamples = 1;
   static constexpr int kProbeEvery = 16;
   static constexpr double kGapScale = 0.05;
-  static constexpr int kMaxInterval = 1024;
+  static constexpr int kMaxInterval = 512;
+  static constexpr double kTrustedSamples = 4;
   static constexpr double kHorizon = 16;
   double host_fixed_seconds() const { return host_fixed_; }
   double host_per_node_seconds() const { return host_per_node_; }
