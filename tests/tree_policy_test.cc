@@ -942,7 +942,7 @@ TEST(TreePolicyBanditTest, ConvergesToTheBestArm) {
 }
 
 // Exploration is bounded: an arm `gap` worse than the best is probed once per
-// min(kMaxInterval, kProbeEvery (1 + gap / kGapScale)^2) measured steps once trusted
+// min(kMaxInterval, kProbeEvery (1 + gap / kGapScale)^2) of its steps' time once trusted
 // (kTrustedSamples measurements), sooner before (each drafting
 // probe after plain takes one unmeasured step more), and never abandoned; arms as good as
 // the best at most once per kProbeEvery.
@@ -958,7 +958,8 @@ TEST(TreePolicyBanditTest, ExploresAtABoundedRate) {
                                              TreePolicy::kProbeEvery * grow * grow);
     for (int arm = 0; arm < TreePolicy::kArms; ++arm) {
       if (arm == plain) continue;
-      EXPECT_GE(chosen[arm], 4000 / interval - 2) << gap << " " << arm;
+      // Probes are spaced in time: a step of this arm lasts 1 / (1 - gap) of plain's.
+      EXPECT_GE(chosen[arm], 4000 * (1 - gap) / interval - 2) << gap << " " << arm;
       // The first kTrustedSamples probes come sooner (the gap is not trusted yet).
       EXPECT_LE(chosen[arm], 2 * (4000 / interval + 2 + TreePolicy::kTrustedSamples))
           << gap << " " << arm;

@@ -234,7 +234,9 @@ TreePolicy::Arm TreePolicy::ChooseArm(int decoding) {
         best_rate > 0 ? trust * std::max(0.0, 1.0 - rate(load.arms[i]) / best_rate) : 0;
     const double grow = 1.0 + gap / kGapScale;
     const double interval = std::min<double>(kMaxInterval, kProbeEvery * grow * grow);
-    const double due = static_cast<double>(load.measured - load.arms[i].last) / interval;
+    // Measured in time, in units of the arm's own step (a slow arm's step is a long probe).
+    const double due =
+        (load.clock - load.arms[i].last_clock) / (interval * std::max(1e-9, load.arms[i].seconds));
     if (due >= most_due) {
       most_due = due;
       probe = i;
@@ -271,7 +273,8 @@ void TreePolicy::ObserveOutcome(int decoding, int emitted, double seconds, bool 
   const double w = 1.0 / a.samples;  // running mean, then an EWMA of weight 1 / kHorizon
   a.tokens += w * (emitted - a.tokens);
   a.seconds += w * (seconds - a.seconds);
-  a.last = ++load.measured;
+  load.clock += seconds;
+  a.last_clock = load.clock;
 }
 
 double TreePolicy::arm_rate(int decoding, Arm arm) const {

@@ -208,14 +208,16 @@ class TreePolicy {
   // first step after a plain one is pending (not measured: it pays the draft's catch-up of
   // the plain steps), that arm again; (2) during the warm-up, the first arm in Arm order with
   // fewer than kWarmupSamples measured steps; (3) else an overdue probe: the arm i of the
-  // largest (s - last_i) / interval_i >= 1, where s counts the load's measured steps, last_i
-  // is s at arm i's last measured step and, with gap_i = 1 - rate_i / rate_best scaled by
+  // largest (c - c_i) / (interval_i seconds_i) >= 1, where c is the load's clock (the
+  // seconds of its measured steps), c_i the clock at arm i's last measured step, seconds_i
+  // its mean step seconds and, with gap_i = 1 - rate_i / rate_best scaled by
   // min(1, samples_i / kTrustedSamples) (an arm measured once may have met a noisy step),
   //   interval_i = min(kMaxInterval, kProbeEvery (1 + gap_i / kGapScale)^2),
-  // so an arm is probed at most once per kProbeEvery measured steps, and a clearly worse
-  // arm rarely: once trusted, the expected loss of probing arm i, gap_i / interval_i, is at most
-  // kGapScale / (4 kProbeEvery) (0.08 %) per arm, twice that with the
-  // unmeasured first step after plain; (4) else the arm of the best rate.
+  // so probes of arm i take at most 1 / interval_i of the load's time: at most
+  // 1 / kProbeEvery for an arm as good as the best, rarely a clearly worse one; once
+  // trusted, the expected loss of probing arm i, gap_i / interval_i, is at most
+  // kGapScale / (4 kProbeEvery) (0.08 %) of the best rate, twice that with the unmeasured
+  // first step after plain; (4) else the arm of the best rate.
   // Returns it (also arm()). Static: kModel.
   Arm ChooseArm(int decoding);
   // The shape a request drafts with this step under arm(): `expansion` for a static policy;
@@ -280,11 +282,11 @@ class TreePolicy {
   struct ArmStats {
     double tokens = 0, seconds = 0;  // EWMAs per measured step
     int samples = 0;                 // measured steps (saturating at kHorizon)
-    int64_t last = -1;               // the bucket's measured steps at the last one
+    double last_clock = 0;           // the bucket's clock at the last one
   };
   struct LoadBucket {
     ArmStats arms[kArms];
-    int64_t measured = 0;    // measured steps at this load
+    double clock = 0;        // measured seconds at this load
     Arm last = Arm::kModel;  // the arm of the last step at this load
     bool any = false;        // a step at this load has run
     bool pending = false;    // last was a drafting arm's unmeasured first step after plain
