@@ -10,14 +10,19 @@
 //   - for sampled requests the counts come from the inputs before drawing, and
 //     ExpandLevel with counts draws exactly that many children (fewer only where q has
 //     fewer non-zero ids) and keeps every drawn child in draw order;
+//   - learning from outcomes: the bandit over arms converges to the arm of the best
+//     realised rate at each load, explores at a bounded rate, follows a change, and every
+//     arm's shape is capped by the expansion and the token room;
 //   - CostCurve and AcceptanceModel arithmetic (interpolation, extrapolation, EWMA toward
 //     observations, calibration with the prior).
 // The exact-sampling test with dynamic trees is in tests/verifier_stat_test.cc.
 #include "engine/spec/tree_policy.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <span>
 #include <utility>
 #include <vector>
@@ -873,41 +878,209 @@ TEST(TreePolicyTest, HostWorkPerNodeIsFittedAndPricesNodes) {
   EXPECT_THAT(policy.Expand(std::span(&lr, 1), 64), ElementsAre(ElementsAre(2)));
 }
 
-// Runs `steps` one-level steps of one request whose cost model says a tree pays, reporting
-// to ObserveOutcome a realised rate of `tree_rate` tokens/s for steps that took nodes and
-// `plain_rate` for plain ones; the fraction of the last 100 steps that took nodes.
-double TreeShare(TreePolicy& policy, double tree_rate, double plain_rate, int steps) {
-  const AcceptanceModel none;
-  const std::vector<double> v = {1.0};
-  const std::vector<std::vector<float>> top = {{0.8f}};
-  LevelRequest lr;
-  lr.max_children = 1;
-  lr.depth = 1;
-  lr.frontier_value = v;
-  lr.frontier_top_q = top;
-  lr.acceptance = &none;
-  lr.last_level = true;
-  int with_trees = 0;
+// ---------------------------------------------------------------------------------------
+// Learning from outcomes: the bandit over arms (TreePolicy::ChooseArm).
+
+using Arm = TreePolicy::Arm;
+using Rates = std::array<double, TreePolicy::kArms>;  // tokens/s per arm, in Arm order
+
+// Steps the policy at load `decoding` (no prompt chunks) for `steps` steps; each step's
+// arm realises rates[arm] tokens/s times a uniform jitter in [1 - jitter, 1 + jitter]
+// (seeded), emitting 2 * decoding tokens. *chosen counts the arms of the last `tail` steps;
+// the result is the tokens per second over those steps.
+double RunBandit(TreePolicy& policy, int decoding, const Rates& rates, int steps, int tail,
+                 std::array<int, TreePolicy::kArms>* chosen, double jitter = 0.0,
+                 uint64_t seed = 1) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> noise(1.0 - jitter, 1.0 + jitter);
+  chosen->fill(0);
+  double tokens = 0, seconds = 0;
   for (int step = 0; step < steps; ++step) {
-    policy.BeginStep(4, 4, 4);
-    const int nodes = policy.Expand(std::span(&lr, 1), 64)[0][0];
-    if (step >= steps - 100) with_trees += nodes > 0 ? 1 : 0;
-    const double rate = nodes > 0 ? tree_rate : plain_rate;
-    policy.ObserveOutcome(4, 4, 4 / rate);
+    const Arm arm = policy.ChooseArm(decoding);
+    const int emitted = 2 * decoding;
+    const double s = emitted / (rates[static_cast<int>(arm)] * noise(gen));
+    policy.ObserveOutcome(decoding, emitted, s, false);
+    if (step >= steps - tail) {
+      ++(*chosen)[static_cast<int>(arm)];
+      tokens += emitted;
+      seconds += s;
+    }
   }
-  return with_trees / 100.0;
+  return tokens / seconds;
 }
 
-// Issue 16: whatever the cost model says, a policy whose trees realise fewer tokens per
-// second than plain decoding at the same load moves toward plain decoding (probing it now
-// and then), and one whose trees do better keeps them.
-TEST(TreePolicyTest, OutcomesMoveThePolicyTowardWhatIsFaster) {
-  TreePolicy losing(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
-  EXPECT_LT(TreeShare(losing, 50.0, 100.0, 600), 0.35);
-  EXPECT_GT(losing.margin(4), 1.0);
-  TreePolicy winning(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
-  EXPECT_GT(TreeShare(winning, 200.0, 100.0, 600), 0.9);
-  EXPECT_DOUBLE_EQ(winning.margin(4), 1.0);
+// A fresh dynamic policy (no draft curve: plain steps are not charged a catch-up), driven
+// through its warm-up at load 1 until ChooseArm picks `arm`.
+TreePolicy PolicyAt(Arm arm) {
+  TreePolicy policy(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), CostCurve());
+  for (int step = 0; policy.ChooseArm(1) != arm; ++step) {
+    EXPECT_LT(step, 100) << "the warm-up never reached the arm";
+    policy.ObserveOutcome(1, 1, 0.01, false);
+  }
+  return policy;
+}
+
+// After its warm-up the policy spends its steps on the arm of the best realised rate,
+// whichever arm that is, also with 10 % noise on every step's time.
+TEST(TreePolicyBanditTest, ConvergesToTheBestArm) {
+  // Arm order: model, <1,1>, <1,1,1>, <2,1>, <1>, plain.
+  const std::vector<std::pair<Rates, Arm>> cases = {
+      {{100, 130, 120, 110, 105, 90}, Arm::kChain2},  // light load: a short chain
+      {{150, 180, 200, 170, 120, 90}, Arm::kChain3},
+      {{60, 70, 65, 62, 95, 100}, Arm::kPlain},  // compute-bound: plain decoding
+      {{140, 100, 110, 105, 95, 80}, Arm::kModel},
+  };
+  for (const auto& [rates, best] : cases) {
+    TreePolicy policy(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), CostCurve());
+    std::array<int, TreePolicy::kArms> chosen;
+    const double rate = RunBandit(policy, 4, rates, 600, 400, &chosen, 0.1);
+    const double best_rate = rates[static_cast<int>(best)];
+    EXPECT_GE(chosen[static_cast<int>(best)], 0.9 * 400) << static_cast<int>(best);
+    // Exploring costs at most a few percent of the best arm's rate.
+    EXPECT_GE(rate, 0.97 * best_rate) << static_cast<int>(best);
+  }
+}
+
+// Exploration is bounded: an arm `gap` worse than the best is probed once per
+// min(kMaxInterval, kProbeEvery (1 + gap / kGapScale)^2) of its steps' time once trusted
+// (kTrustedSamples measurements), sooner before (each drafting
+// probe after plain takes one unmeasured step more), and never abandoned; arms as good as
+// the best at most once per kProbeEvery.
+TEST(TreePolicyBanditTest, ExploresAtABoundedRate) {
+  std::array<int, TreePolicy::kArms> chosen;
+  const int plain = static_cast<int>(Arm::kPlain);
+  for (double gap : {0.1, 0.2, 0.3}) {
+    TreePolicy policy(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), CostCurve());
+    const double worse = 100 * (1 - gap);
+    RunBandit(policy, 16, {worse, worse, worse, worse, worse, 100}, 4100, 4000, &chosen);
+    const double grow = 1 + gap / TreePolicy::kGapScale;
+    const double interval = std::min<double>(TreePolicy::kMaxInterval,
+                                             TreePolicy::kProbeEvery * grow * grow);
+    for (int arm = 0; arm < TreePolicy::kArms; ++arm) {
+      if (arm == plain) continue;
+      // Probes are spaced in time: a step of this arm lasts 1 / (1 - gap) of plain's.
+      EXPECT_GE(chosen[arm], 4000 * (1 - gap) / interval - 2) << gap << " " << arm;
+      // The first kTrustedSamples probes come sooner (the gap is not trusted yet).
+      EXPECT_LE(chosen[arm], 2 * (4000 / interval + 2 + TreePolicy::kTrustedSamples))
+          << gap << " " << arm;
+    }
+  }
+  TreePolicy even(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), CostCurve());
+  RunBandit(even, 16, {100, 100, 100, 100, 100, 100}, 1100, 1000, &chosen);
+  for (int arm = 1; arm < TreePolicy::kArms; ++arm) {
+    EXPECT_LE(chosen[arm], 2 * (1000 / TreePolicy::kProbeEvery + 2)) << arm;
+  }
+}
+
+// When the machine or the workload changes which arm is best, the policy follows.
+TEST(TreePolicyBanditTest, FollowsAChangeOfTheBestArm) {
+  TreePolicy policy(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), CostCurve());
+  std::array<int, TreePolicy::kArms> chosen;
+  RunBandit(policy, 8, {100, 130, 120, 110, 105, 90}, 400, 100, &chosen);
+  EXPECT_GE(chosen[static_cast<int>(Arm::kChain2)], 85);
+  RunBandit(policy, 8, {100, 100, 140, 110, 105, 90}, 300, 100, &chosen);
+  EXPECT_GE(chosen[static_cast<int>(Arm::kChain3)], 85);
+}
+
+// Loads are learnt apart (decoding requests in powers of two): plain decoding at 16,
+// a chain at 1, in the same policy.
+TEST(TreePolicyBanditTest, EachLoadHasItsOwnBestArm) {
+  TreePolicy policy(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), CostCurve());
+  std::array<int, TreePolicy::kArms> chosen;
+  for (int round = 0; round < 4; ++round) {
+    RunBandit(policy, 1, {150, 180, 200, 170, 120, 90}, 150, 100, &chosen);
+    RunBandit(policy, 16, {60, 70, 65, 62, 95, 100}, 150, 100, &chosen);
+  }
+  RunBandit(policy, 1, {150, 180, 200, 170, 120, 90}, 100, 100, &chosen);
+  EXPECT_GE(chosen[static_cast<int>(Arm::kChain3)], 90);
+  RunBandit(policy, 16, {60, 70, 65, 62, 95, 100}, 100, 100, &chosen);
+  EXPECT_GE(chosen[static_cast<int>(Arm::kPlain)], 90);
+  EXPECT_GT(policy.arm_rate(1, Arm::kChain3), policy.arm_rate(1, Arm::kPlain));
+  EXPECT_LT(policy.arm_rate(16, Arm::kChain3), policy.arm_rate(16, Arm::kPlain));
+}
+
+// The warm-up measures every arm kWarmupSamples times, in Arm order; a drafting arm's first
+// step after a plain one pays the draft's catch-up of the plain steps, so it is repeated
+// and only the second is measured; steps with prompt chunks are not measured.
+TEST(TreePolicyBanditTest, WarmUpTransitionsAndPromptChunks) {
+  TreePolicy policy(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
+  std::vector<Arm> order;
+  for (int step = 0; step < TreePolicy::kArms * TreePolicy::kWarmupSamples; ++step) {
+    order.push_back(policy.ChooseArm(2));
+    policy.ObserveOutcome(2, 4, order.back() == Arm::kPlain ? 0.04 : 0.08, false);
+  }
+  for (int i = 0; i < static_cast<int>(order.size()); ++i) {
+    EXPECT_EQ(order[i], static_cast<Arm>(i / TreePolicy::kWarmupSamples)) << i;
+  }
+  // Plain at 100 tokens/s (charged the deferred catch-up: 2 tokens of the draft cost 0),
+  // the rest slower: plain is exploited.
+  EXPECT_DOUBLE_EQ(policy.arm_rate(2, Arm::kPlain), 4 / 0.04);
+  EXPECT_EQ(policy.ChooseArm(2), Arm::kPlain);
+  policy.ObserveOutcome(2, 4, 0.04, true);  // a prompt chunk rode along: not measured
+  EXPECT_EQ(policy.arm_samples(2, Arm::kPlain), TreePolicy::kWarmupSamples);
+  // Run plain until a probe; the probe's first step is repeated, its second measured.
+  Arm arm = Arm::kPlain;
+  for (int step = 0; arm == Arm::kPlain && step < 2 * TreePolicy::kMaxInterval; ++step) {
+    policy.ObserveOutcome(2, 4, 0.04, false);
+    arm = policy.ChooseArm(2);
+  }
+  ASSERT_NE(arm, Arm::kPlain);
+  const int samples = policy.arm_samples(2, arm);
+  policy.ObserveOutcome(2, 4, 1.0, false);  // pays the catch-up: not measured
+  EXPECT_EQ(policy.arm_samples(2, arm), samples);
+  EXPECT_EQ(policy.ChooseArm(2), arm);
+  policy.ObserveOutcome(2, 4, 0.05, false);
+  EXPECT_EQ(policy.arm_samples(2, arm), samples + 1);
+}
+
+// Each arm's shape is capped by the request's expansion (the most a tree may hold), and
+// under a fixed shape Expand gives every node its children within the token room.
+TEST(TreePolicyBanditTest, ArmShapesRespectExpansionAndRoom) {
+  const std::vector<int> specinfer = {1, 1, 3, 1, 1, 1, 1, 1};
+  const std::vector<int> wide = {4};
+  struct Case {
+    Arm arm;
+    std::vector<int> on_specinfer, on_wide;
+  };
+  const std::vector<Case> cases = {
+      {Arm::kModel, specinfer, wide},  {Arm::kChain2, {1, 1}, {1}},
+      {Arm::kChain3, {1, 1, 1}, {1}},  {Arm::kFork, {1, 1}, {2}},
+      {Arm::kChain1, {1}, {1}},        {Arm::kPlain, {}, {}},
+  };
+  for (const Case& c : cases) {
+    TreePolicy policy = PolicyAt(c.arm);
+    EXPECT_EQ(policy.RequestShape(specinfer, false), c.on_specinfer) << static_cast<int>(c.arm);
+    EXPECT_EQ(policy.RequestShape(wide, false), c.on_wide) << static_cast<int>(c.arm);
+    EXPECT_TRUE(policy.RequestShape({}, false).empty());
+    EXPECT_EQ(policy.backs_off(), c.arm == Arm::kModel);
+    // Backing off drafts nothing under the cost model only.
+    EXPECT_EQ(policy.RequestShape(specinfer, true).empty(),
+              c.arm == Arm::kModel || c.arm == Arm::kPlain);
+    if (c.arm != Arm::kModel) {
+      EXPECT_EQ(policy.ExploreDepth(AcceptanceModel(), 3, true), 0);
+    }
+  }
+  // A fixed shape at depth 1: 2 children per frontier node, in request order within a
+  // room of 5 (the third request's node gets 1, the fourth none).
+  TreePolicy fork = PolicyAt(Arm::kFork);
+  const AcceptanceModel none;
+  const std::vector<double> v = {1.0};
+  const std::vector<std::vector<float>> top = {{0.05f, 0.01f}};
+  std::vector<LevelRequest> level(4);
+  for (LevelRequest& lr : level) {
+    lr.max_children = 2;
+    lr.depth = 1;
+    lr.frontier_value = v;
+    lr.frontier_top_q = top;
+    lr.acceptance = &none;
+  }
+  fork.BeginStep(4, 4, 4);
+  EXPECT_THAT(fork.Expand(level, 5),
+              ElementsAre(ElementsAre(2), ElementsAre(2), ElementsAre(1), ElementsAre(0)));
+  // A static policy keeps the expansion and never leaves kModel.
+  TreePolicy fixed(TreePolicy::Kind::kStatic, CostCurve(), CostCurve());
+  EXPECT_EQ(fixed.ChooseArm(4), Arm::kModel);
+  EXPECT_EQ(fixed.RequestShape(specinfer, true), specinfer);
 }
 
 }  // namespace

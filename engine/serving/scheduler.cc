@@ -290,9 +290,8 @@ std::vector<Scheduler::Planned> Scheduler::Budget(int* tree_room) const {
   for (size_t k = 0; k < n; ++k) {
     const auto& seq = running_[(k + rotation_) % n];
     if (seq->prefilling()) continue;
-    Planned p{seq.get(), true, 0, 0, StepShape(*seq)};
-    // A dynamic request backing off drafts nothing this step: its root alone.
-    if (dynamic && seq->draft_skip > 0) p.step_shape.clear();
+    // The policy's shape for this step's arm (a request backing off: its root alone).
+    Planned p{seq.get(), true, 0, 0, policy_.RequestShape(StepShape(*seq), seq->draft_skip > 0)};
     const int nodes = ExpansionNodeCount(p.step_shape);  // root included
     const int need = dynamic ? 1 : nodes;
     // The first always fits (max_step_tokens >= the largest tree); others may wait a step.
@@ -395,7 +394,10 @@ StepReport Scheduler::Step() {
   report.admitted = Admit();
   ExtendCachedPrefixes();
   EndPromptOnly();
-  // b. The budget (trees first, then prompt chunks) and the blocks it needs.
+  // b. The step's arm for its load (tree_policy.h), the budget (trees first, then prompt
+  // chunks) and the blocks it needs.
+  policy_.ChooseArm(static_cast<int>(std::count_if(
+      running_.begin(), running_.end(), [](const auto& seq) { return !seq->prefilling(); })));
   int tree_room = 0;
   std::vector<Planned> plan = Budget(&tree_room);
   GrowKv(plan, report);
@@ -454,7 +456,8 @@ StepReport Scheduler::Step() {
   if (report.decoding > 0) {
     policy_.ObserveOverhead(report.verify_seconds, tree_nodes);
     policy_.ObserveOutcome(report.decoding, emitted,
-                           report.draft_seconds + report.target_seconds + report.verify_seconds);
+                           report.draft_seconds + report.target_seconds + report.verify_seconds,
+                           report.prefill_tokens > 0);
   }
   if (options_.observer != nullptr) options_.observer->OnStep(report);
   Publish();
@@ -477,8 +480,9 @@ std::vector<DraftJob> Scheduler::DraftTrees(const std::vector<Planned>& plan, in
       seq.draft_len = plan[i].slots;
       continue;
     }
-    if (seq.draft_skip > 0) {  // backing off (dynamic trees only)
-      --seq.draft_skip;
+    if (policy_.kind() == TreePolicy::Kind::kDynamic && plan[i].step_shape.empty()) {
+      // No tree this step (backing off, or a plain arm): no draft work either.
+      seq.draft_skip = std::max(0, seq.draft_skip - 1);
       continue;
     }
     DraftJob& job = jobs[i];
@@ -607,8 +611,7 @@ bool Scheduler::VerifyAndEmit(Sequence& seq, const DraftJob& job, const LogitsVi
       policy_.ObserveStep(stats, first_q);
     }
   }
-  if (drafted && policy_.kind() == TreePolicy::Kind::kDynamic && !job.step_shape.empty() &&
-      !policy_.probing()) {
+  if (drafted && policy_.backs_off() && !job.step_shape.empty()) {
     seq.draft_backoff = job.tree.size() > 1 ? 0 : std::clamp(2 * seq.draft_backoff, 1, 16);
     seq.draft_skip = seq.draft_backoff;
   }

@@ -157,13 +157,6 @@ void TreePolicy::BeginStep(int base_tokens, int draft_base_tokens, int decoding,
   expected_seconds_ = (target_tokens_ > 0 ? target_.Seconds(target_tokens_) : 0.0) +
                       (draft_fixed_tokens_ > 0 ? draft_.Seconds(draft_fixed_tokens_) : 0.0) +
                       host_fixed_;
-  step_decoding_ = std::max(0, decoding);
-  probe_ = false;
-  if (kind_ == Kind::kDynamic && step_decoding_ > 0) {
-    const int b = Bucket(step_decoding_);
-    if (static_cast<int>(outcomes_.size()) <= b) outcomes_.resize(b + 1);
-    probe_ = outcomes_[b].steps_since_plain >= kProbeEvery;
-  }
 }
 
 void TreePolicy::ObserveOverhead(double seconds, int tree_nodes) {
@@ -186,29 +179,115 @@ int TreePolicy::Bucket(int decoding) {
   return b;
 }
 
-double TreePolicy::margin(int decoding) const {
+TreePolicy::LoadBucket& TreePolicy::At(int decoding) {
   const int b = Bucket(std::max(1, decoding));
-  return b < static_cast<int>(outcomes_.size()) ? outcomes_[b].margin : 1.0;
+  if (static_cast<int>(buckets_.size()) <= b) buckets_.resize(b + 1);
+  return buckets_[b];
 }
 
-void TreePolicy::ObserveOutcome(int decoding, int emitted, double seconds) {
-  if (kind_ != Kind::kDynamic || decoding <= 0 || seconds <= 0) return;
-  const int b = Bucket(decoding);
-  if (static_cast<int>(outcomes_.size()) <= b) outcomes_.resize(b + 1);
-  Outcomes& o = outcomes_[b];
-  const double rate = emitted / seconds;
-  auto ewma = [](double& x, double v) { x = x > 0 ? x + kOverheadWeight * (v - x) : v; };
-  if (step_nodes_ == 0) {
-    ewma(o.plain_rate, rate);
-    o.steps_since_plain = 0;
-    o.margin = std::max(1.0, o.margin / 1.01);  // trees get tried again, now and then
-    return;
+std::vector<int> TreePolicy::ArmShape(Arm arm) {
+  switch (arm) {
+    case Arm::kChain1:
+      return {1};
+    case Arm::kChain2:
+      return {1, 1};
+    case Arm::kChain3:
+      return {1, 1, 1};
+    case Arm::kFork:
+      return {2, 1};
+    case Arm::kModel:
+    case Arm::kPlain:
+      break;
   }
-  ewma(o.tree_rate, rate);
-  ++o.steps_since_plain;
-  if (o.plain_rate <= 0) return;
-  o.margin = o.tree_rate < o.plain_rate ? std::min(kMaxMargin, o.margin * 1.05)
-                                        : std::max(1.0, o.margin / 1.02);
+  return {};
+}
+
+TreePolicy::Arm TreePolicy::ChooseArm(int decoding) {
+  arm_ = Arm::kModel;
+  step_bucket_ = -1;
+  if (kind_ != Kind::kDynamic || decoding <= 0) return arm_;
+  LoadBucket& load = At(decoding);
+  step_bucket_ = Bucket(decoding);
+  auto rate = [](const ArmStats& a) { return a.seconds > 0 ? a.tokens / a.seconds : 0.0; };
+  if (load.pending) {  // the drafting arm's first step after plain was not measured
+    arm_ = load.last;
+    return arm_;
+  }
+  for (int i = 0; i < kArms; ++i) {  // warm-up, in Arm order
+    if (load.arms[i].samples < kWarmupSamples) {
+      arm_ = static_cast<Arm>(i);
+      return arm_;
+    }
+  }
+  int best = 0;
+  for (int i = 1; i < kArms; ++i) {
+    if (rate(load.arms[i]) > rate(load.arms[best])) best = i;
+  }
+  const double best_rate = rate(load.arms[best]);
+  int probe = best;
+  double most_due = 1.0;
+  for (int i = 0; i < kArms; ++i) {
+    if (i == best) continue;
+    // An arm measured few times is not trusted to be as bad as it looked (noisy steps).
+    const double trust = std::min(1.0, load.arms[i].samples / kTrustedSamples);
+    const double gap =
+        best_rate > 0 ? trust * std::max(0.0, 1.0 - rate(load.arms[i]) / best_rate) : 0;
+    const double grow = 1.0 + gap / kGapScale;
+    const double interval = std::min<double>(kMaxInterval, kProbeEvery * grow * grow);
+    // Measured in time, in units of the arm's own step (a slow arm's step is a long probe).
+    const double due =
+        (load.clock - load.arms[i].last_clock) / (interval * std::max(1e-9, load.arms[i].seconds));
+    if (due >= most_due) {
+      most_due = due;
+      probe = i;
+    }
+  }
+  arm_ = static_cast<Arm>(probe);
+  return arm_;
+}
+
+std::vector<int> TreePolicy::RequestShape(std::vector<int> expansion, bool backing_off) const {
+  if (kind_ != Kind::kDynamic) return expansion;
+  if (arm_ == Arm::kModel) return backing_off ? std::vector<int>() : expansion;
+  std::vector<int> shape = ArmShape(arm_);
+  shape.resize(std::min(shape.size(), expansion.size()));
+  for (size_t d = 0; d < shape.size(); ++d) shape[d] = std::min(shape[d], expansion[d]);
+  return shape;
+}
+
+void TreePolicy::ObserveOutcome(int decoding, int emitted, double seconds, bool prompt_chunks) {
+  const int bucket = step_bucket_;
+  step_bucket_ = -1;
+  if (bucket < 0 || decoding <= 0 || seconds <= 0) return;
+  LoadBucket& load = buckets_[bucket];
+  const bool after_plain = load.any && load.last == Arm::kPlain && !load.pending;
+  load.pending = arm_ != Arm::kPlain && after_plain;
+  load.last = arm_;
+  load.any = true;
+  if (prompt_chunks || load.pending) return;
+  if (arm_ == Arm::kPlain && !draft_.empty()) {
+    seconds += draft_.Extra(decoding, decoding);  // the catch-up it defers
+  }
+  ArmStats& a = load.arms[static_cast<int>(arm_)];
+  a.samples = std::min<int>(a.samples + 1, static_cast<int>(kHorizon));
+  const double w = 1.0 / a.samples;  // running mean, then an EWMA of weight 1 / kHorizon
+  a.tokens += w * (emitted - a.tokens);
+  a.seconds += w * (seconds - a.seconds);
+  load.clock += seconds;
+  a.last_clock = load.clock;
+}
+
+double TreePolicy::arm_rate(int decoding, Arm arm) const {
+  const int b = Bucket(std::max(1, decoding));
+  if (b >= static_cast<int>(buckets_.size())) return 0.0;
+  const ArmStats& a = buckets_[b].arms[static_cast<int>(arm)];
+  return a.seconds > 0 ? a.tokens / a.seconds : 0.0;
+}
+
+int TreePolicy::arm_samples(int decoding, Arm arm) const {
+  const int b = Bucket(std::max(1, decoding));
+  return b < static_cast<int>(buckets_.size()) ? buckets_[b].arms[static_cast<int>(arm)].samples
+                                               : 0;
 }
 
 double TreePolicy::ChildValue(double parent_value, int depth, float q,
@@ -226,7 +305,7 @@ std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> l
   }
 
   int room = std::max(0, token_room);
-  if (kind_ == Kind::kStatic) {
+  if (kind_ == Kind::kStatic || arm_ != Arm::kModel) {
     for (size_t r = 0; r < level.size(); ++r) {
       for (int& c : children[r]) {
         c = std::min(std::max(0, level[r].max_children), room);
@@ -238,7 +317,6 @@ std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> l
     return children;
   }
 
-  if (probe_) return children;  // a plain step, measuring what plain decoding achieves
   std::vector<Candidate> candidates;
   for (size_t r = 0; r < level.size(); ++r) {
     const LevelRequest& req = level[r];
@@ -285,10 +363,8 @@ std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> l
     t += dt;
     ++target_tokens;
     if (drafted) ++level_drafted;
-    // E_n / T_n > E_best / T_best, multiplied out (both T >= 0); the first nodes of the
-    // step must beat plain decoding by the load's margin (learnt from outcomes).
-    const double m = step_nodes_ + best == 0 ? margin(step_decoding_) : 1.0;
-    if (e * best_t > m * best_e * t) {
+    // E_n / T_n > E_best / T_best, multiplied out (both T >= 0).
+    if (e * best_t > best_e * t) {
       best = n + 1;
       best_e = e;
       best_t = t;
@@ -324,7 +400,7 @@ std::vector<std::vector<int>> TreePolicy::Expand(std::span<const LevelRequest> l
 
 int TreePolicy::ExploreDepth(const AcceptanceModel& request, int max_depth,
                              bool backing_off) const {
-  if (kind_ != Kind::kDynamic) return 0;
+  if (kind_ != Kind::kDynamic || arm_ != Arm::kModel) return 0;
   for (int d = 1; d <= max_depth; ++d) {
     if (server_.weight(d) < kExploreObservations) return d;
   }

@@ -21,6 +21,7 @@
 #ifndef SPECMOE_ENGINE_SPEC_TREE_POLICY_H_
 #define SPECMOE_ENGINE_SPEC_TREE_POLICY_H_
 
+#include <cstdint>
 #include <span>
 #include <utility>
 #include <vector>
@@ -117,15 +118,15 @@ struct LevelRequest {
 };
 
 // Contract: owned by the engine's worker thread; not thread-safe. Expand is
-// O(candidates log candidates) per level. Per step: BeginStep, then one Expand per draft
-// level (each request's depths 1..m, in order), then the Observe* calls.
+// O(candidates log candidates) per level. Per step: ChooseArm (dynamic), RequestShape per
+// request, BeginStep, then one Expand per draft level (each request's depths 1..m, in
+// order), then the Observe* calls.
 class TreePolicy {
  public:
   enum class Kind { kStatic, kDynamic };
   TreePolicy(Kind kind, CostCurve target, CostCurve draft);
 
   // Starts a step whose target forward holds `base_tokens` tokens before any tree node
-  // (a dynamic policy may make it a plain probe, see ObserveOutcome)
   // (every decoding request's root and the prompt chunks) and whose draft catch-up forward
   // holds `draft_base_tokens`; `decoding` requests each emit at least one token.
   // `draft_fixed_tokens` of the catch-up forward run whether or not anything is drafted
@@ -139,9 +140,10 @@ class TreePolicy {
   // The children of every frontier node of every request at this level:
   // result[r][f] in [0, level[r].max_children], and never more than `token_room` nodes in
   // all (the step budget left for trees: the one place every node of a step, chosen or
-  // forced, is counted against it). Static: max_children for every node, in request order
-  // while the room lasts (E and T are left as they are; the scheduler plans a static tree
-  // in full or not at all). Dynamic: the candidates of the whole batch in decreasing value,
+  // forced, is counted against it). Static, and dynamic under a fixed-shape arm:
+  // max_children for every node, in request order while the room lasts (E and T are left as
+  // they are; the scheduler plans a static tree in full or not at all). Dynamic under
+  // kModel: the candidates of the whole batch in decreasing value,
   // taken while they pay, then the exploration nodes (LevelRequest::explore) while room
   // is left. Updates E and T.
   // Cost: O(C log C) for C candidates.
@@ -189,22 +191,64 @@ class TreePolicy {
   // squares); BeginStep adds the fixed part to T and every candidate in Expand its per-node
   // part, so E / T is the step's real throughput.
   void ObserveOverhead(double seconds, int tree_nodes = 0);
-  // Learning from outcomes: a finished step with `decoding` decoding requests emitted
-  // `emitted` tokens in `seconds` (draft, target and host work). The policy keeps, per load
-  // (decoding requests, in powers of two), the realised tokens/s of steps that took tree
-  // nodes and of plain steps (no node; when the policy never chooses one, it takes one
-  // plain step in kProbeEvery, a probe). While the realised rate of tree steps stays below
-  // plain decoding's, the gain a tree must promise (margin) rises, so trees shrink toward
-  // plain decoding; while trees beat it, the margin falls back toward 1 (the cost model).
-  void ObserveOutcome(int decoding, int emitted, double seconds);
-  // Expand takes nodes only when E_N / T_N >= margin * E_0 / T_0 (the load's margin, >= 1).
-  double margin(int decoding) const;
-  // True while the current step is a plain probe (the scheduler does not back off on it).
-  bool probing() const { return probe_; }
+  // Learning from outcomes: a bandit over the ways a step's trees can be made (arms), per
+  // load (decoding requests, in powers of two). ChooseArm, at the start of every step
+  // (before the budget), picks the step's arm for its load; RequestShape gives each
+  // request's tree shape under it; ObserveOutcome, after the step, records the step's
+  // realised emitted tokens per second for that arm. Dynamic only (a static policy keeps
+  // kModel, where Expand gives every request its full shape).
+  enum class Arm { kModel, kChain2, kChain3, kFork, kChain1, kPlain };
+  static constexpr int kArms = 6;
+  // kModel: the request's expansion, grown by the cost model (Expand, ExploreDepth and the
+  // scheduler's back-off). kPlain: no tree and no draft work. The fixed shapes <1,1>,
+  // <1,1,1>, <2,1> and <1>: every node of the shape, each depth and child count capped by
+  // the request's expansion (the most a tree may hold), within the room like a static tree.
+  static std::vector<int> ArmShape(Arm arm);
+  // The step's arm at a load of `decoding` decoding requests: (1) while a drafting arm's
+  // first step after a plain one is pending (not measured: it pays the draft's catch-up of
+  // the plain steps), that arm again; (2) during the warm-up, the first arm in Arm order with
+  // fewer than kWarmupSamples measured steps; (3) else an overdue probe: the arm i of the
+  // largest (c - c_i) / (interval_i seconds_i) >= 1, where c is the load's clock (the
+  // seconds of its measured steps), c_i the clock at arm i's last measured step, seconds_i
+  // its mean step seconds and, with gap_i = 1 - rate_i / rate_best scaled by
+  // min(1, samples_i / kTrustedSamples) (an arm measured once may have met a noisy step),
+  //   interval_i = min(kMaxInterval, kProbeEvery (1 + gap_i / kGapScale)^2),
+  // so probes of arm i take at most 1 / interval_i of the load's time: at most
+  // 1 / kProbeEvery for an arm as good as the best, rarely a clearly worse one; once
+  // trusted, the expected loss of probing arm i, gap_i / interval_i, is at most
+  // kGapScale / (4 kProbeEvery) (0.08 %) of the best rate, twice that with the unmeasured
+  // first step after plain; (4) else the arm of the best rate.
+  // Returns it (also arm()). Static: kModel.
+  Arm ChooseArm(int decoding);
+  // The shape a request drafts with this step under arm(): `expansion` for a static policy;
+  // under kModel the expansion, or nothing while the request backs off; under kPlain
+  // nothing; else ArmShape(arm()) capped by `expansion` (depth and children per depth). An
+  // empty shape means the request skips the draft this step (no catch-up).
+  std::vector<int> RequestShape(std::vector<int> expansion, bool backing_off) const;
+  // A finished step that emitted `emitted` tokens in `seconds` (draft, target and host
+  // work) for `decoding` decoding requests, under arm(), at the load ChooseArm was given
+  // (a no-op without a ChooseArm since the last call). Recorded in the arm's rate (EWMAs
+  // of tokens and of seconds, running means over the first kHorizon steps, their ratio the
+  // rate) unless the step carried prompt chunks (their work is not the arm's) or was a
+  // drafting arm's first step after a plain one. A plain step is charged the draft's
+  // catch-up it defers: draft(2 decoding) - draft(decoding) seconds from the draft's cost
+  // curve (each speculating request has one more token to catch up later).
+  void ObserveOutcome(int decoding, int emitted, double seconds, bool prompt_chunks);
+  // The step's arm, and whether the scheduler's back-off applies to it (kModel, dynamic).
+  Arm arm() const { return arm_; }
+  bool backs_off() const { return kind_ == Kind::kDynamic && arm_ == Arm::kModel; }
+  // The measured rate (tokens/s) of `arm` at a load of `decoding` (0: not measured yet),
+  // and its measured steps.
+  double arm_rate(int decoding, Arm arm) const;
+  int arm_samples(int decoding, Arm arm) const;
+  static constexpr int kWarmupSamples = 1;
+  static constexpr int kProbeEvery = 16;
+  static constexpr double kGapScale = 0.05;
+  static constexpr int kMaxInterval = 512;
+  static constexpr double kTrustedSamples = 4;
+  static constexpr double kHorizon = 16;
   double host_fixed_seconds() const { return host_fixed_; }
   double host_per_node_seconds() const { return host_per_node_; }
-  static constexpr int kProbeEvery = 16;
-  static constexpr double kMaxMargin = 4.0;
 
   Kind kind() const { return kind_; }
   // The step so far: E (expected emitted tokens), T (expected seconds), the target's
@@ -234,16 +278,24 @@ class TreePolicy {
   double host_n_ = 0, host_nn_ = 0, host_s_ = 0, host_ns_ = 0;
   double host_fixed_ = 0;     // seconds per step
   double host_per_node_ = 0;  // seconds per tree node
-  // Outcomes per load bucket (floor(log2(decoding))).
-  struct Outcomes {
-    double tree_rate = 0, plain_rate = 0;  // EWMAs of tokens/s (0: none yet)
-    double margin = 1.0;
-    int steps_since_plain = 0;
+  // The bandit's state per load bucket (floor(log2(decoding))).
+  struct ArmStats {
+    double tokens = 0, seconds = 0;  // EWMAs per measured step
+    int samples = 0;                 // measured steps (saturating at kHorizon)
+    double last_clock = 0;           // the bucket's clock at the last one
+  };
+  struct LoadBucket {
+    ArmStats arms[kArms];
+    double clock = 0;        // measured seconds at this load
+    Arm last = Arm::kModel;  // the arm of the last step at this load
+    bool any = false;        // a step at this load has run
+    bool pending = false;    // last was a drafting arm's unmeasured first step after plain
   };
   static int Bucket(int decoding);
-  std::vector<Outcomes> outcomes_;
-  int step_decoding_ = 0;  // this step's decoding requests
-  bool probe_ = false;     // this step is a plain probe: Expand takes nothing
+  LoadBucket& At(int decoding);
+  std::vector<LoadBucket> buckets_;
+  Arm arm_ = Arm::kModel;  // this step's arm
+  int step_bucket_ = -1;   // this step's load bucket (ChooseArm); -1: none
 };
 
 }  // namespace specmoe::engine
