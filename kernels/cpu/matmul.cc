@@ -470,10 +470,7 @@ void PanelMatMulBatch(const MatMulJob* jobs, int num_jobs, ThreadPool& pool) {
           }
         }
       },
-      // At least 32 Ki packed floats per chunk: one row (decode, or a few experts' rows)
-      // packs on the calling thread, without a hand-off.
-      std::max<int64_t>(1, (int64_t{1} << 15) * total_groups /
-                               std::max<int64_t>(1, static_cast<int64_t>(xp_size))));
+      std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, work / total_groups)));
 
   // Panel p of matrix m of job j for row groups [g0, g1): the product, in matmul.h's order.
   const auto run_panel = [&](const MatMulJob& job, const JobPlan& plan, const float* xp, int m,
