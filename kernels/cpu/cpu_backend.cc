@@ -315,76 +315,48 @@ class CpuBackend final : public Backend {
     for (int32_t pair = 0; pair < pairs; ++pair) r.pairs[next[r.idx[pair]]++] = pair;
   }
 
-  // For each expert x, its pairs (token, j) from the routing (increasing order): the tokens'
-  // rows gathered, then down(silu(gate x) * up x) with the panel kernels of MatMul
-  // (batch-invariant for any count; the experts are prepared like every linear weight),
-  // every selected expert's gate/up in one batch and every down in one more (two hand-offs
-  // per layer however many experts are selected). Then
-  // y[t] = scale * (sum_{j<k} weight[t, j] * out[t, j]) with the sum in j order.
+  // For each expert x, its pairs (token, j) from the routing (increasing order), runs
+  // down(silu(gate x) * up x) with the panel kernels of MatMul (batch-invariant for any
+  // count; the experts are prepared like every linear weight), and
+  // parks each result at contrib[t * k + j]. Then
+  // y[t] = scale * (sum_{j<k} weight[t, j] * contrib[t, j]) with the sum in j order.
   void MoeExperts(const float* x, int n, int hidden, const MoeRouting& r, int k,
                   const ExpertWeights* experts, int num_experts, float scale, float* y) override {
     if (n <= 0) return;
     const int64_t pairs = static_cast<int64_t>(n) * k;
     SPECMOE_CHECK(r.offsets[0] == 0 && r.offsets[num_experts] == pairs,
                   "routing does not cover n * k pairs");
-    // Rows are kept in the routing's expert-grouped order: row i holds pair r.pairs[i].
-    int64_t inter_total = 0;
+    contrib_.resize(static_cast<size_t>(pairs * hidden));
     for (int e = 0; e < num_experts; ++e) {
       const int m = r.counts[e];
       SPECMOE_CHECK(m >= 0 && r.offsets[e + 1] - r.offsets[e] == m, "routing counts");
       if (m == 0) continue;
+      const int32_t* routed = r.pairs + r.offsets[e];
       const ExpertWeights& ex = experts[e];
       SPECMOE_CHECK(ex.gate.cols == hidden && ex.up.cols == hidden && ex.down.rows == hidden &&
-                        ex.up.rows == ex.gate.rows && ex.down.cols == ex.gate.rows,
-                    "expert weight shapes");
-      inter_total += static_cast<int64_t>(m) * ex.gate.rows;
-    }
-    gathered_.resize(static_cast<size_t>(pairs * hidden));
-    gate_out_.resize(static_cast<size_t>(inter_total));
-    up_out_.resize(static_cast<size_t>(inter_total));
-    expert_out_.resize(static_cast<size_t>(pairs * hidden));
-    row_of_pair_.assign(static_cast<size_t>(pairs), -1);
-    gate_up_jobs_.clear();
-    down_jobs_.clear();
-    int64_t inter_offset = 0;
-    for (int e = 0; e < num_experts; ++e) {
-      const int m = r.counts[e];
-      if (m == 0) continue;
-      const int64_t first = r.offsets[e];
-      const int32_t* routed = r.pairs + first;
+                            ex.up.rows == ex.gate.rows && ex.down.cols == ex.gate.rows,
+                        "expert weight shapes");
+      const int64_t size = ex.gate.rows;
+      gathered_.resize(static_cast<size_t>(m) * hidden);
+      gate_out_.resize(static_cast<size_t>(m * size));
+      up_out_.resize(static_cast<size_t>(m * size));
+      expert_out_.resize(static_cast<size_t>(m) * hidden);
       for (int i = 0; i < m; ++i) {
         SPECMOE_CHECK(routed[i] >= 0 && routed[i] < pairs && r.idx[routed[i]] == e,
                       "routing pair list");
-        row_of_pair_[routed[i]] = first + i;
-        std::memcpy(gathered_.data() + (first + i) * hidden,
+        std::memcpy(gathered_.data() + static_cast<int64_t>(i) * hidden,
                     x + static_cast<int64_t>(routed[i] / k) * hidden,
                     static_cast<size_t>(hidden) * sizeof(float));
       }
-      const ExpertWeights& ex = experts[e];
-      MatMulJob gate_up;
-      gate_up.x = gathered_.data() + first * hidden;
-      gate_up.n = m;
-      gate_up.count = 2;
-      gate_up.w[0] = ex.gate;
-      gate_up.w[1] = ex.up;
-      gate_up.y[0] = gate_out_.data() + inter_offset;
-      gate_up.y[1] = up_out_.data() + inter_offset;
-      gate_up.fusion.silu_mul = true;
-      gate_up_jobs_.push_back(gate_up);
-      MatMulJob down;
-      down.x = gate_out_.data() + inter_offset;
-      down.n = m;
-      down.count = 1;
-      down.w[0] = ex.down;
-      down.y[0] = expert_out_.data() + first * hidden;
-      down_jobs_.push_back(down);
-      inter_offset += static_cast<int64_t>(m) * ex.gate.rows;
+      GateUpSiluMul(gathered_.data(), m, ex.gate, ex.up, gate_out_.data(), up_out_.data());
+      CpuMatMul(gate_out_.data(), m, ex.down, expert_out_.data(), pool_);
+      for (int i = 0; i < m; ++i) {
+        std::memcpy(contrib_.data() + static_cast<int64_t>(routed[i]) * hidden,
+                    expert_out_.data() + static_cast<int64_t>(i) * hidden,
+                    static_cast<size_t>(hidden) * sizeof(float));
+      }
     }
-    CpuMatMulBatch(gate_up_jobs_.data(), static_cast<int>(gate_up_jobs_.size()), pool_);
-    CpuMatMulBatch(down_jobs_.data(), static_cast<int>(down_jobs_.size()), pool_);
     const float* weight = r.weight;
-    const float* out = expert_out_.data();
-    const int64_t* row_of_pair = row_of_pair_.data();
     pool_.ParallelFor(
         n,
         [&](int64_t begin, int64_t end) {
@@ -393,7 +365,7 @@ class CpuBackend final : public Backend {
             for (int i = 0; i < hidden; ++i) {
               float acc = 0.0f;
               for (int j = 0; j < k; ++j) {
-                acc += weight[t * k + j] * out[row_of_pair[t * k + j] * hidden + i];
+                acc += weight[t * k + j] * contrib_[static_cast<size_t>((t * k + j) * hidden + i)];
               }
               yt[i] = scale * acc;
             }
@@ -450,13 +422,11 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   ForwardDesc fwd_;  // the current forward's description (host pointers, kept as given)
   // Scratch reused across calls (the backend is used by one thread).
-  std::vector<float> gathered_;        // [n * k, hidden], the pairs' rows grouped by expert
-  std::vector<float> gate_out_;        // per selected expert [m_e, size_e], one after another
-  std::vector<float> up_out_;          // the same
-  std::vector<float> expert_out_;      // [n * k, hidden], grouped by expert as gathered_
-  std::vector<int64_t> row_of_pair_;   // [n * k]: the row of gathered_ of each pair
-  std::vector<MatMulJob> gate_up_jobs_;
-  std::vector<MatMulJob> down_jobs_;
+  std::vector<float> contrib_;     // [n * k, hidden]
+  std::vector<float> gathered_;    // [m, hidden]
+  std::vector<float> gate_out_;    // [m, size]
+  std::vector<float> up_out_;      // [m, size]
+  std::vector<float> expert_out_;  // [m, hidden]
   std::vector<float> row_;         // [vocab] a penalised row of logits
   std::vector<float> norm_;        // [d] a norm weight in f32 (RmsNormMatMulMany)
   std::vector<void*> owned_;       // panels of the prepared linear weights

@@ -345,7 +345,6 @@ struct PanelMap {
   int count = 0;
   int64_t first[kMaxFused + 1] = {};
 
-  PanelMap() = default;
   PanelMap(const Weight* w, int count_in) : count(count_in) {
     for (int i = 0; i < count; ++i) {
       first[i + 1] = first[i] + (w[i].rows + kPanelWidth - 1) / kPanelWidth;
@@ -359,102 +358,52 @@ struct PanelMap {
   }
 };
 
-// One job of a batch after planning: its row groups, its work items and where its packed x
-// lives.
-struct JobPlan {
-  int groups = 0;
-  int64_t panels = 0;  // per chunk: panels of all matrices, or gate panels with silu_mul
-  int64_t chunks = 1;  // chunks of row groups
-  int64_t kblock = 0;
-  size_t xp_offset = 0;
-  int64_t first_item = 0;
-  TileFn tile_fn = nullptr;  // the micro-kernel for this job's dtype
-  size_t elem = 0;           // bytes per weight element
-  PanelMap map;
-  int GroupRow(const MatMulJob& j, int64_t g) const {
-    return static_cast<int>(j.n * g / groups);
+// The product over panel-packed weights (all of w[i].layout == kPanels), with `fusion`.
+void PanelMatMulMany(const float* x, int n, const Weight* w, float* const* y, int count,
+                     const MatMulFusion& fusion, ThreadPool& pool) {
+  const int64_t in = w[0].cols;
+  if (in == 0) {
+    // Empty sums: +0.0 everywhere, then the epilogue as below.
+    for (int i = 0; i < count; ++i) std::fill(y[i], y[i] + n * w[i].rows, 0.0f);
+    const int64_t size = static_cast<int64_t>(n) * w[0].rows;
+    for (int64_t i = 0; i < size && fusion.silu_mul; ++i) y[0][i] = SiluMulOne(y[0][i], y[1][i]);
+    for (int64_t i = 0; i < size && fusion.residual != nullptr; ++i) {
+      fusion.residual[i] = fusion.residual[i] + y[0][i];
+    }
+    return;
   }
-};
-
-// The products of `jobs` over panel-packed weights (every w[i].layout == kPanels, cols > 0,
-// n > 0), each with its fusion: the x of every job packed in one parallel pass, then the
-// work items of every job split over the threads in one more (one hand-off for all).
-void PanelMatMulBatch(const MatMulJob* jobs, int num_jobs, ThreadPool& pool) {
-  int mr_max = 1;  // the same for every dtype of one ISA path
+  int mr_max = 1;
   const MatMulIsa isa = ResolveIsa();
-  const int threads = pool.num_threads();
-  // Thread-local scratch of the calling thread; the loop bodies below reach it through
-  // `plans` and `xp_all` (a worker's own thread_local would be another object).
-  thread_local std::vector<JobPlan> plan_storage;
-  plan_storage.assign(num_jobs, JobPlan{});
-  JobPlan* const plans = plan_storage.data();
-  size_t xp_size = 0;
-  int64_t items = 0, total_groups = 0, work = 0;
-  for (int j = 0; j < num_jobs; ++j) {
-    const MatMulJob& job = jobs[j];
-    JobPlan& plan = plans[j];
-    for (int i = 1; i < job.count; ++i) {
-      SPECMOE_CHECK(job.w[i].dtype == job.w[0].dtype, "fused matrices must have the same dtype");
-    }
-    plan.tile_fn = PickTile(isa, job.w[0].dtype, &mr_max);
-    plan.elem = DTypeBytes(job.w[0].dtype);
-    SPECMOE_CHECK(!job.fusion.silu_mul || (job.count == 2 && job.w[0].rows == job.w[1].rows),
-                  "silu_mul takes gate and up");
-    SPECMOE_CHECK(job.fusion.residual == nullptr || job.count == 1,
-                  "a residual add takes one matrix");
-    // Row groups of near-equal size (n = 16: 8 + 8 rows, not 12 + 4, so no group is a thin
-    // tile). Which rows share a group changes no output's order.
-    plan.groups = (job.n + mr_max - 1) / mr_max;
-    plan.map = PanelMap(job.w, job.count);
-    // Work items: (panel, chunk of row groups); with silu_mul a panel of the gate and the
-    // same panel of up form one item.
-    plan.panels = job.fusion.silu_mul ? plan.map.first[1] : plan.map.total();
-    // Row-group chunks: only as many as it takes to give every thread work when there are
-    // few panels (a panel's K-block is reused by every row group of its chunk).
-    if (plan.groups > 1 && plan.panels < 2 * threads) {
-      plan.chunks = std::min<int64_t>(plan.groups, (2 * threads + plan.panels - 1) / plan.panels);
-    }
-    // One row group on AVX-512: all of K in registers, the panel streamed once. AVX2 walks
-    // a panel in two halves, so it always takes K-blocks (the second half from L1).
-    const int64_t in = job.w[0].cols;
-    plan.kblock = plan.groups == 1 && isa == MatMulIsa::kAvx512 ? in : kKBlock;
-    plan.xp_offset = xp_size;
-    xp_size += static_cast<size_t>(plan.groups) * in * mr_max;
-    plan.first_item = items;
-    items += plan.panels * plan.chunks;
-    total_groups += plan.groups;
-    for (int i = 0; i < job.count; ++i) work += kPanelWidth * in * job.n;
+  const TileFn tile_fn = PickTile(isa, w[0].dtype, &mr_max);
+  for (int i = 1; i < count; ++i) {
+    SPECMOE_CHECK(w[i].dtype == w[0].dtype, "fused matrices must have the same dtype");
   }
+  // Row groups of near-equal size (n = 16: 8 + 8 rows, not 12 + 4, so no group is a thin
+  // tile); group g holds rows [group_row(g), group_row(g + 1)). Which rows share a group
+  // changes no output's order.
+  const int groups = (n + mr_max - 1) / mr_max;
+  const auto group_row = [n, groups](int64_t g) { return static_cast<int>(n * g / groups); };
 
-  // Each job's x packed by row group: xp[g * in * mr_max + k * m_g + r] = x[(row0_g + r), k],
-  // row0_g = GroupRow(g); with a norm, the normalized values (also stored in norm_out).
+  // x packed by row group: xp[g * in * mr_max + k * m_g + r] = x[(group_row(g) + r) * in + k].
   thread_local std::vector<float> xpack;
-  xpack.resize(xp_size);
-  float* const xp_all = xpack.data();
+  xpack.resize(static_cast<size_t>(groups) * in * mr_max);
+  float* xp = xpack.data();
   pool.ParallelFor(
-      total_groups,
+      groups,
       [&](int64_t begin, int64_t end) {
-        int j = 0;
-        int64_t base = 0;  // groups of the jobs before j
-        for (int64_t index = begin; index < end; ++index) {
-          while (index >= base + plans[j].groups) base += plans[j++].groups;
-          const MatMulJob& job = jobs[j];
-          const JobPlan& plan = plans[j];
-          const int64_t g = index - base;
-          const int64_t in = job.w[0].cols;
-          const int row0 = plan.GroupRow(job, g);
-          const int m = plan.GroupRow(job, g + 1) - row0;
-          float* dst = xp_all + plan.xp_offset + g * in * mr_max;
-          const float* src = job.x + row0 * in;
-          const MatMulFusion& f = job.fusion;
-          if (f.norm != nullptr) {
+        for (int64_t g = begin; g < end; ++g) {
+          const int m = group_row(g + 1) - group_row(g);
+          float* dst = xp + g * in * mr_max;
+          const float* src = x + group_row(g) * in;
+          if (fusion.norm != nullptr) {
             // The RMSNorm of each row, written straight into the packing (and norm_out).
             for (int r = 0; r < m; ++r) {
               const float* xr = src + r * in;
-              const float inv_rms = InvRms(xr, static_cast<int>(in), f.eps);
-              float* out = f.norm_out == nullptr ? nullptr : f.norm_out + (row0 + r) * in;
+              const float inv_rms = InvRms(xr, static_cast<int>(in), fusion.eps);
+              float* out =
+                  fusion.norm_out == nullptr ? nullptr : fusion.norm_out + (group_row(g) + r) * in;
               for (int64_t k = 0; k < in; ++k) {
-                const float v = NormScale(f.norm[k], xr[k], inv_rms);
+                const float v = NormScale(fusion.norm[k], xr[k], inv_rms);
                 dst[k * m + r] = v;
                 if (out != nullptr) out[k] = v;
               }
@@ -470,83 +419,78 @@ void PanelMatMulBatch(const MatMulJob* jobs, int num_jobs, ThreadPool& pool) {
           }
         }
       },
-      std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, work / total_groups)));
+      std::max<int64_t>(1, (int64_t{1} << 15) / (in * mr_max)));
 
-  // Panel p of matrix m of job j for row groups [g0, g1): the product, in matmul.h's order.
-  const auto run_panel = [&](const MatMulJob& job, const JobPlan& plan, const float* xp, int m,
-                             int64_t p, int64_t g0, int64_t g1) {
-    const int64_t in = job.w[0].cols;
-    const int64_t rows = job.w[m].rows;
-    const size_t elem = plan.elem;
-    const char* panel = static_cast<const char*>(job.w[m].data) + p * in * kPanelWidth * elem;
+  const PanelMap map(w, count);
+  // Work items: (panel, chunk of row groups); with silu_mul a panel of the gate and the
+  // same panel of up form one item.
+  const bool pair = fusion.silu_mul;
+  SPECMOE_CHECK(!pair || (count == 2 && w[0].rows == w[1].rows), "silu_mul takes gate and up");
+  SPECMOE_CHECK(fusion.residual == nullptr || count == 1, "a residual add takes one matrix");
+  const int64_t panels = pair ? map.first[1] : map.total();
+  const int per_item = pair ? 2 : 1;
+  // Row-group chunks: only as many as it takes to give every thread work when there are
+  // few panels (a panel's K-block is reused by every row group of its chunk).
+  const int threads = pool.num_threads();
+  int64_t chunks = 1;
+  if (groups > 1 && panels < 2 * threads) {
+    chunks = std::min<int64_t>(groups, (2 * threads + panels - 1) / panels);
+  }
+  // One row group on AVX-512: all of K in registers, the panel streamed once. AVX2 walks a
+  // panel in two halves, so it always takes K-blocks (the second half then comes from L1).
+  const int64_t kblock = groups == 1 && isa == MatMulIsa::kAvx512 ? in : kKBlock;
+  const size_t elem = DTypeBytes(w[0].dtype);
+  const int64_t item_work = std::max<int64_t>(1, per_item * kPanelWidth * in * n / chunks);
+  // Panel p of matrix m for row groups [g0, g1): the product, in the order of matmul.h.
+  const auto run_panel = [&](int m, int64_t p, int64_t g0, int64_t g1) {
+    const int64_t rows = w[m].rows;
+    const char* panel = static_cast<const char*>(w[m].data) + p * in * kPanelWidth * elem;
     Tile t;
     t.ldy = rows;
     t.valid = static_cast<int>(std::min<int64_t>(kPanelWidth, rows - p * kPanelWidth));
-    for (int64_t k0 = 0; k0 < in; k0 += plan.kblock) {
-      t.kc = std::min(plan.kblock, in - k0);
+    for (int64_t k0 = 0; k0 < in; k0 += kblock) {
+      t.kc = std::min(kblock, in - k0);
       t.first = k0 == 0;
       t.panel = panel + k0 * kPanelWidth * elem;
       for (int64_t g = g0; g < g1; ++g) {
-        const int row0 = plan.GroupRow(job, g);
-        const int mr = plan.GroupRow(job, g + 1) - row0;
+        const int mr = group_row(g + 1) - group_row(g);
         t.xg = xp + g * in * mr_max + k0 * mr;
-        t.y = job.y[m] + row0 * rows + p * kPanelWidth;
+        t.y = y[m] + group_row(g) * rows + p * kPanelWidth;
         t.prefetch = g == g0;
-        plan.tile_fn(t, mr);
+        tile_fn(t, mr);
       }
     }
   };
   pool.ParallelFor(
-      items,
+      panels * chunks,
       [&](int64_t begin, int64_t end) {
-        int j = 0;
         for (int64_t item = begin; item < end; ++item) {
-          while (j + 1 < num_jobs && item >= plans[j + 1].first_item) ++j;
-          const MatMulJob& job = jobs[j];
-          const JobPlan& plan = plans[j];
-          const int64_t local = item - plan.first_item;
-          const int64_t chunk = local / plan.panels;
-          const int64_t global = local % plan.panels;
-          const int64_t g0 = plan.groups * chunk / plan.chunks;
-          const int64_t g1 = plan.groups * (chunk + 1) / plan.chunks;
-          const bool pair = job.fusion.silu_mul;
-          const int m = pair ? 0 : plan.map.Matrix(global);
-          const int64_t p = global - plan.map.first[m];
-          const float* xp = xp_all + plan.xp_offset;
-          run_panel(job, plan, xp, m, p, g0, g1);
-          if (pair) run_panel(job, plan, xp, 1, p, g0, g1);
-          if (!pair && job.fusion.residual == nullptr) continue;
+          const int64_t chunk = item / panels;
+          const int64_t global = item % panels;
+          const int64_t g0 = groups * chunk / chunks;
+          const int64_t g1 = groups * (chunk + 1) / chunks;
+          const int m = pair ? 0 : map.Matrix(global);
+          const int64_t p = global - map.first[m];
+          run_panel(m, p, g0, g1);
+          if (pair) run_panel(1, p, g0, g1);
+          if (!pair && fusion.residual == nullptr) continue;
           // The epilogue over this item's outputs, still in L1.
-          const int64_t rows = job.w[m].rows;
+          const int64_t rows = w[m].rows;
           const int64_t c0 = p * kPanelWidth;
           const int64_t c1 = std::min<int64_t>(rows, c0 + kPanelWidth);
-          for (int64_t r = plan.GroupRow(job, g0); r < plan.GroupRow(job, g1); ++r) {
-            float* out = job.y[0] + r * rows;
+          for (int64_t r = group_row(g0); r < group_row(g1); ++r) {
+            float* out = y[0] + r * rows;
             if (pair) {
-              const float* up = job.y[1] + r * rows;
+              const float* up = y[1] + r * rows;
               for (int64_t c = c0; c < c1; ++c) out[c] = SiluMulOne(out[c], up[c]);
             } else {
-              float* res = job.fusion.residual + r * rows;
+              float* res = fusion.residual + r * rows;
               for (int64_t c = c0; c < c1; ++c) res[c] = res[c] + out[c];
             }
           }
         }
       },
-      std::max<int64_t>(1, kMinItemWork * items / std::max<int64_t>(1, work)));
-}
-
-// A job with no inputs (cols 0): every sum is empty, +0.0, then the epilogue.
-void EmptyProduct(const MatMulJob& job) {
-  for (int i = 0; i < job.count; ++i) {
-    std::fill(job.y[i], job.y[i] + static_cast<int64_t>(job.n) * job.w[i].rows, 0.0f);
-  }
-  const int64_t size = static_cast<int64_t>(job.n) * job.w[0].rows;
-  for (int64_t i = 0; i < size && job.fusion.silu_mul; ++i) {
-    job.y[0][i] = SiluMulOne(job.y[0][i], job.y[1][i]);
-  }
-  for (int64_t i = 0; i < size && job.fusion.residual != nullptr; ++i) {
-    job.fusion.residual[i] = job.fusion.residual[i] + job.y[0][i];
-  }
+      std::max<int64_t>(1, kMinItemWork / item_work));
 }
 
 }  // namespace
@@ -637,50 +581,34 @@ void CpuMatMulMany(const float* x, int n, const Weight* w, float* const* y, int 
 
 void CpuMatMulFused(const float* x, int n, const Weight* w, float* const* y, int count,
                     const MatMulFusion& fusion, ThreadPool& pool) {
-  MatMulJob job;
-  job.x = x;
-  job.n = n;
-  job.count = count;
-  for (int i = 0; i < count && i < kMaxFused; ++i) {
-    job.w[i] = w[i];
-    job.y[i] = y[i];
+  if (n <= 0 || count <= 0) return;
+  SPECMOE_CHECK(count <= kMaxFused, "too many fused matrices");
+  for (int i = 1; i < count; ++i) {
+    SPECMOE_CHECK(w[i].cols == w[0].cols, "fused matrices must have the same input size");
   }
-  job.fusion = fusion;
-  CpuMatMulBatch(&job, 1, pool);
-}
-
-void CpuMatMulBatch(const MatMulJob* jobs, int num_jobs, ThreadPool& pool) {
-  // Row-major weights are repacked into scratch first (the same bits as prepared ones).
+  bool all_panels = true;
+  for (int i = 0; i < count; ++i) all_panels = all_panels && w[i].layout == WeightLayout::kPanels;
+  if (all_panels) {
+    PanelMatMulMany(x, n, w, y, count, fusion, pool);
+    return;
+  }
+  // Row-major weights: repack into scratch first (the same bits as a prepared weight).
   struct Free {
     void operator()(void* p) const { std::free(p); }
   };
-  std::vector<std::unique_ptr<void, Free>> owned;
-  std::vector<MatMulJob> run;
-  run.reserve(num_jobs);
-  for (int j = 0; j < num_jobs; ++j) {
-    MatMulJob job = jobs[j];
-    SPECMOE_CHECK(job.count >= 0 && job.count <= kMaxFused, "too many fused matrices");
-    if (job.n <= 0 || job.count == 0) continue;
-    for (int i = 1; i < job.count; ++i) {
-      SPECMOE_CHECK(job.w[i].cols == job.w[0].cols,
-                    "fused matrices must have the same input size");
-    }
-    if (job.w[0].cols == 0) {
-      EmptyProduct(job);
+  std::unique_ptr<void, Free> owned[kMaxFused];
+  Weight packed[kMaxFused];
+  for (int i = 0; i < count; ++i) {
+    if (w[i].layout == WeightLayout::kPanels) {
+      packed[i] = w[i];
       continue;
     }
-    for (int i = 0; i < job.count; ++i) {
-      if (job.w[i].layout == WeightLayout::kPanels) continue;
-      const size_t bytes =
-          std::max<size_t>(64, PanelBytes(job.w[i].dtype, job.w[i].rows, job.w[i].cols));
-      owned.emplace_back(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-      SPECMOE_CHECK(owned.back() != nullptr, "out of memory repacking a weight");
-      job.w[i] = PackPanels(job.w[i], owned.back().get(), pool);
-    }
-    run.push_back(job);
+    const size_t bytes = std::max<size_t>(64, PanelBytes(w[i].dtype, w[i].rows, w[i].cols));
+    owned[i].reset(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    SPECMOE_CHECK(owned[i] != nullptr, "out of memory repacking a weight");
+    packed[i] = PackPanels(w[i], owned[i].get(), pool);
   }
-  if (run.empty()) return;
-  PanelMatMulBatch(run.data(), static_cast<int>(run.size()), pool);
+  PanelMatMulMany(x, n, packed, y, count, fusion, pool);
 }
 
 bool MatMulIsaSupported(MatMulIsa isa) {

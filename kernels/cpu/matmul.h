@@ -69,21 +69,6 @@ struct MatMulFusion {
 void CpuMatMulFused(const float* x, int n, const Weight* w, float* const* y, int count,
                     const MatMulFusion& fusion, ThreadPool& pool);
 
-// One product of a batch: y[i] = x . w[i]^T for i < count, with `fusion`.
-struct MatMulJob {
-  const float* x = nullptr;
-  int n = 0;
-  Weight w[kMaxFused];
-  float* y[kMaxFused] = {};
-  int count = 0;
-  MatMulFusion fusion;
-};
-
-// Every job of `jobs`, as CpuMatMulFused would run it, with the
-// same bits, in two hand-offs to the thread team for all of them (the packing of every
-// job's x, then every job's work items): the selected MoE experts of a layer at once.
-void CpuMatMulBatch(const MatMulJob* jobs, int num_jobs, ThreadPool& pool);
-
 // The micro-kernel paths. kAuto picks the widest the CPU has (AVX-512F, else AVX2+FMA+F16C
 // when this build targets it, else scalar).
 enum class MatMulIsa { kAuto, kScalar, kAvx2, kAvx512 };
