@@ -12,47 +12,14 @@
 
 #include "engine/serving/engine.h"
 #include "gtest/gtest.h"
+#include "tests/event_collector.h"
 
 namespace specmoe::engine {
 namespace {
 
 const std::string kFixtures = SPECMOE_FIXTURES;
 
-// Collects one request's events; Wait() returns once the final event arrived.
-class Collector {
- public:
-  EventSink Sink() {
-    return [this](GenerationEvent event) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!event.finished) {
-        ++events_before_final_;
-      } else {
-        final_ = event;
-        done_ = true;
-      }
-      ids_.insert(ids_.end(), event.token_ids.begin(), event.token_ids.end());
-      text_ += event.text;
-      cv_.notify_all();
-    };
-  }
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return done_; });
-  }
-  std::vector<int32_t> ids() const { return ids_; }
-  const std::string& text() const { return text_; }
-  const GenerationEvent& final_event() const { return final_; }
-  int events_before_final() const { return events_before_final_; }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  int events_before_final_ = 0;
-  std::vector<int32_t> ids_;
-  std::string text_;
-  GenerationEvent final_;
-};
+using Collector = EventCollector;
 
 std::unique_ptr<Engine> MakeEngine() {
   EngineOptions options;

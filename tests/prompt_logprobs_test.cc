@@ -18,52 +18,14 @@
 
 #include "engine/serving/engine.h"
 #include "gtest/gtest.h"
+#include "tests/event_collector.h"
 
 namespace specmoe::engine {
 namespace {
 
 const std::string kFixtures = SPECMOE_FIXTURES;
 
-// Collects one request's events; Wait() returns once the final event arrived.
-class Collector {
- public:
-  EventSink Sink() {
-    return [this](GenerationEvent event) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!event.token_ids.empty() && !generated_) generated_ = true;
-      // Every prompt entry arrives before the first generated token.
-      if (generated_ && !event.prompt_logprobs.empty()) prompt_after_tokens_ = true;
-      prompt_.insert(prompt_.end(), event.prompt_logprobs.begin(), event.prompt_logprobs.end());
-      logprobs_.insert(logprobs_.end(), event.logprobs.begin(), event.logprobs.end());
-      ids_.insert(ids_.end(), event.token_ids.begin(), event.token_ids.end());
-      if (event.finished) {
-        final_ = event;
-        done_ = true;
-      }
-      cv_.notify_all();
-    };
-  }
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return done_; });
-  }
-  const std::vector<TokenLogprob>& prompt() const { return prompt_; }
-  const std::vector<TokenLogprob>& logprobs() const { return logprobs_; }
-  const std::vector<int32_t>& ids() const { return ids_; }
-  const GenerationEvent& final_event() const { return final_; }
-  bool prompt_after_tokens() const { return prompt_after_tokens_; }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  bool generated_ = false;
-  bool prompt_after_tokens_ = false;
-  std::vector<TokenLogprob> prompt_;
-  std::vector<TokenLogprob> logprobs_;
-  std::vector<int32_t> ids_;
-  GenerationEvent final_;
-};
+using Collector = EventCollector;
 
 std::unique_ptr<Engine> MakeEngine(int max_step_tokens, bool draft, int kv_cache_tokens = 0) {
   EngineOptions options;

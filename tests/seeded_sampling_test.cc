@@ -21,6 +21,7 @@
 
 #include "engine/serving/engine.h"
 #include "gtest/gtest.h"
+#include "tests/event_collector.h"
 #include "tests/golden_util.h"
 
 namespace specmoe::engine {
@@ -28,49 +29,7 @@ namespace {
 
 const std::string kFixtures = SPECMOE_FIXTURES;
 
-// Collects one request's events; Wait() returns once the final event arrived.
-class Collector {
- public:
-  // `logprobs`: whether the request asked for them (each event then carries one entry per
-  // token, else none).
-  explicit Collector(bool logprobs = false) : logprobs_wanted_(logprobs) {}
-  EventSink Sink() {
-    return [this](GenerationEvent event) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (event.logprobs.size() != (logprobs_wanted_ ? event.token_ids.size() : 0)) {
-        ++mismatched_events_;
-      }
-      ids_.insert(ids_.end(), event.token_ids.begin(), event.token_ids.end());
-      logprobs_.insert(logprobs_.end(), event.logprobs.begin(), event.logprobs.end());
-      text_ += event.text;
-      if (event.finished) {
-        final_ = event;
-        done_ = true;
-      }
-      cv_.notify_all();
-    };
-  }
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return done_; });
-  }
-  const std::vector<int32_t>& ids() const { return ids_; }
-  const std::string& text() const { return text_; }
-  const std::vector<TokenLogprob>& logprobs() const { return logprobs_; }
-  const GenerationEvent& final_event() const { return final_; }
-  int mismatched_events() const { return mismatched_events_; }
-
- private:
-  const bool logprobs_wanted_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::vector<int32_t> ids_;
-  std::vector<TokenLogprob> logprobs_;
-  std::string text_;
-  GenerationEvent final_;
-  int mismatched_events_ = 0;
-};
+using Collector = EventCollector;
 
 std::unique_ptr<Engine> MakeEngine(EngineOptions::TreePolicy policy, int kv_cache_tokens,
                                    bool draft = true) {
