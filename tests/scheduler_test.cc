@@ -162,7 +162,7 @@ TEST(SchedulerTest, PreemptionIsInvisible) {
             tight.target_cache().num_blocks());
 }
 
-// Issue 16: under KV pressure a step that preempts admits nobody; every victim held blocks
+// Under KV pressure a step that preempts admits nobody; every victim held blocks
 // (preempting a request that holds none frees nothing); a preempted request is not
 // preempted again before it has emitted a token; the gauges count preempted requests apart
 // from the queue (which bounds new submissions). Outputs still equal each request alone.
@@ -268,7 +268,7 @@ TEST(SchedulerTest, ALongPromptDelaysRunningStreamsByAtMostOneChunkPerStep) {
   EXPECT_EQ(long_prompt.ids.size(), 8u);
 }
 
-// Issue 16: an operator's flags (--max-batch 32 or 64, --max-step-tokens 64), 32 streams of
+// An operator's flags (--max-batch 32 or 64, --max-step-tokens 64), 32 streams of
 // 5-token prompts and one 200-token prompt at once, under the dynamic policy. Forced
 // exploration nodes used to be added after the policy had used the whole tree room, so
 // the target forward outgrew max_step_tokens and the process aborted in Runner.
@@ -357,7 +357,7 @@ TEST(SchedulerTest, NoStepExceedsItsBudgetForRandomLoads) {
   }
 }
 
-// Issue 16: the tree room the dynamic policy does not use goes to the prompt chunks of the
+// The tree room the dynamic policy does not use goes to the prompt chunks of the
 // same step, so while a long prompt has at least a step's worth left every step is full.
 TEST(SchedulerTest, UnusedTreeRoomGoesToPrefillInTheSameStep) {
   const int step_tokens = 64;

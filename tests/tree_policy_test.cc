@@ -431,7 +431,7 @@ TEST(TreePolicyTest, TokenRoomBoundsTheStepAndHighestValuesGoFirst) {
   EXPECT_NEAR(policy.expected_tokens(), 2 + 0.5 + 0.4 + 0.35, 1e-6);
 }
 
-// Issue 16: exploration is decided inside Expand and counted against the room with the
+// Exploration is decided inside Expand and counted against the room with the
 // chosen nodes. Over random levels (explore flags, busy and idle machines, both kinds) the
 // counts never exceed the room, and every exploring request with a candidate gets a node
 // while room is left.
@@ -848,7 +848,7 @@ TEST(TreePolicyTest, WorkedExample) {
   EXPECT_DOUBLE_EQ(busy.expected_tokens(), 100.0);
 }
 
-// Issue 16: the host work outside the forwards is fitted as fixed + per node from measured
+// The host work outside the forwards is fitted as fixed + per node from measured
 // steps, and a per-node cost makes the same level take fewer nodes.
 TEST(TreePolicyTest, HostWorkPerNodeIsFittedAndPricesNodes) {
   TreePolicy policy(TreePolicy::Kind::kDynamic, MemoryBoundTarget(), Draft());
