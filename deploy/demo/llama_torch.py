@@ -11,11 +11,16 @@ Shapes: tokens [B, T] int64; hidden [B, T, H]; logits [N, V] (only the rows aske
 """
 import json
 import math
+import os
 import struct
+import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import make_demo_models  # noqa: E402  (deploy/make_demo_models.py: its safetensors writer)
 
 ST_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": None}
 
@@ -39,23 +44,9 @@ def read_safetensors(path):
 
 
 def write_safetensors(path, tensors, dtype="f16"):
-    """Sorted names, data_offsets relative to the data start, header padded to 8 bytes."""
-    np_dtype, st_dtype = {"f32": ("<f4", "F32"), "f16": ("<f2", "F16")}[dtype]
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
-    for name in sorted(tensors):
-        arr = tensors[name].detach().float().numpy().astype(np_dtype)
-        data = np.ascontiguousarray(arr).tobytes()
-        header[name] = {"dtype": st_dtype, "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
+    """name -> torch tensor, written by deploy/make_demo_models.py's writer in `dtype`."""
+    make_demo_models.write_safetensors(
+        path, {name: t.detach().float().numpy() for name, t in tensors.items()}, dtype)
 
 
 class Llama(torch.nn.Module):
